@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Sets up everything tadsr-edge needs, idempotently, in a cache outside the
+# clone (${XDG_CACHE_HOME:-~/.cache}/tadsr-edge):
+#   - ONNX Runtime's shared library from the pinned PyPI wheel
+#     (onnxruntime, or onnxruntime-gpu with GPU=1), keyed by version;
+#   - the export package's Python venv, keyed by export/requirements.txt's hash;
+#   - rustfmt and clippy when rustup can add them.
+# A second run finds everything in place and installs nothing.
+# Prints the venv's path on the last line of stdout (for the Makefile).
+set -euo pipefail
+export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
+
+ORT_CPU_VERSION=1.32.0
+ORT_GPU_VERSION=1.31.1
+GPU=${GPU:-0}
+CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tadsr-edge
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+PYTHON=${PYTHON:-python3}
+mkdir -p "$CACHE"
+
+log() { echo "setup: $*" >&2; }
+
+# --- ONNX Runtime shared library -------------------------------------------
+if [ "$GPU" = 1 ]; then
+  ort_pkg=onnxruntime-gpu; ort_ver=$ORT_GPU_VERSION
+else
+  ort_pkg=onnxruntime; ort_ver=$ORT_CPU_VERSION
+fi
+ort_dir=$CACHE/$ort_pkg-$ort_ver
+ort_lib=$ort_dir/onnxruntime/capi/libonnxruntime.so.$ort_ver
+if [ ! -f "$ort_dir/.complete" ] || [ ! -f "$ort_lib" ]; then
+  log "installing $ort_pkg==$ort_ver into $ort_dir"
+  rm -rf "$ort_dir"
+  "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps \
+    --target "$ort_dir" "$ort_pkg==$ort_ver" >&2
+  [ -f "$ort_lib" ] || { log "the $ort_pkg wheel has no $ort_lib"; exit 1; }
+  touch "$ort_dir/.complete"
+fi
+echo "$ort_lib" > "$CACHE/onnxruntime.path"
+log "ONNX Runtime: $ort_lib"
+
+# --- Python venv for export/ -------------------------------------------------
+req=$ROOT/export/requirements.txt
+req_hash=$(sha256sum "$req" | cut -c1-16)
+venv=$CACHE/venv-$req_hash
+if [ ! -f "$venv/.complete" ]; then
+  log "creating the export venv $venv (torch brings ~3 GB once per machine)"
+  rm -rf "$venv"
+  if ! "$PYTHON" -m venv "$venv" >/dev/null 2>&1; then
+    # Debian without python3-venv: fall back to virtualenv from PyPI.
+    rm -rf "$venv"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --user virtualenv >&2 \
+      || "$PYTHON" -m pip install --quiet --disable-pip-version-check --user --break-system-packages virtualenv >&2
+    "$PYTHON" -m virtualenv --quiet "$venv" >&2
+  fi
+  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+  touch "$venv/.complete"
+fi
+log "Python venv: $venv"
+
+# --- Rust components ---------------------------------------------------------
+if command -v rustup >/dev/null 2>&1; then
+  for component in rustfmt clippy; do
+    if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+      log "adding rust component $component"
+      rustup component add "$component" >&2 || log "could not add $component"
+    fi
+  done
+fi
+
+echo "$venv"

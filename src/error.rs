@@ -1,0 +1,82 @@
+//! The library's error type. Every message tells the user what went wrong and,
+//! where there is one, what to do about it.
+
+use std::path::PathBuf;
+
+/// Errors of the tadsr-edge library.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No ONNX Runtime shared library could be found.
+    #[error(
+        "ONNX Runtime library not found (looked in: {searched}); run `make setup` \
+         (or `make setup GPU=1` for CUDA/TensorRT), or set ORT_DYLIB_PATH / --ort-lib \
+         to a libonnxruntime.so from the PyPI onnxruntime wheel"
+    )]
+    OrtNotFound { searched: String },
+
+    /// A library file was found but could not be loaded.
+    #[error("cannot load ONNX Runtime from {path}: {reason}; point ORT_DYLIB_PATH / --ort-lib at a libonnxruntime.so 1.31 or newer")]
+    OrtLoad { path: PathBuf, reason: String },
+
+    /// An ONNX Runtime call failed.
+    #[error("ONNX Runtime: {0}")]
+    Ort(String),
+
+    /// An execution provider was asked for but cannot be used here.
+    #[error("execution provider {provider} is not usable here: {reason}")]
+    ProviderUnavailable { provider: String, reason: String },
+
+    /// The model bundle is missing, malformed or inconsistent.
+    #[error("model bundle {path}: {reason}")]
+    Bundle { path: PathBuf, reason: String },
+
+    /// An input image cannot be used.
+    #[error("{0}")]
+    Input(String),
+
+    /// A run option is out of range.
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+
+    /// An output could not be written.
+    #[error("cannot write {path}: {reason}")]
+    Output { path: PathBuf, reason: String },
+
+    /// The run was interrupted (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// Wraps an I/O error with the path it concerns.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn bundle(path: impl Into<PathBuf>, reason: impl Into<String>) -> Self {
+        Error::Bundle {
+            path: path.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl From<ort::Error> for Error {
+    fn from(error: ort::Error) -> Self {
+        Error::Ort(error.to_string())
+    }
+}
+
+/// Result type of the library.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

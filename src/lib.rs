@@ -1,0 +1,13 @@
+//! tadsr-edge: TADSR one-step diffusion super-resolution on ONNX Runtime.
+//!
+//! The library does the work; the `tadsr-edge` binary is a thin command line
+//! over it. Stages, each in its own module: [`preprocess`] (resizes, tensors),
+//! [`runtime`] (ONNX Runtime, the only module that uses `ort`), [`tiling`]
+//! (tile plans and blending), [`schedule`] (the DDPM schedule, the clean
+//! latent), [`colorfix`] (adain, wavelet), [`bundle`] (the model folder).
+
+pub mod bundle;
+pub mod error;
+pub mod runtime;
+
+pub use error::{Error, Result};
