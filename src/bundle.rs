@@ -100,8 +100,16 @@ pub struct Manifest {
 
 /// What each required graph must take and give (name, dtype).
 const REQUIRED_PORTS: [(&str, &[&str], &[&str]); 3] = [
-    ("vae_encoder", &["image", "timestep"], &["latent_mean", "latent_logvar"]),
-    ("unet", &["latent", "timestep", "encoder_hidden_states"], &["residual"]),
+    (
+        "vae_encoder",
+        &["image", "timestep"],
+        &["latent_mean", "latent_logvar"],
+    ),
+    (
+        "unet",
+        &["latent", "timestep", "encoder_hidden_states"],
+        &["residual"],
+    ),
     ("vae_decoder", &["latent"], &["image"]),
 ];
 
@@ -123,7 +131,10 @@ impl Bundle {
     pub fn open_with(dir: &Path, verify_hashes: bool) -> Result<Bundle> {
         let manifest_path = dir.join("manifest.json");
         if !dir.is_dir() {
-            return Err(Error::bundle(dir, "not a folder; give --model the folder that holds manifest.json"));
+            return Err(Error::bundle(
+                dir,
+                "not a folder; give --model the folder that holds manifest.json",
+            ));
         }
         let text = std::fs::read_to_string(&manifest_path)
             .map_err(|e| Error::bundle(dir, format!("cannot read manifest.json: {e}")))?;
@@ -157,7 +168,10 @@ impl Bundle {
     fn validate(&self) -> Result<()> {
         let m = &self.manifest;
         if m.format != "tadsr-bundle" {
-            return Err(self.fail(format!("format is {:?}, expected \"tadsr-bundle\"", m.format)));
+            return Err(self.fail(format!(
+                "format is {:?}, expected \"tadsr-bundle\"",
+                m.format
+            )));
         }
         if m.format_version != FORMAT_VERSION {
             return Err(self.fail(format!(
@@ -176,7 +190,14 @@ impl Bundle {
                 .get(component)
                 .ok_or_else(|| self.fail(format!("manifest has no component {component:?}")))?;
             check_ports(self, component, "input", &spec.inputs, inputs, float_dtype)?;
-            check_ports(self, component, "output", &spec.outputs, outputs, float_dtype)?;
+            check_ports(
+                self,
+                component,
+                "output",
+                &spec.outputs,
+                outputs,
+                float_dtype,
+            )?;
         }
         match self.decoder().latent_input.as_deref() {
             Some("scaled") | Some("unscaled") => {}
@@ -202,7 +223,10 @@ impl Bundle {
             return Err(self.fail("schedule.alphas_cumprod values must lie in (0, 1]"));
         }
         if m.prompt.shape.len() != 3 || m.prompt.shape[0] != 1 {
-            return Err(self.fail(format!("prompt.shape {:?} is not [1, tokens, dim]", m.prompt.shape)));
+            return Err(self.fail(format!(
+                "prompt.shape {:?} is not [1, tokens, dim]",
+                m.prompt.shape
+            )));
         }
         for file in self.all_files() {
             self.resolve(&file.file)?;
@@ -260,7 +284,9 @@ impl Bundle {
             .canonicalize()
             .map_err(|e| self.fail(format!("{relative}: {e}")))?;
         if !real.starts_with(&self.root) {
-            return Err(self.fail(format!("path {relative:?} leads out of the bundle's folder (symlink)")));
+            return Err(self.fail(format!(
+                "path {relative:?} leads out of the bundle's folder (symlink)"
+            )));
         }
         Ok(real)
     }
@@ -299,10 +325,15 @@ fn check_ports(
     float_dtype: &str,
 ) -> Result<()> {
     for name in required {
-        let port = ports.iter().find(|p| p.name == *name).ok_or_else(|| {
-            bundle.fail(format!("{component} has no {direction} named {name:?}"))
-        })?;
-        let expected = if *name == "timestep" { "int64" } else { float_dtype };
+        let port = ports
+            .iter()
+            .find(|p| p.name == *name)
+            .ok_or_else(|| bundle.fail(format!("{component} has no {direction} named {name:?}")))?;
+        let expected = if *name == "timestep" {
+            "int64"
+        } else {
+            float_dtype
+        };
         if port.dtype != expected {
             return Err(bundle.fail(format!(
                 "{component} {direction} {name:?} has dtype {}, expected {expected}",

@@ -27,6 +27,16 @@ ONNX Runtime is found in this order: --ort-lib, ORT_DYLIB_PATH, the set-up's
 cache (${XDG_CACHE_HOME:-~/.cache}/tadsr-edge, written by `make setup`), an
 importable Python onnxruntime.";
 
+const RUN_EXAMPLES: &str = "\
+Examples:
+  tadsr-edge run photo.png -o photo_x4.png
+  tadsr-edge run photos/ -o out/ --tile 512 --tile-overlap 64
+  tadsr-edge run a.jpg b.png -o out/ -t 200,500,800 --json
+  tadsr-edge run scan.tiff -o big.png --provider cpu --threads 2 --seed 7
+
+Exit codes: 0 all written; 1 some inputs failed (one line each, the rest were
+written); 2 usage, model or runtime errors; 130 interrupted.";
+
 const INFO_EXAMPLES: &str = "\
 Examples:
   tadsr-edge info
@@ -46,9 +56,96 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Upscale images (files or folders) with a model bundle.
+    #[command(after_help = RUN_EXAMPLES)]
+    Run(RunArgs),
     /// Show ONNX Runtime's version and library, the usable execution providers, and a bundle's summary.
     #[command(after_help = INFO_EXAMPLES)]
     Info(InfoArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Input images or folders (not recursive): png, jpg, webp, bmp, tiff.
+    #[arg(required = true, value_name = "INPUT")]
+    pub inputs: Vec<PathBuf>,
+    /// Output file (one input) or folder (created if missing).
+    #[arg(short = 'o', long = "output", value_name = "OUT")]
+    pub output: PathBuf,
+    /// Model bundle folder [default: models/tadsr if present, else models/tiny].
+    #[arg(long, short = 'm', value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Timestep(s) 1..999: small = faithful, large = more generated detail. Several give several outputs.
+    #[arg(
+        short = 't',
+        long = "timestep",
+        value_delimiter = ',',
+        value_name = "T[,T...]"
+    )]
+    pub timesteps: Vec<u32>,
+    /// Upscale factor [default: the bundle's, 4].
+    #[arg(short = 's', long)]
+    pub upscale: Option<u32>,
+    /// Inputs whose short side is below process-size/upscale are enlarged first; 0 = off [default: the bundle's, 512].
+    #[arg(long, value_name = "PX")]
+    pub process_size: Option<u32>,
+    /// Tile side in output pixels (multiple of 8); 0 = no tiling.
+    #[arg(long, default_value_t = 512, value_name = "PX")]
+    pub tile: u32,
+    /// Overlap between tiles in output pixels (multiple of 8).
+    #[arg(long, default_value_t = 64, value_name = "PX")]
+    pub tile_overlap: u32,
+    /// staged: encoder, UNet and decoder all tiled (bounded memory); latent: only the UNet, as the authors do.
+    #[arg(long, value_enum, default_value_t = TilingArg::Staged)]
+    pub tiling: TilingArg,
+    /// Color fix against the upscaled input [default: the bundle's, adain].
+    #[arg(long, value_enum)]
+    pub color_fix: Option<ColorFixArg>,
+    /// Execution provider; auto tries tensorrt, cuda, cpu.
+    #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
+    pub provider: ProviderArg,
+    /// GPU index for cuda and tensorrt.
+    #[arg(long, default_value_t = 0)]
+    pub device: i32,
+    /// Sample the latent with this seed instead of taking the posterior mean.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Prompt embedding [1, 77, D] .npy replacing the bundle's default.
+    #[arg(long, value_name = "FILE")]
+    pub prompt_embeds: Option<PathBuf>,
+    /// Intra-op threads per session; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Largest input in pixels (width x height).
+    #[arg(long, default_value_t = tadsr_edge::image_io::DEFAULT_MAX_PIXELS)]
+    pub max_pixels: u64,
+    /// No progress bars.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+    /// One JSON line per output on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum TilingArg {
+    Staged,
+    Latent,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ColorFixArg {
+    Adain,
+    Wavelet,
+    None,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum ProviderArg {
+    Auto,
+    Cpu,
+    Cuda,
+    Tensorrt,
 }
 
 #[derive(Args, Debug)]
@@ -69,13 +166,18 @@ pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            let code = if error.use_stderr() { EXIT_SETUP_FAILED } else { 0 };
+            let code = if error.use_stderr() {
+                EXIT_SETUP_FAILED
+            } else {
+                0
+            };
             let _ = error.print();
             return code;
         }
     };
     let result = match &cli.command {
         Command::Info(args) => info(cli.ort_lib.as_deref(), args),
+        Command::Run(args) => crate::run_command::run(cli.ort_lib.as_deref(), args),
     };
     match result {
         Ok(code) => code,
@@ -98,13 +200,19 @@ pub fn one_line(error: &anyhow::Error) -> String {
 
 fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<i32> {
     let runtime = Runtime::global(ort_lib)?;
-    let providers: Vec<&str> = runtime.usable_providers().iter().map(|p| p.name()).collect();
+    let providers: Vec<&str> = runtime
+        .usable_providers()
+        .iter()
+        .map(|p| p.name())
+        .collect();
     let unusable: Vec<(Provider, String)> = Provider::PREFERENCE
         .into_iter()
         .filter_map(|p| runtime.probe_provider(p).err().map(|reason| (p, reason)))
         .collect();
     let bundle = match &args.model {
-        Some(dir) => Some(Bundle::open_with(dir, args.verify).with_context(|| "cannot use the bundle")?),
+        Some(dir) => {
+            Some(Bundle::open_with(dir, args.verify).with_context(|| "cannot use the bundle")?)
+        }
         None => None,
     };
     if args.json {

@@ -7,7 +7,15 @@
 //! latent), [`colorfix`] (adain, wavelet), [`bundle`] (the model folder).
 
 pub mod bundle;
+pub mod colorfix;
 pub mod error;
+pub mod image_io;
+pub mod naming;
+pub mod npy;
+pub mod pipeline;
+pub mod preprocess;
 pub mod runtime;
+pub mod schedule;
+pub mod tiling;
 
 pub use error::{Error, Result};

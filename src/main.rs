@@ -1,6 +1,7 @@
 //! The `tadsr-edge` command line: a thin layer over the library.
 
 mod cli;
+mod run_command;
 
 fn main() {
     let code = cli::main();

@@ -124,9 +124,9 @@ fn library_in_dir(dir: &Path) -> Option<PathBuf> {
             .ok()?
             .filter_map(|entry| entry.ok().map(|e| e.path()))
             .filter(|path| {
-                path.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n == "libonnxruntime.so" || n.starts_with("libonnxruntime.so."))
+                path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n == "libonnxruntime.so" || n.starts_with("libonnxruntime.so.")
+                })
             })
             .collect();
         libraries.sort_by_key(|path| version_key(path));
@@ -166,7 +166,10 @@ fn library_in_cache(cache: &Path) -> Option<PathBuf> {
         })
         .collect();
     folders.sort();
-    folders.iter().rev().find_map(|folder| library_in_dir(folder))
+    folders
+        .iter()
+        .rev()
+        .find_map(|folder| library_in_dir(folder))
 }
 
 fn library_from_python() -> Option<PathBuf> {
@@ -257,11 +260,18 @@ impl Runtime {
         if let Some(runtime) = RUNTIME.get() {
             return Ok(runtime);
         }
-        let _guard = RUNTIME_INIT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _guard = RUNTIME_INIT
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if let Some(runtime) = RUNTIME.get() {
             return Ok(runtime);
         }
         let library = locate_library(explicit_library)?;
+        // ONNX Runtime's own log would repeat our errors on stderr; keep only
+        // fatal messages unless the user asked for more (ORT_LOG=warning...).
+        if std::env::var_os("ORT_LOG").is_none() {
+            std::env::set_var("ORT_LOG", "fatal");
+        }
         let builder = ort::init_from(&library.path).map_err(|e| Error::OrtLoad {
             path: library.path.clone(),
             reason: e.to_string(),
@@ -332,12 +342,9 @@ impl Runtime {
     pub fn session(&self, model: &Path, options: &SessionOptions) -> Result<ModelSession> {
         let build = || -> std::result::Result<Session, ort::Error> {
             let mut builder = Session::builder(&self.environment)?
-                .with_optimization_level(GraphOptimizationLevel::All)
-                ?;
+                .with_optimization_level(GraphOptimizationLevel::All)?;
             if options.threads > 0 {
-                builder = builder
-                    .with_intra_threads(options.threads)
-                    ?;
+                builder = builder.with_intra_threads(options.threads)?;
             }
             register_provider(&mut builder, options)?;
             builder.commit_from_file(model)
@@ -356,11 +363,16 @@ impl Runtime {
 fn version_from_build_info(info: &str) -> Option<String> {
     let start = info.find("rel-")? + 4;
     let rest = &info[start..];
-    let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(rest.len());
     Some(rest[..end].to_string()).filter(|v| !v.is_empty())
 }
 
-fn register_provider(builder: &mut SessionBuilder, options: &SessionOptions) -> std::result::Result<(), ort::Error> {
+fn register_provider(
+    builder: &mut SessionBuilder,
+    options: &SessionOptions,
+) -> std::result::Result<(), ort::Error> {
     match options.provider {
         Provider::Cpu => Ok(()),
         Provider::Cuda => ep::CUDA::default()
@@ -459,8 +471,16 @@ fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
 
 impl ModelSession {
     fn new(session: Session, model: &Path) -> Result<Self> {
-        let inputs = session.inputs().iter().map(|o| port_info(o.name(), o.dtype())).collect();
-        let outputs = session.outputs().iter().map(|o| port_info(o.name(), o.dtype())).collect();
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|o| port_info(o.name(), o.dtype()))
+            .collect();
+        let outputs = session
+            .outputs()
+            .iter()
+            .map(|o| port_info(o.name(), o.dtype()))
+            .collect();
         Ok(ModelSession {
             session,
             inputs,
@@ -488,17 +508,23 @@ impl ModelSession {
     }
 
     /// Runs the graph on named inputs and returns the named outputs, in order.
-    pub fn run(&mut self, inputs: &[(&str, InputTensor<'_>)], output_names: &[&str]) -> Result<Vec<OutputTensor>> {
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        output_names: &[&str],
+    ) -> Result<Vec<OutputTensor>> {
         let mut half_buffers: Vec<Vec<f16>> = Vec::new();
         let mut wants_half = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
-            let half = matches!(tensor, InputTensor::Float { .. }) && self.input_dtype(name)? == DType::Float16;
+            let half = matches!(tensor, InputTensor::Float { .. })
+                && self.input_dtype(name)? == DType::Float16;
             if let (true, InputTensor::Float { data, .. }) = (half, tensor) {
                 half_buffers.push(data.iter().map(|v| f16::from_f32(*v)).collect());
             }
             wants_half.push(half);
         }
-        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
         let mut half_iter = half_buffers.iter();
         for ((name, tensor), half) in inputs.iter().zip(wants_half) {
             let value: SessionInputValue<'_> = match tensor {
@@ -510,7 +536,9 @@ impl ModelSession {
                         TensorRef::from_array_view((shape.to_vec(), *data))?.into()
                     }
                 }
-                InputTensor::Int64 { shape, data } => TensorRef::from_array_view((shape.to_vec(), *data))?.into(),
+                InputTensor::Int64 { shape, data } => {
+                    TensorRef::from_array_view((shape.to_vec(), *data))?.into()
+                }
             };
             values.push((Cow::Borrowed(*name), value));
         }
@@ -564,7 +592,11 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let capi = root.path().join("onnxruntime").join("capi");
         std::fs::create_dir_all(&capi).unwrap();
-        for name in ["libonnxruntime.so.1.9.0", "libonnxruntime.so.1.32.0", "libonnxruntime_providers_shared.so"] {
+        for name in [
+            "libonnxruntime.so.1.9.0",
+            "libonnxruntime.so.1.32.0",
+            "libonnxruntime_providers_shared.so",
+        ] {
             std::fs::write(capi.join(name), b"").unwrap();
         }
         let found = library_in_dir(root.path()).unwrap();
@@ -573,7 +605,11 @@ mod tests {
 
     #[test]
     fn a_given_path_that_points_nowhere_is_an_error() {
-        let error = resolve_given(Path::new("/nonexistent/libonnxruntime.so"), LibrarySource::EnvVar).unwrap_err();
+        let error = resolve_given(
+            Path::new("/nonexistent/libonnxruntime.so"),
+            LibrarySource::EnvVar,
+        )
+        .unwrap_err();
         assert!(error.to_string().contains("ORT_DYLIB_PATH"), "{error}");
     }
 }

@@ -1,0 +1,983 @@
+//! The TADSR pipeline for one image: preprocess once, then per timestep
+//! encode (time-aware) -> UNet -> clean latent -> decode -> color fix ->
+//! output size, alpha and quantization. Stages run whole or over tiles.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use image::{DynamicImage, ImageBuffer, Luma, Rgb32FImage};
+use ndarray::{Array3, Array4, ArrayView3, Axis};
+use rand::SeedableRng;
+use rand_distr::{Distribution, StandardNormal};
+use serde::Serialize;
+
+use crate::bundle::Bundle;
+use crate::error::{Error, Result};
+use crate::image_io::{AlphaPlane, InputImage, InputPixels};
+use crate::npy;
+use crate::preprocess::{self, Quantization, ResampleFilter, SizePlan};
+use crate::runtime::{InputTensor, ModelSession, OutputTensor, Provider, Runtime, SessionOptions};
+use crate::schedule;
+use crate::tiling::{self, TileAccumulator, TilePlan, TileRect};
+
+/// Which execution provider to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProviderChoice {
+    /// TensorRT, then CUDA, then CPU: the first that works, per stage.
+    Auto,
+    /// Exactly this one; an error if it cannot be used.
+    Only(Provider),
+}
+
+/// How a pipeline is built.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub model_dir: PathBuf,
+    pub ort_lib: Option<PathBuf>,
+    pub provider: ProviderChoice,
+    pub device_id: i32,
+    /// Intra-op threads per session; 0 = one per core.
+    pub threads: usize,
+    /// Replaces the bundle's default prompt embedding ([1, 77, D] .npy).
+    pub prompt_embeds: Option<PathBuf>,
+    /// Tile size in pixels the sessions will mostly see (TensorRT profiles).
+    pub tile_px: u32,
+    /// Check every file's sha256 on load.
+    pub verify_hashes: bool,
+}
+
+impl PipelineConfig {
+    /// Defaults for a bundle folder: auto provider, all cores, 512 px tiles.
+    pub fn new(model_dir: impl Into<PathBuf>) -> Self {
+        PipelineConfig {
+            model_dir: model_dir.into(),
+            ort_lib: None,
+            provider: ProviderChoice::Auto,
+            device_id: 0,
+            threads: 0,
+            prompt_embeds: None,
+            tile_px: 512,
+            verify_hashes: true,
+        }
+    }
+}
+
+/// How tiles are used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TilingMode {
+    /// Encoder over pixel tiles, UNet over latent tiles, decoder over latent
+    /// tiles with a feathered pixel blend: bounded memory for any size.
+    Staged,
+    /// Only the UNet, exactly as the authors do (96-latent tiles, overlap 32,
+    /// their Gaussian weights, when the latent exceeds 96x96).
+    Latent,
+}
+
+pub use crate::colorfix::ColorFix;
+
+/// Options of one upscaling run.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Timesteps (each gives one output); the authors' default is 500.
+    pub timesteps: Vec<u32>,
+    pub upscale: u32,
+    /// Minimum-size rule: inputs whose short side is below
+    /// `process_size / upscale` are enlarged first; 0 turns the rule off.
+    pub process_size: u32,
+    /// Pixel tile side; 0 = no tiling.
+    pub tile_px: u32,
+    pub tile_overlap_px: u32,
+    pub tiling: TilingMode,
+    pub color_fix: ColorFix,
+    /// None: the posterior mean; Some(seed): a reproducible sample.
+    pub seed: Option<u64>,
+}
+
+impl RunOptions {
+    /// The bundle's defaults, untiled, posterior mean.
+    pub fn from_bundle(bundle: &Bundle) -> RunOptions {
+        let defaults = &bundle.manifest().defaults;
+        RunOptions {
+            timesteps: vec![defaults.timestep],
+            upscale: defaults.upscale,
+            process_size: defaults.process_size,
+            tile_px: 0,
+            tile_overlap_px: 64,
+            tiling: TilingMode::Staged,
+            color_fix: defaults.color_fix.parse().unwrap_or(ColorFix::Adain),
+            seed: None,
+        }
+    }
+
+    pub fn check(&self, num_train_timesteps: usize) -> Result<()> {
+        let invalid = |m: String| Err(Error::InvalidOption(m));
+        if self.timesteps.is_empty() {
+            return invalid("at least one timestep is needed".into());
+        }
+        if let Some(t) = self
+            .timesteps
+            .iter()
+            .find(|t| **t as usize >= num_train_timesteps || **t == 0)
+        {
+            return invalid(format!(
+                "timestep {t} is outside 1..{}",
+                num_train_timesteps - 1
+            ));
+        }
+        if !(1..=16).contains(&self.upscale) {
+            return invalid(format!("upscale {} is outside 1..16", self.upscale));
+        }
+        if self.tile_px != 0 {
+            if self.tile_px < 64 || self.tile_px % 8 != 0 {
+                return invalid(format!(
+                    "--tile {} must be 0 or a multiple of 8 of at least 64",
+                    self.tile_px
+                ));
+            }
+            if self.tile_overlap_px % 8 != 0 || self.tile_overlap_px * 2 > self.tile_px {
+                return invalid(format!(
+                    "--tile-overlap {} must be a multiple of 8 and at most half the tile",
+                    self.tile_overlap_px
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Milliseconds spent per stage.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct StageTimings {
+    pub preprocess: f64,
+    pub encoder: f64,
+    pub unet: f64,
+    pub decoder: f64,
+    pub blend: f64,
+    pub color_fix: f64,
+    pub postprocess: f64,
+}
+
+impl StageTimings {
+    /// Sum of all stages.
+    pub fn total(&self) -> f64 {
+        self.preprocess
+            + self.encoder
+            + self.unet
+            + self.decoder
+            + self.blend
+            + self.color_fix
+            + self.postprocess
+    }
+}
+
+fn millis_since(start: Instant) -> f64 {
+    start.elapsed().as_secs_f64() * 1e3
+}
+
+/// Where each stage runs.
+#[derive(Debug, Clone, Serialize)]
+pub struct StageProviders {
+    pub vae_encoder: Provider,
+    pub unet: Provider,
+    pub vae_decoder: Provider,
+}
+
+/// One output image.
+pub struct Upscaled {
+    pub timestep: u32,
+    /// The final image: RGB(A), 8 or 16 bit, `upscale x` the input size.
+    pub image: DynamicImage,
+    pub timings: StageTimings,
+}
+
+/// Reports progress over the tiles of one image.
+pub trait Progress {
+    /// The number of steps (tile runs) the image will take.
+    fn start(&self, total_steps: u64);
+    /// One step done.
+    fn step(&self);
+}
+
+/// A progress sink that shows nothing.
+pub struct NoProgress;
+
+impl Progress for NoProgress {
+    fn start(&self, _total_steps: u64) {}
+    fn step(&self) {}
+}
+
+struct Stage {
+    session: ModelSession,
+    provider: Provider,
+}
+
+/// A loaded bundle, ready to upscale images.
+pub struct Pipeline {
+    bundle: Bundle,
+    encoder: Stage,
+    unet: Stage,
+    decoder: Stage,
+    alphas_cumprod: Vec<f32>,
+    prompt_embeds: Vec<f32>,
+    prompt_shape: [usize; 3],
+    /// Provider attempts that failed under `auto`, for the user to see.
+    fallbacks: Vec<String>,
+    cancel: Option<&'static AtomicBool>,
+}
+
+impl Pipeline {
+    /// Opens and validates the bundle and creates the three sessions.
+    pub fn load(config: &PipelineConfig) -> Result<Pipeline> {
+        let runtime = Runtime::global(config.ort_lib.as_deref())?;
+        let bundle = Bundle::open_with(&config.model_dir, config.verify_hashes)?;
+        let manifest = bundle.manifest();
+        let alphas_cumprod = if manifest.schedule.alphas_cumprod.is_empty() {
+            schedule::scaled_linear_alphas_cumprod(
+                manifest.schedule.num_train_timesteps,
+                manifest.schedule.beta_start,
+                manifest.schedule.beta_end,
+            )
+        } else {
+            manifest
+                .schedule
+                .alphas_cumprod
+                .iter()
+                .map(|a| *a as f32)
+                .collect()
+        };
+        let (prompt_embeds, prompt_shape) =
+            load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
+        let mut fallbacks = Vec::new();
+        let mut open = |component: &str| -> Result<Stage> {
+            let path = bundle.resolve(&bundle.component(component).file)?;
+            open_stage(runtime, &bundle, &path, component, config, &mut fallbacks)
+        };
+        let encoder = open("vae_encoder")?;
+        let unet = open("unet")?;
+        let decoder = open("vae_decoder")?;
+        check_session_ports(&bundle, "vae_encoder", &encoder.session)?;
+        check_session_ports(&bundle, "unet", &unet.session)?;
+        check_session_ports(&bundle, "vae_decoder", &decoder.session)?;
+        Ok(Pipeline {
+            bundle,
+            encoder,
+            unet,
+            decoder,
+            alphas_cumprod,
+            prompt_embeds,
+            prompt_shape,
+            fallbacks,
+            cancel: None,
+        })
+    }
+
+    /// The bundle in use.
+    pub fn bundle(&self) -> &Bundle {
+        &self.bundle
+    }
+
+    /// Length of the noise schedule (valid timesteps are below it).
+    pub fn num_train_timesteps(&self) -> usize {
+        self.alphas_cumprod.len()
+    }
+
+    /// Where each stage runs.
+    pub fn providers(&self) -> StageProviders {
+        StageProviders {
+            vae_encoder: self.encoder.provider,
+            unet: self.unet.provider,
+            vae_decoder: self.decoder.provider,
+        }
+    }
+
+    /// Providers that `auto` tried and could not use, with the reason.
+    pub fn fallbacks(&self) -> &[String] {
+        &self.fallbacks
+    }
+
+    /// A flag that, once set (Ctrl-C), stops the work at the next tile.
+    pub fn set_cancel_flag(&mut self, flag: &'static AtomicBool) {
+        self.cancel = Some(flag);
+    }
+
+    fn check_cancel(&self) -> Result<()> {
+        match self.cancel {
+            Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::Interrupted),
+            _ => Ok(()),
+        }
+    }
+
+    /// Upscales one image at every timestep of `options`; the input's
+    /// decoding and resizing are shared by the timesteps.
+    pub fn upscale(
+        &mut self,
+        input: &InputImage,
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Upscaled>> {
+        options.check(self.alphas_cumprod.len())?;
+        let start = Instant::now();
+        let plan = preprocess::plan_sizes(
+            input.width,
+            input.height,
+            options.upscale,
+            options.process_size,
+        )
+        .map_err(|e| Error::Input(e.to_string()))?;
+        let prepared = prepare(input, &plan)?;
+        let preprocess_ms = millis_since(start);
+
+        let (height, width) = (plan.model.1 as usize, plan.model.0 as usize);
+        progress.start(
+            self.steps_per_timestep(height, width, options) * options.timesteps.len() as u64,
+        );
+        let mut outputs = Vec::with_capacity(options.timesteps.len());
+        for (index, &timestep) in options.timesteps.iter().enumerate() {
+            let (mut planes, mut timings) = self.upscale_tensor(
+                &prepared.model_input,
+                &prepared.source_planes,
+                timestep,
+                options,
+                progress,
+            )?;
+            if index == 0 {
+                timings.preprocess = preprocess_ms;
+            }
+            let start = Instant::now();
+            let image = finish_image(&mut planes, &plan, input, prepared.high_precision)?;
+            timings.postprocess = millis_since(start);
+            outputs.push(Upscaled {
+                timestep,
+                image,
+                timings,
+            });
+        }
+        Ok(outputs)
+    }
+
+    fn steps_per_timestep(&self, height: usize, width: usize, options: &RunOptions) -> u64 {
+        self.plans(height, width, options)
+            .map(|plans| plans.iter().map(|plan| plan.len() as u64).sum())
+            .unwrap_or(0)
+    }
+
+    /// Tile plans of the three stages, all in latent cells (the encoder's
+    /// pixel tiles and the decoder's outputs are these scaled up by 8).
+    fn plans(&self, height: usize, width: usize, options: &RunOptions) -> Result<[TilePlan; 3]> {
+        let (latent_h, latent_w) = (height / 8, width / 8);
+        let to_error = |e: tiling::TilingError| Error::InvalidOption(e.to_string());
+        let whole = TilePlan::whole(latent_h, latent_w).map_err(to_error)?;
+        Ok(match (options.tile_px, options.tiling) {
+            (0, _) => [whole.clone(), whole.clone(), whole],
+            (_, TilingMode::Latent) => {
+                let unet = TilePlan::latent_unet(latent_h, latent_w).map_err(to_error)?;
+                [whole.clone(), unet, whole]
+            }
+            (tile_px, TilingMode::Staged) => {
+                let tile = tile_px as usize / 8;
+                let overlap = options.tile_overlap_px as usize / 8;
+                let staged = TilePlan::new(latent_h, latent_w, tile, overlap).map_err(to_error)?;
+                [staged.clone(), staged.clone(), staged]
+            }
+        })
+    }
+
+    /// Steps 5-11 of the spec on image U: `model_input` is NCHW [1,3,H,W] in
+    /// [-1,1], `source_planes` U as [3,H,W] in [0,1] (the color-fix source).
+    /// Returns the color-fixed image as [3,H,W] in [0,1], unquantized.
+    pub fn upscale_tensor(
+        &mut self,
+        model_input: &Array4<f32>,
+        source_planes: &Array3<f32>,
+        timestep: u32,
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<(Array3<f32>, StageTimings)> {
+        options.check(self.alphas_cumprod.len())?;
+        let (height, width) = (model_input.shape()[2], model_input.shape()[3]);
+        if height % 8 != 0 || width % 8 != 0 || height == 0 || width == 0 {
+            return Err(Error::InvalidOption(format!(
+                "model input {width}x{height} is not a multiple of 8"
+            )));
+        }
+        let [encoder_plan, unet_plan, decoder_plan] = self.plans(height, width, options)?;
+        let mut timings = StageTimings::default();
+        let image = model_input.index_axis(Axis(0), 0);
+
+        let (latent_mean, latent_logvar) =
+            self.encode(&image, timestep, &encoder_plan, &mut timings, progress)?;
+        let scaling_factor = self.bundle.manifest().scaling_factor;
+        let start = Instant::now();
+        let latent = match options.seed {
+            None => latent_mean.mapv(|m| m * scaling_factor),
+            Some(seed) => {
+                let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+                let mut latent = latent_mean;
+                for (value, logvar) in latent.iter_mut().zip(latent_logvar.iter()) {
+                    let noise: f32 = StandardNormal.sample(&mut rng);
+                    *value = (*value + (0.5 * logvar).exp() * noise) * scaling_factor;
+                }
+                latent
+            }
+        };
+        timings.blend += millis_since(start);
+
+        let residual = self.denoise(&latent, timestep, &unet_plan, &mut timings, progress)?;
+        let start = Instant::now();
+        let alpha_cumprod = self.alphas_cumprod[timestep as usize];
+        let mut clean_latent = latent;
+        schedule::clean_latent_in_place(
+            clean_latent.as_slice_mut().expect("contiguous"),
+            residual.as_slice().expect("contiguous"),
+            alpha_cumprod,
+        )
+        .map_err(|e| Error::InvalidOption(e.to_string()))?;
+        if !self.bundle.decoder_takes_scaled_latent() {
+            clean_latent.mapv_inplace(|v| v / scaling_factor);
+        }
+        timings.blend += millis_since(start);
+
+        let mut decoded = self.decode(&clean_latent, &decoder_plan, &mut timings, progress)?;
+        let start = Instant::now();
+        preprocess::decoder_output_to_unit(decoded.as_slice_mut().expect("contiguous"));
+        options
+            .color_fix
+            .apply(decoded.view_mut(), source_planes.view())
+            .map_err(|e| Error::InvalidOption(e.to_string()))?;
+        timings.color_fix += millis_since(start);
+        Ok((decoded, timings))
+    }
+
+    fn encode(
+        &mut self,
+        image: &ArrayView3<'_, f32>,
+        timestep: u32,
+        plan: &TilePlan,
+        timings: &mut StageTimings,
+        progress: &dyn Progress,
+    ) -> Result<(Array3<f32>, Array3<f32>)> {
+        let (latent_h, latent_w) = plan.area();
+        let channels = self.bundle.manifest().latent_channels;
+        let mut mean_sum = TileAccumulator::new(channels, latent_h, latent_w);
+        let mut logvar_sum = TileAccumulator::new(channels, latent_h, latent_w);
+        let (tile_h, tile_w) = plan.tile_shape();
+        let weights = tiling::feather_weights(tile_h, tile_w, plan.overlap());
+        let timestep_tensor = [i64::from(timestep)];
+        for latent_rect in plan.tiles() {
+            self.check_cancel()?;
+            let start = Instant::now();
+            let pixel_rect = latent_rect.scaled_up(8);
+            let tile = tiling::extract_tile(image.view(), pixel_rect);
+            timings.blend += millis_since(start);
+            let start = Instant::now();
+            let shape = [1, 3, pixel_rect.height, pixel_rect.width];
+            let mut outputs = self.encoder.session.run(
+                &[
+                    (
+                        "image",
+                        InputTensor::Float {
+                            shape: &shape,
+                            data: tile.as_slice().expect("standard layout"),
+                        },
+                    ),
+                    (
+                        "timestep",
+                        InputTensor::Int64 {
+                            shape: &[1],
+                            data: &timestep_tensor,
+                        },
+                    ),
+                ],
+                &["latent_mean", "latent_logvar"],
+            )?;
+            timings.encoder += millis_since(start);
+            progress.step();
+            if plan.is_single() {
+                let logvar = outputs.pop().expect("two outputs");
+                let mean = outputs.pop().expect("two outputs");
+                return Ok((
+                    into_chw(mean, channels, latent_h, latent_w)?,
+                    into_chw(logvar, channels, latent_h, latent_w)?,
+                ));
+            }
+            let start = Instant::now();
+            add_tile(&mut mean_sum, latent_rect, &outputs[0].data, &weights)?;
+            add_tile(&mut logvar_sum, latent_rect, &outputs[1].data, &weights)?;
+            timings.blend += millis_since(start);
+        }
+        let start = Instant::now();
+        let result = (finalize(mean_sum)?, finalize(logvar_sum)?);
+        timings.blend += millis_since(start);
+        Ok(result)
+    }
+
+    fn denoise(
+        &mut self,
+        latent: &Array3<f32>,
+        timestep: u32,
+        plan: &TilePlan,
+        timings: &mut StageTimings,
+        progress: &dyn Progress,
+    ) -> Result<Array3<f32>> {
+        let (channels, height, width) = latent.dim();
+        let mut residual_sum = TileAccumulator::new(channels, height, width);
+        let (tile_h, tile_w) = plan.tile_shape();
+        let weights = tiling::authors_gaussian_weights(tile_h, tile_w);
+        let timestep_tensor = [i64::from(timestep)];
+        let prompt_shape = self.prompt_shape;
+        for rect in plan.tiles() {
+            self.check_cancel()?;
+            let start = Instant::now();
+            let tile = tiling::extract_tile(latent.view(), rect);
+            timings.blend += millis_since(start);
+            let start = Instant::now();
+            let shape = [1, channels, rect.height, rect.width];
+            let mut outputs = self.unet.session.run(
+                &[
+                    (
+                        "latent",
+                        InputTensor::Float {
+                            shape: &shape,
+                            data: tile.as_slice().expect("standard layout"),
+                        },
+                    ),
+                    (
+                        "timestep",
+                        InputTensor::Int64 {
+                            shape: &[1],
+                            data: &timestep_tensor,
+                        },
+                    ),
+                    (
+                        "encoder_hidden_states",
+                        InputTensor::Float {
+                            shape: &prompt_shape,
+                            data: &self.prompt_embeds,
+                        },
+                    ),
+                ],
+                &["residual"],
+            )?;
+            timings.unet += millis_since(start);
+            progress.step();
+            if plan.is_single() {
+                return into_chw(outputs.pop().expect("one output"), channels, height, width);
+            }
+            let start = Instant::now();
+            add_tile(&mut residual_sum, rect, &outputs[0].data, &weights)?;
+            timings.blend += millis_since(start);
+        }
+        let start = Instant::now();
+        let residual = finalize(residual_sum)?;
+        timings.blend += millis_since(start);
+        Ok(residual)
+    }
+
+    fn decode(
+        &mut self,
+        clean_latent: &Array3<f32>,
+        plan: &TilePlan,
+        timings: &mut StageTimings,
+        progress: &dyn Progress,
+    ) -> Result<Array3<f32>> {
+        let (channels, height, width) = clean_latent.dim();
+        let mut image_sum = TileAccumulator::new(3, height * 8, width * 8);
+        let (tile_h, tile_w) = plan.tile_shape();
+        let weights = tiling::feather_weights(tile_h * 8, tile_w * 8, plan.overlap() * 8);
+        for rect in plan.tiles() {
+            self.check_cancel()?;
+            let start = Instant::now();
+            let tile = tiling::extract_tile(clean_latent.view(), rect);
+            timings.blend += millis_since(start);
+            let start = Instant::now();
+            let shape = [1, channels, rect.height, rect.width];
+            let mut outputs = self.decoder.session.run(
+                &[(
+                    "latent",
+                    InputTensor::Float {
+                        shape: &shape,
+                        data: tile.as_slice().expect("standard layout"),
+                    },
+                )],
+                &["image"],
+            )?;
+            timings.decoder += millis_since(start);
+            progress.step();
+            if plan.is_single() {
+                return into_chw(outputs.pop().expect("one output"), 3, height * 8, width * 8);
+            }
+            let start = Instant::now();
+            add_tile(
+                &mut image_sum,
+                rect.scaled_up(8),
+                &outputs[0].data,
+                &weights,
+            )?;
+            timings.blend += millis_since(start);
+        }
+        let start = Instant::now();
+        let image = finalize(image_sum)?;
+        timings.blend += millis_since(start);
+        Ok(image)
+    }
+}
+
+/// A graph's `[1, C, H, W]` output as a `[C, H, W]` array, checking its size.
+fn into_chw(
+    output: OutputTensor,
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<Array3<f32>> {
+    let expected = [1, channels, height, width];
+    if output.shape != expected {
+        return Err(Error::Ort(format!(
+            "a graph returned shape {:?}, expected {expected:?}",
+            output.shape
+        )));
+    }
+    Ok(Array3::from_shape_vec((channels, height, width), output.data).expect("shape checked"))
+}
+
+fn add_tile(
+    sum: &mut TileAccumulator,
+    rect: TileRect,
+    data: &[f32],
+    weights: &[f32],
+) -> Result<()> {
+    sum.add_tile(rect, data, weights)
+        .map_err(|e| Error::Ort(format!("a graph returned a tile of the wrong size: {e}")))
+}
+
+fn finalize(sum: TileAccumulator) -> Result<Array3<f32>> {
+    sum.finalize()
+        .map_err(|e| Error::InvalidOption(e.to_string()))
+}
+
+fn load_prompt_embeds(
+    bundle: &Bundle,
+    replacement: Option<&Path>,
+) -> Result<(Vec<f32>, [usize; 3])> {
+    let path = match replacement {
+        Some(path) => path.to_path_buf(),
+        None => bundle.resolve(&bundle.manifest().prompt.embeds_file)?,
+    };
+    let array =
+        npy::read_npy(&path).map_err(|e| Error::bundle(&path, format!("prompt embedding: {e}")))?;
+    let expected = &bundle.manifest().prompt.shape;
+    let shape = array.shape().to_vec();
+    if shape.len() != 3 || shape[0] != 1 || shape[2] != expected[2] {
+        return Err(Error::bundle(
+            &path,
+            format!(
+                "prompt embedding has shape {shape:?}; the model needs [1, tokens, {}]",
+                expected[2]
+            ),
+        ));
+    }
+    Ok((
+        array.iter().copied().collect(),
+        [shape[0], shape[1], shape[2]],
+    ))
+}
+
+fn open_stage(
+    runtime: &Runtime,
+    bundle: &Bundle,
+    path: &Path,
+    component: &str,
+    config: &PipelineConfig,
+    fallbacks: &mut Vec<String>,
+) -> Result<Stage> {
+    let candidates: Vec<Provider> = match config.provider {
+        ProviderChoice::Auto => Provider::PREFERENCE.to_vec(),
+        ProviderChoice::Only(provider) => vec![provider],
+    };
+    let mut last_error = None;
+    for provider in candidates {
+        if provider != Provider::Cpu {
+            if let Err(reason) = runtime.probe_provider(provider) {
+                if config.provider == ProviderChoice::Auto {
+                    let note = format!("auto: {provider} not usable: {reason}");
+                    if !fallbacks.contains(&note) {
+                        fallbacks.push(note);
+                    }
+                    continue;
+                }
+                return Err(Error::ProviderUnavailable {
+                    provider: provider.to_string(),
+                    reason,
+                });
+            }
+        }
+        let options = SessionOptions {
+            provider,
+            device_id: config.device_id,
+            threads: config.threads,
+            engine_cache: Some(bundle.root().join(".trt-cache")),
+            trt_profile: trt_profile(component, config.tile_px, bundle),
+        };
+        match runtime.session(path, &options) {
+            Ok(session) => return Ok(Stage { session, provider }),
+            Err(error) if config.provider == ProviderChoice::Auto && provider != Provider::Cpu => {
+                fallbacks.push(format!("{component}: {provider} failed: {error}"));
+                last_error = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::Ort(format!("{component}: no provider could open it"))))
+}
+
+/// TensorRT profile shapes for a stage: from 64 px up to the tile size, the
+/// tile size being the shape built for.
+fn trt_profile(component: &str, tile_px: u32, bundle: &Bundle) -> Option<(String, String, String)> {
+    let tile = tile_px.max(64) as usize;
+    let channels = bundle.manifest().latent_channels;
+    let tokens = bundle.manifest().prompt.shape[1];
+    let dim = bundle.manifest().prompt.shape[2];
+    let shape = |side_px: usize| match component {
+        "vae_encoder" => format!("image:1x3x{side_px}x{side_px},timestep:1"),
+        "unet" => format!(
+            "latent:1x{channels}x{0}x{0},timestep:1,encoder_hidden_states:1x{tokens}x{dim}",
+            side_px / 8
+        ),
+        _ => format!("latent:1x{channels}x{0}x{0}", side_px / 8),
+    };
+    Some((shape(64), shape(tile), shape(tile)))
+}
+
+fn check_session_ports(bundle: &Bundle, component: &str, session: &ModelSession) -> Result<()> {
+    let spec = bundle.component(component);
+    for (direction, expected, actual) in [
+        ("input", &spec.inputs, session.inputs()),
+        ("output", &spec.outputs, session.outputs()),
+    ] {
+        for port in expected {
+            let found = actual.iter().find(|p| p.name == port.name).ok_or_else(|| {
+                Error::bundle(
+                    bundle.root(),
+                    format!("{component} graph has no {direction} {:?}", port.name),
+                )
+            })?;
+            if found.dtype.name() != port.dtype {
+                return Err(Error::bundle(
+                    bundle.root(),
+                    format!(
+                        "{component} {direction} {:?} is {} in the graph but {} in the manifest",
+                        port.name,
+                        found.dtype.name(),
+                        port.dtype
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Image U in the two forms the model part needs.
+pub struct Prepared {
+    /// NCHW `[1, 3, H, W]` in [-1, 1]: the encoder's input.
+    pub model_input: Array4<f32>,
+    /// `[3, H, W]` in [0, 1]: the color fix's source.
+    pub source_planes: Array3<f32>,
+    /// Whether the input had more than 8 bits per sample.
+    pub high_precision: bool,
+}
+
+/// Steps 1-5 of the spec: the minimum-size rule, bicubic upscale and Lanczos
+/// to multiples of 8 as `plan` says, then the tensors.
+pub fn prepare(input: &InputImage, plan: &SizePlan) -> Result<Prepared> {
+    let to_input_error = |e: preprocess::PreprocessError| Error::Input(e.to_string());
+    Ok(match &input.pixels {
+        InputPixels::Rgb8(rgb) => {
+            let upscaled = preprocess::apply_size_plan_rgb8(rgb, plan).map_err(to_input_error)?;
+            Prepared {
+                model_input: preprocess::rgb8_to_model_input(&upscaled),
+                source_planes: preprocess::rgb8_to_unit_planes(&upscaled),
+                high_precision: false,
+            }
+        }
+        InputPixels::RgbHigh(rgb) => {
+            let upscaled = preprocess::apply_size_plan_rgb32f(rgb, plan).map_err(to_input_error)?;
+            Prepared {
+                model_input: preprocess::rgb32f_to_model_input(&upscaled),
+                source_planes: preprocess::rgb32f_to_unit_planes(&upscaled),
+                high_precision: true,
+            }
+        }
+    })
+}
+
+/// From color-fixed planes at the model's size to the output image: resize to
+/// `upscale x` the input (when the multiple-of-8 crop or the minimum-size rule
+/// changed it), put the alpha back, quantize to 8 or 16 bits.
+fn finish_image(
+    planes: &mut Array3<f32>,
+    plan: &SizePlan,
+    input: &InputImage,
+    high_precision: bool,
+) -> Result<DynamicImage> {
+    let (out_w, out_h) = plan.output;
+    let planes = if plan.needs_output_resize() {
+        let (_, height, width) = planes.dim();
+        let interleaved: Vec<f32> = planes
+            .view()
+            .permuted_axes([1, 2, 0])
+            .iter()
+            .map(|v| v * 255.0)
+            .collect();
+        let image = Rgb32FImage::from_raw(width as u32, height as u32, interleaved)
+            .expect("planes give a full image");
+        let resized = preprocess::resize_rgb32f(&image, out_w, out_h, ResampleFilter::Bicubic)
+            .map_err(|e| Error::Input(e.to_string()))?;
+        let mut resized_planes = preprocess::rgb32f_to_unit_planes(&resized);
+        resized_planes.mapv_inplace(|v| v.clamp(0.0, 1.0));
+        resized_planes
+    } else {
+        std::mem::take(planes)
+    };
+    let to_error = |e: preprocess::PreprocessError| Error::Input(e.to_string());
+    let alpha = match &input.alpha {
+        None => None,
+        Some(AlphaPlane::Alpha8(alpha)) => Some(
+            preprocess::resize_u8(
+                alpha,
+                input.width,
+                input.height,
+                1,
+                out_w,
+                out_h,
+                ResampleFilter::Bicubic,
+            )
+            .map_err(to_error)?
+            .iter()
+            .map(|a| f32::from(*a) / 255.0)
+            .collect::<Vec<f32>>(),
+        ),
+        Some(AlphaPlane::AlphaHigh(alpha)) => Some(
+            preprocess::resize_f32(
+                alpha,
+                input.width,
+                input.height,
+                1,
+                out_w,
+                out_h,
+                ResampleFilter::Bicubic,
+            )
+            .map_err(to_error)?
+            .iter()
+            .map(|a| (a / 255.0).clamp(0.0, 1.0))
+            .collect(),
+        ),
+    };
+    let rgb = planes.view();
+    Ok(match (high_precision, alpha) {
+        (false, None) => DynamicImage::ImageRgb8(
+            preprocess::unit_planes_to_rgb8(rgb, Quantization::Round).map_err(to_error)?,
+        ),
+        (true, None) => {
+            DynamicImage::ImageRgb16(preprocess::unit_planes_to_rgb16(rgb).map_err(to_error)?)
+        }
+        (false, Some(alpha)) => {
+            let rgb8 =
+                preprocess::unit_planes_to_rgb8(rgb, Quantization::Round).map_err(to_error)?;
+            let alpha8: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_raw(
+                out_w,
+                out_h,
+                alpha.iter().map(|a| (a * 255.0).round() as u8).collect(),
+            )
+            .expect("alpha has the output size");
+            let mut rgba = DynamicImage::ImageRgb8(rgb8).to_rgba8();
+            for (pixel, a) in rgba.pixels_mut().zip(alpha8.pixels()) {
+                pixel.0[3] = a.0[0];
+            }
+            DynamicImage::ImageRgba8(rgba)
+        }
+        (true, Some(alpha)) => {
+            let rgb16 = preprocess::unit_planes_to_rgb16(rgb).map_err(to_error)?;
+            let mut rgba = DynamicImage::ImageRgb16(rgb16).to_rgba16();
+            for (pixel, a) in rgba.pixels_mut().zip(alpha.iter()) {
+                pixel.0[3] = (a * 65535.0).round() as u16;
+            }
+            DynamicImage::ImageRgba16(rgba)
+        }
+    })
+}
+
+/// PSNR in dB between two equally long sample sets in [0, 1].
+pub fn psnr(reference: &[f32], actual: &[f32]) -> f64 {
+    assert_eq!(reference.len(), actual.len(), "PSNR needs equal sizes");
+    let squared: f64 = reference
+        .iter()
+        .zip(actual)
+        .map(|(r, a)| f64::from(r - a).powi(2))
+        .sum();
+    let mse = squared / reference.len() as f64;
+    if mse == 0.0 {
+        f64::INFINITY
+    } else {
+        10.0 * (1.0 / mse).log10()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn psnr_of_known_errors() {
+        assert_eq!(psnr(&[0.5, 0.5], &[0.5, 0.5]), f64::INFINITY);
+        let db = psnr(&[0.0; 4], &[0.1; 4]);
+        assert!((db - 20.0).abs() < 1e-6, "{db}");
+    }
+
+    #[test]
+    fn options_are_validated() {
+        let options = RunOptions {
+            timesteps: vec![500],
+            upscale: 4,
+            process_size: 512,
+            tile_px: 512,
+            tile_overlap_px: 64,
+            tiling: TilingMode::Staged,
+            color_fix: ColorFix::Adain,
+            seed: None,
+        };
+        assert!(options.check(1000).is_ok());
+        assert!(RunOptions {
+            timesteps: vec![1000],
+            ..options.clone()
+        }
+        .check(1000)
+        .is_err());
+        assert!(RunOptions {
+            timesteps: vec![],
+            ..options.clone()
+        }
+        .check(1000)
+        .is_err());
+        assert!(RunOptions {
+            tile_px: 500,
+            ..options.clone()
+        }
+        .check(1000)
+        .is_err());
+        assert!(RunOptions {
+            tile_overlap_px: 300,
+            ..options.clone()
+        }
+        .check(1000)
+        .is_err());
+        assert!(RunOptions {
+            tile_px: 0,
+            tile_overlap_px: 3,
+            ..options
+        }
+        .check(1000)
+        .is_ok());
+    }
+}

@@ -1,0 +1,221 @@
+//! Exactness on models/tiny against the PyTorch golden references in
+//! models/tiny/golden/ (written by `python -m export.golden` from the PyTorch
+//! model, not from our output): fp32, CPU, untiled.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tadsr_edge::image_io::{read_input, InputLimits, InputPixels};
+use tadsr_edge::npy;
+use tadsr_edge::pipeline::{
+    self, psnr, ColorFix, NoProgress, Pipeline, PipelineConfig, ProviderChoice, RunOptions,
+    TilingMode,
+};
+use tadsr_edge::preprocess;
+use tadsr_edge::runtime::Provider;
+
+/// The bar for fp32 on CPU.
+const MIN_PSNR_DB: f64 = 50.0;
+
+#[derive(Deserialize)]
+struct GoldenCase {
+    name: String,
+    input: String,
+    upscale: u32,
+    process_size: u32,
+    timestep: u32,
+    color_fix: String,
+    sample: String,
+    upscaled: String,
+    reference: String,
+}
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/golden")
+}
+
+fn cases() -> Vec<GoldenCase> {
+    let text = std::fs::read_to_string(golden_dir().join("cases.json")).expect("golden cases.json");
+    let cases: Vec<GoldenCase> = serde_json::from_str(&text).expect("cases.json parses");
+    assert!(
+        cases.len() >= 9,
+        "expected at least 3 inputs x 3 timesteps, got {}",
+        cases.len()
+    );
+    cases
+}
+
+fn cpu_pipeline() -> Pipeline {
+    let mut config = PipelineConfig::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"));
+    config.provider = ProviderChoice::Only(Provider::Cpu);
+    Pipeline::load(&config).expect("models/tiny loads")
+}
+
+fn options_for(case: &GoldenCase) -> RunOptions {
+    assert_eq!(
+        case.sample, "mean",
+        "{}: only posterior-mean references are used here",
+        case.name
+    );
+    RunOptions {
+        timesteps: vec![case.timestep],
+        upscale: case.upscale,
+        process_size: case.process_size,
+        tile_px: 0,
+        tile_overlap_px: 0,
+        tiling: TilingMode::Staged,
+        color_fix: case.color_fix.parse::<ColorFix>().expect("known color fix"),
+        seed: None,
+    }
+}
+
+/// Reference [H, W, 3] as a flat CHW vector, to compare with our planes.
+fn reference_chw(case: &GoldenCase) -> (Vec<f32>, (usize, usize)) {
+    let reference = npy::read_npy(golden_dir().join(&case.reference)).expect("reference .npy");
+    let shape = reference.shape().to_vec();
+    assert_eq!(shape.len(), 3, "{}: reference is HWC", case.name);
+    assert_eq!(shape[2], 3);
+    let chw: Vec<f32> = reference
+        .permuted_axes(vec![2, 0, 1])
+        .iter()
+        .copied()
+        .collect();
+    (chw, (shape[0], shape[1]))
+}
+
+#[test]
+fn model_part_matches_pytorch_on_pillows_upscaled_image() {
+    let mut pipeline = cpu_pipeline();
+    let mut worst = f64::INFINITY;
+    for case in cases() {
+        let upscaled = image::open(golden_dir().join(&case.upscaled))
+            .unwrap()
+            .to_rgb8();
+        let model_input = preprocess::rgb8_to_model_input(&upscaled);
+        let source = preprocess::rgb8_to_unit_planes(&upscaled);
+        let (ours, _) = pipeline
+            .upscale_tensor(
+                &model_input,
+                &source,
+                case.timestep,
+                &options_for(&case),
+                &NoProgress,
+            )
+            .unwrap();
+        let (reference, (height, width)) = reference_chw(&case);
+        assert_eq!(ours.dim(), (3, height, width), "{}", case.name);
+        let db = psnr(&reference, ours.as_slice().unwrap());
+        eprintln!("{}: {db:.1} dB (model part)", case.name);
+        assert!(
+            db >= MIN_PSNR_DB,
+            "{}: {db:.2} dB < {MIN_PSNR_DB}",
+            case.name
+        );
+        worst = worst.min(db);
+    }
+    eprintln!("worst model-part PSNR: {worst:.1} dB");
+}
+
+#[test]
+fn whole_pipeline_from_the_input_file_matches_pytorch() {
+    let mut pipeline = cpu_pipeline();
+    for case in cases() {
+        let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
+        assert!(matches!(input.pixels, InputPixels::Rgb8(_)));
+        let plan =
+            preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size)
+                .unwrap();
+        let prepared = pipeline::prepare(&input, &plan).unwrap();
+        let (ours, _) = pipeline
+            .upscale_tensor(
+                &prepared.model_input,
+                &prepared.source_planes,
+                case.timestep,
+                &options_for(&case),
+                &NoProgress,
+            )
+            .unwrap();
+        let (reference, (height, width)) = reference_chw(&case);
+        assert_eq!(ours.dim(), (3, height, width), "{}", case.name);
+        let db = psnr(&reference, ours.as_slice().unwrap());
+        eprintln!("{}: {db:.1} dB (from the input file)", case.name);
+        assert!(
+            db >= MIN_PSNR_DB,
+            "{}: {db:.2} dB < {MIN_PSNR_DB}",
+            case.name
+        );
+    }
+}
+
+#[test]
+fn our_resize_is_within_one_level_of_pillow_on_the_golden_inputs() {
+    for case in cases() {
+        let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
+        let InputPixels::Rgb8(rgb) = &input.pixels else {
+            panic!("8-bit input")
+        };
+        let plan =
+            preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size)
+                .unwrap();
+        let ours = preprocess::apply_size_plan_rgb8(rgb, &plan).unwrap();
+        let pillow = image::open(golden_dir().join(&case.upscaled))
+            .unwrap()
+            .to_rgb8();
+        assert_eq!(ours.dimensions(), pillow.dimensions(), "{}", case.name);
+        let worst = ours
+            .as_raw()
+            .iter()
+            .zip(pillow.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= 1, "{}: {worst} levels off Pillow", case.name);
+    }
+}
+
+#[test]
+fn the_timestep_changes_the_output() {
+    let mut pipeline = cpu_pipeline();
+    let case = &cases()[0];
+    let upscaled = image::open(golden_dir().join(&case.upscaled))
+        .unwrap()
+        .to_rgb8();
+    let model_input = preprocess::rgb8_to_model_input(&upscaled);
+    let source = preprocess::rgb8_to_unit_planes(&upscaled);
+    let options = options_for(case);
+    let (at_100, _) = pipeline
+        .upscale_tensor(&model_input, &source, 100, &options, &NoProgress)
+        .unwrap();
+    let (at_900, _) = pipeline
+        .upscale_tensor(&model_input, &source, 900, &options, &NoProgress)
+        .unwrap();
+    let db = psnr(at_100.as_slice().unwrap(), at_900.as_slice().unwrap());
+    assert!(db < 45.0, "t=100 and t=900 should differ, PSNR {db:.1} dB");
+}
+
+#[test]
+fn a_seed_samples_reproducibly_and_differs_from_the_mean() {
+    let mut pipeline = cpu_pipeline();
+    let case = &cases()[0];
+    let upscaled = image::open(golden_dir().join(&case.upscaled))
+        .unwrap()
+        .to_rgb8();
+    let model_input = preprocess::rgb8_to_model_input(&upscaled);
+    let source = preprocess::rgb8_to_unit_planes(&upscaled);
+    let mean = options_for(case);
+    let seeded = RunOptions {
+        seed: Some(7),
+        ..mean.clone()
+    };
+    let (from_mean, _) = pipeline
+        .upscale_tensor(&model_input, &source, 500, &mean, &NoProgress)
+        .unwrap();
+    let (first, _) = pipeline
+        .upscale_tensor(&model_input, &source, 500, &seeded, &NoProgress)
+        .unwrap();
+    let (second, _) = pipeline
+        .upscale_tensor(&model_input, &source, 500, &seeded, &NoProgress)
+        .unwrap();
+    assert_eq!(first, second, "same seed, same output");
+    assert_ne!(first, from_mean, "a sample is not the mean");
+}
