@@ -1,0 +1,415 @@
+//! `tadsr-edge run` through the real binary on models/tiny: input kinds,
+//! failures, batches, naming, tiling modes. Inputs are made from the
+//! committed example photos.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use image::{DynamicImage, GenericImageView, ImageEncoder};
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn example(name: &str) -> DynamicImage {
+    image::open(repo().join("examples").join(name)).expect("example photo")
+}
+
+fn tadsr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args(args)
+        .args([
+            "--model",
+            repo().join("models/tiny").to_str().unwrap(),
+            "--provider",
+            "cpu",
+        ])
+        .output()
+        .expect("the binary runs")
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+/// Files in a folder, hidden ones included (a leftover temporary file would show).
+fn folder_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+/// A small RGB input (keeps the runs short: 48x40 -> 192x160 with --process-size 0).
+fn small_rgb() -> DynamicImage {
+    example("coffee.png").resize_exact(48, 40, image::imageops::FilterType::Lanczos3)
+}
+
+#[test]
+fn one_file_to_one_file_with_the_right_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    small_rgb().save(&input).unwrap();
+    let output = dir.path().join("result.png");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&output),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let result = image::open(&output).unwrap();
+    assert_eq!(result.dimensions(), (192, 160));
+    assert_eq!(result.color(), image::ColorType::Rgb8);
+}
+
+#[test]
+fn output_is_upscale_times_the_original_when_the_minimum_size_rule_applies() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("tiny.png");
+    example("chelsea.png")
+        .resize_exact(30, 21, image::imageops::FilterType::Lanczos3)
+        .save(&input)
+        .unwrap();
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("x.png")),
+        "--process-size",
+        "128",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(
+        image::open(dir.path().join("x.png")).unwrap().dimensions(),
+        (120, 84)
+    );
+}
+
+#[test]
+fn gray_rgba_and_16_bit_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let rgb = small_rgb();
+    rgb.grayscale().save(dir.path().join("gray.png")).unwrap();
+    let mut rgba = rgb.to_rgba8();
+    for (x, _, pixel) in rgba.enumerate_pixels_mut() {
+        pixel.0[3] = (x * 5).min(255) as u8; // a horizontal alpha ramp
+    }
+    rgba.save(dir.path().join("rgba.png")).unwrap();
+    DynamicImage::ImageRgb16(rgb.to_rgb16())
+        .save(dir.path().join("deep.png"))
+        .unwrap();
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(dir.path()),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(folder_names(&out), ["deep.png", "gray.png", "rgba.png"]);
+
+    let gray = image::open(out.join("gray.png")).unwrap();
+    assert_eq!(
+        (gray.dimensions(), gray.color()),
+        ((192, 160), image::ColorType::Rgb8)
+    );
+
+    let rgba_out = image::open(out.join("rgba.png")).unwrap().to_rgba8();
+    assert_eq!(rgba_out.dimensions(), (192, 160));
+    let alpha_left = rgba_out.get_pixel(2, 80).0[3];
+    let alpha_right = rgba_out.get_pixel(189, 80).0[3];
+    assert!(
+        alpha_left < 10 && alpha_right > 200,
+        "alpha ramp kept: {alpha_left} .. {alpha_right}"
+    );
+
+    let deep = image::open(out.join("deep.png")).unwrap();
+    assert_eq!(
+        deep.color(),
+        image::ColorType::Rgb16,
+        "16-bit in, 16-bit out"
+    );
+    let uses_low_bits = deep
+        .to_rgb16()
+        .pixels()
+        .any(|p| p.0.iter().any(|v| v % 257 != 0));
+    assert!(uses_low_bits, "16-bit output carries more than 8 bits");
+}
+
+/// A JPEG with an EXIF APP1 segment whose orientation tag is `orientation`.
+fn jpeg_with_orientation(image: &DynamicImage, orientation: u16) -> Vec<u8> {
+    let mut jpeg = Vec::new();
+    image::codecs::jpeg::JpegEncoder::new_with_quality(&mut jpeg, 95)
+        .write_image(
+            image.to_rgb8().as_raw(),
+            image.width(),
+            image.height(),
+            image::ExtendedColorType::Rgb8,
+        )
+        .unwrap();
+    let mut tiff = Vec::new();
+    tiff.extend_from_slice(b"II*\0");
+    tiff.extend_from_slice(&8u32.to_le_bytes()); // first IFD at offset 8
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut with_exif = jpeg[..2].to_vec(); // SOI
+    with_exif.extend_from_slice(&[0xFF, 0xE1]);
+    with_exif.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    with_exif.extend_from_slice(&app1);
+    with_exif.extend_from_slice(&jpeg[2..]);
+    with_exif
+}
+
+#[test]
+fn exif_orientation_is_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("rotated.jpg");
+    std::fs::write(&input, jpeg_with_orientation(&small_rgb(), 6)).unwrap(); // 6: rotate 90 degrees clockwise
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("r.png")),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(
+        image::open(dir.path().join("r.png")).unwrap().dimensions(),
+        (160, 192),
+        "48x40 turned upright is 40x48"
+    );
+}
+
+#[test]
+fn a_batch_goes_on_past_bad_files_and_leaves_nothing_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    small_rgb().save(inputs.join("a_good.png")).unwrap();
+    small_rgb()
+        .grayscale()
+        .save(inputs.join("c_good.jpg"))
+        .unwrap();
+    std::fs::write(inputs.join("b_text.png"), b"this is not an image").unwrap();
+    std::fs::write(inputs.join("d_empty.png"), b"").unwrap();
+    let mut png = Vec::new();
+    small_rgb()
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(inputs.join("e_truncated.png"), &png[..png.len() / 2]).unwrap();
+    let missing = dir.path().join("missing.png");
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs),
+        path_str(&missing),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    let err = stderr(&run);
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(error_lines.len(), 4, "one line per bad input:\n{err}");
+    for bad in [
+        "b_text.png",
+        "d_empty.png",
+        "e_truncated.png",
+        "missing.png",
+    ] {
+        assert!(
+            error_lines.iter().any(|l| l.contains(bad)),
+            "{bad} reported:\n{err}"
+        );
+    }
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        folder_names(&out),
+        ["a_good.png", "c_good.png"],
+        "only complete outputs, no temporary files"
+    );
+}
+
+#[test]
+fn an_input_over_the_pixel_limit_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.png");
+    small_rgb().save(&input).unwrap();
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("o.png")),
+        "--max-pixels",
+        "1000",
+        "-q",
+    ]);
+    assert_eq!(run.status.code(), Some(1));
+    let err = stderr(&run);
+    assert!(
+        err.starts_with("error: ") && err.contains("--max-pixels"),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(!dir.path().join("o.png").exists());
+}
+
+#[test]
+fn usage_and_model_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    small_rgb().save(&input).unwrap();
+    let o = path_str(&dir.path().join("o.png")).to_string();
+    for args in [
+        vec!["run", path_str(&input), "-o", &o, "-t", "0"],
+        vec!["run", path_str(&input), "-o", &o, "-t", "1000"],
+        vec!["run", path_str(&input), "-o", &o, "--tile", "100"],
+        vec!["run", path_str(&input), "-o", &o, "--color-fix", "sepia"],
+        vec!["run", path_str(&input), path_str(&input), "-o", &o],
+    ] {
+        let run = tadsr(&args);
+        assert_eq!(run.status.code(), Some(2), "{args:?}: {}", stderr(&run));
+        assert!(!stderr(&run).contains("panicked"));
+    }
+    let run = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args([
+            "run",
+            path_str(&input),
+            "-o",
+            &o,
+            "--model",
+            path_str(dir.path()),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(stderr(&run).contains("manifest.json"), "{}", stderr(&run));
+    assert!(!dir.path().join("o.png").exists());
+}
+
+#[test]
+fn cuda_where_it_cannot_be_used_is_an_error_not_a_fallback() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    small_rgb().save(&input).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args([
+            "run",
+            path_str(&input),
+            "-o",
+            path_str(&dir.path().join("o.png")),
+        ])
+        .args([
+            "--model",
+            repo().join("models/tiny").to_str().unwrap(),
+            "--provider",
+            "cuda",
+        ])
+        .output()
+        .unwrap();
+    if run.status.success() {
+        return; // a machine with a usable CUDA provider
+    }
+    assert_eq!(run.status.code(), Some(2));
+    assert!(stderr(&run).contains("cuda"), "{}", stderr(&run));
+}
+
+#[test]
+fn several_timesteps_name_outputs_and_json_reports_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("cat.png");
+    small_rgb().save(&input).unwrap();
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&out),
+        "-t",
+        "200,800",
+        "--process-size",
+        "0",
+        "--json",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(folder_names(&out), ["cat_t200.png", "cat_t800.png"]);
+    let lines: Vec<serde_json::Value> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["timestep"], 200);
+    assert_eq!(lines[1]["output_size"], serde_json::json!([192, 160]));
+    assert_eq!(lines[0]["provider"]["unet"], "cpu");
+    assert!(lines[0]["ms"]["unet"].as_f64().unwrap() > 0.0);
+    let a = image::open(out.join("cat_t200.png")).unwrap().to_rgb8();
+    let b = image::open(out.join("cat_t800.png")).unwrap().to_rgb8();
+    assert_ne!(a, b, "different timesteps give different images");
+}
+
+#[test]
+fn latent_tiling_runs_on_an_output_over_768_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    example("coffee.png")
+        .resize_exact(200, 196, image::imageops::FilterType::Lanczos3)
+        .save(&input)
+        .unwrap();
+    let tiled = dir.path().join("latent.png");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&tiled),
+        "--tiling",
+        "latent",
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(image::open(&tiled).unwrap().dimensions(), (800, 784));
+}
+
+#[test]
+fn help_shows_examples() {
+    for args in [
+        vec!["--help"],
+        vec!["info", "--help"],
+        vec!["run", "--help"],
+    ] {
+        let output = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        let text = String::from_utf8(output.stdout).unwrap();
+        assert!(text.contains("Examples:"), "{args:?}:\n{text}");
+    }
+}
