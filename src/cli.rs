@@ -37,6 +37,12 @@ Examples:
 Exit codes: 0 all written; 1 some inputs failed (one line each, the rest were
 written); 2 usage, model or runtime errors; 130 interrupted.";
 
+const BENCH_EXAMPLES: &str = "\
+Examples:
+  tadsr-edge bench --model models/tiny --size 512 --runs 10
+  tadsr-edge bench --model models/sd21 --size 512 --runs 3 --warmup 1 --threads 2 --json
+  tadsr-edge bench --model models/sd21 --size 2048 --tile 512 --runs 1 --warmup 0";
+
 const INFO_EXAMPLES: &str = "\
 Examples:
   tadsr-edge info
@@ -59,6 +65,9 @@ pub enum Command {
     /// Upscale images (files or folders) with a model bundle.
     #[command(after_help = RUN_EXAMPLES)]
     Run(RunArgs),
+    /// Measure latency per stage, end to end, throughput and peak memory.
+    #[command(after_help = BENCH_EXAMPLES)]
+    Bench(BenchArgs),
     /// Show ONNX Runtime's version and library, the usable execution providers, and a bundle's summary.
     #[command(after_help = INFO_EXAMPLES)]
     Info(InfoArgs),
@@ -149,6 +158,43 @@ pub enum ProviderArg {
 }
 
 #[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model bundle folder [default: models/tadsr if present, else models/tiny].
+    #[arg(long, short = 'm', value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Output side in pixels (the input is size/upscale, square).
+    #[arg(long, default_value_t = 512, value_name = "PX")]
+    pub size: u32,
+    /// Tile side in output pixels; 0 = no tiling.
+    #[arg(long, default_value_t = 512, value_name = "PX")]
+    pub tile: u32,
+    /// Overlap between tiles in output pixels.
+    #[arg(long, default_value_t = 64, value_name = "PX")]
+    pub tile_overlap: u32,
+    /// Measured runs.
+    #[arg(long, default_value_t = 10)]
+    pub runs: usize,
+    /// Unmeasured runs first.
+    #[arg(long, default_value_t = 2)]
+    pub warmup: usize,
+    /// Execution provider; auto tries tensorrt, cuda, cpu.
+    #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
+    pub provider: ProviderArg,
+    /// Intra-op threads per session; 0 = one per core.
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// Timestep [default: the bundle's, 500].
+    #[arg(short = 't', long)]
+    pub timestep: Option<u32>,
+    /// Photo to benchmark on [default: examples/coffee.png].
+    #[arg(long, value_name = "FILE")]
+    pub input: Option<PathBuf>,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Model bundle folder (holding manifest.json).
     #[arg(long, short = 'm', value_name = "DIR")]
@@ -177,6 +223,7 @@ pub fn main() -> i32 {
     };
     let result = match &cli.command {
         Command::Info(args) => info(cli.ort_lib.as_deref(), args),
+        Command::Bench(args) => crate::bench_command::bench(cli.ort_lib.as_deref(), args),
         Command::Run(args) => crate::run_command::run(cli.ort_lib.as_deref(), args),
     };
     match result {

@@ -130,58 +130,6 @@ fn for_each_channel(
     Ok(())
 }
 
-fn clamp_unit(samples: &mut [f32]) {
-    samples
-        .par_iter_mut()
-        .for_each(|sample| *sample = sample.clamp(0.0, 1.0));
-}
-
-// ---------------------------------------------------------------------------
-// AdaIN
-// ---------------------------------------------------------------------------
-
-/// Mean and `sqrt(unbiased variance + 1e-5)` of one channel.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ChannelStats {
-    pub mean: f64,
-    pub std: f64,
-}
-
-/// [`ChannelStats`] of a plane, accumulated in `f64` (two passes). A single
-/// sample has variance 0 here (torch gives NaN).
-pub fn channel_stats(plane: &[f32]) -> ChannelStats {
-    let count = plane.len() as f64;
-    let mean = plane.par_iter().map(|&v| f64::from(v)).sum::<f64>() / count;
-    let squared_deviation: f64 = plane
-        .par_iter()
-        .map(|&v| {
-            let deviation = f64::from(v) - mean;
-            deviation * deviation
-        })
-        .sum();
-    let variance = if plane.len() > 1 {
-        squared_deviation / (count - 1.0)
-    } else {
-        0.0
-    };
-    ChannelStats {
-        mean,
-        std: (variance + ADAIN_EPSILON).sqrt(),
-    }
-}
-
-fn adain_plane(target: &mut [f32], source: &[f32]) {
-    let target_stats = channel_stats(target);
-    let source_stats = channel_stats(source);
-    let (target_mean, target_std) = (target_stats.mean as f32, target_stats.std as f32);
-    let (source_mean, source_std) = (source_stats.mean as f32, source_stats.std as f32);
-    // The authors' order of operations, in f32 like torch.
-    target.par_iter_mut().for_each(|sample| {
-        let normalized = (*sample - target_mean) / target_std;
-        *sample = (normalized * source_std + source_mean).clamp(0.0, 1.0);
-    });
-}
-
 /// AdaIN color fix: per channel `(y - mean_y) / std_y * std_u + mean_u`,
 /// clamped to [0, 1]. `target` is y (changed in place), `source` is U.
 pub fn adain_color_fix(
@@ -253,7 +201,8 @@ fn blur_column_rows(above: &[f32], center: &[f32], below: &[f32], blurred: &mut 
 }
 
 /// One wavelet blur: the 3x3 kernel `[[1,2,1],[2,4,2],[1,2,1]] / 16` with
-/// dilation `radius` and replicate padding `radius`, as two separable passes.
+/// dilation `radius` and replicate padding `radius`, as two separable passes
+/// (`row_blurred` holds the horizontal pass).
 pub fn wavelet_blur(
     plane: &[f32],
     height: usize,
@@ -278,30 +227,31 @@ pub fn wavelet_blur(
         });
 }
 
-/// Blurs `buffers.current` level by level (radius 1, 2, 4, ...); `on_level`
-/// sees each level's input and its blur. Leaves the lowest band in `buffers.current`.
-fn decompose(
-    buffers: &mut BlurBuffers,
-    height: usize,
-    width: usize,
-    levels: usize,
-    mut on_level: impl FnMut(&[f32], &[f32]),
-) {
-    for level in 0..levels {
+/// The lowest band of `plane`: [`WAVELET_LEVELS`] blurs with radius 1, 2, 4, ...
+/// each applied to the previous one. Leaves it in `buffers.current`.
+fn low_band(plane: &[f32], height: usize, width: usize, buffers: &mut BlurBuffers) {
+    for level in 0..WAVELET_LEVELS {
         let radius = 1 << level;
+        let level_input = if level == 0 {
+            plane
+        } else {
+            &buffers.current[..]
+        };
         wavelet_blur(
-            &buffers.current,
+            level_input,
             height,
             width,
             radius,
             &mut buffers.blurred,
             &mut buffers.row_blurred,
         );
-        on_level(&buffers.current, &buffers.blurred);
         std::mem::swap(&mut buffers.current, &mut buffers.blurred);
     }
 }
 
+/// The authors' high band is the sum over levels of (level input - its blur);
+/// that sum telescopes to `plane - low_band(plane)`, which is computed here
+/// (fewer passes, one rounding instead of five).
 fn wavelet_plane(
     target: &mut [f32],
     source: &[f32],
@@ -309,29 +259,16 @@ fn wavelet_plane(
     width: usize,
     buffers: &mut BlurBuffers,
 ) {
-    // High frequencies of the target: the sum over levels of (level input - its blur).
-    buffers.current.copy_from_slice(target);
-    target.fill(0.0);
-    decompose(
-        buffers,
-        height,
-        width,
-        WAVELET_LEVELS,
-        |level_input, level_blur| {
-            target
-                .par_iter_mut()
-                .zip(level_input.par_iter().zip(level_blur))
-                .for_each(|(high, (&input, &blur))| *high += input - blur);
-        },
-    );
-    // Plus the lowest band of the source.
-    buffers.current.copy_from_slice(source);
-    decompose(buffers, height, width, WAVELET_LEVELS, |_, _| {});
+    low_band(target, height, width, buffers);
     target
         .par_iter_mut()
         .zip(buffers.current.par_iter())
-        .for_each(|(sample, &low)| *sample += low);
-    clamp_unit(target);
+        .for_each(|(sample, &low)| *sample -= low);
+    low_band(source, height, width, buffers);
+    target
+        .par_iter_mut()
+        .zip(buffers.current.par_iter())
+        .for_each(|(high, &low)| *high = (*high + low).clamp(0.0, 1.0));
 }
 
 /// Wavelet color fix: the target's high frequencies (5 levels of a dilated

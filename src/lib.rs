@@ -16,6 +16,7 @@ pub mod pipeline;
 pub mod preprocess;
 pub mod runtime;
 pub mod schedule;
+pub mod stats;
 pub mod tiling;
 
 pub use error::{Error, Result};

@@ -1,5 +1,6 @@
 //! The `tadsr-edge` command line: a thin layer over the library.
 
+mod bench_command;
 mod cli;
 mod run_command;
 

@@ -921,16 +921,21 @@ fn planes_to_interleaved<T: Copy + Default + Send>(
     convert: impl Fn(f32) -> T + Sync,
 ) -> Result<(u32, u32, Vec<T>), PreprocessError> {
     let (height, width) = plane_dims(planes)?;
+    let planes = planes.as_standard_layout();
+    let plane_values = planes.as_slice().expect("standard layout is contiguous");
+    let (red, rest) = plane_values.split_at(height * width);
+    let (green, blue) = rest.split_at(height * width);
     let mut samples = vec![T::default(); height * width * 3];
     samples
         .par_chunks_mut(width * 3)
-        .enumerate()
-        .for_each(|(y, pixel_row)| {
-            for channel in 0..3 {
-                let plane_row = planes.slice(ndarray::s![channel, y, ..]);
-                for (pixel, &value) in pixel_row.chunks_exact_mut(3).zip(plane_row.iter()) {
-                    pixel[channel] = convert(value);
-                }
+        .zip(red.par_chunks(width))
+        .zip(green.par_chunks(width).zip(blue.par_chunks(width)))
+        .for_each(|((pixel_row, red_row), (green_row, blue_row))| {
+            let channel_rows = red_row.iter().zip(green_row).zip(blue_row);
+            for (pixel, ((&r, &g), &b)) in pixel_row.chunks_exact_mut(3).zip(channel_rows) {
+                pixel[0] = convert(r);
+                pixel[1] = convert(g);
+                pixel[2] = convert(b);
             }
         });
     Ok((width as u32, height as u32, samples))

@@ -26,7 +26,7 @@ const EXIT_INTERRUPTED: i32 = 130;
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 /// The model folder when `--model` is not given.
-fn default_model_dir() -> PathBuf {
+pub fn default_model_dir() -> PathBuf {
     let real = PathBuf::from("models/tadsr");
     if real.join("manifest.json").is_file() {
         real
@@ -35,7 +35,7 @@ fn default_model_dir() -> PathBuf {
     }
 }
 
-fn provider_choice(arg: ProviderArg) -> ProviderChoice {
+pub fn provider_choice(arg: ProviderArg) -> ProviderChoice {
     match arg {
         ProviderArg::Auto => ProviderChoice::Auto,
         ProviderArg::Cpu => ProviderChoice::Only(Provider::Cpu),

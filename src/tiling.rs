@@ -322,23 +322,34 @@ impl TileAccumulator {
         self.check_rect(rect)?;
         check_len("tile", rect.area() * self.channels, tile.len())?;
         check_len("weights", rect.area(), weights.len())?;
-        let plane_len = self.height * self.width;
-        let width = self.width;
+        let (height, width) = (self.height, self.width);
+        let rect_rows = rect.y..rect.y + rect.height;
+        let rect_columns = rect.x..rect.x + rect.width;
+        // Rows of all channels in parallel; rows outside the rect are skipped.
         self.weighted_sum
-            .par_chunks_mut(plane_len)
-            .zip(tile.par_chunks(rect.area()))
-            .for_each(|(plane, tile_plane)| {
-                add_weighted_rows(plane, width, rect, tile_plane, weights);
+            .par_chunks_mut(width)
+            .enumerate()
+            .filter(|(row_index, _)| rect_rows.contains(&(row_index % height)))
+            .for_each(|(row_index, row)| {
+                let (channel, tile_y) = (row_index / height, row_index % height - rect.y);
+                let tile_row_start = (channel * rect.height + tile_y) * rect.width;
+                let weight_row_start = tile_y * rect.width;
+                add_weighted_row(
+                    &mut row[rect_columns.clone()],
+                    &tile[tile_row_start..tile_row_start + rect.width],
+                    &weights[weight_row_start..weight_row_start + rect.width],
+                );
             });
-        for (row, weight_row) in weights.chunks_exact(rect.width).enumerate() {
-            let start = (rect.y + row) * width + rect.x;
-            for (total, &weight) in self.weight_total[start..start + rect.width]
-                .iter_mut()
-                .zip(weight_row)
-            {
-                *total += weight;
-            }
-        }
+        self.weight_total
+            .par_chunks_mut(width)
+            .skip(rect.y)
+            .take(rect.height)
+            .zip(weights.par_chunks(rect.width))
+            .for_each(|(row, weight_row)| {
+                for (total, &weight) in row[rect_columns.clone()].iter_mut().zip(weight_row) {
+                    *total += weight;
+                }
+            });
         Ok(())
     }
 
@@ -378,13 +389,18 @@ impl TileAccumulator {
             });
         }
         let mut blended = self.weighted_sum;
-        let plane_len = self.height * self.width;
+        let (height, width) = (self.height, self.width);
         let weight_total = &self.weight_total;
-        blended.par_chunks_mut(plane_len).for_each(|plane| {
-            for (value, &total) in plane.iter_mut().zip(weight_total) {
-                *value /= total;
-            }
-        });
+        blended
+            .par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(row_index, row)| {
+                let y = row_index % height;
+                let total_row = &weight_total[y * width..(y + 1) * width];
+                for (value, &total) in row.iter_mut().zip(total_row) {
+                    *value /= total;
+                }
+            });
         Ok(
             Array3::from_shape_vec((self.channels, self.height, self.width), blended)
                 .expect("buffer has the accumulator's shape"),
@@ -403,23 +419,10 @@ fn check_len(what: &'static str, expected: usize, actual: usize) -> Result<(), T
     Ok(())
 }
 
-/// `plane[rect] += tile_plane * weights`, row by row.
-fn add_weighted_rows(
-    plane: &mut [f32],
-    width: usize,
-    rect: TileRect,
-    tile_plane: &[f32],
-    weights: &[f32],
-) {
-    let rows = tile_plane
-        .chunks_exact(rect.width)
-        .zip(weights.chunks_exact(rect.width));
-    for (row, (tile_row, weight_row)) in rows.enumerate() {
-        let start = (rect.y + row) * width + rect.x;
-        let target = &mut plane[start..start + rect.width];
-        for ((sum, &value), &weight) in target.iter_mut().zip(tile_row).zip(weight_row) {
-            *sum += value * weight;
-        }
+/// `sums += values * weights`, element by element.
+fn add_weighted_row(sums: &mut [f32], values: &[f32], weights: &[f32]) {
+    for ((sum, &value), &weight) in sums.iter_mut().zip(values).zip(weights) {
+        *sum += value * weight;
     }
 }
 

@@ -1,0 +1,192 @@
+//! `tadsr-edge bench`: latency per stage, end to end, throughput and peak
+//! memory for one output size.
+
+use std::path::Path;
+use std::time::Instant;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use tadsr_edge::image_io::{self, InputImage};
+use tadsr_edge::pipeline::{NoProgress, Pipeline, PipelineConfig, RunOptions, TilingMode};
+use tadsr_edge::preprocess::{self, ResampleFilter};
+use tadsr_edge::stats::{self, Summary};
+
+use crate::cli::BenchArgs;
+use crate::run_command::provider_choice;
+
+/// The stages reported, in pipeline order.
+const STAGES: [&str; 8] = [
+    "preprocess",
+    "encoder",
+    "unet",
+    "decoder",
+    "blend",
+    "color_fix",
+    "postprocess",
+    "write",
+];
+
+/// A low-resolution input of `side` x `side` pixels: the given photo (or
+/// the committed example) resized with Lanczos.
+fn bench_input(input: Option<&Path>, side: u32) -> anyhow::Result<InputImage> {
+    let default_photo = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/coffee.png");
+    let photo_path = input.unwrap_or(&default_photo);
+    let photo = image::open(photo_path)
+        .with_context(|| {
+            format!(
+                "cannot read the benchmark input {} (give one with --input)",
+                photo_path.display()
+            )
+        })?
+        .to_rgb8();
+    let resized = preprocess::resize_rgb8(&photo, side, side, ResampleFilter::Lanczos)?;
+    Ok(InputImage::from_rgb8(resized))
+}
+
+pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
+    let mut config = PipelineConfig::new(
+        args.model
+            .clone()
+            .unwrap_or_else(crate::run_command::default_model_dir),
+    );
+    config.ort_lib = ort_lib.map(Path::to_path_buf);
+    config.provider = provider_choice(args.provider);
+    config.threads = args.threads;
+    config.tile_px = args.tile;
+    config.verify_hashes = false;
+    let load_start = Instant::now();
+    let mut pipeline = Pipeline::load(&config)?;
+    let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
+
+    let mut options = RunOptions::from_bundle(pipeline.bundle());
+    options.process_size = 0;
+    options.tile_px = args.tile;
+    options.tile_overlap_px = args.tile_overlap;
+    options.tiling = TilingMode::Staged;
+    if let Some(timestep) = args.timestep {
+        options.timesteps = vec![timestep];
+    }
+    options.check(pipeline.num_train_timesteps())?;
+    if args.size % (8 * options.upscale) != 0 || args.size == 0 {
+        anyhow::bail!(
+            "--size {} must be a positive multiple of {}",
+            args.size,
+            8 * options.upscale
+        );
+    }
+    let input = bench_input(args.input.as_deref(), args.size / options.upscale)?;
+    let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
+    let output_path = scratch.path().join("bench.png");
+
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
+    let mut end_to_end = Vec::new();
+    for run in 0..args.warmup + args.runs {
+        let start = Instant::now();
+        let mut outputs = pipeline.upscale(&input, &options, &NoProgress)?;
+        let upscaled = outputs.pop().context("the pipeline gave no output")?;
+        let write_start = Instant::now();
+        image_io::write_atomically(&upscaled.image, &output_path)?;
+        let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
+        let total_ms = start.elapsed().as_secs_f64() * 1e3;
+        if run < args.warmup {
+            continue;
+        }
+        let t = upscaled.timings;
+        let per_stage = [
+            t.preprocess,
+            t.encoder,
+            t.unet,
+            t.decoder,
+            t.blend,
+            t.color_fix,
+            t.postprocess,
+            write_ms,
+        ];
+        for (stage_samples, value) in samples.iter_mut().zip(per_stage) {
+            stage_samples.push(value);
+        }
+        end_to_end.push(total_ms);
+        if !args.json {
+            eprintln!(
+                "run {}/{}: {total_ms:.0} ms",
+                run + 1 - args.warmup,
+                args.runs
+            );
+        }
+    }
+    let summaries: Vec<Summary> = samples.iter().filter_map(|s| stats::summarize(s)).collect();
+    let total = stats::summarize(&end_to_end).context("--runs must be at least 1")?;
+    let rust_side_p50: f64 = ["preprocess", "blend", "color_fix", "postprocess", "write"]
+        .iter()
+        .filter_map(|name| STAGES.iter().position(|s| s == name))
+        .map(|index| summaries[index].p50)
+        .sum();
+    let output_megapixels = f64::from(args.size) * f64::from(args.size) / 1e6;
+    let throughput = output_megapixels / (total.p50 / 1e3);
+    let peak_rss = stats::peak_rss_bytes();
+    let providers = pipeline.providers();
+
+    if args.json {
+        let stages: serde_json::Map<String, serde_json::Value> = STAGES
+            .iter()
+            .zip(&summaries)
+            .map(|(name, summary)| (name.to_string(), json!(summary)))
+            .collect();
+        println!(
+            "{}",
+            json!({
+                "model": pipeline.bundle().root(),
+                "size": args.size,
+                "tile": args.tile,
+                "runs": args.runs,
+                "warmup": args.warmup,
+                "threads": args.threads,
+                "provider": providers,
+                "session_creation_ms": session_ms,
+                "stages_ms": stages,
+                "end_to_end_ms": total,
+                "rust_side_share_p50": rust_side_p50 / total.p50,
+                "output_megapixels_per_second": throughput,
+                "peak_rss_bytes": peak_rss,
+            })
+        );
+        return Ok(0);
+    }
+    println!(
+        "tadsr-edge bench: {} -> {}x{} output, tile {}, {} runs after {} warm-up, encoder {} / unet {} / decoder {}",
+        pipeline.bundle().root().display(),
+        args.size,
+        args.size,
+        args.tile,
+        args.runs,
+        args.warmup,
+        providers.vae_encoder,
+        providers.unet,
+        providers.vae_decoder
+    );
+    println!("session creation: {session_ms:.0} ms");
+    println!(
+        "{:<12} {:>10} {:>10} {:>10}",
+        "stage", "p50 ms", "p95 ms", "min ms"
+    );
+    for (name, summary) in STAGES.iter().zip(&summaries) {
+        println!(
+            "{name:<12} {:>10.1} {:>10.1} {:>10.1}",
+            summary.p50, summary.p95, summary.min
+        );
+    }
+    println!(
+        "{:<12} {:>10.1} {:>10.1} {:>10.1}",
+        "end to end", total.p50, total.p95, total.min
+    );
+    println!("throughput: {throughput:.3} output megapixels/s");
+    println!(
+        "outside ONNX Runtime: {:.2}% of p50",
+        100.0 * rust_side_p50 / total.p50
+    );
+    if let Some(bytes) = peak_rss {
+        println!("peak RSS: {:.0} MiB", bytes as f64 / (1024.0 * 1024.0));
+    }
+    Ok(0)
+}
