@@ -68,7 +68,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
         options.timesteps = vec![timestep];
     }
     options.check(pipeline.num_train_timesteps())?;
-    if args.size % (8 * options.upscale) != 0 || args.size == 0 {
+    if args.size == 0 || !args.size.is_multiple_of(8 * options.upscale) {
         anyhow::bail!(
             "--size {} must be a positive multiple of {}",
             args.size,

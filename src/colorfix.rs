@@ -130,6 +130,80 @@ fn for_each_channel(
     Ok(())
 }
 
+// ---------------------------------------------------------------------------
+// AdaIN
+// ---------------------------------------------------------------------------
+
+/// Mean and `sqrt(unbiased variance + 1e-5)` of one channel.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ChannelStats {
+    pub mean: f64,
+    pub std: f64,
+}
+
+/// Samples per parallel work item when summing a plane.
+const STATS_CHUNK: usize = 1 << 14;
+/// Independent accumulators per sum, so the inner loop vectorizes.
+const STATS_LANES: usize = 8;
+
+/// `(sum of d, sum of d^2)` with `d = v - shift`, in `f64`.
+fn shifted_sums(samples: &[f32], shift: f64) -> (f64, f64) {
+    let mut lane_sums = [0.0f64; STATS_LANES];
+    let mut lane_squares = [0.0f64; STATS_LANES];
+    let chunks = samples.chunks_exact(STATS_LANES);
+    let remainder = chunks.remainder();
+    for chunk in chunks {
+        let lanes = lane_sums.iter_mut().zip(lane_squares.iter_mut());
+        for ((sum, square), &value) in lanes.zip(chunk) {
+            let deviation = f64::from(value) - shift;
+            *sum += deviation;
+            *square += deviation * deviation;
+        }
+    }
+    let mut sum: f64 = lane_sums.iter().sum();
+    let mut square: f64 = lane_squares.iter().sum();
+    for &value in remainder {
+        let deviation = f64::from(value) - shift;
+        sum += deviation;
+        square += deviation * deviation;
+    }
+    (sum, square)
+}
+
+/// [`ChannelStats`] of a plane in one pass, accumulated in `f64` around the
+/// first sample (so no precision is lost to a large mean). A single sample
+/// has variance 0 here (torch gives NaN).
+pub fn channel_stats(plane: &[f32]) -> ChannelStats {
+    let count = plane.len() as f64;
+    let shift = plane.first().map_or(0.0, |&first| f64::from(first));
+    let (sum, square) = plane
+        .par_chunks(STATS_CHUNK)
+        .map(|chunk| shifted_sums(chunk, shift))
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let mean_deviation = if plane.is_empty() { 0.0 } else { sum / count };
+    let variance = if plane.len() > 1 {
+        ((square - sum * mean_deviation) / (count - 1.0)).max(0.0)
+    } else {
+        0.0
+    };
+    ChannelStats {
+        mean: shift + mean_deviation,
+        std: (variance + ADAIN_EPSILON).sqrt(),
+    }
+}
+
+fn adain_plane(target: &mut [f32], source: &[f32]) {
+    let target_stats = channel_stats(target);
+    let source_stats = channel_stats(source);
+    let (target_mean, target_std) = (target_stats.mean as f32, target_stats.std as f32);
+    let (source_mean, source_std) = (source_stats.mean as f32, source_stats.std as f32);
+    // The authors' order of operations, in f32 like torch.
+    target.par_iter_mut().for_each(|sample| {
+        let normalized = (*sample - target_mean) / target_std;
+        *sample = (normalized * source_std + source_mean).clamp(0.0, 1.0);
+    });
+}
+
 /// AdaIN color fix: per channel `(y - mean_y) / std_y * std_u + mean_u`,
 /// clamped to [0, 1]. `target` is y (changed in place), `source` is U.
 pub fn adain_color_fix(

@@ -130,13 +130,13 @@ impl RunOptions {
             return invalid(format!("upscale {} is outside 1..16", self.upscale));
         }
         if self.tile_px != 0 {
-            if self.tile_px < 64 || self.tile_px % 8 != 0 {
+            if self.tile_px < 64 || !self.tile_px.is_multiple_of(8) {
                 return invalid(format!(
                     "--tile {} must be 0 or a multiple of 8 of at least 64",
                     self.tile_px
                 ));
             }
-            if self.tile_overlap_px % 8 != 0 || self.tile_overlap_px * 2 > self.tile_px {
+            if !self.tile_overlap_px.is_multiple_of(8) || self.tile_overlap_px * 2 > self.tile_px {
                 return invalid(format!(
                     "--tile-overlap {} must be a multiple of 8 and at most half the tile",
                     self.tile_overlap_px

@@ -285,10 +285,12 @@ fn check_target(width: u32, height: u32) -> Result<(), PreprocessError> {
 trait ResampleKernel: Sync {
     type Sample: Copy + Send + Sync + Default;
 
-    /// One horizontal pass over `rows` input rows of `layout`, writing `out_width` pixels per row.
+    /// Horizontal pass over the `layout.height` rows of `input`; each output row
+    /// is `output.len() / layout.height` samples.
     fn horizontal(&self, input: &[Self::Sample], layout: Layout, output: &mut [Self::Sample]);
 
-    /// One vertical pass: `output` rows of `row_len` samples from the `input` rows.
+    /// Vertical pass: every output row (`row_len` samples) from the `input` rows
+    /// its span names.
     fn vertical(&self, input: &[Self::Sample], row_len: usize, output: &mut [Self::Sample]);
 }
 
@@ -809,12 +811,16 @@ pub enum Quantization {
 }
 
 impl Quantization {
+    /// `unit_value` clamped to [0, 1], scaled to `0..=max_value` and made whole.
+    /// (Integer conversion instead of `f32::round`, which is a libm call on
+    /// baseline x86-64; same result for these non-negative values.)
     #[inline]
-    fn apply(self, unit_value: f32, max_value: f32) -> f32 {
+    fn apply(self, unit_value: f32, max_value: f32) -> u32 {
         let scaled = unit_value.clamp(0.0, 1.0) * max_value;
+        let whole = scaled as u32;
         match self {
-            Quantization::Round => scaled.round(),
-            Quantization::Truncate => scaled.trunc(),
+            Quantization::Round => whole + u32::from(scaled - whole as f32 >= 0.5),
+            Quantization::Truncate => whole,
         }
     }
 }
