@@ -1,0 +1,144 @@
+//! Loading refuses damaged or hostile bundles with a message that names the
+//! problem: copies of models/tiny, each broken in one way.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tadsr_edge::bundle::Bundle;
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            if entry.file_name() != "golden" {
+                copy_dir(&entry.path(), &target);
+            }
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A copy of models/tiny whose manifest is changed by `edit`.
+fn broken_copy(edit: impl FnOnce(&mut Value, &Path)) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&tiny(), dir.path());
+    let manifest_path = dir.path().join("manifest.json");
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    edit(&mut manifest, dir.path());
+    std::fs::write(
+        &manifest_path,
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    dir
+}
+
+fn load_error(dir: &Path) -> String {
+    Bundle::open(dir)
+        .expect_err("the bundle must be refused")
+        .to_string()
+}
+
+#[test]
+fn the_committed_bundle_is_valid() {
+    let bundle = Bundle::open(&tiny()).unwrap();
+    assert_eq!(bundle.manifest().format_version, 1);
+    assert_eq!(bundle.manifest().schedule.alphas_cumprod.len(), 1000);
+}
+
+#[test]
+fn a_damaged_file_fails_its_hash() {
+    let dir = broken_copy(|_, root| {
+        let unet = root.join("unet/model.onnx");
+        let mut bytes = std::fs::read(&unet).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0xff;
+        std::fs::write(unet, bytes).unwrap();
+    });
+    let error = load_error(dir.path());
+    assert!(
+        error.contains("unet/model.onnx") && error.contains("sha256"),
+        "{error}"
+    );
+}
+
+#[test]
+fn paths_may_not_leave_the_bundle() {
+    for escape in ["../elsewhere/model.onnx", "/etc/passwd"] {
+        let dir = broken_copy(|m, _| m["components"]["unet"]["file"] = Value::from(escape));
+        let error = load_error(dir.path());
+        assert!(error.contains("leaves the bundle"), "{escape}: {error}");
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_out_of_the_bundle_is_refused() {
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::copy(
+        tiny().join("unet/model.onnx"),
+        outside.path().join("model.onnx"),
+    )
+    .unwrap();
+    let target = outside.path().join("model.onnx");
+    let dir = broken_copy(|_, root| {
+        std::fs::remove_file(root.join("unet/model.onnx")).unwrap();
+        std::os::unix::fs::symlink(&target, root.join("unet/model.onnx")).unwrap();
+    });
+    let error = load_error(dir.path());
+    assert!(error.contains("out of the bundle"), "{error}");
+}
+
+#[test]
+fn a_newer_format_version_is_refused_with_advice() {
+    let dir = broken_copy(|m, _| m["format_version"] = Value::from(2));
+    let error = load_error(dir.path());
+    assert!(
+        error.contains("format_version 2") && error.contains("re-export"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_renamed_graph_output_is_caught() {
+    let dir = broken_copy(|m, _| {
+        m["components"]["unet"]["outputs"][0]["name"] = Value::from("noise_pred")
+    });
+    let error = load_error(dir.path());
+    assert!(error.contains("residual"), "{error}");
+}
+
+#[test]
+fn a_wrong_dtype_is_caught() {
+    let dir = broken_copy(|m, _| {
+        m["components"]["vae_encoder"]["inputs"][1]["dtype"] = Value::from("float32")
+    });
+    let error = load_error(dir.path());
+    assert!(
+        error.contains("timestep") && error.contains("int64"),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_missing_manifest_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let error = load_error(dir.path());
+    assert!(error.contains("manifest.json"), "{error}");
+}
+
+#[test]
+fn a_malformed_manifest_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("manifest.json"), "{ not json").unwrap();
+    let error = load_error(dir.path());
+    assert!(error.contains("malformed"), "{error}");
+}
