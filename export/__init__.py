@@ -1,0 +1,1 @@
+"""tadsr-edge exporter: TADSR (PyTorch) -> ONNX bundle. See export/README.md and docs/bundle-format.md."""

@@ -1,0 +1,142 @@
+"""Write a bundle folder (docs/bundle-format.md) from a :class:`TadsrModels`."""
+
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import numpy as np
+import torch
+
+from .manifest import PROMPT_EMBEDS_NAME, build_manifest, component_entry, sha256_file, write_manifest
+from .model import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, TadsrModels
+from .onnx_export import (
+    FLOAT_DTYPES,
+    component_specs,
+    export_graph,
+    max_abs_diff,
+    ort_session,
+    text_encoder_spec,
+    trace_inputs,
+)
+
+COMPONENT_DIRS = ("vae_encoder", "unet", "vae_decoder", "text_encoder", "tokenizer")
+
+
+def _clear_bundle(out: Path) -> None:
+    """Remove what an earlier export wrote (golden/ and anything else stay)."""
+    for name in COMPONENT_DIRS:
+        if (out / name).is_dir():
+            shutil.rmtree(out / name)
+    for name in ("manifest.json", PROMPT_EMBEDS_NAME):
+        if (out / name).exists():
+            (out / name).unlink()
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, flush=True)
+
+
+def _graph_module(models: TadsrModels, component: str, dtype: torch.dtype):
+    if component == "vae_encoder":
+        module = models.encoder_graph()
+    elif component == "unet":
+        module = models.unet_graph()
+    else:
+        module = models.decoder_graph()
+    if dtype != torch.float32:
+        module = copy.deepcopy(module).to(dtype)
+    return module.eval()
+
+
+def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name: Optional[str] = None,
+                  text_encoder: bool = False, verify: bool = True, quiet: bool = False) -> Dict:
+    """Export the graphs, the prompt embedding and the manifest into ``out``. Returns the manifest."""
+    if precision not in FLOAT_DTYPES:
+        raise ValueError(f"precision must be one of {sorted(FLOAT_DTYPES)}, not {precision!r}")
+    dtype = FLOAT_DTYPES[precision]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _clear_bundle(out)
+    specs = component_specs(dtype, models.cross_attention_dim)
+
+    components = {}
+    for component in ("vae_encoder", "unet", "vae_decoder"):
+        started = time.time()
+        module = _graph_module(models, component, dtype)
+        rel = f"{component}/model.onnx"
+        data_files = export_graph(module, trace_inputs(component, dtype, models.cross_attention_dim),
+                                  specs[component], out / rel)
+        extra = {"latent_input": "scaled"} if component == "vae_decoder" else None
+        components[component] = component_entry(out, rel, data_files, specs[component], extra)
+        size = sum(p.stat().st_size for p in [out / rel, *data_files])
+        _log(f"  {component}: {size / 1e6:.1f} MB in {time.time() - started:.1f} s", quiet)
+        del module
+
+    if text_encoder:
+        if models.text_encoder is None or models.tokenizer is None:
+            raise SystemExit("--text-encoder: the checkpoint has no text_encoder/ and tokenizer/")
+        from .text_encoder import export_text_encoder
+
+        started = time.time()
+        components["text_encoder"] = export_text_encoder(models, out, dtype)
+        _log(f"  text_encoder: {time.time() - started:.1f} s", quiet)
+
+    embeds = models.prompt_embeds.detach().to(torch.float32).cpu().numpy()
+    expected = (1, 77, models.cross_attention_dim)
+    if tuple(embeds.shape) != expected:
+        raise SystemExit(f"prompt embeds have shape {list(embeds.shape)}, expected {list(expected)}")
+    np.save(out / PROMPT_EMBEDS_NAME, np.ascontiguousarray(embeds), allow_pickle=False)
+
+    schedule = models.schedule or {"type": "scaled_linear", "beta_start": BETA_START, "beta_end": BETA_END,
+                                   "num_train_timesteps": NUM_TRAIN_TIMESTEPS}
+    manifest = build_manifest(
+        name=name or models.config_name,
+        precision=precision,
+        components=components,
+        cross_attention_dim=models.cross_attention_dim,
+        scaling_factor=models.scaling_factor,
+        schedule=schedule,
+        alphas_cumprod=models.alphas_cumprod.to(torch.float32).tolist(),
+        prompt_sha256=sha256_file(out / PROMPT_EMBEDS_NAME),
+        prompt_shape=embeds.shape,
+        prompt_text=models.prompt_text,
+        source=models.source,
+    )
+    write_manifest(out, manifest)
+    if verify:
+        errors = verify_against_torch(models, out, precision)
+        for comp, err in errors.items():
+            _log(f"  check {comp}: max abs error vs PyTorch {err:.2e}", quiet)
+    return manifest
+
+
+@torch.no_grad()
+def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, latent_hw=(12, 9), seed: int = 0
+                         ) -> Dict[str, float]:
+    """Run each graph once on random inputs (ORT, CPU) and compare with the fp32 PyTorch model."""
+    np_dtype = np.float32 if precision == "fp32" else np.float16
+    gen = torch.Generator().manual_seed(seed)
+    h, w = latent_hw
+    image = torch.rand(1, 3, 8 * h, 8 * w, generator=gen) * 2 - 1
+    t = torch.tensor([321], dtype=torch.int64)
+    latent = torch.randn(1, 4, h, w, generator=gen)
+    ehs = torch.randn(1, 77, models.cross_attention_dim, generator=gen)
+    errors = {}
+    sess = ort_session(bundle / "vae_encoder/model.onnx")
+    got = sess.run(None, {"image": image.numpy().astype(np_dtype), "timestep": t.numpy()})
+    want = models.encoder_graph()(image, t)
+    errors["vae_encoder"] = max(max_abs_diff(g, w_) for g, w_ in zip(got, want))
+    sess = ort_session(bundle / "unet/model.onnx")
+    got = sess.run(None, {"latent": latent.numpy().astype(np_dtype), "timestep": t.numpy(),
+                          "encoder_hidden_states": ehs.numpy().astype(np_dtype)})
+    errors["unet"] = max_abs_diff(got[0], models.unet_graph()(latent, t, ehs))
+    sess = ort_session(bundle / "vae_decoder/model.onnx")
+    got = sess.run(None, {"latent": latent.numpy().astype(np_dtype)})
+    errors["vae_decoder"] = max_abs_diff(got[0], models.decoder_graph()(latent))
+    del sess
+    return errors

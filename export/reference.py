@@ -1,0 +1,217 @@
+"""PyTorch reference of the TADSR test path (docs/bundle-format.md, spec steps 2-11).
+
+    python -m export.reference --bundle-source models/tiny --image in.png --timestep 500 --out ref.npy
+
+runs the PyTorch MODEL (not the ONNX graphs) in float32 and writes the
+color-fixed image in [0, 1] as float32 [H, W, 3] (no 8-bit quantization).
+
+``--bundle-source`` is a bundle folder (its manifest's provenance says how to
+rebuild the model: a synthetic config + seed, or a checkpoint given with
+``--weights``), a checkpoint folder (with ``tadsr.pkl``), or
+``synthetic:CONFIG:SEED``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .model import TadsrModels
+
+COLOR_FIXES = ("adain", "wavelet", "none")
+
+
+# ---------------------------------------------------------------------------
+# Pre-processing (spec steps 1-4)
+# ---------------------------------------------------------------------------
+
+
+def upscaled_input(image: Image.Image, upscale: int = 4, process_size: int = 512) -> Image.Image:
+    """The image U: min-size rule, bicubic x upscale, crop-resize to multiples of 8 (Lanczos)."""
+    image = image.convert("RGB")
+    w, h = image.size
+    short = process_size // upscale
+    if w < short or h < short:
+        scale = short / min(w, h)
+        image = image.resize((int(scale * w), int(scale * h)), Image.BICUBIC)
+    image = image.resize((image.size[0] * upscale, image.size[1] * upscale), Image.BICUBIC)
+    width = image.size[0] - image.size[0] % 8
+    height = image.size[1] - image.size[1] % 8
+    return image.resize((width, height), Image.LANCZOS)
+
+
+def image_to_tensor(image: Image.Image) -> torch.Tensor:
+    """[1, 3, H, W] float32 in [0, 1]."""
+    array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)[None]
+
+
+# ---------------------------------------------------------------------------
+# Color fixes (spec step 11), on [1, 3, H, W] tensors in [0, 1]
+# ---------------------------------------------------------------------------
+
+
+def _mean_std(x: torch.Tensor, eps: float = 1e-5):
+    b, c = x.shape[:2]
+    flat = x.reshape(b, c, -1)
+    mean = flat.mean(dim=2).reshape(b, c, 1, 1)
+    std = (flat.var(dim=2, unbiased=True) + eps).sqrt().reshape(b, c, 1, 1)
+    return mean, std
+
+
+def adain_fix(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    t_mean, t_std = _mean_std(target)
+    s_mean, s_std = _mean_std(source)
+    return ((target - t_mean) / t_std * s_std + s_mean).clamp(0.0, 1.0)
+
+
+def _blur(x: torch.Tensor, radius: int) -> torch.Tensor:
+    kernel = torch.tensor([[1.0, 2.0, 1.0], [2.0, 4.0, 2.0], [1.0, 2.0, 1.0]], dtype=x.dtype) / 16.0
+    channels = x.shape[1]
+    kernel = kernel[None, None].repeat(channels, 1, 1, 1)
+    padded = F.pad(x, (radius, radius, radius, radius), mode="replicate")
+    return F.conv2d(padded, kernel, groups=channels, dilation=radius)
+
+
+def _wavelet_split(x: torch.Tensor, levels: int = 5):
+    high = torch.zeros_like(x)
+    for i in range(levels):
+        low = _blur(x, 2 ** i)
+        high = high + (x - low)
+        x = low
+    return high, x
+
+
+def wavelet_fix(target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    target_high, _ = _wavelet_split(target)
+    _, source_low = _wavelet_split(source)
+    return (target_high + source_low).clamp(0.0, 1.0)
+
+
+def color_fix(kind: str, target: torch.Tensor, source: torch.Tensor) -> torch.Tensor:
+    if kind == "adain":
+        return adain_fix(target, source)
+    if kind == "wavelet":
+        return wavelet_fix(target, source)
+    if kind == "none":
+        return target.clamp(0.0, 1.0)
+    raise ValueError(f"unknown color fix {kind!r}; expected one of {COLOR_FIXES}")
+
+
+# ---------------------------------------------------------------------------
+# The model part (spec steps 5-10)
+# ---------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def super_resolve(models: TadsrModels, upscaled: Image.Image, timestep: int, color: str = "adain",
+                  noise: Optional[np.ndarray] = None, prompt_embeds: Optional[torch.Tensor] = None,
+                  return_intermediates: bool = False):
+    """Steps 5-11 on the image U. Returns float32 [H, W, 3] in [0, 1]."""
+    if not 0 <= int(timestep) < len(models.alphas_cumprod):
+        raise ValueError(f"timestep {timestep} outside 0..{len(models.alphas_cumprod) - 1}")
+    source = image_to_tensor(upscaled)
+    x = source * 2.0 - 1.0
+    t = torch.tensor([int(timestep)], dtype=torch.int64)
+    embeds = (models.prompt_embeds if prompt_embeds is None else prompt_embeds).to(torch.float32)
+
+    mean, logvar = models.encoder_graph()(x, t)
+    if noise is not None:
+        noise_t = torch.from_numpy(np.asarray(noise, dtype=np.float32)).reshape(mean.shape)
+        latent = mean + torch.exp(0.5 * logvar) * noise_t
+    else:
+        latent = mean
+    z = latent * models.scaling_factor
+    residual = models.unet_graph()(z, t, embeds)
+    acp = models.alphas_cumprod.to(torch.float32)[int(timestep)]
+    x0 = z / acp ** 0.5 - residual
+    y = models.decoder_graph()(x0).clamp(-1.0, 1.0)
+    y = y * 0.5 + 0.5
+    fixed = color_fix(color, y, source)
+    result = fixed[0].permute(1, 2, 0).contiguous().numpy().astype(np.float32)
+    if return_intermediates:
+        return result, {"mean": mean, "logvar": logvar, "z": z, "residual": residual, "x0": x0, "y": y}
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Where the model comes from
+# ---------------------------------------------------------------------------
+
+
+def load_models(source: str, weights: Optional[str] = None, prompt_embeds: Optional[str] = None) -> TadsrModels:
+    from .checkpoint import load_checkpoint
+    from .manifest import read_manifest
+    from .synthetic import synthetic_models
+
+    if source.startswith("synthetic:"):
+        parts = source.split(":")
+        config = parts[1]
+        seed = int(parts[2]) if len(parts) > 2 else 0
+        models = synthetic_models(config, seed)
+    else:
+        path = Path(source)
+        if (path / "manifest.json").is_file():
+            manifest = read_manifest(path)
+            src = manifest["provenance"]["source"]
+            if src.get("kind") == "synthetic":
+                models = synthetic_models(src["config"], int(src["seed"]))
+            elif weights is not None:
+                models = load_checkpoint(Path(weights), prompt_embeds=Path(prompt_embeds) if prompt_embeds else None)
+            else:
+                raise SystemExit(f"{path}: bundle made from a checkpoint; pass --weights DIR to rebuild its model")
+            embeds = path / manifest["prompt"]["embeds_file"]
+            if prompt_embeds is None and embeds.is_file():
+                models.prompt_embeds = torch.from_numpy(np.load(embeds).astype(np.float32))
+        elif (path / "tadsr.pkl").is_file():
+            models = load_checkpoint(path, prompt_embeds=Path(prompt_embeds) if prompt_embeds else None)
+        else:
+            raise SystemExit(f"{source}: neither a bundle (manifest.json), a checkpoint (tadsr.pkl) "
+                             f"nor synthetic:CONFIG:SEED")
+    if prompt_embeds is not None:
+        models.prompt_embeds = torch.from_numpy(np.load(prompt_embeds).astype(np.float32))
+    return models
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m export.reference", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle-source", required=True,
+                        help="bundle folder, checkpoint folder, or synthetic:CONFIG:SEED")
+    parser.add_argument("--weights", help="checkpoint folder, for a bundle exported from one")
+    parser.add_argument("--image", required=True, help="low-resolution input image")
+    parser.add_argument("--timestep", type=int, default=500)
+    parser.add_argument("--upscale", type=int, default=4)
+    parser.add_argument("--process-size", type=int, default=512)
+    parser.add_argument("--color-fix", choices=COLOR_FIXES, default="adain")
+    parser.add_argument("--noise", help=".npy standard normal noise [1,4,h,w]: sample instead of the posterior mean")
+    parser.add_argument("--prompt-embeds", help=".npy [1,77,D] conditioning (default: the bundle's)")
+    parser.add_argument("--out", required=True, help="output .npy, float32 [H, W, 3] in [0, 1]")
+    parser.add_argument("--upscaled-out", help="also write the image U (PNG)")
+    parser.add_argument("--png-out", help="also write the result quantized to 8 bit (PNG)")
+    args = parser.parse_args(argv)
+
+    torch.manual_seed(0)
+    models = load_models(args.bundle_source, args.weights, args.prompt_embeds)
+    upscaled = upscaled_input(Image.open(args.image), args.upscale, args.process_size)
+    noise = np.load(args.noise) if args.noise else None
+    result = super_resolve(models, upscaled, args.timestep, args.color_fix, noise=noise)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.save(args.out, result)
+    if args.upscaled_out:
+        upscaled.save(args.upscaled_out)
+    if args.png_out:
+        Image.fromarray(np.round(result * 255.0).clip(0, 255).astype(np.uint8)).save(args.png_out)
+    print(f"wrote {args.out}: {result.shape[1]}x{result.shape[0]}, t={args.timestep}, color fix {args.color_fix}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

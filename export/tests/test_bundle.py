@@ -1,0 +1,165 @@
+"""The committed models/tiny bundle: contract fields, reproducibility, golden references."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export.manifest import bundle_files, read_manifest, sha256_file, verify_bundle
+from export.onnx_export import ort_session
+from export.reference import color_fix, image_to_tensor, super_resolve, upscaled_input
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(repo):
+    path = repo / "models" / "tiny"
+    if not (path / "manifest.json").is_file():
+        pytest.fail("models/tiny is missing: run python -m export --synthetic tiny --seed 0 --out models/tiny")
+    return path
+
+
+def test_committed_tiny_matches_fresh_export(tiny_dir, fresh_tiny_bundle):
+    committed = read_manifest(tiny_dir)
+    fresh = read_manifest(fresh_tiny_bundle)
+    assert committed["provenance"]["source"] == {"kind": "synthetic", "config": "tiny", "seed": 0}
+    files = bundle_files(committed)
+    assert files == bundle_files(fresh)
+    for rel in files + ["manifest.json"]:
+        assert sha256_file(tiny_dir / rel) == sha256_file(fresh_tiny_bundle / rel), (
+            f"models/tiny/{rel} differs from a fresh export; "
+            "rerun python -m export --synthetic tiny --seed 0 --out models/tiny --golden")
+
+
+def test_export_is_byte_deterministic(tiny_models, fresh_tiny_bundle, tmp_path):
+    from export.bundle import export_bundle
+
+    export_bundle(tiny_models, tmp_path, precision="fp32", name="tiny", verify=False, quiet=True)
+    for rel in bundle_files(read_manifest(tmp_path)) + ["manifest.json"]:
+        assert (tmp_path / rel).read_bytes() == (fresh_tiny_bundle / rel).read_bytes(), rel
+
+
+def test_manifest_follows_bundle_format(tiny_dir):
+    m = read_manifest(tiny_dir)
+    assert m["format"] == "tadsr-bundle" and m["format_version"] == 1
+    assert m["precision"] == "fp32"
+    assert list(m["components"]) == ["vae_encoder", "unet", "vae_decoder"]
+    for name, comp in m["components"].items():
+        assert comp["file"] == f"{name}/model.onnx"
+        assert comp["external_data"] == []
+        for io in comp["inputs"] + comp["outputs"]:
+            assert set(io) == {"name", "dtype", "shape", "layout"}
+    assert m["components"]["vae_decoder"]["latent_input"] == "scaled"
+    assert [i["name"] for i in m["components"]["unet"]["inputs"]] == ["latent", "timestep", "encoder_hidden_states"]
+    assert [o["name"] for o in m["components"]["vae_encoder"]["outputs"]] == ["latent_mean", "latent_logvar"]
+    assert m["latent_channels"] == 4 and m["vae_scale_factor"] == 8
+    assert m["scaling_factor"] == pytest.approx(0.18215)
+    assert m["cross_attention_dim"] == 32
+    sched = m["schedule"]
+    assert sched["type"] == "scaled_linear" and sched["num_train_timesteps"] == 1000
+    assert sched["beta_start"] == 0.00085 and sched["beta_end"] == 0.012
+    acp = np.array(sched["alphas_cumprod"])
+    assert acp.shape == (1000,) and np.all(np.diff(acp) < 0)
+    assert m["defaults"] == {"timestep": 500, "upscale": 4, "process_size": 512, "color_fix": "adain"}
+    prompt = m["prompt"]
+    assert prompt["embeds_file"] == "prompt_embeds.npy" and prompt["text"] is None
+    assert prompt["shape"] == [1, 77, 32] and prompt["dtype"] == "float32"
+    embeds = np.load(tiny_dir / "prompt_embeds.npy")
+    assert embeds.dtype == np.float32 and list(embeds.shape) == prompt["shape"]
+    for lib in ("torch", "diffusers", "peft", "onnx"):
+        assert m["provenance"][lib]
+    assert verify_bundle(tiny_dir) == []
+
+
+def test_verify_bundle_catches_a_changed_file(fresh_tiny_bundle, tmp_path):
+    import shutil
+
+    copy = tmp_path / "b"
+    shutil.copytree(fresh_tiny_bundle, copy)
+    data = bytearray((copy / "prompt_embeds.npy").read_bytes())
+    data[-1] ^= 1
+    (copy / "prompt_embeds.npy").write_bytes(bytes(data))
+    assert verify_bundle(copy) == ["prompt_embeds.npy: sha256 differs from manifest"]
+
+
+def _cases(tiny_dir):
+    return json.loads((tiny_dir / "golden" / "cases.json").read_text())
+
+
+def test_golden_cases_cover_the_contract(tiny_dir):
+    cases = _cases(tiny_dir)
+    keys = {"name", "input", "upscale", "process_size", "timestep", "color_fix", "sample", "upscaled", "reference"}
+    for case in cases:
+        assert set(case) == keys
+        assert case["sample"] == "mean"
+        for rel in (case["input"], case["upscaled"], case["reference"]):
+            assert (tiny_dir / "golden" / rel).is_file(), rel
+        ref = np.load(tiny_dir / "golden" / case["reference"])
+        upscaled = Image.open(tiny_dir / "golden" / case["upscaled"])
+        assert upscaled.mode == "RGB"
+        assert ref.dtype == np.float32 and ref.shape == (upscaled.size[1], upscaled.size[0], 3)
+        assert ref.min() >= 0.0 and ref.max() <= 1.0
+    assert {c["color_fix"] for c in cases} == {"adain", "wavelet", "none"}
+    assert {c["timestep"] for c in cases} == {100, 500, 900}
+    sizes = {c["name"]: Image.open(tiny_dir / "golden" / c["upscaled"]).size for c in cases}
+    assert any((w // 8) % 8 and (h // 8) % 8 for w, h in sizes.values())  # latent sides not multiples of 8
+    assert any(c["process_size"] == 128 for c in cases)
+    total = sum(p.stat().st_size for p in (tiny_dir / "golden").iterdir())
+    assert total < 1.6e6
+
+
+def test_golden_upscaled_images_follow_pillow(tiny_dir):
+    for case in _cases(tiny_dir):
+        made = upscaled_input(Image.open(tiny_dir / "golden" / case["input"]), case["upscale"], case["process_size"])
+        stored = Image.open(tiny_dir / "golden" / case["upscaled"]).convert("RGB")
+        assert made.size == stored.size
+        assert np.array_equal(np.asarray(made), np.asarray(stored)), case["name"]
+
+
+def test_golden_references_reproduce(tiny_dir, tiny_models):
+    for case in _cases(tiny_dir):
+        upscaled = Image.open(tiny_dir / "golden" / case["upscaled"]).convert("RGB")
+        result = super_resolve(tiny_models, upscaled, case["timestep"], case["color_fix"])
+        ref = np.load(tiny_dir / "golden" / case["reference"])
+        assert np.abs(result - ref).max() <= 1e-5, case["name"]
+
+
+def test_onnx_pipeline_matches_golden(tiny_dir):
+    """What the Rust runtime does, in numpy + onnxruntime: within 1e-4 of the references."""
+    m = read_manifest(tiny_dir)
+    acp = np.array(m["schedule"]["alphas_cumprod"], dtype=np.float32)
+    enc = ort_session(tiny_dir / "vae_encoder/model.onnx")
+    unet = ort_session(tiny_dir / "unet/model.onnx")
+    dec = ort_session(tiny_dir / "vae_decoder/model.onnx")
+    embeds = np.load(tiny_dir / "prompt_embeds.npy")
+    worst = 0.0
+    for case in _cases(tiny_dir):
+        source = image_to_tensor(Image.open(tiny_dir / "golden" / case["upscaled"]))
+        t = np.array([case["timestep"]], dtype=np.int64)
+        mean, _ = enc.run(None, {"image": (source * 2 - 1).numpy(), "timestep": t})
+        z = mean * np.float32(m["scaling_factor"])
+        (res,) = unet.run(None, {"latent": z, "timestep": t, "encoder_hidden_states": embeds})
+        x0 = (z / np.sqrt(acp[t[0]]) - res).astype(np.float32)
+        (y,) = dec.run(None, {"latent": x0})
+        y = np.clip(y, -1.0, 1.0) * 0.5 + 0.5
+        out = color_fix(case["color_fix"], torch.from_numpy(y), source)[0].permute(1, 2, 0).numpy()
+        worst = max(worst, float(np.abs(out - np.load(tiny_dir / "golden" / case["reference"])).max()))
+    print(f"\nONNX pipeline vs golden: max abs error {worst:.2e}")
+    assert worst <= 1e-4
+
+
+def test_reference_cli_writes_golden_case(tiny_dir, tmp_path, repo):
+    case = next(c for c in _cases(tiny_dir) if c["process_size"] == 128 and c["timestep"] == 900)
+    out = tmp_path / "ref.npy"
+    proc = subprocess.run(
+        [sys.executable, "-m", "export.reference", "--bundle-source", str(tiny_dir), "--image",
+         str(tiny_dir / "golden" / case["input"]), "--timestep", str(case["timestep"]), "--process-size",
+         str(case["process_size"]), "--color-fix", case["color_fix"], "--out", str(out)],
+        cwd=repo, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert np.abs(np.load(out) - np.load(tiny_dir / "golden" / case["reference"])).max() <= 1e-5
