@@ -718,6 +718,7 @@ fn open_stage(
             threads: config.threads,
             engine_cache: Some(bundle.root().join(".trt-cache")),
             trt_profile: trt_profile(component, config.tile_px, bundle),
+            ..SessionOptions::default()
         };
         match runtime.session(path, &options) {
             Ok(session) => return Ok(Stage { session, provider }),

@@ -229,6 +229,10 @@ pub struct SessionOptions {
     /// TensorRT optimisation profile: (min, opt, max) shapes per input, e.g.
     /// `latent:1x4x64x64`.
     pub trt_profile: Option<(String, String, String)>,
+    /// ONNX Runtime's CPU memory arena (keeps freed blocks for reuse).
+    pub cpu_arena: bool,
+    /// ONNX Runtime's memory pattern planning (per input shape).
+    pub memory_pattern: bool,
 }
 
 impl Default for SessionOptions {
@@ -239,6 +243,8 @@ impl Default for SessionOptions {
             threads: 0,
             engine_cache: None,
             trt_profile: None,
+            cpu_arena: env_flag("TADSR_EDGE_CPU_ARENA", true),
+            memory_pattern: env_flag("TADSR_EDGE_MEMORY_PATTERN", true),
         }
     }
 }
@@ -343,6 +349,7 @@ impl Runtime {
         let build = || -> std::result::Result<Session, ort::Error> {
             let mut builder = Session::builder(&self.environment)?
                 .with_optimization_level(GraphOptimizationLevel::All)?;
+            builder = builder.with_memory_pattern(options.memory_pattern)?;
             if options.threads > 0 {
                 builder = builder.with_intra_threads(options.threads)?;
             }
@@ -360,6 +367,14 @@ impl Runtime {
     }
 }
 
+fn env_flag(name: &str, default: bool) -> bool {
+    match std::env::var(name).as_deref() {
+        Ok("0") | Ok("false") => false,
+        Ok("1") | Ok("true") => true,
+        _ => default,
+    }
+}
+
 fn version_from_build_info(info: &str) -> Option<String> {
     let start = info.find("rel-")? + 4;
     let rest = &info[start..];
@@ -374,7 +389,11 @@ fn register_provider(
     options: &SessionOptions,
 ) -> std::result::Result<(), ort::Error> {
     match options.provider {
-        Provider::Cpu => Ok(()),
+        Provider::Cpu => ep::CPU::default()
+            .with_arena_allocator(options.cpu_arena)
+            .build()
+            .error_on_failure()
+            .register(builder),
         Provider::Cuda => ep::CUDA::default()
             .with_device_id(options.device_id)
             .build()
