@@ -98,7 +98,7 @@ pub struct RunArgs {
     /// Inputs whose short side is below process-size/upscale are enlarged first; 0 = off [default: the bundle's, 512].
     #[arg(long, value_name = "PX")]
     pub process_size: Option<u32>,
-    /// Tile side in output pixels (multiple of 8); 0 = no tiling.
+    /// Largest tile side in output pixels (multiple of 8); 0 = no tiling. Tiles are balanced: the fewest that cover the image, all of one shape.
     #[arg(long, default_value_t = 512, value_name = "PX")]
     pub tile: u32,
     /// Overlap between tiles in output pixels (multiple of 8).

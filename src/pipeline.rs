@@ -86,7 +86,8 @@ pub struct RunOptions {
     /// Minimum-size rule: inputs whose short side is below
     /// `process_size / upscale` are enlarged first; 0 turns the rule off.
     pub process_size: u32,
-    /// Pixel tile side; 0 = no tiling.
+    /// Largest pixel tile side; 0 = no tiling. Tiles are balanced: the
+    /// fewest that cover the image, each as small as the overlap allows.
     pub tile_px: u32,
     pub tile_overlap_px: u32,
     pub tiling: TilingMode,
@@ -378,7 +379,8 @@ impl Pipeline {
             (tile_px, TilingMode::Staged) => {
                 let tile = tile_px as usize / 8;
                 let overlap = options.tile_overlap_px as usize / 8;
-                let staged = TilePlan::new(latent_h, latent_w, tile, overlap).map_err(to_error)?;
+                let staged =
+                    TilePlan::balanced(latent_h, latent_w, tile, overlap).map_err(to_error)?;
                 [staged.clone(), staged.clone(), staged]
             }
         })

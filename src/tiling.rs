@@ -125,6 +125,37 @@ impl TilePlan {
         })
     }
 
+    /// The fewest tiles of at most `max_tile` per side that cover the area
+    /// with at least `overlap`, each as small as that allows: per axis
+    /// `n = ceil((size - overlap) / (max_tile - overlap))` tiles of
+    /// `ceil((size + (n - 1) * overlap) / n)`. Compared with [`TilePlan::new`]
+    /// this avoids a last tile that mostly repeats its neighbour (a 2048 px
+    /// side in 512 px tiles: 5 tiles of 464 instead of 5 of 512). All tiles
+    /// still share one shape.
+    pub fn balanced(
+        height: usize,
+        width: usize,
+        max_tile: usize,
+        overlap: usize,
+    ) -> Result<Self, TilingError> {
+        let fixed = TilePlan::new(height, width, max_tile, overlap)?;
+        let axis_tile = |size: usize| {
+            if size <= max_tile {
+                return size;
+            }
+            let count = (size - overlap).div_ceil(max_tile - overlap);
+            (size + (count - 1) * overlap).div_ceil(count)
+        };
+        let (tile_height, tile_width) = (axis_tile(height), axis_tile(width));
+        Ok(TilePlan {
+            tile_height,
+            tile_width,
+            y_offsets: plan_axis(height, tile_height, overlap),
+            x_offsets: plan_axis(width, tile_width, overlap),
+            ..fixed
+        })
+    }
+
     /// One tile covering the whole area.
     pub fn whole(height: usize, width: usize) -> Result<Self, TilingError> {
         TilePlan::new(height, width, height.max(width), 0)
@@ -441,6 +472,45 @@ pub fn extract_tile(source: ArrayView3<'_, f32>, rect: TileRect) -> Array3<f32> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn balanced_plans_use_the_fewest_smallest_tiles() {
+        // 2048 px = 256 latent cells, 512 px tiles = 64, overlap 8.
+        let plan = TilePlan::balanced(256, 256, 64, 8).unwrap();
+        assert_eq!(plan.tile_shape(), (58, 58));
+        assert_eq!(plan.y_offsets(), &[0, 50, 100, 150, 198]);
+        let fixed = TilePlan::new(256, 256, 64, 8).unwrap();
+        assert_eq!(fixed.len(), plan.len(), "same count as fixed tiles");
+        // 1024 px: 3 x 3 either way, but 43-cell tiles instead of 64.
+        let plan = TilePlan::balanced(128, 96, 64, 8).unwrap();
+        assert_eq!(plan.tile_shape(), (48, 52));
+        for size in 1..300 {
+            for (tile, overlap) in [(64, 8), (64, 16), (32, 4), (96, 32)] {
+                let plan = TilePlan::balanced(size, size, tile, overlap).unwrap();
+                let (tile_h, _) = plan.tile_shape();
+                assert!(tile_h <= tile && tile_h <= size);
+                let offsets = plan.y_offsets();
+                assert_eq!(offsets[0], 0);
+                assert_eq!(
+                    offsets.last().unwrap() + tile_h,
+                    size,
+                    "flush with the edge"
+                );
+                for pair in offsets.windows(2) {
+                    assert!(
+                        pair[0] + tile_h >= pair[1] + overlap.min(tile_h),
+                        "overlap kept: {size} {tile} {overlap} {offsets:?}"
+                    );
+                }
+                let fixed = TilePlan::new(size, size, tile, overlap).unwrap();
+                assert_eq!(
+                    offsets.len(),
+                    fixed.y_offsets().len(),
+                    "never more tiles than fixed"
+                );
+            }
+        }
+    }
 
     /// The authors' tile count loop, transliterated (for sizes where it ends).
     fn authors_offsets(size: usize, tile: usize, overlap: usize) -> Vec<usize> {
