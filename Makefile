@@ -8,7 +8,7 @@ PY = $(VENV)/bin/python
 MODEL ?= models/tiny
 BIN := target/release/tadsr-edge
 
-.PHONY: setup build demo test test-rust test-python lint bench clean-out
+.PHONY: setup build demo test bench sd21 compare clean-out
 
 setup:
 	GPU=$(GPU) scripts/setup.sh >/dev/null
@@ -30,6 +30,14 @@ test: setup
 
 bench: build
 	cargo bench --locked
+
+# SD-2.1-size random bundle for benchmarks (git-ignored, ~3.6 GB, ~90 s).
+sd21: setup
+	test -f models/sd21/manifest.json || $(PY) -m export --synthetic sd21 --seed 0 --out models/sd21
+
+# PyTorch eager vs onnxruntime from Python vs tadsr-edge on models/sd21 (minutes).
+compare: build sd21
+	$(PY) scripts/compare_runtimes.py --bundle models/sd21 --threads 2 --repeats 3 --check
 
 clean-out:
 	rm -rf out
