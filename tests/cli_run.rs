@@ -413,3 +413,63 @@ fn help_shows_examples() {
         assert!(text.contains("Examples:"), "{args:?}:\n{text}");
     }
 }
+
+#[cfg(unix)]
+#[test]
+fn ctrl_c_stops_the_batch_and_leaves_nothing_partial() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    for name in ["a.png", "b.png", "c.png"] {
+        example("coffee.png")
+            .resize_exact(160, 160, image::imageops::FilterType::Lanczos3)
+            .save(inputs.join(name))
+            .unwrap();
+    }
+    let out = dir.path().join("out");
+    let child = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args([
+            "run",
+            path_str(&inputs),
+            "-o",
+            path_str(&out),
+            "--process-size",
+            "0",
+            "--tile",
+            "256",
+            "-q",
+        ])
+        .args([
+            "--model",
+            repo().join("models/tiny").to_str().unwrap(),
+            "--provider",
+            "cpu",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the run is under way (the output folder exists), then interrupt.
+    let started = std::time::Instant::now();
+    while !out.exists() && started.elapsed().as_secs() < 30 {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let output = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    let written = folder_names(&out);
+    assert!(written.len() < 3, "the batch stopped early: {written:?}");
+    for name in &written {
+        assert!(
+            !name.starts_with('.'),
+            "no temporary file left: {written:?}"
+        );
+        image::open(out.join(name)).expect("every file left is a complete image");
+    }
+}
