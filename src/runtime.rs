@@ -322,8 +322,8 @@ impl Runtime {
             Ok(true) => {}
             Ok(false) => {
                 return Err(format!(
-                    "this ONNX Runtime ({}) is built without it; install the GPU set-up (`make setup GPU=1`)",
-                    self.library.path.display()
+                    "not in this ONNX Runtime {} build (the GPU set-up, `make setup GPU=1`, installs onnxruntime-gpu)",
+                    self.version
                 ))
             }
             Err(e) => return Err(e.to_string()),
