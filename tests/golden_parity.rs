@@ -83,6 +83,36 @@ fn reference_chw(case: &GoldenCase) -> (Vec<f32>, (usize, usize)) {
     (chw, (shape[0], shape[1]))
 }
 
+/// Runs the model part on image U (`model_input`, `source`) and checks it
+/// against the case's reference; returns the PSNR.
+fn check_against_reference(
+    pipeline: &mut Pipeline,
+    case: &GoldenCase,
+    model_input: &ndarray::Array4<f32>,
+    source: &ndarray::Array3<f32>,
+    label: &str,
+) -> f64 {
+    let (ours, _) = pipeline
+        .upscale_tensor(
+            model_input,
+            source,
+            case.timestep,
+            &options_for(case),
+            &NoProgress,
+        )
+        .unwrap();
+    let (reference, (height, width)) = reference_chw(case);
+    assert_eq!(ours.dim(), (3, height, width), "{}", case.name);
+    let db = psnr(&reference, ours.as_slice().unwrap());
+    eprintln!("{}: {db:.1} dB ({label})", case.name);
+    assert!(
+        db >= MIN_PSNR_DB,
+        "{}: {db:.2} dB < {MIN_PSNR_DB}",
+        case.name
+    );
+    db
+}
+
 #[test]
 fn model_part_matches_pytorch_on_pillows_upscaled_image() {
     let mut pipeline = cpu_pipeline();
@@ -93,24 +123,7 @@ fn model_part_matches_pytorch_on_pillows_upscaled_image() {
             .to_rgb8();
         let model_input = preprocess::rgb8_to_model_input(&upscaled);
         let source = preprocess::rgb8_to_unit_planes(&upscaled);
-        let (ours, _) = pipeline
-            .upscale_tensor(
-                &model_input,
-                &source,
-                case.timestep,
-                &options_for(&case),
-                &NoProgress,
-            )
-            .unwrap();
-        let (reference, (height, width)) = reference_chw(&case);
-        assert_eq!(ours.dim(), (3, height, width), "{}", case.name);
-        let db = psnr(&reference, ours.as_slice().unwrap());
-        eprintln!("{}: {db:.1} dB (model part)", case.name);
-        assert!(
-            db >= MIN_PSNR_DB,
-            "{}: {db:.2} dB < {MIN_PSNR_DB}",
-            case.name
-        );
+        let db = check_against_reference(&mut pipeline, &case, &model_input, &source, "model part");
         worst = worst.min(db);
     }
     eprintln!("worst model-part PSNR: {worst:.1} dB");
@@ -126,23 +139,12 @@ fn whole_pipeline_from_the_input_file_matches_pytorch() {
             preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size)
                 .unwrap();
         let prepared = pipeline::prepare(&input, &plan).unwrap();
-        let (ours, _) = pipeline
-            .upscale_tensor(
-                &prepared.model_input,
-                &prepared.source_planes,
-                case.timestep,
-                &options_for(&case),
-                &NoProgress,
-            )
-            .unwrap();
-        let (reference, (height, width)) = reference_chw(&case);
-        assert_eq!(ours.dim(), (3, height, width), "{}", case.name);
-        let db = psnr(&reference, ours.as_slice().unwrap());
-        eprintln!("{}: {db:.1} dB (from the input file)", case.name);
-        assert!(
-            db >= MIN_PSNR_DB,
-            "{}: {db:.2} dB < {MIN_PSNR_DB}",
-            case.name
+        check_against_reference(
+            &mut pipeline,
+            &case,
+            &prepared.model_input,
+            &prepared.source_planes,
+            "from the input file",
         );
     }
 }
