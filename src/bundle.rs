@@ -180,9 +180,12 @@ impl Bundle {
             )));
         }
         let float_dtype = match m.precision.as_str() {
-            "fp32" => "float32",
+            // int8-qdq: int8 QDQ graphs (export/quantize.py) whose float ports stay float32
+            "fp32" | "int8-qdq" => "float32",
             "fp16" => "float16",
-            other => return Err(self.fail(format!("precision {other:?} is not fp32 or fp16"))),
+            other => {
+                return Err(self.fail(format!("precision {other:?} is not fp32, fp16 or int8-qdq")))
+            }
         };
         for (component, inputs, outputs) in REQUIRED_PORTS {
             let spec = m
