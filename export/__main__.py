@@ -37,6 +37,9 @@ def main(argv=None) -> int:
     parser.add_argument("--golden", action="store_true",
                         help="also (re)write <out>/golden/ references from the input PNGs there")
     parser.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime vs PyTorch check")
+    parser.add_argument("--no-tiled-vae", action="store_true",
+                        help="leave out vae_encoder/tiled.onnx and vae_decoder/tiled.onnx (the VAE with shared "
+                             "GroupNorm statistics; without them tiled runs normalize each tile by itself)")
     args = parser.parse_args(argv)
 
     import torch
@@ -73,7 +76,7 @@ def main(argv=None) -> int:
     from .bundle import export_bundle
 
     export_bundle(models, Path(args.out), precision=args.precision, name=name, text_encoder=args.text_encoder,
-                  verify=not args.no_verify)
+                  verify=not args.no_verify, tiled_vae=not args.no_tiled_vae)
     if args.golden:
         from .golden import write_golden
 

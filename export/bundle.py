@@ -13,6 +13,7 @@ import torch
 
 from .manifest import PROMPT_EMBEDS_NAME, build_manifest, component_entry, sha256_file, write_manifest
 from .model import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, TadsrModels
+from .tiled_vae import no_stats
 from .onnx_export import (
     FLOAT_DTYPES,
     component_specs,
@@ -54,8 +55,13 @@ def _graph_module(models: TadsrModels, component: str, dtype: torch.dtype):
 
 
 def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name: Optional[str] = None,
-                  text_encoder: bool = False, verify: bool = True, quiet: bool = False) -> Dict:
-    """Export the graphs, the prompt embedding and the manifest into ``out``. Returns the manifest."""
+                  text_encoder: bool = False, verify: bool = True, quiet: bool = False,
+                  tiled_vae: bool = True) -> Dict:
+    """Export the graphs, the prompt embedding and the manifest into ``out``. Returns the manifest.
+
+    ``tiled_vae``: also write the optional VAE graphs with shared GroupNorm
+    statistics (vae_encoder/tiled.onnx, vae_decoder/tiled.onnx) for tiled runs.
+    """
     if precision not in FLOAT_DTYPES:
         raise ValueError(f"precision must be one of {sorted(FLOAT_DTYPES)}, not {precision!r}")
     dtype = FLOAT_DTYPES[precision]
@@ -76,6 +82,13 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
         size = sum(p.stat().st_size for p in [out / rel, *data_files])
         _log(f"  {component}: {size / 1e6:.1f} MB in {time.time() - started:.1f} s", quiet)
         del module
+
+    if tiled_vae:
+        from .tiled_vae import export_tiled_vae
+
+        started = time.time()
+        components.update(export_tiled_vae(models, out, dtype))
+        _log(f"  vae_encoder_tiled, vae_decoder_tiled: {time.time() - started:.1f} s", quiet)
 
     if text_encoder:
         if models.text_encoder is None or models.tokenizer is None:
@@ -138,5 +151,24 @@ def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, late
     sess = ort_session(bundle / "vae_decoder/model.onnx")
     got = sess.run(None, {"latent": latent.numpy().astype(np_dtype)})
     errors["vae_decoder"] = max_abs_diff(got[0], models.decoder_graph()(latent))
+    if (bundle / "vae_encoder/tiled.onnx").is_file():
+        from .tiled_vae import tiled_graphs
+
+        graphs = tiled_graphs(models)
+        for component, feeds in (("vae_encoder_tiled", {"image": image, "timestep": t}),
+                                 ("vae_decoder_tiled", {"latent": latent})):
+            graph = graphs[component]
+            own_mean, own_var = graph(*feeds.values(), *no_stats(graph))[-2:]
+            # fixed statistics other than the input's own, so that the check differs from the main graph's
+            stats = {"group_norm_mean": own_mean * 0.5 + 0.1, "group_norm_var": own_var * 2.0,
+                     "group_norm_fixed": torch.ones(1)}
+            want = graph(*feeds.values(), *stats.values())
+            sess = ort_session(bundle / f"{component[:-len('_tiled')]}/tiled.onnx")
+            ort_feeds = {k: v.numpy() for k, v in {**feeds, **stats}.items()}
+            for key in ("image", "latent"):
+                if key in ort_feeds:
+                    ort_feeds[key] = ort_feeds[key].astype(np_dtype)
+            got = sess.run(None, ort_feeds)
+            errors[component] = max(max_abs_diff(g, w_) for g, w_ in zip(got, want))
     del sess
     return errors

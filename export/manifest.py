@@ -61,7 +61,7 @@ def build_manifest(*, name: str, precision: str, components: Dict[str, Dict], cr
                    prompt_text: Optional[str], source: Dict, latent_channels: int = 4, vae_scale_factor: int = 8
                    ) -> Dict:
     ordered = {}
-    for key in ("vae_encoder", "unet", "vae_decoder", "text_encoder"):
+    for key in ("vae_encoder", "unet", "vae_decoder", "text_encoder", "vae_encoder_tiled", "vae_decoder_tiled"):
         if key in components:
             ordered[key] = components[key]
     provenance = dict(library_versions())

@@ -48,9 +48,10 @@ def test_manifest_follows_bundle_format(tiny_dir):
     m = read_manifest(tiny_dir)
     assert m["format"] == "tadsr-bundle" and m["format_version"] == 1
     assert m["precision"] == "fp32"
-    assert list(m["components"]) == ["vae_encoder", "unet", "vae_decoder"]
+    assert list(m["components"]) == ["vae_encoder", "unet", "vae_decoder", "vae_encoder_tiled", "vae_decoder_tiled"]
+    tiled_files = {"vae_encoder_tiled": "vae_encoder/tiled.onnx", "vae_decoder_tiled": "vae_decoder/tiled.onnx"}
     for name, comp in m["components"].items():
-        assert comp["file"] == f"{name}/model.onnx"
+        assert comp["file"] == tiled_files.get(name, f"{name}/model.onnx")
         assert comp["external_data"] == []
         for io in comp["inputs"] + comp["outputs"]:
             assert set(io) == {"name", "dtype", "shape", "layout"}
