@@ -416,8 +416,17 @@ impl Pipeline {
         let mut timings = StageTimings::default();
         let image = model_input.index_axis(Axis(0), 0);
 
-        let (latent_mean, latent_logvar) =
-            self.encode(&image, timestep, &encoder_plan, &mut timings, progress)?;
+        // the shared GroupNorm statistics come from a sample of up to one
+        // requested tile (balanced plans may use smaller tiles)
+        let sample_tile = options.tile_px as usize / 8;
+        let (latent_mean, latent_logvar) = self.encode(
+            &image,
+            timestep,
+            &encoder_plan,
+            sample_tile,
+            &mut timings,
+            progress,
+        )?;
         let scaling_factor = self.bundle.manifest().scaling_factor;
         let start = Instant::now();
         let latent = match options.seed {
@@ -449,7 +458,13 @@ impl Pipeline {
         }
         timings.blend += millis_since(start);
 
-        let mut decoded = self.decode(&clean_latent, &decoder_plan, &mut timings, progress)?;
+        let mut decoded = self.decode(
+            &clean_latent,
+            &decoder_plan,
+            sample_tile,
+            &mut timings,
+            progress,
+        )?;
         let start = Instant::now();
         preprocess::decoder_output_to_unit(decoded.as_slice_mut().expect("contiguous"));
         options
@@ -465,12 +480,13 @@ impl Pipeline {
         image: &ArrayView3<'_, f32>,
         timestep: u32,
         plan: &TilePlan,
+        sample_tile: usize,
         timings: &mut StageTimings,
         progress: &dyn Progress,
     ) -> Result<(Array3<f32>, Array3<f32>)> {
         let (latent_h, latent_w) = plan.area();
         let channels = self.bundle.manifest().latent_channels;
-        let stats = self.encoder_shared_stats(image, timestep, plan, timings)?;
+        let stats = self.encoder_shared_stats(image, timestep, plan, sample_tile, timings)?;
         let mut mean_sum = TileAccumulator::new(channels, latent_h, latent_w);
         let mut logvar_sum = TileAccumulator::new(channels, latent_h, latent_w);
         let (tile_h, tile_w) = plan.tile_shape();
@@ -592,11 +608,12 @@ impl Pipeline {
         &mut self,
         clean_latent: &Array3<f32>,
         plan: &TilePlan,
+        sample_tile: usize,
         timings: &mut StageTimings,
         progress: &dyn Progress,
     ) -> Result<Array3<f32>> {
         let (channels, height, width) = clean_latent.dim();
-        let stats = self.decoder_shared_stats(clean_latent, plan, timings)?;
+        let stats = self.decoder_shared_stats(clean_latent, plan, sample_tile, timings)?;
         let mut image_sum = TileAccumulator::new(3, height * 8, width * 8);
         let (tile_h, tile_w) = plan.tile_shape();
         let weights = tiling::feather_weights(tile_h * 8, tile_w * 8, plan.overlap() * 8);
@@ -640,14 +657,16 @@ impl Pipeline {
 
     /// GroupNorm statistics for a tiled encode: the tiled encoder graph run
     /// with its own statistics on a nearest-neighbour subsample of the whole
-    /// image that fits one tile. `None` for a single tile (the main graph
-    /// runs, exactly as untiled) or a bundle without the graph (per-tile
-    /// statistics, as before).
+    /// image that fits a `sample_tile` square (latent cells; at least the
+    /// plan's tile). `None` for a single tile (the main graph runs, exactly
+    /// as untiled) or a bundle without the graph (per-tile statistics, as
+    /// before).
     fn encoder_shared_stats(
         &mut self,
         image: &ArrayView3<'_, f32>,
         timestep: u32,
         plan: &TilePlan,
+        sample_tile: usize,
         timings: &mut StageTimings,
     ) -> Result<Option<SharedStats>> {
         let Some(tiled) = self.encoder_tiled.as_mut() else {
@@ -657,7 +676,7 @@ impl Pipeline {
             return Ok(None);
         }
         let start = Instant::now();
-        let (sample_h, sample_w) = stats_sample_shape(plan);
+        let (sample_h, sample_w) = stats_sample_shape(plan, sample_tile);
         let sample = subsample(image.view(), sample_h * 8, sample_w * 8);
         timings.blend += millis_since(start);
         let start = Instant::now();
@@ -690,6 +709,7 @@ impl Pipeline {
         &mut self,
         latent: &Array3<f32>,
         plan: &TilePlan,
+        sample_tile: usize,
         timings: &mut StageTimings,
     ) -> Result<Option<SharedStats>> {
         let Some(tiled) = self.decoder_tiled.as_mut() else {
@@ -699,7 +719,7 @@ impl Pipeline {
             return Ok(None);
         }
         let start = Instant::now();
-        let (sample_h, sample_w) = stats_sample_shape(plan);
+        let (sample_h, sample_w) = stats_sample_shape(plan, sample_tile);
         let sample = subsample(latent.view(), sample_h, sample_w);
         timings.blend += millis_since(start);
         let start = Instant::now();
@@ -866,17 +886,21 @@ fn open_tiled_stage(
 }
 
 /// Size in latent cells of the sample the shared statistics are computed on:
-/// the whole area scaled (same factor on both axes) to fit one tile of
-/// `plan`, at least 8 cells (64 px, the smallest TensorRT profile shape)
+/// the whole area scaled (same factor on both axes) to fit a tile of
+/// `plan`, or a `sample_tile` square where that is larger (a requested tile
+/// side: balanced plans may use smaller tiles, and a larger sample estimates
+/// better), at least 8 cells (64 px, the smallest TensorRT profile shape)
 /// where the area has them.
-fn stats_sample_shape(plan: &TilePlan) -> (usize, usize) {
+fn stats_sample_shape(plan: &TilePlan, sample_tile: usize) -> (usize, usize) {
     let (height, width) = plan.area();
     let (tile_h, tile_w) = plan.tile_shape();
-    // the tighter of tile_h / height and tile_w / width, as a fraction
-    let (numerator, denominator) = if tile_h * width <= tile_w * height {
-        (tile_h, height)
+    let bound_h = tile_h.max(sample_tile.min(height));
+    let bound_w = tile_w.max(sample_tile.min(width));
+    // the tighter of bound_h / height and bound_w / width, as a fraction
+    let (numerator, denominator) = if bound_h * width <= bound_w * height {
+        (bound_h, height)
     } else {
-        (tile_w, width)
+        (bound_w, width)
     };
     let side = |size: usize| (size * numerator / denominator).max(size.min(8)).max(1);
     (side(height), side(width))
@@ -1206,23 +1230,27 @@ mod tests {
 
     #[test]
     fn stats_sample_fits_one_tile_at_the_image_aspect() {
-        // 1024 px square, 512 px tiles: balanced 3x3 tiles of 48 cells
+        // 1024 px square, 512 px tiles: balanced 3x3 tiles of 48 cells, the
+        // sample fills a requested 64-cell tile
         let plan = TilePlan::balanced(128, 128, 64, 8).unwrap();
-        assert_eq!(stats_sample_shape(&plan), (48, 48));
+        assert_eq!(plan.tile_shape(), (48, 48));
+        assert_eq!(stats_sample_shape(&plan, 64), (64, 64));
+        assert_eq!(stats_sample_shape(&plan, 0), (48, 48));
         // a wide image: the width decides, the height keeps the aspect
         let plan = TilePlan::new(40, 256, 64, 8).unwrap();
         assert_eq!(plan.tile_shape(), (40, 64));
-        assert_eq!(stats_sample_shape(&plan), (10, 64));
+        assert_eq!(stats_sample_shape(&plan, 64), (10, 64));
         // never below 8 cells (64 px, the smallest TensorRT profile shape)
         let plan = TilePlan::new(12, 512, 64, 8).unwrap();
-        assert_eq!(stats_sample_shape(&plan), (8, 64));
+        assert_eq!(stats_sample_shape(&plan, 64), (8, 64));
         let plan = TilePlan::new(5, 512, 64, 8).unwrap();
-        assert_eq!(stats_sample_shape(&plan), (5, 64));
+        assert_eq!(stats_sample_shape(&plan, 64), (5, 64));
         for (height, width) in [(128, 128), (40, 256), (12, 512), (300, 77), (65, 64)] {
             let plan = TilePlan::balanced(height, width, 64, 8).unwrap();
-            let (sample_h, sample_w) = stats_sample_shape(&plan);
+            let (sample_h, sample_w) = stats_sample_shape(&plan, 64);
             let (tile_h, tile_w) = plan.tile_shape();
-            assert!(sample_h <= tile_h && sample_w <= tile_w, "{height}x{width}");
+            assert!(sample_h <= tile_h.max(64) && sample_w <= tile_w.max(64));
+            assert!(sample_h <= height && sample_w <= width, "{height}x{width}");
             assert!(sample_h >= 1 && sample_w >= 1);
         }
     }

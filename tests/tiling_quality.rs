@@ -14,14 +14,15 @@ use tadsr_edge::pipeline::{
 use tadsr_edge::preprocess::{self, ResampleFilter};
 use tadsr_edge::runtime::Provider;
 
-/// Tiled vs untiled with shared statistics: measured 15.51 dB (onnxruntime
-/// 1.32, CPU; 3x3 balanced tiles of 384 px), asserted with a margin. The
-/// rest of the gap is mostly the UNet, whose tiles still normalize and
-/// attend per tile (about 16.9 dB with only the UNet tiled).
-const MIN_SHARED_STATS_PSNR_DB: f64 = 15.0;
+/// Tiled vs untiled with shared statistics: measured 15.97 dB (onnxruntime
+/// 1.32, CPU; 3x3 balanced tiles of 384 px, statistics from a 512 px
+/// sample), asserted with a margin. The rest of the gap is mostly the UNet,
+/// whose tiles still normalize and attend per tile (about 16.9 dB with only
+/// the UNet tiled).
+const MIN_SHARED_STATS_PSNR_DB: f64 = 15.5;
 /// The same bundle without the tiled VAE graphs (per-tile statistics)
 /// measured 12.23 dB; the shared statistics must stay clearly better.
-const MIN_GAIN_DB: f64 = 2.5;
+const MIN_GAIN_DB: f64 = 3.0;
 
 fn tiny_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
