@@ -311,13 +311,6 @@ impl Pipeline {
         self.cancel = Some(flag);
     }
 
-    fn check_cancel(&self) -> Result<()> {
-        match self.cancel {
-            Some(flag) if flag.load(Ordering::Relaxed) => Err(Error::Interrupted),
-            _ => Ok(()),
-        }
-    }
-
     /// Upscales one image at every timestep of `options`; the input's
     /// decoding and resizing are shared by the timesteps.
     pub fn upscale(
@@ -484,30 +477,26 @@ impl Pipeline {
         timings: &mut StageTimings,
         progress: &dyn Progress,
     ) -> Result<(Array3<f32>, Array3<f32>)> {
-        let (latent_h, latent_w) = plan.area();
         let channels = self.bundle.manifest().latent_channels;
         let stats = self.encoder_shared_stats(image, timestep, plan, sample_tile, timings)?;
-        let mut mean_sum = TileAccumulator::new(channels, latent_h, latent_w);
-        let mut logvar_sum = TileAccumulator::new(channels, latent_h, latent_w);
         let (tile_h, tile_w) = plan.tile_shape();
         let weights = tiling::feather_weights(tile_h, tile_w, plan.overlap());
         let timestep_tensor = [i64::from(timestep)];
-        for latent_rect in plan.tiles() {
-            self.check_cancel()?;
-            let start = Instant::now();
-            let pixel_rect = latent_rect.scaled_up(8);
-            let tile = tiling::extract_tile(image.view(), pixel_rect);
-            timings.blend += millis_since(start);
-            let start = Instant::now();
-            let shape = [1, 3, pixel_rect.height, pixel_rect.width];
+        let output_names = ["latent_mean", "latent_logvar"];
+        let (encoder, encoder_tiled) = (&mut self.encoder, &mut self.encoder_tiled);
+        let tiles = TileRun {
+            plan,
+            source: image.view(),
+            source_scale: 8,
+            output_channels: &[channels, channels],
+            output_scale: 1,
+            weights: &weights,
+            cancel: self.cancel,
+            progress,
+        };
+        let mut moments = tiles.run(&mut timings.encoder, &mut timings.blend, |shape, tile| {
             let inputs = [
-                (
-                    "image",
-                    InputTensor::Float {
-                        shape: &shape,
-                        data: tile.as_slice().expect("standard layout"),
-                    },
-                ),
+                ("image", InputTensor::Float { shape, data: tile }),
                 (
                     "timestep",
                     InputTensor::Int64 {
@@ -516,30 +505,14 @@ impl Pipeline {
                     },
                 ),
             ];
-            let output_names = ["latent_mean", "latent_logvar"];
-            let mut outputs = match (&stats, self.encoder_tiled.as_mut()) {
-                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &output_names)?,
-                _ => self.encoder.session.run(&inputs, &output_names)?,
-            };
-            timings.encoder += millis_since(start);
-            progress.step();
-            if plan.is_single() {
-                let logvar = outputs.pop().expect("two outputs");
-                let mean = outputs.pop().expect("two outputs");
-                return Ok((
-                    into_chw(mean, channels, latent_h, latent_w)?,
-                    into_chw(logvar, channels, latent_h, latent_w)?,
-                ));
+            match (&stats, encoder_tiled.as_mut()) {
+                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &output_names),
+                _ => encoder.session.run(&inputs, &output_names),
             }
-            let start = Instant::now();
-            add_tile(&mut mean_sum, latent_rect, &outputs[0].data, &weights)?;
-            add_tile(&mut logvar_sum, latent_rect, &outputs[1].data, &weights)?;
-            timings.blend += millis_since(start);
-        }
-        let start = Instant::now();
-        let result = (finalize(mean_sum)?, finalize(logvar_sum)?);
-        timings.blend += millis_since(start);
-        Ok(result)
+        })?;
+        let latent_logvar = moments.pop().expect("two outputs");
+        let latent_mean = moments.pop().expect("two outputs");
+        Ok((latent_mean, latent_logvar))
     }
 
     fn denoise(
@@ -550,28 +523,26 @@ impl Pipeline {
         timings: &mut StageTimings,
         progress: &dyn Progress,
     ) -> Result<Array3<f32>> {
-        let (channels, height, width) = latent.dim();
-        let mut residual_sum = TileAccumulator::new(channels, height, width);
+        let channels = latent.dim().0;
         let (tile_h, tile_w) = plan.tile_shape();
         let weights = tiling::authors_gaussian_weights(tile_h, tile_w);
         let timestep_tensor = [i64::from(timestep)];
-        let prompt_shape = self.prompt_shape;
-        for rect in plan.tiles() {
-            self.check_cancel()?;
-            let start = Instant::now();
-            let tile = tiling::extract_tile(latent.view(), rect);
-            timings.blend += millis_since(start);
-            let start = Instant::now();
-            let shape = [1, channels, rect.height, rect.width];
-            let mut outputs = self.unet.session.run(
+        let (unet, prompt_embeds, prompt_shape) =
+            (&mut self.unet, &self.prompt_embeds, self.prompt_shape);
+        let tiles = TileRun {
+            plan,
+            source: latent.view(),
+            source_scale: 1,
+            output_channels: &[channels],
+            output_scale: 1,
+            weights: &weights,
+            cancel: self.cancel,
+            progress,
+        };
+        let mut residual = tiles.run(&mut timings.unet, &mut timings.blend, |shape, tile| {
+            unet.session.run(
                 &[
-                    (
-                        "latent",
-                        InputTensor::Float {
-                            shape: &shape,
-                            data: tile.as_slice().expect("standard layout"),
-                        },
-                    ),
+                    ("latent", InputTensor::Float { shape, data: tile }),
                     (
                         "timestep",
                         InputTensor::Int64 {
@@ -583,25 +554,14 @@ impl Pipeline {
                         "encoder_hidden_states",
                         InputTensor::Float {
                             shape: &prompt_shape,
-                            data: &self.prompt_embeds,
+                            data: prompt_embeds,
                         },
                     ),
                 ],
                 &["residual"],
-            )?;
-            timings.unet += millis_since(start);
-            progress.step();
-            if plan.is_single() {
-                return into_chw(outputs.pop().expect("one output"), channels, height, width);
-            }
-            let start = Instant::now();
-            add_tile(&mut residual_sum, rect, &outputs[0].data, &weights)?;
-            timings.blend += millis_since(start);
-        }
-        let start = Instant::now();
-        let residual = finalize(residual_sum)?;
-        timings.blend += millis_since(start);
-        Ok(residual)
+            )
+        })?;
+        Ok(residual.pop().expect("one output"))
     }
 
     fn decode(
@@ -612,47 +572,28 @@ impl Pipeline {
         timings: &mut StageTimings,
         progress: &dyn Progress,
     ) -> Result<Array3<f32>> {
-        let (channels, height, width) = clean_latent.dim();
         let stats = self.decoder_shared_stats(clean_latent, plan, sample_tile, timings)?;
-        let mut image_sum = TileAccumulator::new(3, height * 8, width * 8);
         let (tile_h, tile_w) = plan.tile_shape();
         let weights = tiling::feather_weights(tile_h * 8, tile_w * 8, plan.overlap() * 8);
-        for rect in plan.tiles() {
-            self.check_cancel()?;
-            let start = Instant::now();
-            let tile = tiling::extract_tile(clean_latent.view(), rect);
-            timings.blend += millis_since(start);
-            let start = Instant::now();
-            let shape = [1, channels, rect.height, rect.width];
-            let inputs = [(
-                "latent",
-                InputTensor::Float {
-                    shape: &shape,
-                    data: tile.as_slice().expect("standard layout"),
-                },
-            )];
-            let mut outputs = match (&stats, self.decoder_tiled.as_mut()) {
-                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &["image"])?,
-                _ => self.decoder.session.run(&inputs, &["image"])?,
-            };
-            timings.decoder += millis_since(start);
-            progress.step();
-            if plan.is_single() {
-                return into_chw(outputs.pop().expect("one output"), 3, height * 8, width * 8);
+        let (decoder, decoder_tiled) = (&mut self.decoder, &mut self.decoder_tiled);
+        let tiles = TileRun {
+            plan,
+            source: clean_latent.view(),
+            source_scale: 1,
+            output_channels: &[3],
+            output_scale: 8,
+            weights: &weights,
+            cancel: self.cancel,
+            progress,
+        };
+        let mut image = tiles.run(&mut timings.decoder, &mut timings.blend, |shape, tile| {
+            let inputs = [("latent", InputTensor::Float { shape, data: tile })];
+            match (&stats, decoder_tiled.as_mut()) {
+                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &["image"]),
+                _ => decoder.session.run(&inputs, &["image"]),
             }
-            let start = Instant::now();
-            add_tile(
-                &mut image_sum,
-                rect.scaled_up(8),
-                &outputs[0].data,
-                &weights,
-            )?;
-            timings.blend += millis_since(start);
-        }
-        let start = Instant::now();
-        let image = finalize(image_sum)?;
-        timings.blend += millis_since(start);
-        Ok(image)
+        })?;
+        Ok(image.pop().expect("one output"))
     }
 
     /// GroupNorm statistics for a tiled encode: the tiled encoder graph run
@@ -919,6 +860,74 @@ fn subsample(source: ArrayView3<'_, f32>, height: usize, width: usize) -> Array3
     Array3::from_shape_fn((channels, height, width), |(c, y, x)| {
         source[[c, rows[y], columns[x]]]
     })
+}
+
+/// One stage's tile loop: cut each tile of `plan` out of `source`, run it,
+/// and blend every output of the graph over the whole area. Rects of `plan`
+/// are in latent cells; `source_scale` and `output_scale` map them to the
+/// source's and the outputs' own cells (8 for pixels).
+struct TileRun<'a> {
+    plan: &'a TilePlan,
+    source: ArrayView3<'a, f32>,
+    source_scale: usize,
+    /// Channels of each graph output, in order.
+    output_channels: &'a [usize],
+    output_scale: usize,
+    /// Blend weights of one output tile.
+    weights: &'a [f32],
+    cancel: Option<&'static AtomicBool>,
+    progress: &'a dyn Progress,
+}
+
+impl TileRun<'_> {
+    /// `run_tile(shape, data)` runs one `[1, C, h, w]` tile. Time in it goes
+    /// to `network_ms`, cutting and blending to `blend_ms`. A single tile's
+    /// outputs are returned as they are (exactly the untiled result).
+    fn run(
+        &self,
+        network_ms: &mut f64,
+        blend_ms: &mut f64,
+        mut run_tile: impl FnMut(&[usize], &[f32]) -> Result<Vec<OutputTensor>>,
+    ) -> Result<Vec<Array3<f32>>> {
+        let (height, width) = self.plan.area();
+        let (out_h, out_w) = (height * self.output_scale, width * self.output_scale);
+        let mut sums: Vec<TileAccumulator> = self
+            .output_channels
+            .iter()
+            .map(|&channels| TileAccumulator::new(channels, out_h, out_w))
+            .collect();
+        for rect in self.plan.tiles() {
+            if self.cancel.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+                return Err(Error::Interrupted);
+            }
+            let start = Instant::now();
+            let source_rect = rect.scaled_up(self.source_scale);
+            let tile = tiling::extract_tile(self.source, source_rect);
+            let shape = [1, tile.dim().0, source_rect.height, source_rect.width];
+            *blend_ms += millis_since(start);
+            let start = Instant::now();
+            let outputs = run_tile(&shape, tile.as_slice().expect("standard layout"))?;
+            *network_ms += millis_since(start);
+            self.progress.step();
+            if self.plan.is_single() {
+                return outputs
+                    .into_iter()
+                    .zip(self.output_channels)
+                    .map(|(output, &channels)| into_chw(output, channels, out_h, out_w))
+                    .collect();
+            }
+            let start = Instant::now();
+            let output_rect = rect.scaled_up(self.output_scale);
+            for (sum, output) in sums.iter_mut().zip(&outputs) {
+                add_tile(sum, output_rect, &output.data, self.weights)?;
+            }
+            *blend_ms += millis_since(start);
+        }
+        let start = Instant::now();
+        let blended = sums.into_iter().map(finalize).collect();
+        *blend_ms += millis_since(start);
+        blended
+    }
 }
 
 /// A graph's `[1, C, H, W]` output as a `[C, H, W]` array, checking its size.
