@@ -2,7 +2,7 @@
 //! alpha, 16-bit) and writing outputs atomically (temporary file, then rename).
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Write};
+use std::io::{BufRead, BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb32FImage, RgbImage};
@@ -112,8 +112,12 @@ pub fn has_input_extension(path: &Path) -> bool {
         .is_some_and(|e| INPUT_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
-/// Expands the command line's inputs: files as given, folders to their
-/// supported images (not recursive, sorted by name).
+/// Expands the command line's inputs: files as given, folders to the names
+/// in them with a supported extension (not recursive, sorted by name). A
+/// name found in a folder is kept whatever it is (a FIFO, a dangling
+/// symbolic link, ...) except a folder, so that the same rule
+/// ([`check_input_file`]) refuses it with a reason, as for a name given
+/// explicitly.
 pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for input in inputs {
@@ -121,7 +125,7 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
             let mut found: Vec<PathBuf> = std::fs::read_dir(input)
                 .map_err(|e| Error::io(input, e))?
                 .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| path.is_file() && has_input_extension(path))
+                .filter(|path| has_input_extension(path) && !path.is_dir())
                 .collect();
             found.sort();
             files.extend(found);
@@ -132,35 +136,399 @@ pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
+/// Whether `path` is something an input may be: a regular file, or a
+/// symbolic link to one. Checked from the metadata, without opening the
+/// file (opening a FIFO would block, opening a device may have effects).
+pub fn check_input_file(path: &Path) -> Result<()> {
+    let fail = |reason: String| Err(Error::Input(reason));
+    let link = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fail("no such file".to_string())
+        }
+        Err(e) => return fail(format!("cannot read: {e}")),
+    };
+    let meta = if link.file_type().is_symlink() {
+        match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if is_symlink_loop(&e) => {
+                return fail("a symbolic link loop; fix or remove the link".to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let to = std::fs::read_link(path)
+                    .map(|t| crate::naming::shown(&t))
+                    .unwrap_or_default();
+                return fail(format!(
+                    "a dangling symbolic link (to {to}, which does not exist)"
+                ));
+            }
+            Err(e) => return fail(format!("cannot follow the symbolic link: {e}")),
+        }
+    } else {
+        link
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    fail(format!(
+        "{}, not a regular file; only regular files are read",
+        crate::naming::special_file_kind(&meta)
+    ))
+}
+
+#[cfg(unix)]
+fn is_symlink_loop(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ELOOP)
+}
+
+#[cfg(not(unix))]
+fn is_symlink_loop(_error: &std::io::Error) -> bool {
+    false
+}
+
+/// Opens a regular file for reading without ever blocking on a FIFO (the
+/// file is opened non-blocking and its type checked on the open handle).
+pub(crate) fn open_regular(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| Error::Input(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::Input(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::Input(format!(
+            "{}, not a regular file; only regular files are read",
+            crate::naming::special_file_kind(&meta)
+        )));
+    }
+    Ok(file)
+}
+
+/// A decoded input and what the user should be told about it.
+#[derive(Debug, Clone)]
+pub struct DecodedInput {
+    pub image: InputImage,
+    /// One-line warnings (only the first frame of an animation is used, ...).
+    pub notes: Vec<String>,
+}
+
 /// Reads one input: checks the size limits from the header, decodes, applies
 /// the EXIF orientation. Every failure is an [`Error::Input`] whose message
 /// says what is wrong with the file.
 pub fn read_input(path: &Path, limits: &InputLimits) -> Result<InputImage> {
+    read_input_checked(path, limits, &|_, _| Ok(())).map(|decoded| decoded.image)
+}
+
+/// [`read_input`] with a further check of the header's size (`check(width,
+/// height)`, before the orientation is applied) that runs before any pixel
+/// is decoded, and the notes about the file.
+pub fn read_input_checked(
+    path: &Path,
+    limits: &InputLimits,
+    check: &dyn Fn(u32, u32) -> std::result::Result<(), String>,
+) -> Result<DecodedInput> {
+    check_input_file(path)?;
+    let file = open_regular(path)?;
+    decode_stream(BufReader::new(file), limits, check)
+}
+
+/// Decodes an image held in memory under `limits`: what [`read_input`] does
+/// once the file is open (the property tests drive this).
+pub fn decode_bytes(bytes: &[u8], limits: &InputLimits) -> Result<DecodedInput> {
+    decode_stream(std::io::Cursor::new(bytes), limits, &|_, _| Ok(()))
+}
+
+fn decode_stream<R: BufRead + Seek>(
+    mut reader: R,
+    limits: &InputLimits,
+    check: &dyn Fn(u32, u32) -> std::result::Result<(), String>,
+) -> Result<DecodedInput> {
     let fail = |reason: String| Error::Input(reason);
-    let file = File::open(path).map_err(|e| fail(format!("cannot open: {e}")))?;
-    if file.metadata().map(|m| m.len()).unwrap_or(0) == 0 {
+    let mut head = Vec::with_capacity(64);
+    (&mut reader)
+        .take(64)
+        .read_to_end(&mut head)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if head.is_empty() {
         return Err(fail("empty file".to_string()));
     }
-    let reader = ImageReader::new(BufReader::new(file))
-        .with_guessed_format()
-        .map_err(|e| fail(format!("cannot read: {e}")))?;
-    if reader.format().is_none() {
-        return Err(fail(
-            "not an image in a supported format (png, jpg, webp, bmp, tiff)".to_string(),
-        ));
+    let format = supported_format(&head).ok_or_else(|| {
+        fail("not an image in a supported format (png, jpg, webp, bmp, tiff)".to_string())
+    })?;
+    let rewind = |reader: &mut R| {
+        reader
+            .seek(SeekFrom::Start(0))
+            .map(|_| ())
+            .map_err(|e| fail(format!("cannot read: {e}")))
+    };
+    let mut notes = Vec::new();
+    rewind(&mut reader)?;
+    match format {
+        ImageFormat::Jpeg => check_jpeg_complete(&mut reader).map_err(fail)?,
+        ImageFormat::WebP => {
+            if let Some(frames) = webp_animation_frames(&mut reader) {
+                notes.push(format!(
+                    "an animated WebP ({frames} frames); only the first frame is upscaled"
+                ));
+            }
+        }
+        ImageFormat::Tiff => {
+            let pages = tiff_page_count(&mut reader);
+            if pages > 1 {
+                notes.push(format!(
+                    "a TIFF with {pages} pages; only the first page is upscaled"
+                ));
+            }
+        }
+        _ => {}
     }
-    let mut decoder = reader
+    rewind(&mut reader)?;
+    let mut image_reader = ImageReader::with_format(reader, format);
+    image_reader.limits(decoder_limits(limits));
+    let mut decoder = image_reader
         .into_decoder()
         .map_err(|e| fail(format!("cannot decode: {e}")))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, limits).map_err(fail)?;
+    check(width, height).map_err(fail)?;
     let orientation = decoder.orientation().ok();
     let mut image = DynamicImage::from_decoder(decoder)
         .map_err(|e| fail(format!("cannot decode (truncated or corrupt?): {e}")))?;
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
-    Ok(InputImage::from_dynamic(image))
+    Ok(DecodedInput {
+        image: InputImage::from_dynamic(image),
+        notes,
+    })
+}
+
+/// The decoders' own allocation limits: no side over `max_side`, no buffer
+/// over what `max_pixels` RGBA 16-bit pixels take (at least 64 MiB, for
+/// metadata).
+pub fn decoder_limits(limits: &InputLimits) -> image::Limits {
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
+    decoder_limits
+}
+
+/// The format from the first bytes, if it is one this build reads.
+fn supported_format(head: &[u8]) -> Option<ImageFormat> {
+    match image::guess_format(head).ok()? {
+        format @ (ImageFormat::Png
+        | ImageFormat::Jpeg
+        | ImageFormat::WebP
+        | ImageFormat::Bmp
+        | ImageFormat::Tiff) => Some(format),
+        _ => None,
+    }
+}
+
+/// Walks a JPEG's segments and entropy-coded data up to its end marker
+/// (EOI). The decoder fills a truncated file with gray without an error;
+/// this refuses it. Data after EOI is allowed (some cameras append some).
+pub fn check_jpeg_complete(mut reader: impl BufRead) -> std::result::Result<(), String> {
+    const TRUNCATED: &str =
+        "truncated JPEG: the file ends before its end marker (an incomplete download or copy?)";
+    let byte = |reader: &mut dyn BufRead| -> std::result::Result<u8, String> {
+        let mut one = [0u8; 1];
+        reader
+            .read_exact(&mut one)
+            .map_err(|_| TRUNCATED.to_string())?;
+        Ok(one[0])
+    };
+    if byte(&mut reader)? != 0xFF || byte(&mut reader)? != 0xD8 {
+        return Err("not a JPEG (no start marker)".to_string());
+    }
+    // The marker after the current position: fill bytes and stray data
+    // between segments are skipped, as decoders do.
+    let mut pending: Option<u8> = None;
+    loop {
+        let marker = match pending.take() {
+            Some(marker) => marker,
+            None => {
+                while byte(&mut reader)? != 0xFF {}
+                let mut marker = byte(&mut reader)?;
+                while marker == 0xFF {
+                    marker = byte(&mut reader)?;
+                }
+                marker
+            }
+        };
+        match marker {
+            0xD9 => return Ok(()),
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let length = u16::from_be_bytes([byte(&mut reader)?, byte(&mut reader)?]);
+        if length < 2 {
+            return Err(format!("corrupt JPEG: segment length {length}"));
+        }
+        skip_exact(&mut reader, u64::from(length) - 2).map_err(|_| TRUNCATED.to_string())?;
+        if marker == 0xDA {
+            pending = Some(skip_entropy_coded_data(&mut reader).ok_or(TRUNCATED)?);
+        }
+    }
+}
+
+/// Skips a scan's entropy-coded data; returns the marker that ends it.
+fn skip_entropy_coded_data(reader: &mut dyn BufRead) -> Option<u8> {
+    let mut after_ff = false;
+    loop {
+        let buffer = reader.fill_buf().ok()?;
+        if buffer.is_empty() {
+            return None;
+        }
+        let mut consumed = 0;
+        for &b in buffer {
+            consumed += 1;
+            if after_ff {
+                match b {
+                    0x00 | 0xD0..=0xD7 => after_ff = false,
+                    0xFF => {}
+                    marker => {
+                        reader.consume(consumed);
+                        return Some(marker);
+                    }
+                }
+            } else if b == 0xFF {
+                after_ff = true;
+            }
+        }
+        reader.consume(consumed);
+    }
+}
+
+fn skip_exact(reader: &mut dyn BufRead, count: u64) -> std::io::Result<()> {
+    let skipped = std::io::copy(&mut reader.take(count), &mut std::io::sink())?;
+    if skipped == count {
+        Ok(())
+    } else {
+        Err(std::io::ErrorKind::UnexpectedEof.into())
+    }
+}
+
+/// The number of frames of an animated WebP (`None` for a still image or
+/// when the container cannot be read; the decoder reports that).
+fn webp_animation_frames(reader: &mut (impl Read + Seek)) -> Option<usize> {
+    let mut header = [0u8; 12];
+    reader.read_exact(&mut header).ok()?;
+    if &header[..4] != b"RIFF" || &header[8..12] != b"WEBP" {
+        return None;
+    }
+    let mut animated = false;
+    let mut frames = 0usize;
+    for _ in 0..1_000_000 {
+        let mut chunk = [0u8; 8];
+        if reader.read_exact(&mut chunk).is_err() {
+            break;
+        }
+        let size = u32::from_le_bytes([chunk[4], chunk[5], chunk[6], chunk[7]]);
+        let padded = i64::from(size) + i64::from(size & 1);
+        match &chunk[..4] {
+            b"VP8X" => {
+                let mut flags = [0u8; 1];
+                reader.read_exact(&mut flags).ok()?;
+                animated = flags[0] & 0x02 != 0;
+                reader.seek(SeekFrom::Current(padded - 1)).ok()?;
+            }
+            b"ANMF" => {
+                frames += 1;
+                reader.seek(SeekFrom::Current(padded)).ok()?;
+            }
+            _ => {
+                reader.seek(SeekFrom::Current(padded)).ok()?;
+            }
+        }
+    }
+    animated.then_some(frames.max(1))
+}
+
+/// The number of pages (IFDs) of a TIFF, at most 10000; 1 when it cannot
+/// be told (the decoder reports a damaged file).
+fn tiff_page_count(reader: &mut (impl Read + Seek)) -> usize {
+    tiff_pages(reader).unwrap_or(1).max(1)
+}
+
+fn tiff_pages(reader: &mut (impl Read + Seek)) -> Option<usize> {
+    let mut header = [0u8; 8];
+    reader.read_exact(&mut header).ok()?;
+    let little = match &header[..2] {
+        b"II" => true,
+        b"MM" => false,
+        _ => return None,
+    };
+    let u16_of = |b: [u8; 2]| {
+        if little {
+            u16::from_le_bytes(b)
+        } else {
+            u16::from_be_bytes(b)
+        }
+    };
+    let u32_of = |b: [u8; 4]| {
+        if little {
+            u32::from_le_bytes(b)
+        } else {
+            u32::from_be_bytes(b)
+        }
+    };
+    let u64_of = |b: [u8; 8]| {
+        if little {
+            u64::from_le_bytes(b)
+        } else {
+            u64::from_be_bytes(b)
+        }
+    };
+    let big = match u16_of([header[2], header[3]]) {
+        42 => false,
+        43 => true,
+        _ => return None,
+    };
+    let mut offset = if big {
+        let mut rest = [0u8; 8];
+        reader.read_exact(&mut rest).ok()?;
+        u64_of(rest)
+    } else {
+        u64::from(u32_of([header[4], header[5], header[6], header[7]]))
+    };
+    let mut seen = std::collections::HashSet::new();
+    let mut pages = 0;
+    while offset != 0 && pages < 10_000 && seen.insert(offset) {
+        reader.seek(SeekFrom::Start(offset)).ok()?;
+        let (entries, entry_size) = if big {
+            let mut count = [0u8; 8];
+            reader.read_exact(&mut count).ok()?;
+            (u64_of(count), 20)
+        } else {
+            let mut count = [0u8; 2];
+            reader.read_exact(&mut count).ok()?;
+            (u64::from(u16_of(count)), 12)
+        };
+        let skip = i64::try_from(entries.checked_mul(entry_size)?).ok()?;
+        reader.seek(SeekFrom::Current(skip)).ok()?;
+        pages += 1;
+        offset = if big {
+            let mut next = [0u8; 8];
+            reader.read_exact(&mut next).ok()?;
+            u64_of(next)
+        } else {
+            let mut next = [0u8; 4];
+            if reader.read_exact(&mut next).is_err() {
+                break;
+            }
+            u64::from(u32_of(next))
+        };
+    }
+    Some(pages)
 }
 
 fn check_size(width: u32, height: u32, limits: &InputLimits) -> std::result::Result<(), String> {
@@ -176,9 +544,8 @@ fn check_size(width: u32, height: u32, limits: &InputLimits) -> std::result::Res
     let pixels = u64::from(width) * u64::from(height);
     if pixels > limits.max_pixels {
         return Err(format!(
-            "{width}x{height} has {:.1} megapixels, over the limit of {:.1} (raise it with --max-pixels)",
-            pixels as f64 / 1e6,
-            limits.max_pixels as f64 / 1e6
+            "{width}x{height} is {pixels} pixels, over the limit of {} (raise it with --max-pixels)",
+            limits.max_pixels
         ));
     }
     Ok(())
@@ -203,44 +570,108 @@ pub fn output_format(path: &Path) -> Result<ImageFormat> {
     }
 }
 
-/// Writes `image` to `path` atomically: into a hidden temporary file in the
-/// same folder, flushed and synced, then renamed over `path`. On any error
-/// the temporary file is removed and `path` is untouched.
+/// Temporary files being written now, removed by [`remove_temporary_files`]
+/// (the command line calls it when a second signal stops it at once).
+static LIVE_TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn live_temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE_TEMPORARIES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes the temporary files of writes in progress and returns how many
+/// there were. Holds the registry's lock on return (a write in progress can
+/// then neither create nor rename one), so call it only right before the
+/// process exits.
+pub fn remove_temporary_files() -> usize {
+    let mut live = live_temporaries();
+    let count = live.len();
+    for path in live.drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+    std::mem::forget(live);
+    count
+}
+
+/// Prefix and suffix of the temporary names: `.tadsr-XXXXXXXX.tmp` (19 bytes,
+/// so any output name a file system takes can be written).
+pub const TEMPORARY_PREFIX: &str = ".tadsr-";
+pub const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// Writes `image` to `path` atomically: into a new temporary file in the
+/// same folder, created exclusively (`O_EXCL`: never through a symbolic link
+/// or over an existing file) under an unpredictable name, flushed and synced,
+/// then renamed over `path` (a symbolic link at `path` is replaced, not
+/// followed). On any error the temporary file is removed and `path` is
+/// untouched.
 pub fn write_atomically(image: &DynamicImage, path: &Path) -> Result<()> {
     let format = output_format(path)?;
     let image = adapt_to_format(image, format);
-    let folder = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("output");
-    let temporary = folder.join(format!(".{name}.{}.partial", std::process::id()));
+    let folder = crate::naming::parent_folder(path);
     let output_error = |reason: String| Error::Output {
         path: path.to_path_buf(),
         reason,
     };
-    let written = (|| -> std::result::Result<(), String> {
-        let file = File::create(&temporary).map_err(|e| e.to_string())?;
-        let mut writer = BufWriter::new(file);
+    let temporary = {
+        let mut live = live_temporaries();
+        let mut builder = tempfile::Builder::new();
+        builder
+            .prefix(TEMPORARY_PREFIX)
+            .suffix(TEMPORARY_SUFFIX)
+            .rand_bytes(8);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The umask applies, as for any new file (the default is 0600).
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let temporary = builder
+            .tempfile_in(folder)
+            .map_err(|e| output_error(e.to_string()))?;
+        live.push(temporary.path().to_path_buf());
+        temporary
+    };
+    let temporary_path = temporary.path().to_path_buf();
+    let forget = |temporary_path: &Path| live_temporaries().retain(|p| p != temporary_path);
+    let written = (|| -> std::result::Result<tempfile::NamedTempFile, String> {
+        let mut writer = BufWriter::new(temporary);
         image
             .write_to(&mut writer, format)
             .map_err(|e| e.to_string())?;
         writer.flush().map_err(|e| e.to_string())?;
-        writer
-            .into_inner()
-            .map_err(|e| e.to_string())?
-            .sync_all()
-            .map_err(|e| e.to_string())?;
-        std::fs::rename(&temporary, path).map_err(|e| e.to_string())
+        let temporary = writer.into_inner().map_err(|e| e.to_string())?;
+        temporary.as_file().sync_all().map_err(|e| e.to_string())?;
+        Ok(temporary)
     })();
-    if let Err(reason) = written {
-        let _ = std::fs::remove_file(&temporary);
-        return Err(output_error(reason));
-    }
+    let temporary = match written {
+        Ok(temporary) => temporary,
+        Err(reason) => {
+            // Dropping the NamedTempFile (inside the closure) removed it.
+            forget(&temporary_path);
+            return Err(output_error(reason));
+        }
+    };
+    let mut live = live_temporaries();
+    let persisted = temporary.persist(path);
+    live.retain(|p| p != &temporary_path);
+    drop(live);
+    persisted.map_err(|e| output_error(e.error.to_string()))?;
     Ok(())
+}
+
+/// Whether `folder` takes new files: a temporary file is created there and
+/// removed at once. Run before any computation.
+pub fn check_writable_folder(folder: &Path) -> Result<()> {
+    tempfile::Builder::new()
+        .prefix(TEMPORARY_PREFIX)
+        .suffix(TEMPORARY_SUFFIX)
+        .tempfile_in(folder)
+        .map(drop)
+        .map_err(|e| Error::Output {
+            path: folder.to_path_buf(),
+            reason: format!("cannot create files there: {e}"),
+        })
 }
 
 /// JPEG has no alpha and no 16-bit; WebP and BMP no 16-bit.
