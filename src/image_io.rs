@@ -280,7 +280,7 @@ fn decode_stream<R: BufRead + Seek>(
             }
         }
         ImageFormat::Tiff => {
-            let pages = tiff_page_count(&mut reader);
+            let pages = tiff_page_count(&mut reader).map_err(fail)?;
             if pages > 1 {
                 notes.push(format!(
                     "a TIFF with {pages} pages; only the first page is upscaled"
@@ -294,13 +294,17 @@ fn decode_stream<R: BufRead + Seek>(
     image_reader.limits(decoder_limits(limits));
     let mut decoder = image_reader
         .into_decoder()
-        .map_err(|e| fail(format!("cannot decode: {e}")))?;
+        .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, limits).map_err(fail)?;
     check(width, height).map_err(fail)?;
     let orientation = decoder.orientation().ok();
-    let mut image = DynamicImage::from_decoder(decoder)
-        .map_err(|e| fail(format!("cannot decode (truncated or corrupt?): {e}")))?;
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| {
+        fail(format!(
+            "cannot decode (truncated or corrupt?): {}",
+            one_line(&e)
+        ))
+    })?;
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
@@ -308,6 +312,17 @@ fn decode_stream<R: BufRead + Seek>(
         image: InputImage::from_dynamic(image),
         notes,
     })
+}
+
+/// A decoder's message on one line (some end in a newline or hold several).
+fn one_line(error: &dyn std::fmt::Display) -> String {
+    error
+        .to_string()
+        .split(|c: char| c.is_control())
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The decoders' own allocation limits: no side over `max_side`, no buffer
@@ -453,82 +468,168 @@ fn webp_animation_frames(reader: &mut (impl Read + Seek)) -> Option<usize> {
     animated.then_some(frames.max(1))
 }
 
-/// The number of pages (IFDs) of a TIFF, at most 10000; 1 when it cannot
-/// be told (the decoder reports a damaged file).
-fn tiff_page_count(reader: &mut (impl Read + Seek)) -> usize {
-    tiff_pages(reader).unwrap_or(1).max(1)
+/// Walks a TIFF's directories (IFDs): returns how many pages it has (at
+/// most 10000; 1 when the structure cannot be read, the decoder then says
+/// why), or why it is refused: a tag or a strip/tile that claims more bytes
+/// than the file holds. The decoder would otherwise reserve memory for such
+/// claims (hundreds of MB for a 1 KB file) before finding out.
+fn tiff_page_count(reader: &mut (impl Read + Seek)) -> std::result::Result<usize, String> {
+    let Ok(file_len) = reader.seek(SeekFrom::End(0)) else {
+        return Ok(1);
+    };
+    if reader.seek(SeekFrom::Start(0)).is_err() {
+        return Ok(1);
+    }
+    match tiff_pages(reader, file_len) {
+        Ok(pages) => Ok(pages.max(1)),
+        Err(TiffWalk::Unreadable) => Ok(1),
+        Err(TiffWalk::Corrupt(reason)) => Err(format!("corrupt TIFF: {reason}")),
+    }
 }
 
-fn tiff_pages(reader: &mut (impl Read + Seek)) -> Option<usize> {
+enum TiffWalk {
+    /// The walk could not go on (left to the decoder to report).
+    Unreadable,
+    /// A claim the file cannot back.
+    Corrupt(String),
+}
+
+impl From<std::io::Error> for TiffWalk {
+    fn from(_: std::io::Error) -> Self {
+        TiffWalk::Unreadable
+    }
+}
+
+fn check_tiff_chunk(chunk_bytes: u64, file_len: u64) -> std::result::Result<(), TiffWalk> {
+    if chunk_bytes > file_len {
+        return Err(TiffWalk::Corrupt(format!(
+            "a strip or tile claims {chunk_bytes} bytes, more than the file ({file_len} bytes)"
+        )));
+    }
+    Ok(())
+}
+
+/// Bytes per value of a TIFF field type (8 for unknown types: the largest).
+fn tiff_type_size(field_type: u16) -> u64 {
+    match field_type {
+        1 | 2 | 6 | 7 => 1,
+        3 | 8 => 2,
+        4 | 9 | 11 | 13 => 4,
+        _ => 8,
+    }
+}
+
+fn tiff_pages(
+    reader: &mut (impl Read + Seek),
+    file_len: u64,
+) -> std::result::Result<usize, TiffWalk> {
     let mut header = [0u8; 8];
-    reader.read_exact(&mut header).ok()?;
+    reader.read_exact(&mut header)?;
     let little = match &header[..2] {
         b"II" => true,
         b"MM" => false,
-        _ => return None,
+        _ => return Err(TiffWalk::Unreadable),
     };
-    let u16_of = |b: [u8; 2]| {
-        if little {
-            u16::from_le_bytes(b)
+    let read_uint = |reader: &mut dyn Read, width: usize| -> std::result::Result<u64, TiffWalk> {
+        let mut bytes = [0u8; 8];
+        reader.read_exact(&mut bytes[..width])?;
+        let bytes = &bytes[..width];
+        Ok(if little {
+            bytes
+                .iter()
+                .rev()
+                .fold(0u64, |v, b| (v << 8) | u64::from(*b))
         } else {
-            u16::from_be_bytes(b)
-        }
+            bytes.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
+        })
     };
-    let u32_of = |b: [u8; 4]| {
-        if little {
-            u32::from_le_bytes(b)
-        } else {
-            u32::from_be_bytes(b)
-        }
+    let magic = if little {
+        u16::from_le_bytes([header[2], header[3]])
+    } else {
+        u16::from_be_bytes([header[2], header[3]])
     };
-    let u64_of = |b: [u8; 8]| {
-        if little {
-            u64::from_le_bytes(b)
-        } else {
-            u64::from_be_bytes(b)
-        }
-    };
-    let big = match u16_of([header[2], header[3]]) {
+    let big = match magic {
         42 => false,
         43 => true,
-        _ => return None,
+        _ => return Err(TiffWalk::Unreadable),
     };
+    // Classic: 2-byte entry count, 12-byte entries, 4-byte values/offsets;
+    // BigTIFF: 8, 20 and 8.
+    let (count_width, offset_width) = if big { (8, 8) } else { (2, 4) };
     let mut offset = if big {
-        let mut rest = [0u8; 8];
-        reader.read_exact(&mut rest).ok()?;
-        u64_of(rest)
+        read_uint(reader, 8)?
     } else {
-        u64::from(u32_of([header[4], header[5], header[6], header[7]]))
+        let bytes = [header[4], header[5], header[6], header[7]];
+        u64::from(if little {
+            u32::from_le_bytes(bytes)
+        } else {
+            u32::from_be_bytes(bytes)
+        })
     };
     let mut seen = std::collections::HashSet::new();
     let mut pages = 0;
     while offset != 0 && pages < 10_000 && seen.insert(offset) {
-        reader.seek(SeekFrom::Start(offset)).ok()?;
-        let (entries, entry_size) = if big {
-            let mut count = [0u8; 8];
-            reader.read_exact(&mut count).ok()?;
-            (u64_of(count), 20)
-        } else {
-            let mut count = [0u8; 2];
-            reader.read_exact(&mut count).ok()?;
-            (u64::from(u16_of(count)), 12)
-        };
-        let skip = i64::try_from(entries.checked_mul(entry_size)?).ok()?;
-        reader.seek(SeekFrom::Current(skip)).ok()?;
-        pages += 1;
-        offset = if big {
-            let mut next = [0u8; 8];
-            reader.read_exact(&mut next).ok()?;
-            u64_of(next)
-        } else {
-            let mut next = [0u8; 4];
-            if reader.read_exact(&mut next).is_err() {
-                break;
+        reader.seek(SeekFrom::Start(offset))?;
+        let entries = read_uint(reader, count_width)?;
+        let entry_size = 4 + 2 * offset_width as u64;
+        if entries.saturating_mul(entry_size) > file_len {
+            return Err(TiffWalk::Corrupt(format!(
+                "a directory of {entries} entries is larger than the file ({file_len} bytes)"
+            )));
+        }
+        let mut byte_count_fields = Vec::new();
+        let uint_of = |bytes: &[u8]| -> u64 {
+            if little {
+                bytes
+                    .iter()
+                    .rev()
+                    .fold(0u64, |v, b| (v << 8) | u64::from(*b))
+            } else {
+                bytes.iter().fold(0u64, |v, b| (v << 8) | u64::from(*b))
             }
-            u64::from(u32_of(next))
+        };
+        for _ in 0..entries {
+            let tag = read_uint(reader, 2)? as u16;
+            let field_type = read_uint(reader, 2)? as u16;
+            let count = read_uint(reader, offset_width)?;
+            let mut raw = [0u8; 8];
+            reader.read_exact(&mut raw[..offset_width])?;
+            let raw = &raw[..offset_width];
+            let value = uint_of(raw);
+            let width = tiff_type_size(field_type);
+            let bytes = count.saturating_mul(width);
+            let inline = bytes <= offset_width as u64;
+            if !inline && value.saturating_add(bytes) > file_len {
+                return Err(TiffWalk::Corrupt(format!(
+                    "tag {tag} claims {bytes} bytes at offset {value}, past the end of the file ({file_len} bytes)"
+                )));
+            }
+            // StripByteCounts and TileByteCounts: no chunk larger than the file.
+            if matches!(tag, 279 | 325) && matches!(field_type, 3 | 4 | 16) {
+                if inline {
+                    for chunk in raw.chunks_exact(width as usize).take(count as usize) {
+                        check_tiff_chunk(uint_of(chunk), file_len)?;
+                    }
+                } else {
+                    byte_count_fields.push((width as usize, count, value));
+                }
+            }
+        }
+        let next_directory = reader.stream_position()?;
+        for (width, count, value) in byte_count_fields {
+            reader.seek(SeekFrom::Start(value))?;
+            for _ in 0..count {
+                check_tiff_chunk(read_uint(reader, width)?, file_len)?;
+            }
+        }
+        reader.seek(SeekFrom::Start(next_directory))?;
+        pages += 1;
+        offset = match read_uint(reader, offset_width) {
+            Ok(next) => next,
+            Err(_) => break,
         };
     }
-    Some(pages)
+    Ok(pages)
 }
 
 fn check_size(width: u32, height: u32, limits: &InputLimits) -> std::result::Result<(), String> {
@@ -668,9 +769,17 @@ pub fn check_writable_folder(folder: &Path) -> Result<()> {
         .suffix(TEMPORARY_SUFFIX)
         .tempfile_in(folder)
         .map(drop)
-        .map_err(|e| Error::Output {
-            path: folder.to_path_buf(),
-            reason: format!("cannot create files there: {e}"),
+        .map_err(|e| {
+            // The OS's reason, without the temporary name tempfile adds.
+            let reason = e
+                .get_ref()
+                .and_then(|inner| inner.source())
+                .map(|source| source.to_string())
+                .unwrap_or_else(|| e.to_string());
+            Error::Output {
+                path: folder.to_path_buf(),
+                reason: format!("cannot create files in this folder: {reason}"),
+            }
         })
 }
 

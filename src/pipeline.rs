@@ -237,21 +237,7 @@ impl Pipeline {
     pub fn load(config: &PipelineConfig) -> Result<Pipeline> {
         let runtime = Runtime::global(config.ort_lib.as_deref())?;
         let bundle = Bundle::open_with(&config.model_dir, config.verify_hashes)?;
-        let manifest = bundle.manifest();
-        let alphas_cumprod = if manifest.schedule.alphas_cumprod.is_empty() {
-            schedule::scaled_linear_alphas_cumprod(
-                manifest.schedule.num_train_timesteps,
-                manifest.schedule.beta_start,
-                manifest.schedule.beta_end,
-            )
-        } else {
-            manifest
-                .schedule
-                .alphas_cumprod
-                .iter()
-                .map(|a| *a as f32)
-                .collect()
-        };
+        let alphas_cumprod = noise_schedule(&bundle)?;
         let (prompt_embeds, prompt_shape) =
             load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
         let mut fallbacks = Vec::new();
@@ -960,6 +946,45 @@ fn add_tile(
 fn finalize(sum: TileAccumulator) -> Result<Array3<f32>> {
     sum.finalize()
         .map_err(|e| Error::InvalidOption(e.to_string()))
+}
+
+/// Most training timesteps a bundle's schedule may have (the models use 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
+/// The bundle's noise schedule (alpha-bar per timestep): the manifest's list,
+/// or the scaled-linear one from its betas. Refused, as the bundle's fault,
+/// when it is longer than [`MAX_TRAIN_TIMESTEPS`] (a hostile manifest must
+/// not make a huge allocation) or holds a value outside (0, 1].
+pub fn noise_schedule(bundle: &Bundle) -> Result<Vec<f32>> {
+    let spec = &bundle.manifest().schedule;
+    if spec.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+        return Err(Error::bundle(
+            bundle.root(),
+            format!(
+                "schedule.num_train_timesteps is {}, over {MAX_TRAIN_TIMESTEPS}",
+                spec.num_train_timesteps
+            ),
+        ));
+    }
+    let alphas_cumprod: Vec<f32> = if spec.alphas_cumprod.is_empty() {
+        schedule::scaled_linear_alphas_cumprod(
+            spec.num_train_timesteps,
+            spec.beta_start,
+            spec.beta_end,
+        )
+    } else {
+        spec.alphas_cumprod.iter().map(|a| *a as f32).collect()
+    };
+    if let Some(t) = alphas_cumprod.iter().position(|a| !(*a > 0.0 && *a <= 1.0)) {
+        return Err(Error::bundle(
+            bundle.root(),
+            format!(
+                "the noise schedule's alpha-bar at timestep {t} is {}, outside (0, 1]; check schedule.beta_start and beta_end",
+                alphas_cumprod[t]
+            ),
+        ));
+    }
+    Ok(alphas_cumprod)
 }
 
 /// Largest prompt embedding file read (a [1, 77, 1024] float32 one is 315 KB).

@@ -303,6 +303,16 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
     if jobs.is_empty() {
         return Ok(EXIT_INPUT_FAILED);
     }
+    // The output folder, probed now when it exists (a missing one is made
+    // once the model has loaded).
+    let folder = match &target {
+        OutputTarget::Dir(dir) => dir.clone(),
+        OutputTarget::File(file) => naming::parent_folder(file).to_path_buf(),
+    };
+    let folder_exists = folder.is_dir();
+    if folder_exists {
+        image_io::check_writable_folder(&folder)?;
+    }
     if let Some(code) = interrupted_exit(args) {
         return Ok(code);
     }
@@ -344,15 +354,11 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
             eprintln!("warning: --device {device} is unused: every stage runs on the CPU");
         }
     }
-    let folder = match &target {
-        OutputTarget::Dir(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the output folder {}", shown(dir)))?;
-            dir.as_path()
-        }
-        OutputTarget::File(file) => naming::parent_folder(file),
-    };
-    image_io::check_writable_folder(folder)?;
+    if !folder_exists {
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create the output folder {}", shown(&folder)))?;
+        image_io::check_writable_folder(&folder)?;
+    }
     if let Some(code) = interrupted_exit(args) {
         return Ok(code);
     }
