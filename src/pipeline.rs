@@ -18,7 +18,7 @@ use crate::image_io::{AlphaPlane, InputImage, InputPixels};
 use crate::npy;
 use crate::preprocess::{self, Quantization, ResampleFilter, SizePlan};
 use crate::runtime::{InputTensor, ModelSession, OutputTensor, Provider, Runtime, SessionOptions};
-use crate::schedule;
+use crate::schedule::{self, NoiseSchedule};
 use crate::tiling::{self, TileAccumulator, TilePlan, TileRect};
 
 /// Which execution provider to use.
@@ -112,20 +112,16 @@ impl RunOptions {
         }
     }
 
-    pub fn check(&self, num_train_timesteps: usize) -> Result<()> {
+    /// Checks every option; timesteps against the bundle's `schedule`.
+    pub fn check(&self, schedule: &NoiseSchedule) -> Result<()> {
         let invalid = |m: String| Err(Error::InvalidOption(m));
         if self.timesteps.is_empty() {
             return invalid("at least one timestep is needed".into());
         }
-        if let Some(t) = self
-            .timesteps
-            .iter()
-            .find(|t| **t as usize >= num_train_timesteps || **t == 0)
-        {
-            return invalid(format!(
-                "timestep {t} is outside 1..{}",
-                num_train_timesteps - 1
-            ));
+        for &timestep in &self.timesteps {
+            if let Err(error) = schedule.validate_timestep(i64::from(timestep)) {
+                return invalid(error.to_string());
+            }
         }
         if !(1..=16).contains(&self.upscale) {
             return invalid(format!("upscale {} is outside 1..16", self.upscale));
@@ -224,7 +220,7 @@ pub struct Pipeline {
     /// of a tiled encode or decode is normalized alike (else per tile).
     encoder_tiled: Option<TiledStage>,
     decoder_tiled: Option<TiledStage>,
-    alphas_cumprod: Vec<f32>,
+    schedule: NoiseSchedule,
     prompt_embeds: Vec<f32>,
     prompt_shape: [usize; 3],
     /// Provider attempts that failed under `auto`, for the user to see.
@@ -238,20 +234,8 @@ impl Pipeline {
         let runtime = Runtime::global(config.ort_lib.as_deref())?;
         let bundle = Bundle::open_with(&config.model_dir, config.verify_hashes)?;
         let manifest = bundle.manifest();
-        let alphas_cumprod = if manifest.schedule.alphas_cumprod.is_empty() {
-            schedule::scaled_linear_alphas_cumprod(
-                manifest.schedule.num_train_timesteps,
-                manifest.schedule.beta_start,
-                manifest.schedule.beta_end,
-            )
-        } else {
-            manifest
-                .schedule
-                .alphas_cumprod
-                .iter()
-                .map(|a| *a as f32)
-                .collect()
-        };
+        let schedule = NoiseSchedule::from_spec(&manifest.schedule)
+            .map_err(|e| Error::bundle(bundle.root(), format!("schedule: {e}")))?;
         let (prompt_embeds, prompt_shape) =
             load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
         let mut fallbacks = Vec::new();
@@ -274,7 +258,7 @@ impl Pipeline {
             decoder,
             encoder_tiled,
             decoder_tiled,
-            alphas_cumprod,
+            schedule,
             prompt_embeds,
             prompt_shape,
             fallbacks,
@@ -287,9 +271,9 @@ impl Pipeline {
         &self.bundle
     }
 
-    /// Length of the noise schedule (valid timesteps are below it).
-    pub fn num_train_timesteps(&self) -> usize {
-        self.alphas_cumprod.len()
+    /// The bundle's noise schedule (valid timesteps are its indices).
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
     }
 
     /// Where each stage runs.
@@ -319,7 +303,7 @@ impl Pipeline {
         options: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<Upscaled>> {
-        options.check(self.alphas_cumprod.len())?;
+        options.check(&self.schedule)?;
         let start = Instant::now();
         let plan = preprocess::plan_sizes(
             input.width,
@@ -398,7 +382,7 @@ impl Pipeline {
         options: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<(Array3<f32>, StageTimings)> {
-        options.check(self.alphas_cumprod.len())?;
+        options.check(&self.schedule)?;
         let (height, width) = (model_input.shape()[2], model_input.shape()[3]);
         if height % 8 != 0 || width % 8 != 0 || height == 0 || width == 0 {
             return Err(Error::InvalidOption(format!(
@@ -438,7 +422,10 @@ impl Pipeline {
 
         let residual = self.denoise(&latent, timestep, &unet_plan, &mut timings, progress)?;
         let start = Instant::now();
-        let alpha_cumprod = self.alphas_cumprod[timestep as usize];
+        let alpha_cumprod = self
+            .schedule
+            .alpha_cumprod(i64::from(timestep))
+            .map_err(|e| Error::InvalidOption(e.to_string()))?;
         let mut clean_latent = latent;
         schedule::clean_latent_in_place(
             clean_latent.as_slice_mut().expect("contiguous"),
@@ -1299,37 +1286,45 @@ mod tests {
             color_fix: ColorFix::Adain,
             seed: None,
         };
-        assert!(options.check(1000).is_ok());
+        let schedule = NoiseSchedule::sd21();
+        assert!(options.check(&schedule).is_ok());
+        // t = 0 indexes alphas_cumprod[0], as the bundle format allows
+        assert!(RunOptions {
+            timesteps: vec![0],
+            ..options.clone()
+        }
+        .check(&schedule)
+        .is_ok());
         assert!(RunOptions {
             timesteps: vec![1000],
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             timesteps: vec![],
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             tile_px: 500,
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             tile_overlap_px: 300,
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             tile_px: 0,
             tile_overlap_px: 3,
             ..options
         }
-        .check(1000)
+        .check(&schedule)
         .is_ok());
     }
 }

@@ -138,7 +138,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let options = run_options(args, &pipeline);
     // Options are checked once, before any work, as usage errors.
-    options.check(pipeline.num_train_timesteps())?;
+    options.check(pipeline.schedule())?;
     let providers = pipeline.providers();
     if !args.quiet {
         for fallback in pipeline.fallbacks() {

@@ -286,7 +286,7 @@ fn usage_and_model_errors_exit_2() {
     small_rgb().save(&input).unwrap();
     let o = path_str(&dir.path().join("o.png")).to_string();
     for args in [
-        vec!["run", path_str(&input), "-o", &o, "-t", "0"],
+        vec!["run", path_str(&input), "-o", &o, "-t", "-1"],
         vec!["run", path_str(&input), "-o", &o, "-t", "1000"],
         vec!["run", path_str(&input), "-o", &o, "--tile", "100"],
         vec!["run", path_str(&input), "-o", &o, "--color-fix", "sepia"],

@@ -14,8 +14,20 @@ use tadsr_edge::pipeline::{
 use tadsr_edge::preprocess;
 use tadsr_edge::runtime::Provider;
 
-/// The bar for fp32 on CPU.
-const MIN_PSNR_DB: f64 = 50.0;
+/// Largest difference allowed between our output and the PyTorch reference,
+/// per sample, in [0, 1] pixel units.
+///
+/// Where it comes from: both sides are fp32; ONNX Runtime and PyTorch sum in
+/// other orders, and so do the kernels of different CPUs of our machine kind
+/// (AVX-512 or AVX2 only). Measured (2026-11-27, `scripts/cross_cpu_check.sh`):
+/// PyTorch's own default / avx2 / avx512 kernels differ from the golden files
+/// by up to 2.6e-5; this pipeline differs from them by up to 2.7e-5 natively
+/// (AVX-512) and under `qemu-x86_64 -cpu Haswell` (AVX2 only). 1e-4 leaves a
+/// factor of about 4 and is 1/39 of an 8-bit level, so no visible difference
+/// hides under it. Real bugs land far above it: `scripts/mutation_check.sh`
+/// plants `alphas_cumprod[t + 1]`, a scaling factor of 0.1822 and 8-bit
+/// rounding before the color fix, each of which fails this bound.
+const MAX_ABS_ERROR: f32 = 1e-4;
 
 #[derive(Deserialize)]
 struct GoldenCase {
@@ -84,14 +96,14 @@ fn reference_chw(case: &GoldenCase) -> (Vec<f32>, (usize, usize)) {
 }
 
 /// Runs the model part on image U (`model_input`, `source`) and checks it
-/// against the case's reference; returns the PSNR.
+/// against the case's reference; returns the largest absolute error.
 fn check_against_reference(
     pipeline: &mut Pipeline,
     case: &GoldenCase,
     model_input: &ndarray::Array4<f32>,
     source: &ndarray::Array3<f32>,
     label: &str,
-) -> f64 {
+) -> f32 {
     let (ours, _) = pipeline
         .upscale_tensor(
             model_input,
@@ -103,30 +115,37 @@ fn check_against_reference(
         .unwrap();
     let (reference, (height, width)) = reference_chw(case);
     assert_eq!(ours.dim(), (3, height, width), "{}", case.name);
-    let db = psnr(&reference, ours.as_slice().unwrap());
-    eprintln!("{}: {db:.1} dB ({label})", case.name);
+    let ours = ours.as_slice().unwrap();
+    let db = psnr(&reference, ours);
+    let max_abs = reference
+        .iter()
+        .zip(ours)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("{}: max |error| {max_abs:.2e}, {db:.1} dB ({label})", case.name);
     assert!(
-        db >= MIN_PSNR_DB,
-        "{}: {db:.2} dB < {MIN_PSNR_DB}",
+        max_abs <= MAX_ABS_ERROR,
+        "{}: max |error| {max_abs:.3e} > {MAX_ABS_ERROR:e} ({db:.1} dB)",
         case.name
     );
-    db
+    max_abs
 }
 
 #[test]
 fn model_part_matches_pytorch_on_pillows_upscaled_image() {
     let mut pipeline = cpu_pipeline();
-    let mut worst = f64::INFINITY;
+    let mut worst = 0.0f32;
     for case in cases() {
         let upscaled = image::open(golden_dir().join(&case.upscaled))
             .unwrap()
             .to_rgb8();
         let model_input = preprocess::rgb8_to_model_input(&upscaled);
         let source = preprocess::rgb8_to_unit_planes(&upscaled);
-        let db = check_against_reference(&mut pipeline, &case, &model_input, &source, "model part");
-        worst = worst.min(db);
+        let error =
+            check_against_reference(&mut pipeline, &case, &model_input, &source, "model part");
+        worst = worst.max(error);
     }
-    eprintln!("worst model-part PSNR: {worst:.1} dB");
+    eprintln!("worst model-part error: {worst:.2e}");
 }
 
 #[test]
@@ -150,7 +169,7 @@ fn whole_pipeline_from_the_input_file_matches_pytorch() {
 }
 
 #[test]
-fn our_resize_is_within_one_level_of_pillow_on_the_golden_inputs() {
+fn our_resize_equals_pillow_on_the_golden_inputs() {
     for case in cases() {
         let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
         let InputPixels::Rgb8(rgb) = &input.pixels else {
@@ -171,7 +190,8 @@ fn our_resize_is_within_one_level_of_pillow_on_the_golden_inputs() {
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap();
-        assert!(worst <= 1, "{}: {worst} levels off Pillow", case.name);
+        // integer fixed-point arithmetic on both sides: no CPU dependence, so exact
+        assert_eq!(worst, 0, "{}: {worst} levels off Pillow", case.name);
     }
 }
 

@@ -14,6 +14,7 @@ from PIL import Image
 from export.manifest import bundle_files, read_manifest, sha256_file, verify_bundle
 from export.onnx_export import ort_session
 from export.reference import color_fix, image_to_tensor, super_resolve, upscaled_input
+from export.tests.tolerances import PIPELINE_FP32_TOL
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +25,64 @@ def tiny_dir(repo):
     return path
 
 
+def _without_hashes(value):
+    """The manifest with every sha256 field dropped (hashes follow the bytes)."""
+    if isinstance(value, dict):
+        return {k: _without_hashes(v) for k, v in value.items() if k != "sha256"}
+    if isinstance(value, list):
+        return [_without_hashes(v) for v in value]
+    return value
+
+
+def _graph_tensors(model):
+    """Initializers and Constant-node tensors by name, and the graph without them."""
+    import onnx
+    from onnx import numpy_helper
+
+    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    del graph.initializer[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                tensors[f"{node.name}/{attr.name}"] = numpy_helper.to_array(attr.t)
+                attr.t.ClearField("raw_data")
+                attr.t.ClearField("float_data")
+    return tensors, graph.SerializeToString()
+
+
 def test_committed_tiny_matches_fresh_export(tiny_dir, fresh_tiny_bundle):
+    """models/tiny is what the exporter makes today: the same graphs and manifest,
+    and the same weights and constants up to float round-off. Not byte-equal:
+    constants the exporter computes (e.g. the timestep-embedding frequencies,
+    torch.exp) differ by an ulp between CPU kernels (seen: 3e-8 with
+    ATEN_CPU_CAPABILITY=default against the committed AVX-512 export)."""
+    import onnx
+
     committed = read_manifest(tiny_dir)
     fresh = read_manifest(fresh_tiny_bundle)
     assert committed["provenance"]["source"] == {"kind": "synthetic", "config": "tiny", "seed": 0}
+    hint = "rerun python -m export --synthetic tiny --seed 0 --out models/tiny --golden"
+    assert _without_hashes(committed) == _without_hashes(fresh), f"manifest differs; {hint}"
     files = bundle_files(committed)
-    assert files == bundle_files(fresh)
-    for rel in files + ["manifest.json"]:
-        assert sha256_file(tiny_dir / rel) == sha256_file(fresh_tiny_bundle / rel), (
-            f"models/tiny/{rel} differs from a fresh export; "
-            "rerun python -m export --synthetic tiny --seed 0 --out models/tiny --golden")
+    for rel in files:
+        if not rel.endswith(".onnx"):
+            assert sha256_file(tiny_dir / rel) == sha256_file(fresh_tiny_bundle / rel), f"{rel}; {hint}"
+            continue
+        ours, ours_graph = _graph_tensors(onnx.load(tiny_dir / rel))
+        theirs, theirs_graph = _graph_tensors(onnx.load(fresh_tiny_bundle / rel))
+        assert ours_graph == theirs_graph, f"{rel}: graph differs; {hint}"
+        assert ours.keys() == theirs.keys(), f"{rel}: tensors differ; {hint}"
+        for name, value in ours.items():
+            other = theirs[name]
+            assert value.dtype == other.dtype and value.shape == other.shape, f"{rel}:{name}; {hint}"
+            if np.issubdtype(value.dtype, np.floating):
+                # a few ulps of each value's own size
+                bound = 4 * np.finfo(value.dtype).eps * np.maximum(np.abs(value), 1e-30)
+                assert np.all(np.abs(value - other) <= bound), f"{rel}:{name}; {hint}"
+            else:
+                assert np.array_equal(value, other), f"{rel}:{name}; {hint}"
 
 
 def test_export_is_byte_deterministic(tiny_models, fresh_tiny_bundle, tmp_path):
@@ -127,11 +176,11 @@ def test_golden_references_reproduce(tiny_dir, tiny_models):
         upscaled = Image.open(tiny_dir / "golden" / case["upscaled"]).convert("RGB")
         result = super_resolve(tiny_models, upscaled, case["timestep"], case["color_fix"])
         ref = np.load(tiny_dir / "golden" / case["reference"])
-        assert np.abs(result - ref).max() <= 1e-5, case["name"]
+        assert np.abs(result - ref).max() <= PIPELINE_FP32_TOL, case["name"]
 
 
 def test_onnx_pipeline_matches_golden(tiny_dir):
-    """What the Rust runtime does, in numpy + onnxruntime: within 1e-4 of the references."""
+    """What the Rust runtime does, in numpy + onnxruntime, against the references."""
     m = read_manifest(tiny_dir)
     acp = np.array(m["schedule"]["alphas_cumprod"], dtype=np.float32)
     enc = ort_session(tiny_dir / "vae_encoder/model.onnx")
@@ -151,7 +200,7 @@ def test_onnx_pipeline_matches_golden(tiny_dir):
         out = color_fix(case["color_fix"], torch.from_numpy(y), source)[0].permute(1, 2, 0).numpy()
         worst = max(worst, float(np.abs(out - np.load(tiny_dir / "golden" / case["reference"])).max()))
     print(f"\nONNX pipeline vs golden: max abs error {worst:.2e}")
-    assert worst <= 1e-4
+    assert worst <= PIPELINE_FP32_TOL
 
 
 def test_reference_cli_writes_golden_case(tiny_dir, tmp_path, repo):
@@ -163,4 +212,4 @@ def test_reference_cli_writes_golden_case(tiny_dir, tmp_path, repo):
          str(case["process_size"]), "--color-fix", case["color_fix"], "--out", str(out)],
         cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert np.abs(np.load(out) - np.load(tiny_dir / "golden" / case["reference"])).max() <= 1e-5
+    assert np.abs(np.load(out) - np.load(tiny_dir / "golden" / case["reference"])).max() <= PIPELINE_FP32_TOL
