@@ -122,7 +122,10 @@ fn check_against_reference(
         .zip(ours)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    eprintln!("{}: max |error| {max_abs:.2e}, {db:.1} dB ({label})", case.name);
+    eprintln!(
+        "{}: max |error| {max_abs:.2e}, {db:.1} dB ({label})",
+        case.name
+    );
     assert!(
         max_abs <= MAX_ABS_ERROR,
         "{}: max |error| {max_abs:.3e} > {MAX_ABS_ERROR:e} ({db:.1} dB)",
