@@ -244,3 +244,82 @@ fn a_seed_samples_reproducibly_and_differs_from_the_mean() {
     assert_eq!(first, second, "same seed, same output");
     assert_ne!(first, from_mean, "a sample is not the mean");
 }
+
+/// [`MAX_ABS_ERROR`] for the 896x832 latent-tiling case. Larger images carry
+/// more fp32 round-off: ONNX Runtime's float32 reductions (GroupNorm
+/// statistics over ~10^5..10^6 values, 11648-token attention) and the
+/// random-weight decoder's amplification. Measured 2026-11-27: the same ONNX
+/// graphs chained by onnxruntime from Python differ from PyTorch by 8.5e-4
+/// at this size, tiled or untiled, so that much is the engine, not this
+/// code. 2e-3 leaves about 2.3x over it and still fails the bugs that matter
+/// here: PyTorch with the Gaussian midpoints swapped moves this output by
+/// 1.7e-2, with `alphas_cumprod[t + 1]` by 8.5e-3.
+const LARGE_MAX_ABS_ERROR: f32 = 2e-3;
+
+#[derive(Deserialize)]
+struct LatentTilingCase {
+    name: String,
+    input: String,
+    upscale: u32,
+    process_size: u32,
+    timestep: u32,
+    color_fix: String,
+    tiling: String,
+    output_size: [usize; 2],
+    row_step: usize,
+    reference_rows: String,
+}
+
+/// `--tiling latent` against PyTorch running the authors' UNet tiling
+/// (`export/reference.py` `unet_latent_tiled`): a 896x832 output, so 2x2 UNet
+/// tiles of 96 latent cells; the reference keeps every `row_step`-th row.
+#[test]
+fn latent_tiling_matches_pytorch() {
+    let text = std::fs::read_to_string(golden_dir().join("latent_tiling.json")).unwrap();
+    let case: LatentTilingCase = serde_json::from_str(&text).unwrap();
+    assert_eq!(case.tiling, "latent");
+    let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
+    let plan =
+        preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size).unwrap();
+    let prepared = pipeline::prepare(&input, &plan).unwrap();
+    let options = RunOptions {
+        timesteps: vec![case.timestep],
+        upscale: case.upscale,
+        process_size: case.process_size,
+        tile_px: 512,
+        tile_overlap_px: 64,
+        tiling: TilingMode::Latent,
+        color_fix: case.color_fix.parse::<ColorFix>().unwrap(),
+        seed: None,
+    };
+    let mut pipeline = cpu_pipeline();
+    let (ours, _) = pipeline
+        .upscale_tensor(
+            &prepared.model_input,
+            &prepared.source_planes,
+            case.timestep,
+            &options,
+            &NoProgress,
+        )
+        .unwrap();
+    let [width, height] = case.output_size;
+    assert_eq!(ours.dim(), (3, height, width));
+    let reference = npy::read_npy(golden_dir().join(&case.reference_rows)).unwrap();
+    let rows: Vec<usize> = (0..height).step_by(case.row_step).collect();
+    assert_eq!(reference.shape(), &[rows.len(), width, 3]);
+    let mut max_abs = 0.0f32;
+    for (row_index, &y) in rows.iter().enumerate() {
+        for x in 0..width {
+            for channel in 0..3 {
+                let theirs = reference[[row_index, x, channel]];
+                max_abs = max_abs.max((ours[[channel, y, x]] - theirs).abs());
+            }
+        }
+    }
+    eprintln!("{}: max |error| {max_abs:.2e}", case.name);
+    assert!(
+        max_abs <= LARGE_MAX_ABS_ERROR,
+        "{}: max |error| {max_abs:.3e} > {LARGE_MAX_ABS_ERROR:e}",
+        case.name
+    );
+}
