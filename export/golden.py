@@ -82,12 +82,50 @@ def write_golden(bundle: Path, quiet: bool = False) -> List[Dict]:
     return cases
 
 
+# The `--tiling latent` case: a crop of examples/coffee.png, 224x208 -> U
+# 896x832 -> latent 112x104, above the authors' 96x96, so the UNet runs in
+# 2x2 tiles of 96 (offsets 0, 16 and 0, 8). The reference is stored on every
+# LATENT_TILING_ROW_STEP-th row only, to keep the golden folder small.
+LATENT_TILING_CROP = (40, 30, 264, 238)
+LATENT_TILING_TIMESTEP = 500
+LATENT_TILING_ROW_STEP = 16
+
+
+def write_latent_tiling_golden(bundle: Path, repo: Path, quiet: bool = False) -> Dict:
+    golden = Path(bundle) / "golden"
+    models = load_models(str(bundle))
+    photo = Image.open(repo / "examples" / "coffee.png").convert("RGB")
+    photo.crop(LATENT_TILING_CROP).save(golden / "large.png")
+    upscaled = upscaled_input(Image.open(golden / "large.png"), 4, 0)
+    result = super_resolve(models, upscaled, LATENT_TILING_TIMESTEP, "adain", latent_tiling=True)
+    rows = result[::LATENT_TILING_ROW_STEP]
+    np.save(golden / "large_t500_latent_tiling_rows.npy", rows.astype(np.float32), allow_pickle=False)
+    case = {
+        "name": "large_t500_latent_tiling",
+        "input": "large.png",
+        "upscale": 4,
+        "process_size": 0,
+        "timestep": LATENT_TILING_TIMESTEP,
+        "color_fix": "adain",
+        "sample": "mean",
+        "tiling": "latent",
+        "output_size": [upscaled.size[0], upscaled.size[1]],
+        "row_step": LATENT_TILING_ROW_STEP,
+        "reference_rows": "large_t500_latent_tiling_rows.npy",
+    }
+    (golden / "latent_tiling.json").write_text(json.dumps(case, indent=2) + "\n", encoding="utf-8")
+    if not quiet:
+        print(f"  {case['name']}: U {upscaled.size[0]}x{upscaled.size[1]}, rows every {LATENT_TILING_ROW_STEP}")
+    return case
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.golden", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bundle", default="models/tiny")
     args = parser.parse_args(argv)
     write_golden(Path(args.bundle))
+    write_latent_tiling_golden(Path(args.bundle), Path(__file__).resolve().parents[1])
     return 0
 
 

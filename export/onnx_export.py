@@ -24,6 +24,8 @@ import numpy as np
 import onnx
 import torch
 
+from .precise_norm import rowwise_group_norms
+
 OPSET = 17
 # Protobuf refuses messages of 2 GiB and more; keep a margin for the graph itself.
 EXTERNAL_DATA_THRESHOLD = 2 ** 31 - 2 ** 26
@@ -178,14 +180,15 @@ def _quiet():
 
 
 def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict]], out_path: Path) -> List[Path]:
-    """Trace ``module`` on ``args`` and write it to ``out_path`` (normalized)."""
+    """Trace ``module`` on ``args`` and write it to ``out_path`` (normalized).
+    GroupNorms are traced with row-by-row statistics (``precise_norm``)."""
     out_path = Path(out_path)
     input_names = [e["name"] for e in spec["inputs"]]
     output_names = [e["name"] for e in spec["outputs"]]
     tmp = Path(tempfile.mkdtemp(prefix="tadsr-onnx-"))
     try:
         tmp_file = tmp / "model.onnx"
-        with torch.no_grad(), _quiet():
+        with torch.no_grad(), _quiet(), rowwise_group_norms(module):
             torch.onnx.export(
                 module,
                 args,

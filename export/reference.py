@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import numpy as np
 import torch
@@ -110,11 +110,53 @@ def color_fix(kind: str, target: torch.Tensor, source: torch.Tensor) -> torch.Te
 # ---------------------------------------------------------------------------
 
 
+def _tile_offsets(size: int, tile: int, overlap: int) -> List[int]:
+    """The authors' offsets along one axis: steps of tile - overlap, the last flush with the edge."""
+    if size <= tile:
+        return [0]
+    offsets = list(range(0, size - tile, tile - overlap))
+    return offsets + [size - tile]
+
+
+def _gaussian_tile_weights(tile: int) -> torch.Tensor:
+    """The authors' UNet tile weights (spec, "Tiling in the authors' code"): numpy
+    float64, midpoint (T-1)/2 along x but T/2 along y, stored as float32 [T, T]."""
+    var = 0.01
+
+    def profile(midpoint: float) -> np.ndarray:
+        u = np.arange(tile, dtype=np.float64)
+        return np.exp(-((u - midpoint) ** 2) / tile ** 2 / (2 * var)) / np.sqrt(2 * np.pi * var)
+
+    return torch.from_numpy(np.outer(profile(tile / 2), profile((tile - 1) / 2)).astype(np.float32))
+
+
+def unet_latent_tiled(unet, z: torch.Tensor, t: torch.Tensor, embeds: torch.Tensor,
+                      tile: int = 96, overlap: int = 32) -> torch.Tensor:
+    """The authors' UNet latent tiling: whole while h * w <= tile^2, else square
+    tiles of min(tile, h, w) with the given overlap (T / 2 where T <= overlap:
+    their loop never ends there), Gaussian-weighted residuals, weighted mean."""
+    _, _, h, w = z.shape
+    if h * w <= tile * tile:
+        return unet(z, t, embeds)
+    side = min(tile, h, w)
+    step_overlap = overlap if overlap < side else side // 2
+    weights = _gaussian_tile_weights(side)
+    total = torch.zeros(h, w)
+    blended = torch.zeros_like(z)
+    for y in _tile_offsets(h, side, step_overlap):
+        for x in _tile_offsets(w, side, step_overlap):
+            residual = unet(z[:, :, y:y + side, x:x + side], t, embeds)
+            blended[:, :, y:y + side, x:x + side] += residual * weights
+            total[y:y + side, x:x + side] += weights
+    return blended / total
+
+
 @torch.no_grad()
 def super_resolve(models: TadsrModels, upscaled: Image.Image, timestep: int, color: str = "adain",
                   noise: Optional[np.ndarray] = None, prompt_embeds: Optional[torch.Tensor] = None,
-                  return_intermediates: bool = False):
-    """Steps 5-11 on the image U. Returns float32 [H, W, 3] in [0, 1]."""
+                  return_intermediates: bool = False, latent_tiling: bool = False):
+    """Steps 5-11 on the image U. Returns float32 [H, W, 3] in [0, 1].
+    ``latent_tiling``: the UNet runs in the authors' latent tiles (``unet_latent_tiled``)."""
     if not 0 <= int(timestep) < len(models.alphas_cumprod):
         raise ValueError(f"timestep {timestep} outside 0..{len(models.alphas_cumprod) - 1}")
     source = image_to_tensor(upscaled)
@@ -129,7 +171,10 @@ def super_resolve(models: TadsrModels, upscaled: Image.Image, timestep: int, col
     else:
         latent = mean
     z = latent * models.scaling_factor
-    residual = models.unet_graph()(z, t, embeds)
+    if latent_tiling:
+        residual = unet_latent_tiled(models.unet_graph(), z, t, embeds)
+    else:
+        residual = models.unet_graph()(z, t, embeds)
     acp = models.alphas_cumprod.to(torch.float32)[int(timestep)]
     x0 = z / acp ** 0.5 - residual
     y = models.decoder_graph()(x0).clamp(-1.0, 1.0)

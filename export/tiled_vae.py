@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from .model import TimeAwareAutoencoderKL
+from .precise_norm import rowwise_group_stats
 
 
 class _Context:
@@ -88,9 +89,9 @@ class SharedStatsGroupNorm(nn.Module):
         groups = self.num_groups
         per_group = self.num_channels // groups
         grouped = x.reshape(x.shape[0], groups, per_group, -1)
-        as_float = grouped if grouped.dtype == torch.float32 else grouped.float()
-        own_mean = as_float.mean(dim=(2, 3))
-        own_var = (as_float - own_mean[:, :, None, None]).square().mean(dim=(2, 3))
+        # row by row, as precise_norm explains (ONNX Runtime's long float32 sums)
+        row_mean, row_var, _ = rowwise_group_stats(x, groups)
+        own_mean, own_var = row_mean[:, :, 0, 0], row_var[:, :, 0, 0]
         pooled_mean = own_mean.mean(dim=0)
         pooled_var = own_var.mean(dim=0) + (own_mean - pooled_mean).square().mean(dim=0)
         ctx.observed[self.index] = (pooled_mean, pooled_var)

@@ -67,7 +67,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
     if let Some(timestep) = args.timestep {
         options.timesteps = vec![timestep];
     }
-    options.check(pipeline.num_train_timesteps())?;
+    options.check(pipeline.schedule())?;
     if args.size == 0 || !args.size.is_multiple_of(8 * options.upscale) {
         anyhow::bail!(
             "--size {} must be a positive multiple of {}",

@@ -135,7 +135,7 @@ pub struct RunArgs {
     /// Model bundle folder [default: models/tadsr if present, else models/tiny].
     #[arg(long, short = 'm', value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Timestep(s) 1..999: small = faithful, large = more generated detail. Several give several outputs.
+    /// Timestep(s) 0..999 (the bundle's schedule): small = faithful, large = more generated detail. Several give several outputs.
     #[arg(
         short = 't',
         long = "timestep",

@@ -18,7 +18,7 @@ use crate::image_io::{AlphaPlane, InputImage, InputPixels};
 use crate::npy;
 use crate::preprocess::{self, Quantization, ResampleFilter, SizePlan};
 use crate::runtime::{InputTensor, ModelSession, OutputTensor, Provider, Runtime, SessionOptions};
-use crate::schedule;
+use crate::schedule::{self, NoiseSchedule};
 use crate::tiling::{self, TileAccumulator, TilePlan, TileRect};
 
 /// Which execution provider to use.
@@ -112,20 +112,16 @@ impl RunOptions {
         }
     }
 
-    pub fn check(&self, num_train_timesteps: usize) -> Result<()> {
+    /// Checks every option; timesteps against the bundle's `schedule`.
+    pub fn check(&self, schedule: &NoiseSchedule) -> Result<()> {
         let invalid = |m: String| Err(Error::InvalidOption(m));
         if self.timesteps.is_empty() {
             return invalid("at least one timestep is needed".into());
         }
-        if let Some(t) = self
-            .timesteps
-            .iter()
-            .find(|t| **t as usize >= num_train_timesteps || **t == 0)
-        {
-            return invalid(format!(
-                "timestep {t} is outside 1..{}",
-                num_train_timesteps - 1
-            ));
+        for &timestep in &self.timesteps {
+            if let Err(error) = schedule.validate_timestep(i64::from(timestep)) {
+                return invalid(error.to_string());
+            }
         }
         if !(1..=16).contains(&self.upscale) {
             return invalid(format!("upscale {} is outside 1..16", self.upscale));
@@ -224,7 +220,7 @@ pub struct Pipeline {
     /// of a tiled encode or decode is normalized alike (else per tile).
     encoder_tiled: Option<TiledStage>,
     decoder_tiled: Option<TiledStage>,
-    alphas_cumprod: Vec<f32>,
+    schedule: NoiseSchedule,
     prompt_embeds: Vec<f32>,
     prompt_shape: [usize; 3],
     /// Provider attempts that failed under `auto`, for the user to see.
@@ -237,7 +233,7 @@ impl Pipeline {
     pub fn load(config: &PipelineConfig) -> Result<Pipeline> {
         let runtime = Runtime::global(config.ort_lib.as_deref())?;
         let bundle = Bundle::open_with(&config.model_dir, config.verify_hashes)?;
-        let alphas_cumprod = noise_schedule(&bundle)?;
+        let schedule = noise_schedule(&bundle)?;
         let (prompt_embeds, prompt_shape) =
             load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
         let mut fallbacks = Vec::new();
@@ -260,7 +256,7 @@ impl Pipeline {
             decoder,
             encoder_tiled,
             decoder_tiled,
-            alphas_cumprod,
+            schedule,
             prompt_embeds,
             prompt_shape,
             fallbacks,
@@ -273,9 +269,9 @@ impl Pipeline {
         &self.bundle
     }
 
-    /// Length of the noise schedule (valid timesteps are below it).
-    pub fn num_train_timesteps(&self) -> usize {
-        self.alphas_cumprod.len()
+    /// The bundle's noise schedule (valid timesteps are its indices).
+    pub fn schedule(&self) -> &NoiseSchedule {
+        &self.schedule
     }
 
     /// Where each stage runs.
@@ -305,7 +301,7 @@ impl Pipeline {
         options: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<Vec<Upscaled>> {
-        options.check(self.alphas_cumprod.len())?;
+        options.check(&self.schedule)?;
         let start = Instant::now();
         let plan = preprocess::plan_sizes(
             input.width,
@@ -384,7 +380,7 @@ impl Pipeline {
         options: &RunOptions,
         progress: &dyn Progress,
     ) -> Result<(Array3<f32>, StageTimings)> {
-        options.check(self.alphas_cumprod.len())?;
+        options.check(&self.schedule)?;
         let (height, width) = (model_input.shape()[2], model_input.shape()[3]);
         if height % 8 != 0 || width % 8 != 0 || height == 0 || width == 0 {
             return Err(Error::InvalidOption(format!(
@@ -424,7 +420,10 @@ impl Pipeline {
 
         let residual = self.denoise(&latent, timestep, &unet_plan, &mut timings, progress)?;
         let start = Instant::now();
-        let alpha_cumprod = self.alphas_cumprod[timestep as usize];
+        let alpha_cumprod = self
+            .schedule
+            .alpha_cumprod(i64::from(timestep))
+            .map_err(|e| Error::InvalidOption(e.to_string()))?;
         let mut clean_latent = latent;
         schedule::clean_latent_in_place(
             clean_latent.as_slice_mut().expect("contiguous"),
@@ -951,40 +950,23 @@ fn finalize(sum: TileAccumulator) -> Result<Array3<f32>> {
 /// Most training timesteps a bundle's schedule may have (the models use 1000).
 pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 
-/// The bundle's noise schedule (alpha-bar per timestep): the manifest's list,
-/// or the scaled-linear one from its betas. Refused, as the bundle's fault,
-/// when it is longer than [`MAX_TRAIN_TIMESTEPS`] (a hostile manifest must
-/// not make a huge allocation) or holds a value outside (0, 1].
-pub fn noise_schedule(bundle: &Bundle) -> Result<Vec<f32>> {
+/// The bundle's noise schedule ([`NoiseSchedule::from_spec`]), refused as
+/// the bundle's fault when it would be computed for more than
+/// [`MAX_TRAIN_TIMESTEPS`] steps (a hostile manifest must not make a huge
+/// allocation) or when a computed value falls outside (0, 1] (NaN betas).
+pub fn noise_schedule(bundle: &Bundle) -> Result<NoiseSchedule> {
     let spec = &bundle.manifest().schedule;
-    if spec.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
-        return Err(Error::bundle(
-            bundle.root(),
-            format!(
-                "schedule.num_train_timesteps is {}, over {MAX_TRAIN_TIMESTEPS}",
-                spec.num_train_timesteps
-            ),
-        ));
+    let fail = |reason: String| Error::bundle(bundle.root(), format!("schedule: {reason}"));
+    if spec.alphas_cumprod.is_empty() && spec.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+        return Err(fail(format!(
+            "num_train_timesteps is {}, over {MAX_TRAIN_TIMESTEPS}",
+            spec.num_train_timesteps
+        )));
     }
-    let alphas_cumprod: Vec<f32> = if spec.alphas_cumprod.is_empty() {
-        schedule::scaled_linear_alphas_cumprod(
-            spec.num_train_timesteps,
-            spec.beta_start,
-            spec.beta_end,
-        )
-    } else {
-        spec.alphas_cumprod.iter().map(|a| *a as f32).collect()
-    };
-    if let Some(t) = alphas_cumprod.iter().position(|a| !(*a > 0.0 && *a <= 1.0)) {
-        return Err(Error::bundle(
-            bundle.root(),
-            format!(
-                "the noise schedule's alpha-bar at timestep {t} is {}, outside (0, 1]; check schedule.beta_start and beta_end",
-                alphas_cumprod[t]
-            ),
-        ));
-    }
-    Ok(alphas_cumprod)
+    let schedule = NoiseSchedule::from_spec(spec).map_err(|e| fail(e.to_string()))?;
+    // from_spec checks listed values; computed ones are checked the same way.
+    NoiseSchedule::from_alphas_cumprod(schedule.alphas_cumprod().to_vec())
+        .map_err(|e| fail(format!("{e}; check beta_start and beta_end")))
 }
 
 /// Largest prompt embedding file read (a [1, 77, 1024] float32 one is 315 KB).
@@ -1359,37 +1341,45 @@ mod tests {
             color_fix: ColorFix::Adain,
             seed: None,
         };
-        assert!(options.check(1000).is_ok());
+        let schedule = NoiseSchedule::sd21();
+        assert!(options.check(&schedule).is_ok());
+        // t = 0 indexes alphas_cumprod[0], as the bundle format allows
+        assert!(RunOptions {
+            timesteps: vec![0],
+            ..options.clone()
+        }
+        .check(&schedule)
+        .is_ok());
         assert!(RunOptions {
             timesteps: vec![1000],
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             timesteps: vec![],
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             tile_px: 500,
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             tile_overlap_px: 300,
             ..options.clone()
         }
-        .check(1000)
+        .check(&schedule)
         .is_err());
         assert!(RunOptions {
             tile_px: 0,
             tile_overlap_px: 3,
             ..options
         }
-        .check(1000)
+        .check(&schedule)
         .is_ok());
     }
 }

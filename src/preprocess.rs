@@ -1130,7 +1130,7 @@ mod tests {
     }
 
     #[test]
-    fn float_path_matches_fixed_point_within_one_step() {
+    fn float_path_follows_fixed_point_up_to_its_intermediate_rounding() {
         let width = 13;
         let height = 9;
         let pixels = ramp_image(width, height, 3);
@@ -1138,7 +1138,10 @@ mod tests {
         for filter in [ResampleFilter::Bicubic, ResampleFilter::Lanczos] {
             let fixed = resize_u8(&pixels, width, height, 3, 52, 36, filter).unwrap();
             let float = resize_f32(&floats, width, height, 3, 52, 36, filter).unwrap();
-            // The 8-bit path rounds and clips its intermediate; the float path does not.
+            // The 8-bit path rounds and clips its intermediate (after the
+            // horizontal pass); the float path does not. On this ramp the
+            // clipped overshoot moves outputs by up to about 40 levels, so
+            // this bound only says the two paths compute the same resize.
             let clipped_inside = fixed
                 .iter()
                 .zip(&float)

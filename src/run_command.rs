@@ -218,12 +218,16 @@ fn check_bundle_defaults(args: &RunArgs, pipeline: &Pipeline) -> anyhow::Result<
         }
         .into())
     };
-    let last = pipeline.num_train_timesteps().saturating_sub(1);
-    if args.timesteps.is_empty() && !(1..=last).contains(&(defaults.timestep as usize)) {
-        return bad(format!(
-            "manifest.json defaults.timestep is {}, outside 1..{last}; fix the bundle or give -t",
-            defaults.timestep
-        ));
+    if args.timesteps.is_empty() {
+        if let Err(error) = pipeline
+            .schedule()
+            .validate_timestep(i64::from(defaults.timestep))
+        {
+            return bad(format!(
+                "manifest.json defaults.timestep is {}: {error}; fix the bundle or give -t",
+                defaults.timestep
+            ));
+        }
     }
     if args.upscale.is_none() && !(1..=16).contains(&defaults.upscale) {
         return bad(format!(
@@ -332,7 +336,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
     check_bundle_defaults(args, &pipeline)?;
     let options = run_options(args, &pipeline);
     // Options are checked once, before any work, as usage errors.
-    options.check(pipeline.num_train_timesteps())?;
+    options.check(pipeline.schedule())?;
     let providers = pipeline.providers();
     if !args.quiet {
         for fallback in pipeline.fallbacks() {

@@ -428,7 +428,8 @@ pub enum DType {
     Float32,
     Float16,
     Int64,
-    Other,
+    /// A type the bundle format does not use, by its ONNX name.
+    Other(&'static str),
 }
 
 impl DType {
@@ -438,7 +439,7 @@ impl DType {
             DType::Float32 => "float32",
             DType::Float16 => "float16",
             DType::Int64 => "int64",
-            DType::Other => "other",
+            DType::Other(name) => name,
         }
     }
 }
@@ -478,9 +479,17 @@ fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
             TensorElementType::Float32 => DType::Float32,
             TensorElementType::Float16 => DType::Float16,
             TensorElementType::Int64 => DType::Int64,
-            _ => DType::Other,
+            TensorElementType::Float64 => DType::Other("float64"),
+            TensorElementType::Bfloat16 => DType::Other("bfloat16"),
+            TensorElementType::Int32 => DType::Other("int32"),
+            TensorElementType::Int16 => DType::Other("int16"),
+            TensorElementType::Int8 => DType::Other("int8"),
+            TensorElementType::Uint8 => DType::Other("uint8"),
+            TensorElementType::Bool => DType::Other("bool"),
+            TensorElementType::String => DType::Other("string"),
+            _ => DType::Other("another tensor type"),
         },
-        _ => DType::Other,
+        _ => DType::Other("not a tensor"),
     };
     PortInfo {
         name: name.to_string(),

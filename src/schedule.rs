@@ -69,6 +69,24 @@ impl NoiseSchedule {
         NoiseSchedule::default()
     }
 
+    /// The schedule a bundle declares: its `alphas_cumprod` when listed,
+    /// else the "scaled_linear" formula with its betas and step count.
+    pub fn from_spec(spec: &crate::bundle::ScheduleSpec) -> Result<Self, ScheduleError> {
+        if spec.alphas_cumprod.is_empty() {
+            if spec.num_train_timesteps == 0 {
+                return Err(ScheduleError::EmptySchedule);
+            }
+            return Ok(NoiseSchedule {
+                alphas_cumprod: scaled_linear_alphas_cumprod(
+                    spec.num_train_timesteps,
+                    spec.beta_start,
+                    spec.beta_end,
+                ),
+            });
+        }
+        Self::from_alphas_cumprod(spec.alphas_cumprod.iter().map(|&a| a as f32).collect())
+    }
+
     /// A schedule from given values (e.g. a bundle manifest's `alphas_cumprod`).
     pub fn from_alphas_cumprod(alphas_cumprod: Vec<f32>) -> Result<Self, ScheduleError> {
         if alphas_cumprod.is_empty() {
@@ -136,17 +154,6 @@ pub fn clean_latent_in_place(
         *value = *value / sqrt_alpha_cumprod - eps;
     }
     Ok(())
-}
-
-/// Spec step 9 into a new buffer: `latent / sqrt(alpha_cumprod_t) - residual`.
-pub fn clean_latent(
-    latent: &[f32],
-    residual: &[f32],
-    alpha_cumprod_t: f32,
-) -> Result<Vec<f32>, ScheduleError> {
-    let mut clean = latent.to_vec();
-    clean_latent_in_place(&mut clean, residual, alpha_cumprod_t)?;
-    Ok(clean)
 }
 
 #[cfg(test)]
@@ -226,19 +233,20 @@ mod tests {
 
     #[test]
     fn clean_latent_formula() {
-        let latent = [0.5f32, -1.0, 2.0];
         let residual = [0.1f32, 0.2, -0.3];
-        let clean = clean_latent(&latent, &residual, 0.25).unwrap();
-        assert_eq!(clean, vec![0.9, -2.2, 4.3]);
+        let mut latent = [0.5f32, -1.0, 2.0];
+        clean_latent_in_place(&mut latent, &residual, 0.25).unwrap();
+        assert_eq!(latent, [0.9, -2.2, 4.3]);
+        let mut latent = [0.5f32, -1.0, 2.0];
         assert_eq!(
-            clean_latent(&latent, &residual[..2], 0.25),
+            clean_latent_in_place(&mut latent, &residual[..2], 0.25),
             Err(ScheduleError::LengthMismatch {
                 latent: 3,
                 residual: 2
             })
         );
-        assert!(clean_latent(&latent, &residual, 0.0).is_err());
-        assert!(clean_latent(&latent, &residual, f32::NAN).is_err());
+        assert!(clean_latent_in_place(&mut latent, &residual, 0.0).is_err());
+        assert!(clean_latent_in_place(&mut latent, &residual, f32::NAN).is_err());
     }
 
     /// Compares with a bundle manifest's `alphas_cumprod` when one is around

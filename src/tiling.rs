@@ -670,6 +670,50 @@ mod tests {
         assert!(feather_weights(3, 7, 5).iter().all(|&w| w > 0.0));
     }
 
+    #[test]
+    fn feather_weights_are_row_major_outer_products() {
+        let (tile_h, tile_w, overlap) = (3, 7, 2);
+        let along_y = feather_profile(tile_h, overlap);
+        let along_x = feather_profile(tile_w, overlap);
+        let weights = feather_weights(tile_h, tile_w, overlap);
+        for y in 0..tile_h {
+            for x in 0..tile_w {
+                assert_eq!(weights[y * tile_w + x], (along_y[y] * along_x[x]) as f32);
+            }
+        }
+    }
+
+    /// Two tiles side by side, one all 0 and one all 1: across their overlap
+    /// the blend is the right tile's share of the weight, a linear ramp.
+    #[test]
+    fn two_tiles_cross_fade_linearly_across_their_overlap() {
+        let (height, width, tile, overlap) = (6, 16, 10, 4);
+        let plan = TilePlan::new(height, width, tile, overlap).unwrap();
+        assert_eq!(plan.x_offsets(), &[0, 6]);
+        let (tile_h, tile_w) = plan.tile_shape();
+        let weights = feather_weights(tile_h, tile_w, overlap);
+        let mut accumulator = TileAccumulator::new(1, height, width);
+        for (index, rect) in plan.tiles().enumerate() {
+            let tile = vec![index as f32; rect.area()];
+            accumulator.add_tile(rect, &tile, &weights).unwrap();
+        }
+        let blended = accumulator.finalize().unwrap();
+        for y in 0..height {
+            for x in 0..width {
+                let expected = match x {
+                    0..6 => 0.0,
+                    6..10 => (x - 5) as f32 / (overlap + 1) as f32,
+                    _ => 1.0,
+                };
+                let got = blended[[0, y, x]];
+                assert!(
+                    (got - expected).abs() < 1e-6,
+                    "({y}, {x}): {got} != {expected}"
+                );
+            }
+        }
+    }
+
     fn blend_constant(
         plan: &TilePlan,
         weights: &[f32],

@@ -288,7 +288,7 @@ fn usage_and_model_errors_exit_2() {
     small_rgb().save(&input).unwrap();
     let o = path_str(&dir.path().join("o.png")).to_string();
     for args in [
-        vec!["run", path_str(&input), "-o", &o, "-t", "0"],
+        vec!["run", path_str(&input), "-o", &o, "-t", "-1"],
         vec!["run", path_str(&input), "-o", &o, "-t", "1000"],
         vec!["run", path_str(&input), "-o", &o, "--tile", "100"],
         vec!["run", path_str(&input), "-o", &o, "--color-fix", "sepia"],
@@ -495,10 +495,12 @@ fn a_second_signal_stops_at_once() {
     running.signal(libc::SIGINT);
     running.signal(libc::SIGTERM);
     let run = running.finish(std::time::Duration::from_secs(120));
-    assert_eq!(
+    // Sent back to back, the two may be handled in either order: the code
+    // is 128 + the one handled first.
+    assert!(
+        run.code == Some(130) || run.code == Some(143),
+        "{:?}: {}",
         run.code,
-        Some(130),
-        "the first signal's code: {}",
         run.stderr
     );
     assert!(

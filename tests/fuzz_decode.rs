@@ -233,7 +233,7 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
             let le = value.to_le_bytes();
             let be = value.to_be_bytes();
             // Half the time big-endian (PNG, JPEG), half little (BMP, WebP, TIFF II).
-            let source: &[u8] = if at % 2 == 0 {
+            let source: &[u8] = if at.is_multiple_of(2) {
                 &be[4 - *width as usize..]
             } else {
                 &le[..*width as usize]

@@ -200,7 +200,7 @@ fn check_manifest(dir: &Path, text: &[u8]) -> Result<(), String> {
             Err(other) => return Err(format!("schedule: not a bundle error: {other:?}")),
         };
         let options = RunOptions::from_bundle(&bundle);
-        match options.check(schedule.len()) {
+        match options.check(&schedule) {
             Ok(()) | Err(Error::InvalidOption(_)) => {}
             Err(other) => return Err(format!("options: unexpected error {other:?}")),
         }

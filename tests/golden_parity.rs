@@ -14,8 +14,20 @@ use tadsr_edge::pipeline::{
 use tadsr_edge::preprocess;
 use tadsr_edge::runtime::Provider;
 
-/// The bar for fp32 on CPU.
-const MIN_PSNR_DB: f64 = 50.0;
+/// Largest difference allowed between our output and the PyTorch reference,
+/// per sample, in [0, 1] pixel units.
+///
+/// Where it comes from: both sides are fp32; ONNX Runtime and PyTorch sum in
+/// other orders, and so do the kernels of different CPUs of our machine kind
+/// (AVX-512 or AVX2 only). Measured (2026-11-27, `scripts/cross_cpu_check.sh`):
+/// PyTorch's own default / avx2 / avx512 kernels differ from the golden files
+/// by up to 2.6e-5; this pipeline differs from them by up to 2.7e-5 natively
+/// (AVX-512) and under `qemu-x86_64 -cpu Haswell` (AVX2 only). 1e-4 leaves a
+/// factor of about 4 and is 1/39 of an 8-bit level, so no visible difference
+/// hides under it. Real bugs land far above it: `scripts/mutation_check.sh`
+/// plants `alphas_cumprod[t + 1]`, a scaling factor of 0.1822 and 8-bit
+/// rounding before the color fix, each of which fails this bound.
+const MAX_ABS_ERROR: f32 = 1e-4;
 
 #[derive(Deserialize)]
 struct GoldenCase {
@@ -84,14 +96,14 @@ fn reference_chw(case: &GoldenCase) -> (Vec<f32>, (usize, usize)) {
 }
 
 /// Runs the model part on image U (`model_input`, `source`) and checks it
-/// against the case's reference; returns the PSNR.
+/// against the case's reference; returns the largest absolute error.
 fn check_against_reference(
     pipeline: &mut Pipeline,
     case: &GoldenCase,
     model_input: &ndarray::Array4<f32>,
     source: &ndarray::Array3<f32>,
     label: &str,
-) -> f64 {
+) -> f32 {
     let (ours, _) = pipeline
         .upscale_tensor(
             model_input,
@@ -103,30 +115,40 @@ fn check_against_reference(
         .unwrap();
     let (reference, (height, width)) = reference_chw(case);
     assert_eq!(ours.dim(), (3, height, width), "{}", case.name);
-    let db = psnr(&reference, ours.as_slice().unwrap());
-    eprintln!("{}: {db:.1} dB ({label})", case.name);
-    assert!(
-        db >= MIN_PSNR_DB,
-        "{}: {db:.2} dB < {MIN_PSNR_DB}",
+    let ours = ours.as_slice().unwrap();
+    let db = psnr(&reference, ours);
+    let max_abs = reference
+        .iter()
+        .zip(ours)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!(
+        "{}: max |error| {max_abs:.2e}, {db:.1} dB ({label})",
         case.name
     );
-    db
+    assert!(
+        max_abs <= MAX_ABS_ERROR,
+        "{}: max |error| {max_abs:.3e} > {MAX_ABS_ERROR:e} ({db:.1} dB)",
+        case.name
+    );
+    max_abs
 }
 
 #[test]
 fn model_part_matches_pytorch_on_pillows_upscaled_image() {
     let mut pipeline = cpu_pipeline();
-    let mut worst = f64::INFINITY;
+    let mut worst = 0.0f32;
     for case in cases() {
         let upscaled = image::open(golden_dir().join(&case.upscaled))
             .unwrap()
             .to_rgb8();
         let model_input = preprocess::rgb8_to_model_input(&upscaled);
         let source = preprocess::rgb8_to_unit_planes(&upscaled);
-        let db = check_against_reference(&mut pipeline, &case, &model_input, &source, "model part");
-        worst = worst.min(db);
+        let error =
+            check_against_reference(&mut pipeline, &case, &model_input, &source, "model part");
+        worst = worst.max(error);
     }
-    eprintln!("worst model-part PSNR: {worst:.1} dB");
+    eprintln!("worst model-part error: {worst:.2e}");
 }
 
 #[test]
@@ -150,7 +172,7 @@ fn whole_pipeline_from_the_input_file_matches_pytorch() {
 }
 
 #[test]
-fn our_resize_is_within_one_level_of_pillow_on_the_golden_inputs() {
+fn our_resize_equals_pillow_on_the_golden_inputs() {
     for case in cases() {
         let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
         let InputPixels::Rgb8(rgb) = &input.pixels else {
@@ -171,7 +193,8 @@ fn our_resize_is_within_one_level_of_pillow_on_the_golden_inputs() {
             .map(|(a, b)| a.abs_diff(*b))
             .max()
             .unwrap();
-        assert!(worst <= 1, "{}: {worst} levels off Pillow", case.name);
+        // integer fixed-point arithmetic on both sides: no CPU dependence, so exact
+        assert_eq!(worst, 0, "{}: {worst} levels off Pillow", case.name);
     }
 }
 
@@ -220,4 +243,83 @@ fn a_seed_samples_reproducibly_and_differs_from_the_mean() {
         .unwrap();
     assert_eq!(first, second, "same seed, same output");
     assert_ne!(first, from_mean, "a sample is not the mean");
+}
+
+/// [`MAX_ABS_ERROR`] for the 896x832 latent-tiling case. Larger images carry
+/// more fp32 round-off: ONNX Runtime's float32 reductions (GroupNorm
+/// statistics over ~10^5..10^6 values, 11648-token attention) and the
+/// random-weight decoder's amplification. Measured 2026-11-27: the same ONNX
+/// graphs chained by onnxruntime from Python differ from PyTorch by 8.5e-4
+/// at this size, tiled or untiled, so that much is the engine, not this
+/// code. 2e-3 leaves about 2.3x over it and still fails the bugs that matter
+/// here: PyTorch with the Gaussian midpoints swapped moves this output by
+/// 1.7e-2, with `alphas_cumprod[t + 1]` by 8.5e-3.
+const LARGE_MAX_ABS_ERROR: f32 = 2e-3;
+
+#[derive(Deserialize)]
+struct LatentTilingCase {
+    name: String,
+    input: String,
+    upscale: u32,
+    process_size: u32,
+    timestep: u32,
+    color_fix: String,
+    tiling: String,
+    output_size: [usize; 2],
+    row_step: usize,
+    reference_rows: String,
+}
+
+/// `--tiling latent` against PyTorch running the authors' UNet tiling
+/// (`export/reference.py` `unet_latent_tiled`): a 896x832 output, so 2x2 UNet
+/// tiles of 96 latent cells; the reference keeps every `row_step`-th row.
+#[test]
+fn latent_tiling_matches_pytorch() {
+    let text = std::fs::read_to_string(golden_dir().join("latent_tiling.json")).unwrap();
+    let case: LatentTilingCase = serde_json::from_str(&text).unwrap();
+    assert_eq!(case.tiling, "latent");
+    let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
+    let plan =
+        preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size).unwrap();
+    let prepared = pipeline::prepare(&input, &plan).unwrap();
+    let options = RunOptions {
+        timesteps: vec![case.timestep],
+        upscale: case.upscale,
+        process_size: case.process_size,
+        tile_px: 512,
+        tile_overlap_px: 64,
+        tiling: TilingMode::Latent,
+        color_fix: case.color_fix.parse::<ColorFix>().unwrap(),
+        seed: None,
+    };
+    let mut pipeline = cpu_pipeline();
+    let (ours, _) = pipeline
+        .upscale_tensor(
+            &prepared.model_input,
+            &prepared.source_planes,
+            case.timestep,
+            &options,
+            &NoProgress,
+        )
+        .unwrap();
+    let [width, height] = case.output_size;
+    assert_eq!(ours.dim(), (3, height, width));
+    let reference = npy::read_npy(golden_dir().join(&case.reference_rows)).unwrap();
+    let rows: Vec<usize> = (0..height).step_by(case.row_step).collect();
+    assert_eq!(reference.shape(), &[rows.len(), width, 3]);
+    let mut max_abs = 0.0f32;
+    for (row_index, &y) in rows.iter().enumerate() {
+        for x in 0..width {
+            for channel in 0..3 {
+                let theirs = reference[[row_index, x, channel]];
+                max_abs = max_abs.max((ours[[channel, y, x]] - theirs).abs());
+            }
+        }
+    }
+    eprintln!("{}: max |error| {max_abs:.2e}", case.name);
+    assert!(
+        max_abs <= LARGE_MAX_ABS_ERROR,
+        "{}: max |error| {max_abs:.3e} > {LARGE_MAX_ABS_ERROR:e}",
+        case.name
+    );
 }

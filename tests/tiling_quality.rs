@@ -14,15 +14,19 @@ use tadsr_edge::pipeline::{
 use tadsr_edge::preprocess::{self, ResampleFilter};
 use tadsr_edge::runtime::Provider;
 
-/// Tiled vs untiled with shared statistics: measured 15.97 dB (onnxruntime
-/// 1.32, CPU; 3x3 balanced tiles of 384 px, statistics from a 512 px
-/// sample), asserted with a margin. The rest of the gap is mostly the UNet,
-/// whose tiles still normalize and attend per tile (about 16.9 dB with only
-/// the UNet tiled).
-const MIN_SHARED_STATS_PSNR_DB: f64 = 15.5;
-/// The same bundle without the tiled VAE graphs (per-tile statistics)
-/// measured 12.23 dB; the shared statistics must stay clearly better.
-const MIN_GAIN_DB: f64 = 3.0;
+/// A REGRESSION GUARD, not a quality claim: this bound was set from this
+/// code's own output (15.97 dB measured on 2026-11-26, onnxruntime 1.32, CPU;
+/// 3x3 balanced tiles of 384 px, statistics from a 512 px sample), minus a
+/// margin far above cross-CPU round-off (which moves a PSNR near 16 dB by
+/// well under 0.01 dB). It catches a change that makes tiling worse; it says
+/// nothing about how close tiles should be. Random weights exaggerate the gap
+/// (the rest of it is mostly the UNet, whose tiles still normalize and
+/// attend per tile: about 16.9 dB with only the UNet tiled).
+const REGRESSION_GUARD_SHARED_STATS_PSNR_DB: f64 = 15.5;
+/// Also a regression guard from measured output: without the tiled VAE graphs
+/// (per-tile statistics) the same run measured 12.23 dB; shared statistics
+/// must stay clearly better than that.
+const REGRESSION_GUARD_GAIN_DB: f64 = 3.0;
 
 fn tiny_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
@@ -132,11 +136,11 @@ fn shared_group_norm_statistics_keep_tiles_close_to_untiled() {
         started.elapsed().as_secs_f64()
     );
     assert!(
-        shared_db >= MIN_SHARED_STATS_PSNR_DB,
-        "tiled vs untiled {shared_db:.2} dB < {MIN_SHARED_STATS_PSNR_DB} dB"
+        shared_db >= REGRESSION_GUARD_SHARED_STATS_PSNR_DB,
+        "tiled vs untiled {shared_db:.2} dB < {REGRESSION_GUARD_SHARED_STATS_PSNR_DB} dB"
     );
     assert!(
-        shared_db >= per_tile_db + MIN_GAIN_DB,
-        "shared statistics {shared_db:.2} dB are not {MIN_GAIN_DB} dB better than per-tile {per_tile_db:.2} dB"
+        shared_db >= per_tile_db + REGRESSION_GUARD_GAIN_DB,
+        "shared statistics {shared_db:.2} dB are not {REGRESSION_GUARD_GAIN_DB} dB better than per-tile {per_tile_db:.2} dB"
     );
 }

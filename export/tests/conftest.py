@@ -14,6 +14,7 @@ if str(REPO) not in sys.path:
 
 TINY_SEED = 0
 
+
 torch.set_num_threads(2)
 
 

@@ -14,6 +14,7 @@ from PIL import Image
 from export.manifest import bundle_files, read_manifest, sha256_file, verify_bundle
 from export.onnx_export import ort_session
 from export.reference import color_fix, image_to_tensor, super_resolve, upscaled_input
+from export.tests.tolerances import PIPELINE_FP32_TOL
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +25,64 @@ def tiny_dir(repo):
     return path
 
 
+def _without_hashes(value):
+    """The manifest with every sha256 field dropped (hashes follow the bytes)."""
+    if isinstance(value, dict):
+        return {k: _without_hashes(v) for k, v in value.items() if k != "sha256"}
+    if isinstance(value, list):
+        return [_without_hashes(v) for v in value]
+    return value
+
+
+def _graph_tensors(model):
+    """Initializers and Constant-node tensors by name, and the graph without them."""
+    import onnx
+    from onnx import numpy_helper
+
+    tensors = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    graph = onnx.GraphProto()
+    graph.CopyFrom(model.graph)
+    del graph.initializer[:]
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.TENSOR:
+                tensors[f"{node.name}/{attr.name}"] = numpy_helper.to_array(attr.t)
+                attr.t.ClearField("raw_data")
+                attr.t.ClearField("float_data")
+    return tensors, graph.SerializeToString()
+
+
 def test_committed_tiny_matches_fresh_export(tiny_dir, fresh_tiny_bundle):
+    """models/tiny is what the exporter makes today: the same graphs and manifest,
+    and the same weights and constants up to float round-off. Not byte-equal:
+    constants the exporter computes (e.g. the timestep-embedding frequencies,
+    torch.exp) differ by an ulp between CPU kernels (seen: 3e-8 with
+    ATEN_CPU_CAPABILITY=default against the committed AVX-512 export)."""
+    import onnx
+
     committed = read_manifest(tiny_dir)
     fresh = read_manifest(fresh_tiny_bundle)
     assert committed["provenance"]["source"] == {"kind": "synthetic", "config": "tiny", "seed": 0}
+    hint = "rerun python -m export --synthetic tiny --seed 0 --out models/tiny --golden"
+    assert _without_hashes(committed) == _without_hashes(fresh), f"manifest differs; {hint}"
     files = bundle_files(committed)
-    assert files == bundle_files(fresh)
-    for rel in files + ["manifest.json"]:
-        assert sha256_file(tiny_dir / rel) == sha256_file(fresh_tiny_bundle / rel), (
-            f"models/tiny/{rel} differs from a fresh export; "
-            "rerun python -m export --synthetic tiny --seed 0 --out models/tiny --golden")
+    for rel in files:
+        if not rel.endswith(".onnx"):
+            assert sha256_file(tiny_dir / rel) == sha256_file(fresh_tiny_bundle / rel), f"{rel}; {hint}"
+            continue
+        ours, ours_graph = _graph_tensors(onnx.load(tiny_dir / rel))
+        theirs, theirs_graph = _graph_tensors(onnx.load(fresh_tiny_bundle / rel))
+        assert ours_graph == theirs_graph, f"{rel}: graph differs; {hint}"
+        assert ours.keys() == theirs.keys(), f"{rel}: tensors differ; {hint}"
+        for name, value in ours.items():
+            other = theirs[name]
+            assert value.dtype == other.dtype and value.shape == other.shape, f"{rel}:{name}; {hint}"
+            if np.issubdtype(value.dtype, np.floating):
+                # a few ulps of each value's own size
+                bound = 4 * np.finfo(value.dtype).eps * np.maximum(np.abs(value), 1e-30)
+                assert np.all(np.abs(value - other) <= bound), f"{rel}:{name}; {hint}"
+            else:
+                assert np.array_equal(value, other), f"{rel}:{name}; {hint}"
 
 
 def test_export_is_byte_deterministic(tiny_models, fresh_tiny_bundle, tmp_path):
@@ -111,7 +160,7 @@ def test_golden_cases_cover_the_contract(tiny_dir):
     assert any((w // 8) % 8 and (h // 8) % 8 for w, h in sizes.values())  # latent sides not multiples of 8
     assert any(c["process_size"] == 128 for c in cases)
     total = sum(p.stat().st_size for p in (tiny_dir / "golden").iterdir())
-    assert total < 1.6e6
+    assert total < 2.1e6
 
 
 def test_golden_upscaled_images_follow_pillow(tiny_dir):
@@ -127,11 +176,44 @@ def test_golden_references_reproduce(tiny_dir, tiny_models):
         upscaled = Image.open(tiny_dir / "golden" / case["upscaled"]).convert("RGB")
         result = super_resolve(tiny_models, upscaled, case["timestep"], case["color_fix"])
         ref = np.load(tiny_dir / "golden" / case["reference"])
-        assert np.abs(result - ref).max() <= 1e-5, case["name"]
+        assert np.abs(result - ref).max() <= PIPELINE_FP32_TOL, case["name"]
+
+
+def test_latent_tiling_reference_reproduces(tiny_dir, tiny_models, repo):
+    from export.golden import LATENT_TILING_CROP
+    from export.reference import _tile_offsets
+
+    case = json.loads((tiny_dir / "golden" / "latent_tiling.json").read_text())
+    small = Image.open(tiny_dir / "golden" / case["input"])
+    photo = Image.open(repo / "examples" / "coffee.png").convert("RGB")
+    assert np.array_equal(np.asarray(small), np.asarray(photo.crop(LATENT_TILING_CROP)))
+    upscaled = upscaled_input(small, case["upscale"], case["process_size"])
+    width, height = upscaled.size
+    assert [width, height] == case["output_size"]
+    # the latent is over the authors' 96x96, in 2x2 tiles of 96
+    assert (height // 8) * (width // 8) > 96 * 96
+    assert len(_tile_offsets(height // 8, 96, 32)) == 2 and len(_tile_offsets(width // 8, 96, 32)) == 2
+    tiled = super_resolve(tiny_models, upscaled, case["timestep"], case["color_fix"], latent_tiling=True)
+    ref = np.load(tiny_dir / "golden" / case["reference_rows"])
+    assert np.abs(tiled[:: case["row_step"]] - ref).max() <= PIPELINE_FP32_TOL
+    # and tiling matters here, so the Rust test can tell the two apart
+    whole = super_resolve(tiny_models, upscaled, case["timestep"], case["color_fix"])
+    assert np.abs(whole[:: case["row_step"]] - ref).max() > 100 * PIPELINE_FP32_TOL
+
+
+def test_authors_tile_offsets_and_weights():
+    from export.reference import _gaussian_tile_weights, _tile_offsets
+
+    assert _tile_offsets(96, 96, 32) == [0]
+    assert _tile_offsets(112, 96, 32) == [0, 16]
+    assert _tile_offsets(200, 96, 32) == [0, 64, 104]
+    w = _gaussian_tile_weights(4).numpy().astype(np.float64)
+    g = lambda u, m: np.exp(-((u - m) ** 2) / 16 / 0.02) / np.sqrt(2 * np.pi * 0.01)  # noqa: E731
+    assert w[1, 3] == pytest.approx(g(1, 2.0) * g(3, 1.5), rel=1e-6)  # y midpoint T/2, x midpoint (T-1)/2
 
 
 def test_onnx_pipeline_matches_golden(tiny_dir):
-    """What the Rust runtime does, in numpy + onnxruntime: within 1e-4 of the references."""
+    """What the Rust runtime does, in numpy + onnxruntime, against the references."""
     m = read_manifest(tiny_dir)
     acp = np.array(m["schedule"]["alphas_cumprod"], dtype=np.float32)
     enc = ort_session(tiny_dir / "vae_encoder/model.onnx")
@@ -151,7 +233,7 @@ def test_onnx_pipeline_matches_golden(tiny_dir):
         out = color_fix(case["color_fix"], torch.from_numpy(y), source)[0].permute(1, 2, 0).numpy()
         worst = max(worst, float(np.abs(out - np.load(tiny_dir / "golden" / case["reference"])).max()))
     print(f"\nONNX pipeline vs golden: max abs error {worst:.2e}")
-    assert worst <= 1e-4
+    assert worst <= PIPELINE_FP32_TOL
 
 
 def test_reference_cli_writes_golden_case(tiny_dir, tmp_path, repo):
@@ -163,4 +245,4 @@ def test_reference_cli_writes_golden_case(tiny_dir, tmp_path, repo):
          str(case["process_size"]), "--color-fix", case["color_fix"], "--out", str(out)],
         cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert np.abs(np.load(out) - np.load(tiny_dir / "golden" / case["reference"])).max() <= 1e-5
+    assert np.abs(np.load(out) - np.load(tiny_dir / "golden" / case["reference"])).max() <= PIPELINE_FP32_TOL

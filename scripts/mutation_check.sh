@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# Proof that the tests can fail: plants one known bug at a time in the
+# source, runs the tests that exist to catch it, and reports whether they
+# did ("killed") or not ("SURVIVED"). The source is restored after each
+# mutant, also on Ctrl-C. Run by hand (about 2 minutes per mutant: each one
+# rebuilds the crate); not part of `make test`.
+#
+#   scripts/mutation_check.sh            # every mutant
+#   scripts/mutation_check.sh scale-0.1822 blend-midpoints-swapped
+#
+# Exit status 0 only if every mutant selected was killed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# name # file # perl substitution (must change the file) # test runs (;-separated cargo test arguments)
+MUTANTS=(
+  "alphas-cumprod-t-plus-1#src/pipeline.rs#s/\.alpha_cumprod\(i64::from\(timestep\)\)/.alpha_cumprod(i64::from(timestep) + 1)/#--test golden_parity"
+  "scale-0.1822#src/pipeline.rs#s/let scaling_factor = self\.bundle\.manifest\(\)\.scaling_factor;/let scaling_factor = 0.1822_f32;/#--test golden_parity"
+  "8-bit-before-color-fix#src/pipeline.rs#s/(preprocess::decoder_output_to_unit\(decoded\.as_slice_mut\(\)\.expect\(\"contiguous\"\)\);)/\$1 decoded.mapv_inplace(|v| (v * 255.0).round() \/ 255.0);/#--test golden_parity"
+  "tile-plan-stride-off-by-one#src/tiling.rs#s/let stride = tile\.saturating_sub\(overlap\)\.max\(1\);/let stride = tile.saturating_sub(overlap).max(1) + 1;/#--lib tiling;--test golden_parity latent"
+  "tile-plan-last-tile-off-by-one#src/tiling.rs#s/offsets\.push\(size - tile\);/offsets.push(size - tile - 1);/#--lib tiling;--test pointwise_tiling"
+  "blend-midpoints-swapped#src/tiling.rs#s/\(tile_height as f64 \/ 2\.0, \(tile_width as f64 - 1\.0\) \/ 2\.0\)/((tile_height as f64 - 1.0) \/ 2.0, tile_width as f64 \/ 2.0)/#--lib tiling;--test golden_parity latent"
+  "feather-weights-transposed#src/tiling.rs#s/&feather_profile\(tile_height, overlap\),\n(\s*)&feather_profile\(tile_width, overlap\),/&feather_profile(tile_width, overlap),\n\$1&feather_profile(tile_height, overlap),/#--lib tiling"
+)
+
+backup_dir=$(mktemp -d)
+current_file=""
+restore() {
+  if [ -n "$current_file" ] && [ -f "$backup_dir/original" ]; then
+    cp "$backup_dir/original" "$current_file"
+  fi
+  current_file=""
+}
+trap 'restore; rm -rf "$backup_dir"' EXIT
+trap 'echo "interrupted: source restored" >&2; exit 130' INT TERM
+
+selected=("$@")
+wanted() {
+  [ ${#selected[@]} -eq 0 ] && return 0
+  local name
+  for name in "${selected[@]}"; do [ "$name" = "$1" ] && return 0; done
+  return 1
+}
+
+survived=0
+printf '%-34s %s\n' "mutant" "result"
+for entry in "${MUTANTS[@]}"; do
+  IFS='#' read -r name file expr runs <<<"$entry"
+  wanted "$name" || continue
+  cp "$file" "$backup_dir/original"
+  current_file=$file
+  perl -0pi -e "$expr" "$file"
+  if cmp -s "$file" "$backup_dir/original"; then
+    restore
+    echo "$name: the substitution did not apply to $file (source changed?); fix this script" >&2
+    exit 2
+  fi
+  killed_by=""
+  IFS=';' read -r -a test_runs <<<"$runs"
+  for run in "${test_runs[@]}"; do
+    # shellcheck disable=SC2086
+    if ! cargo test --release --locked $run >"$backup_dir/log" 2>&1; then
+      killed_by=$run
+      break
+    fi
+  done
+  restore
+  if [ -n "$killed_by" ]; then
+    failed=$(grep -E '^    [a-z_:]+$' "$backup_dir/log" | tr -d ' ' | paste -sd, - || true)
+    printf '%-34s killed by `cargo test %s` (%s)\n' "$name" "$killed_by" "${failed:-build failed}"
+  else
+    printf '%-34s SURVIVED %s\n' "$name" "$runs"
+    survived=$((survived + 1))
+  fi
+done
+# rebuild the restored source so the next cargo command starts clean
+cargo build --release --locked --quiet
+exit $((survived > 0))

@@ -1,0 +1,196 @@
+//! Tiling against no tiling on a bundle whose graphs have no spatial mixing
+//! (tests/fixtures/graphs/pointwise: each latent cell depends on its own 8x8
+//! pixel block only). Every tile then computes exactly what the whole image
+//! computes at its cells, so any tile plan must give the untiled output up to
+//! the blend's own round-off (a weighted mean of equal values: a few ulps).
+//! A misplaced tile, a gap in a plan or a tile blended into the wrong place
+//! moves pixels by whole image values instead.
+//!
+//! The same fixture folder holds decoders whose *graph* disagrees with the
+//! manifest (renamed output, float64 input): loading must refuse them.
+
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use tadsr_edge::pipeline::{
+    ColorFix, NoProgress, Pipeline, PipelineConfig, ProviderChoice, RunOptions, TilingMode,
+};
+use tadsr_edge::preprocess::{self, ResampleFilter};
+use tadsr_edge::runtime::Provider;
+
+/// A weighted mean of equal fp32 values differs from them by a few ulps
+/// (products, a sum of up to four tiles' terms, one division).
+const BLEND_ULPS: f32 = 8.0;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sha256_hex(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A bundle in `dir`: models/tiny's manifest (schedule, prompt, defaults)
+/// with the pointwise graphs, and `decoder` as the decoder's graph file.
+fn pointwise_bundle(dir: &Path, decoder: &str) -> PathBuf {
+    let graphs = repo().join("tests/fixtures/graphs");
+    let tiny = repo().join("models/tiny");
+    let text = std::fs::read_to_string(tiny.join("manifest.json")).unwrap();
+    let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let components = manifest["components"].as_object_mut().unwrap();
+    components.remove("vae_encoder_tiled");
+    components.remove("vae_decoder_tiled");
+    for (name, source) in [
+        ("vae_encoder", graphs.join("pointwise/vae_encoder.onnx")),
+        ("unet", graphs.join("pointwise/unet.onnx")),
+        ("vae_decoder", graphs.join(decoder)),
+    ] {
+        let file = format!("{name}.onnx");
+        std::fs::copy(&source, dir.join(&file)).unwrap();
+        components[name]["file"] = file.clone().into();
+        components[name]["sha256"] = sha256_hex(&dir.join(&file)).into();
+    }
+    std::fs::copy(
+        tiny.join("prompt_embeds.npy"),
+        dir.join("prompt_embeds.npy"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    dir.to_path_buf()
+}
+
+fn load(dir: &Path) -> tadsr_edge::Result<Pipeline> {
+    let mut config = PipelineConfig::new(dir);
+    config.provider = ProviderChoice::Only(Provider::Cpu);
+    Pipeline::load(&config)
+}
+
+/// Model input and color-fix source of a `width x height` crop-and-resize of
+/// examples/coffee.png (a real photo: every tile sees different content).
+fn photo(width: u32, height: u32) -> (ndarray::Array4<f32>, ndarray::Array3<f32>) {
+    let photo = image::open(repo().join("examples/coffee.png"))
+        .unwrap()
+        .to_rgb8();
+    let resized = preprocess::resize_rgb8(&photo, width, height, ResampleFilter::Bicubic).unwrap();
+    (
+        preprocess::rgb8_to_model_input(&resized),
+        preprocess::rgb8_to_unit_planes(&resized),
+    )
+}
+
+fn options(tile_px: u32, tile_overlap_px: u32, tiling: TilingMode) -> RunOptions {
+    RunOptions {
+        timesteps: vec![500],
+        upscale: 4,
+        process_size: 0,
+        tile_px,
+        tile_overlap_px,
+        tiling,
+        color_fix: ColorFix::None,
+        seed: None,
+    }
+}
+
+fn run(pipeline: &mut Pipeline, width: u32, height: u32, options: &RunOptions) -> Vec<f32> {
+    let (input, source) = photo(width, height);
+    let (planes, _) = pipeline
+        .upscale_tensor(&input, &source, 500, options, &NoProgress)
+        .expect("run");
+    planes.into_raw_vec_and_offset().0
+}
+
+/// Largest difference in ulps of the untiled value.
+fn worst_ulps(untiled: &[f32], tiled: &[f32]) -> f32 {
+    assert_eq!(untiled.len(), tiled.len());
+    untiled
+        .iter()
+        .zip(tiled)
+        .map(|(a, b)| (a - b).abs() / (a.abs().max(f32::MIN_POSITIVE) * f32::EPSILON))
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn staged_tiles_give_the_untiled_output_on_a_pointwise_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = load(&pointwise_bundle(dir.path(), "pointwise/vae_decoder.onnx")).unwrap();
+    // sides that are not multiples of the tile, overlaps of 1 to 8 latent cells
+    for (width, height) in [(200, 136), (424, 328)] {
+        let untiled = run(
+            &mut pipeline,
+            width,
+            height,
+            &options(0, 0, TilingMode::Staged),
+        );
+        for (tile_px, overlap_px) in [(64, 8), (64, 32), (96, 24), (128, 64), (256, 64)] {
+            let tiled = run(
+                &mut pipeline,
+                width,
+                height,
+                &options(tile_px, overlap_px, TilingMode::Staged),
+            );
+            let ulps = worst_ulps(&untiled, &tiled);
+            eprintln!("{width}x{height} --tile {tile_px} --tile-overlap {overlap_px}: {ulps} ulps");
+            assert!(
+                ulps <= BLEND_ULPS,
+                "{width}x{height}, tile {tile_px}, overlap {overlap_px}: {ulps} ulps off untiled"
+            );
+        }
+    }
+}
+
+#[test]
+fn latent_tiling_gives_the_untiled_output_on_a_pointwise_graph() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut pipeline = load(&pointwise_bundle(dir.path(), "pointwise/vae_decoder.onnx")).unwrap();
+    // 1000x840 pixels: a 125x105 latent, above the authors' 96x96 limit, so
+    // the UNet runs in 96-cell tiles with a 32-cell overlap
+    let (width, height) = (1000, 840);
+    let untiled = run(
+        &mut pipeline,
+        width,
+        height,
+        &options(0, 0, TilingMode::Staged),
+    );
+    let tiled = run(
+        &mut pipeline,
+        width,
+        height,
+        &options(512, 64, TilingMode::Latent),
+    );
+    let ulps = worst_ulps(&untiled, &tiled);
+    eprintln!("{width}x{height} --tiling latent: {ulps} ulps");
+    assert!(ulps <= BLEND_ULPS, "{ulps} ulps off untiled");
+}
+
+#[test]
+fn a_graph_whose_ports_disagree_with_the_manifest_is_refused() {
+    for (decoder, expected) in [
+        (
+            "ports/vae_decoder_output_renamed.onnx",
+            "vae_decoder graph has no output \"image\"",
+        ),
+        (
+            "ports/vae_decoder_input_float64.onnx",
+            "vae_decoder input \"latent\" is float64 in the graph but float32 in the manifest",
+        ),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let error = load(&pointwise_bundle(dir.path(), decoder))
+            .err()
+            .unwrap_or_else(|| panic!("{decoder}: loaded"))
+            .to_string();
+        assert!(error.contains(expected), "{decoder}: {error}");
+        assert!(error.contains("model bundle"), "{decoder}: {error}");
+    }
+    // and the same manifest with the matching graph loads
+    let dir = tempfile::tempdir().unwrap();
+    load(&pointwise_bundle(dir.path(), "pointwise/vae_decoder.onnx")).unwrap();
+}
