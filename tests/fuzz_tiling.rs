@@ -42,6 +42,12 @@ fn check_axis(size: usize, tile: usize, offsets: &[usize], overlap: usize) -> Re
         if pair[1] <= pair[0] {
             return Err(format!("offsets not increasing: {pair:?}"));
         }
+        if pair[0] + tile < pair[1] {
+            return Err(format!(
+                "tiles at {} and {} (side {tile}) leave a gap",
+                pair[0], pair[1]
+            ));
+        }
         if pair[0] + tile < pair[1] + overlap.min(tile) {
             return Err(format!(
                 "tiles at {} and {} (side {tile}) overlap by less than {overlap}",
