@@ -317,7 +317,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
     if folder_exists {
         image_io::check_writable_folder(&folder)?;
     }
-    if let Some(code) = interrupted_exit(args) {
+    if let Some(code) = interrupted_exit() {
         return Ok(code);
     }
 
@@ -363,7 +363,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
             .with_context(|| format!("cannot create the output folder {}", shown(&folder)))?;
         image_io::check_writable_folder(&folder)?;
     }
-    if let Some(code) = interrupted_exit(args) {
+    if let Some(code) = interrupted_exit() {
         return Ok(code);
     }
 
@@ -494,14 +494,14 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    if let Some(code) = interrupted_exit(args) {
+    if let Some(code) = interrupted_exit() {
         return Ok(code);
     }
     Ok(if failed > 0 { EXIT_INPUT_FAILED } else { 0 })
 }
 
 /// After a first signal: the message and the exit code (128 + the signal).
-fn interrupted_exit(_args: &RunArgs) -> Option<i32> {
+fn interrupted_exit() -> Option<i32> {
     if !INTERRUPTED.load(Ordering::SeqCst) {
         return None;
     }

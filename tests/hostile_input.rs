@@ -197,7 +197,9 @@ fn thin_images_are_refused_at_once_and_the_batch_goes_on() {
         );
     }
     assert_eq!(folder_names(&out), ["c_good.png"]);
-    assert!(run.seconds < 30.0, "took {:.1} s", run.seconds);
+    // Generous for a loaded machine: the old code took 92 s on the 1x40 strip
+    // alone and aborted on the 1x2000 one (a 6.3 GB buffer).
+    assert!(run.seconds < 60.0, "took {:.1} s", run.seconds);
     assert!(
         run.peak_mb < 1000.0,
         "peak memory {:.0} MB for three tiny inputs",
