@@ -706,7 +706,10 @@ mod tests {
                     _ => 1.0,
                 };
                 let got = blended[[0, y, x]];
-                assert!((got - expected).abs() < 1e-6, "({y}, {x}): {got} != {expected}");
+                assert!(
+                    (got - expected).abs() < 1e-6,
+                    "({y}, {x}): {got} != {expected}"
+                );
             }
         }
     }
