@@ -1,7 +1,8 @@
 //! Command-line parsing, exit codes and what the user sees.
 //!
 //! Exit codes: 0 success, 1 at least one input failed (the others were
-//! written), 2 usage, model or runtime errors (nothing could run).
+//! written), 2 usage, model or runtime errors (nothing could run), 128 + the
+//! signal after SIGINT (130), SIGTERM (143) or SIGHUP (129).
 
 use std::path::{Path, PathBuf};
 
@@ -16,6 +17,55 @@ use tadsr_edge::runtime::{Provider, Runtime};
 pub const EXIT_INPUT_FAILED: i32 = 1;
 /// Exit code for usage, model and runtime errors.
 pub const EXIT_SETUP_FAILED: i32 = 2;
+
+/// Largest `--process-size`.
+pub const MAX_PROCESS_SIZE: u32 = 8192;
+/// Largest `--tile` and `--tile-overlap`.
+pub const MAX_TILE: u32 = 16384;
+/// Largest `--max-pixels` (16384 x 16384 x 16).
+pub const MAX_MAX_PIXELS: u64 = 1 << 32;
+/// Largest `--device`.
+pub const MAX_DEVICE: u32 = 255;
+/// `--threads` may be at most this many times the usable CPUs: more
+/// intra-op threads than cores only slow ONNX Runtime down.
+pub const THREADS_PER_CPU: usize = 4;
+
+/// The usable CPUs (affinity and cgroup limits included).
+pub fn usable_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// `--threads`: 0 (one per core) up to [`THREADS_PER_CPU`] x the usable CPUs.
+fn parse_threads(text: &str) -> Result<usize, String> {
+    let threads: usize = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number"))?;
+    let cpus = usable_cpus();
+    let max = THREADS_PER_CPU * cpus;
+    if threads > max {
+        return Err(format!(
+            "{threads} is over {max} ({THREADS_PER_CPU} per usable CPU, {cpus} here); 0 uses one per core"
+        ));
+    }
+    Ok(threads)
+}
+
+/// A message with its control characters escaped (`\n`, `\u{1b}`, ...),
+/// so it stays one line and cannot drive the terminal.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
 
 const ROOT_EXAMPLES: &str = "\
 Examples:
@@ -35,7 +85,8 @@ Examples:
   tadsr-edge run scan.tiff -o big.png --provider cpu --threads 2 --seed 7
 
 Exit codes: 0 all written; 1 some inputs failed (one line each, the rest were
-written); 2 usage, model or runtime errors; 130 interrupted.";
+written); 2 usage, model or runtime errors; 130 SIGINT (Ctrl-C), 143 SIGTERM,
+129 SIGHUP: stopped cleanly, only complete outputs left.";
 
 const BENCH_EXAMPLES: &str = "\
 Examples:
@@ -92,17 +143,17 @@ pub struct RunArgs {
         value_name = "T[,T...]"
     )]
     pub timesteps: Vec<u32>,
-    /// Upscale factor [default: the bundle's, 4].
-    #[arg(short = 's', long)]
+    /// Upscale factor, 1..16 [default: the bundle's, 4].
+    #[arg(short = 's', long, value_parser = clap::value_parser!(u32).range(1..=16))]
     pub upscale: Option<u32>,
-    /// Inputs whose short side is below process-size/upscale are enlarged first; 0 = off [default: the bundle's, 512].
-    #[arg(long, value_name = "PX")]
+    /// Inputs whose short side is below process-size/upscale are enlarged first; 0 = off, at most 8192 [default: the bundle's, 512].
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_PROCESS_SIZE as i64))]
     pub process_size: Option<u32>,
-    /// Largest tile side in output pixels (multiple of 8); 0 = no tiling. Tiles are balanced: the fewest that cover the image, all of one shape.
-    #[arg(long, default_value_t = 512, value_name = "PX")]
+    /// Largest tile side in output pixels (0, or a multiple of 8 from 64 to 16384); 0 = no tiling. Tiles are balanced: the fewest that cover the image, all of one shape.
+    #[arg(long, default_value_t = 512, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
     pub tile: u32,
-    /// Overlap between tiles in output pixels (multiple of 8).
-    #[arg(long, default_value_t = 64, value_name = "PX")]
+    /// Overlap between tiles in output pixels (multiple of 8, at most half the tile).
+    #[arg(long, default_value_t = 64, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
     pub tile_overlap: u32,
     /// staged: encoder, UNet and decoder all tiled (bounded memory); latent: only the UNet, as the authors do.
     #[arg(long, value_enum, default_value_t = TilingArg::Staged)]
@@ -113,20 +164,20 @@ pub struct RunArgs {
     /// Execution provider; auto tries tensorrt, cuda, cpu.
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,
-    /// GPU index for cuda and tensorrt.
-    #[arg(long, default_value_t = 0)]
-    pub device: i32,
+    /// GPU index (0..255) for cuda and tensorrt [default: 0]; an error with --provider cpu.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_DEVICE as i64))]
+    pub device: Option<u32>,
     /// Sample the latent with this seed instead of taking the posterior mean.
     #[arg(long)]
     pub seed: Option<u64>,
     /// Prompt embedding [1, 77, D] .npy replacing the bundle's default.
     #[arg(long, value_name = "FILE")]
     pub prompt_embeds: Option<PathBuf>,
-    /// Intra-op threads per session; 0 = one per core.
-    #[arg(long, default_value_t = 0)]
+    /// Intra-op threads per session; 0 = one per core; at most 4 per usable CPU.
+    #[arg(long, default_value_t = 0, value_parser = parse_threads)]
     pub threads: usize,
-    /// Largest input in pixels (width x height).
-    #[arg(long, default_value_t = tadsr_edge::image_io::DEFAULT_MAX_PIXELS)]
+    /// Most pixels processed for one input (its output, or its enlarged size under the minimum-size rule), 1..2^32.
+    #[arg(long, default_value_t = tadsr_edge::image_io::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_MAX_PIXELS))]
     pub max_pixels: u64,
     /// No progress bars.
     #[arg(long, short = 'q')]
@@ -180,8 +231,8 @@ pub struct BenchArgs {
     /// Execution provider; auto tries tensorrt, cuda, cpu.
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,
-    /// Intra-op threads per session; 0 = one per core.
-    #[arg(long, default_value_t = 0)]
+    /// Intra-op threads per session; 0 = one per core; at most 4 per usable CPU.
+    #[arg(long, default_value_t = 0, value_parser = parse_threads)]
     pub threads: usize,
     /// Timestep [default: the bundle's, 500].
     #[arg(short = 't', long)]
@@ -235,14 +286,15 @@ pub fn main() -> i32 {
     }
 }
 
-/// An error and its causes on one line.
+/// An error and its causes on one line (control characters escaped).
 pub fn one_line(error: &anyhow::Error) -> String {
-    error
-        .chain()
-        .map(|cause| cause.to_string())
-        .collect::<Vec<_>>()
-        .join(": ")
-        .replace('\n', " ")
+    escape_controls(
+        &error
+            .chain()
+            .map(|cause| cause.to_string())
+            .collect::<Vec<_>>()
+            .join(": "),
+    )
 }
 
 fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<i32> {

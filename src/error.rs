@@ -30,6 +30,10 @@ pub enum Error {
     #[error("model bundle {path}: {reason}")]
     Bundle { path: PathBuf, reason: String },
 
+    /// The `--prompt-embeds` file cannot be used.
+    #[error("prompt embedding {path}: {reason}")]
+    PromptEmbeds { path: PathBuf, reason: String },
+
     /// An input image cannot be used.
     #[error("{0}")]
     Input(String),

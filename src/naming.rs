@@ -1,10 +1,20 @@
 //! Where outputs go: `-o FILE` for one input, `-o DIR` for several, names
 //! `<stem>.png` or `<stem>_t<T>.png` when several timesteps are asked.
+//!
+//! The whole batch is planned before anything is computed or written
+//! ([`plan_batch`]): every input's outputs are known up front, and an output
+//! that is any input of the batch, or that two inputs would share, is refused.
+//! Names are handled as bytes (`OsStr`), never through a lossy UTF-8
+//! conversion, so two different file names never map to one output.
 
 use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
+
+/// Longest file name (bytes) most file systems take (`NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
 
 /// What `-o` names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,25 +25,141 @@ pub enum OutputTarget {
     Dir(PathBuf),
 }
 
-/// Decides what `-o` means: an existing folder, a path ending in `/` or a
-/// path without an extension is a folder; otherwise a file, which needs
-/// exactly one input.
+/// A path as it may be printed on one line: unchanged when it is valid UTF-8
+/// without control characters, else quoted with escapes (`"a\nb.png"`,
+/// `"caf\xE9.png"`), so a name can neither forge a second line nor be
+/// confused with another.
+pub fn shown(path: &Path) -> String {
+    shown_os(path.as_os_str())
+}
+
+/// [`shown`] for any `OsStr`.
+pub fn shown_os(name: &OsStr) -> String {
+    if let Some(text) = name.to_str() {
+        if !text.chars().any(char::is_control) && !text.starts_with('"') {
+            return text.to_string();
+        }
+    }
+    let mut out = String::from("\"");
+    for chunk in name.as_encoded_bytes().utf8_chunks() {
+        for c in chunk.valid().chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if c.is_control() => out.extend(c.escape_default()),
+                c => out.push(c),
+            }
+        }
+        for byte in chunk.invalid() {
+            out.push_str(&format!("\\x{byte:02X}"));
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Decides what `-o` means, refusing what cannot be an output before any
+/// work: an existing folder, a path ending in `/` or a path without an
+/// extension is a folder; otherwise a file, which needs exactly one input,
+/// a supported extension and an existing parent folder. `-o -` and devices,
+/// FIFOs or sockets are refused.
 pub fn output_target(output: &Path, input_count: usize) -> Result<OutputTarget> {
-    let text = output.to_string_lossy();
-    let looks_like_dir = output.is_dir() || text.ends_with('/') || output.extension().is_none();
-    if looks_like_dir {
+    let invalid = |m: String| Err(Error::InvalidOption(m));
+    if output.as_os_str().is_empty() {
+        return invalid("-o is empty; give a file or a folder".into());
+    }
+    if output.as_os_str() == "-" {
+        return invalid(
+            "-o - (standard output) is not supported: outputs are files; give a file or a folder"
+                .into(),
+        );
+    }
+    let shown_output = shown(output);
+    let ends_with_slash = output.as_os_str().as_encoded_bytes().ends_with(b"/");
+    match std::fs::metadata(output) {
+        Ok(meta) if meta.is_dir() => return Ok(OutputTarget::Dir(output.to_path_buf())),
+        Ok(meta) if !meta.is_file() => {
+            return invalid(format!(
+                "-o {shown_output} is {}, not a file or a folder; give a file or a folder",
+                special_file_kind(&meta)
+            ))
+        }
+        Ok(_) if ends_with_slash || output.extension().is_none() => {
+            return invalid(format!(
+                "-o {shown_output} is an existing file without an image extension; give a folder, or a file name ending in .png, .jpg, .webp, .bmp or .tiff"
+            ))
+        }
+        _ => {}
+    }
+    if ends_with_slash || output.extension().is_none() {
         return Ok(OutputTarget::Dir(output.to_path_buf()));
     }
     if input_count > 1 {
-        return Err(Error::InvalidOption(format!(
-            "-o {} is a file name but {input_count} inputs were given; give a folder",
-            output.display()
-        )));
+        return invalid(format!(
+            "-o {shown_output} is a file name but {input_count} inputs were given; give a folder"
+        ));
+    }
+    crate::image_io::output_format(output)?;
+    let parent = parent_folder(output);
+    match std::fs::metadata(parent) {
+        Ok(meta) if meta.is_dir() => {}
+        Ok(_) => {
+            return invalid(format!(
+                "-o {shown_output}: {} is not a folder",
+                shown(parent)
+            ))
+        }
+        Err(_) => {
+            return invalid(format!(
+                "-o {shown_output}: the folder {} does not exist; create it first",
+                shown(parent)
+            ))
+        }
     }
     Ok(OutputTarget::File(output.to_path_buf()))
 }
 
-/// The output path of `input` at `timestep`.
+/// The folder a file path lives in (`.` for a bare name).
+pub fn parent_folder(path: &Path) -> &Path {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// "a FIFO (named pipe)", "a character device", ... for what is neither a
+/// regular file nor a folder.
+#[cfg(unix)]
+pub fn special_file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_fifo() {
+        "a FIFO (named pipe)"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else if kind.is_dir() {
+        "a folder"
+    } else if kind.is_symlink() {
+        "a symbolic link"
+    } else {
+        "a special file"
+    }
+}
+
+#[cfg(not(unix))]
+pub fn special_file_kind(meta: &std::fs::Metadata) -> &'static str {
+    if meta.is_dir() {
+        "a folder"
+    } else {
+        "a special file"
+    }
+}
+
+/// The output path of `input` at `timestep`. The name is built from the
+/// input's bytes, so names that are not UTF-8 stay distinct.
 pub fn output_path(
     target: &OutputTarget,
     input: &Path,
@@ -47,73 +173,234 @@ pub fn output_path(
     };
     match target {
         OutputTarget::Dir(dir) => {
-            let stem = input
-                .file_stem()
-                .map(|s| s.to_string_lossy())
-                .unwrap_or_default();
-            dir.join(format!("{stem}{suffix}.png"))
+            let mut name: OsString = input.file_stem().unwrap_or_default().to_os_string();
+            name.push(&suffix);
+            name.push(".png");
+            dir.join(name)
         }
         OutputTarget::File(file) if several_timesteps => {
-            let stem = file
-                .file_stem()
-                .map(|s| s.to_string_lossy())
-                .unwrap_or_default();
-            let extension = file
-                .extension()
-                .map(|e| e.to_string_lossy())
-                .unwrap_or_else(|| "png".into());
-            file.with_file_name(format!("{stem}{suffix}.{extension}"))
+            let mut name: OsString = file.file_stem().unwrap_or_default().to_os_string();
+            name.push(&suffix);
+            name.push(".");
+            name.push(file.extension().unwrap_or(OsStr::new("png")));
+            file.with_file_name(name)
         }
         OutputTarget::File(file) => file.clone(),
     }
 }
 
-/// For each input, `Ok(())` or why it cannot be written: its output would
-/// overwrite the input itself or an earlier input's output (`a.jpg` and
-/// `a.png` into one folder).
-pub fn check_collisions(
+/// How a file is told apart from others: its real path (symbolic links and
+/// `..` resolved) and, when it exists, its device and inode.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct FileIdentity {
+    real_path: Option<PathBuf>,
+    inode: Option<(u64, u64)>,
+}
+
+impl FileIdentity {
+    /// Its real path even when it does not exist yet (the real folder joined
+    /// with the name), and its inode when it exists.
+    fn of(path: &Path) -> FileIdentity {
+        FileIdentity {
+            real_path: Some(
+                path.canonicalize()
+                    .unwrap_or_else(|_| real_parent_join(path)),
+            ),
+            inode: inode(path),
+        }
+    }
+
+    fn same_file(&self, other: &FileIdentity) -> bool {
+        (self.real_path.is_some() && self.real_path == other.real_path)
+            || (self.inode.is_some() && self.inode == other.inode)
+    }
+}
+
+fn real_parent_join(path: &Path) -> PathBuf {
+    match path.file_name() {
+        Some(name) => parent_folder(path)
+            .canonicalize()
+            .map(|parent| parent.join(name))
+            .unwrap_or_else(|_| path.to_path_buf()),
+        None => path.to_path_buf(),
+    }
+}
+
+/// The device and inode of the file at `path` (symbolic links followed),
+/// when it exists.
+#[cfg(unix)]
+pub fn inode(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+#[cfg(not(unix))]
+pub fn inode(_path: &Path) -> Option<(u64, u64)> {
+    None
+}
+
+/// What the plan says about one input.
+#[derive(Debug)]
+pub enum Verdict {
+    /// Compute it and write `outputs`.
+    Go,
+    /// The same file as an earlier input (same real path): computed once.
+    Duplicate { first: PathBuf },
+    /// Refused before any computation; nothing of it is written.
+    Refused(Error),
+}
+
+/// One input of the batch and its outputs, one per timestep.
+#[derive(Debug)]
+pub struct PlannedInput {
+    pub input: PathBuf,
+    pub outputs: Vec<(u32, PathBuf)>,
+    pub verdict: Verdict,
+}
+
+/// Plans the whole batch before anything is computed or written. Each input
+/// gets its outputs (one per timestep) and a verdict: refused when one of
+/// its outputs would be any input of the batch (compared by real path and by
+/// device and inode, so `cx/a.jpg` into `cy/` never replaces `cy/a.png`),
+/// when two inputs would write one output (both are refused: which one wins
+/// would be an accident of order), when an output name is too long for the
+/// file system, or when an output exists as a folder. `unusable` marks inputs
+/// already refused by the caller (not regular files, ...): they are still
+/// protected as inputs but claim no output.
+pub fn plan_batch(
     target: &OutputTarget,
     inputs: &[PathBuf],
     timesteps: &[u32],
-) -> Vec<Result<()>> {
+    unusable: &[bool],
+) -> Vec<PlannedInput> {
     let several = timesteps.len() > 1;
-    let mut claimed: HashMap<PathBuf, &Path> = HashMap::new();
-    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
-    inputs
+    let identities: Vec<FileIdentity> = inputs.iter().map(|p| FileIdentity::of(p)).collect();
+    let mut plans: Vec<PlannedInput> = inputs
         .iter()
-        .map(|input| {
-            let input_real = canonical(input);
-            for &timestep in timesteps {
-                let output = output_path(target, input, timestep, several);
-                let output_real = output
-                    .parent()
-                    .map(|parent| canonical(parent).join(output.file_name().unwrap_or_default()))
-                    .unwrap_or_else(|| output.clone());
-                if output_real == input_real {
-                    return Err(Error::InvalidOption(format!(
-                        "the output {} would overwrite the input; choose another -o",
-                        output.display()
-                    )));
-                }
-                if let Some(first) = claimed.get(&output_real) {
-                    return Err(Error::InvalidOption(format!(
-                        "the output {} is already the output of {}; rename one of them",
-                        output.display(),
-                        first.display()
-                    )));
-                }
-            }
-            for &timestep in timesteps {
-                let output = output_path(target, input, timestep, several);
-                let output_real = output
-                    .parent()
-                    .map(|parent| canonical(parent).join(output.file_name().unwrap_or_default()))
-                    .unwrap_or(output);
-                claimed.insert(output_real, input);
-            }
-            Ok(())
+        .map(|input| PlannedInput {
+            input: input.clone(),
+            outputs: timesteps
+                .iter()
+                .map(|&t| (t, output_path(target, input, t, several)))
+                .collect(),
+            verdict: Verdict::Go,
         })
-        .collect()
+        .collect();
+
+    // Duplicates: the same real file given twice (or a file and its folder).
+    for index in 0..plans.len() {
+        if unusable.get(index).copied().unwrap_or(false) {
+            continue;
+        }
+        let earlier = (0..index).find(|&j| {
+            !unusable.get(j).copied().unwrap_or(false)
+                && !matches!(plans[j].verdict, Verdict::Duplicate { .. })
+                && identities[j].real_path.is_some()
+                && identities[j].real_path == identities[index].real_path
+        });
+        if let Some(first) = earlier {
+            plans[index].verdict = Verdict::Duplicate {
+                first: plans[first].input.clone(),
+            };
+        }
+    }
+
+    let mut claimed: HashMap<PathBuf, Vec<usize>> = HashMap::new();
+    for (index, plan) in plans.iter_mut().enumerate() {
+        if unusable.get(index).copied().unwrap_or(false) {
+            plan.verdict = Verdict::Refused(Error::Input("not usable".into()));
+            continue;
+        }
+        if !matches!(plan.verdict, Verdict::Go) {
+            continue;
+        }
+        if let Some(refusal) = check_outputs(plan, index, inputs, &identities) {
+            plan.verdict = Verdict::Refused(refusal);
+            continue;
+        }
+        for (_, output) in &plan.outputs {
+            let key = FileIdentity::of(output)
+                .real_path
+                .unwrap_or_else(|| output.clone());
+            let owners = claimed.entry(key).or_default();
+            if !owners.contains(&index) {
+                owners.push(index);
+            }
+        }
+    }
+
+    // Two inputs, one output: refuse every input involved.
+    let mut shared: Vec<(usize, PathBuf, usize)> = Vec::new();
+    for owners in claimed.values().filter(|owners| owners.len() > 1) {
+        for &index in owners {
+            let other = owners
+                .iter()
+                .copied()
+                .find(|&o| o != index)
+                .unwrap_or(index);
+            let output = plans[index]
+                .outputs
+                .iter()
+                .map(|(_, o)| o.clone())
+                .find(|o| plans[other].outputs.iter().any(|(_, p)| same_output(o, p)))
+                .unwrap_or_default();
+            shared.push((index, output, other));
+        }
+    }
+    for (index, output, other) in shared {
+        if matches!(plans[index].verdict, Verdict::Go) {
+            plans[index].verdict = Verdict::Refused(Error::Input(format!(
+                "its output {} would also be the output of {}; rename one of them or run them separately",
+                shown(&output),
+                shown(&plans[other].input)
+            )));
+        }
+    }
+    plans
+}
+
+fn same_output(a: &Path, b: &Path) -> bool {
+    FileIdentity::of(a).real_path == FileIdentity::of(b).real_path
+}
+
+/// Why one input's outputs cannot be written, if they cannot.
+fn check_outputs(
+    plan: &PlannedInput,
+    index: usize,
+    inputs: &[PathBuf],
+    identities: &[FileIdentity],
+) -> Option<Error> {
+    for (_, output) in &plan.outputs {
+        let name = output.file_name().unwrap_or_default();
+        if name.len() > MAX_NAME_BYTES {
+            return Some(Error::Input(format!(
+                "its output name is {} bytes long, over the {MAX_NAME_BYTES} a file name may have; rename the input",
+                name.len()
+            )));
+        }
+        let identity = FileIdentity::of(output);
+        if let Some(hit) = identities.iter().position(|i| i.same_file(&identity)) {
+            return Some(Error::Input(if hit == index {
+                format!(
+                    "its output {} would overwrite the input itself; choose another -o",
+                    shown(output)
+                )
+            } else {
+                format!(
+                    "its output {} would overwrite the input {}; choose another -o",
+                    shown(output),
+                    shown(&inputs[hit])
+                )
+            }));
+        }
+        if std::fs::symlink_metadata(output).is_ok_and(|m| m.is_dir()) {
+            return Some(Error::Input(format!(
+                "its output {} is an existing folder; move it or choose another -o",
+                shown(output)
+            )));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -122,19 +409,25 @@ mod tests {
 
     #[test]
     fn folders_and_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("out");
         assert_eq!(
-            output_target(Path::new("out/"), 1).unwrap(),
-            OutputTarget::Dir("out/".into())
+            output_target(&dir.path().join("out/"), 1).unwrap(),
+            OutputTarget::Dir(dir.path().join("out/"))
         );
         assert_eq!(
-            output_target(Path::new("out"), 3).unwrap(),
-            OutputTarget::Dir("out".into())
+            output_target(&out, 3).unwrap(),
+            OutputTarget::Dir(out.clone())
         );
+        let file = dir.path().join("x.png");
         assert_eq!(
-            output_target(Path::new("x.png"), 1).unwrap(),
-            OutputTarget::File("x.png".into())
+            output_target(&file, 1).unwrap(),
+            OutputTarget::File(file.clone())
         );
-        assert!(output_target(Path::new("x.png"), 2).is_err());
+        assert!(output_target(&file, 2).is_err());
+        assert!(output_target(&dir.path().join("x.gif"), 1).is_err());
+        assert!(output_target(&dir.path().join("missing/x.png"), 1).is_err());
+        assert!(output_target(Path::new("-"), 1).is_err());
     }
 
     #[test]
@@ -159,8 +452,24 @@ mod tests {
         );
     }
 
+    #[cfg(unix)]
     #[test]
-    fn collisions_are_reported_for_the_later_input() {
+    fn names_that_are_not_utf8_stay_distinct() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = OutputTarget::Dir("out".into());
+        let a = Path::new(OsStr::from_bytes(b"caf\xe9.png"));
+        let b = Path::new(OsStr::from_bytes(b"caf\xe8.png"));
+        assert_ne!(
+            output_path(&dir, a, 500, false),
+            output_path(&dir, b, 500, false)
+        );
+        assert_eq!(shown(a), "\"caf\\xE9.png\"");
+        assert_eq!(shown(Path::new("a\nb.png")), "\"a\\nb.png\"");
+        assert_eq!(shown(Path::new("plain.png")), "plain.png");
+    }
+
+    #[test]
+    fn two_inputs_for_one_output_are_both_refused() {
         let dir = tempfile::tempdir().unwrap();
         let target = OutputTarget::Dir(dir.path().join("out"));
         let inputs = vec![
@@ -168,27 +477,52 @@ mod tests {
             PathBuf::from("a.png"),
             PathBuf::from("b.png"),
         ];
-        let checks = check_collisions(&target, &inputs, &[500]);
-        assert!(checks[0].is_ok());
-        assert!(checks[1]
-            .as_ref()
-            .unwrap_err()
-            .to_string()
-            .contains("a.jpg"));
-        assert!(checks[2].is_ok());
+        let plans = plan_batch(&target, &inputs, &[500], &[false; 3]);
+        for refused in &plans[..2] {
+            let Verdict::Refused(error) = &refused.verdict else {
+                panic!("{plans:?}")
+            };
+            assert!(error.to_string().contains("also be the output"));
+        }
+        assert!(matches!(plans[2].verdict, Verdict::Go));
     }
 
     #[test]
-    fn never_overwrites_an_input() {
+    fn never_overwrites_any_input_of_the_batch() {
         let dir = tempfile::tempdir().unwrap();
-        let input = dir.path().join("photo.png");
-        std::fs::write(&input, b"x").unwrap();
-        let target = OutputTarget::Dir(dir.path().to_path_buf());
-        let checks = check_collisions(&target, &[input], &[500]);
-        assert!(checks[0]
-            .as_ref()
-            .unwrap_err()
-            .to_string()
-            .contains("overwrite the input"));
+        let (cx, cy) = (dir.path().join("cx"), dir.path().join("cy"));
+        std::fs::create_dir_all(&cx).unwrap();
+        std::fs::create_dir_all(&cy).unwrap();
+        std::fs::write(cx.join("a.jpg"), b"x").unwrap();
+        std::fs::write(cy.join("a.png"), b"y").unwrap();
+        let inputs = vec![cx.join("a.jpg"), cy.join("a.png")];
+        let plans = plan_batch(&OutputTarget::Dir(cy.clone()), &inputs, &[500], &[false; 2]);
+        let reasons: Vec<String> = plans
+            .iter()
+            .map(|p| match &p.verdict {
+                Verdict::Refused(e) => e.to_string(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert!(
+            reasons[0].contains("would overwrite the input"),
+            "{reasons:?}"
+        );
+        assert!(reasons[1].contains("the input itself"), "{reasons:?}");
+    }
+
+    #[test]
+    fn the_same_file_twice_is_a_duplicate() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.png"), b"x").unwrap();
+        let inputs = vec![dir.path().join("a.png"), dir.path().join(".").join("a.png")];
+        let plans = plan_batch(
+            &OutputTarget::Dir(dir.path().join("out")),
+            &inputs,
+            &[500],
+            &[false; 2],
+        );
+        assert!(matches!(plans[0].verdict, Verdict::Go));
+        assert!(matches!(plans[1].verdict, Verdict::Duplicate { .. }));
     }
 }

@@ -233,9 +233,7 @@ impl Pipeline {
     pub fn load(config: &PipelineConfig) -> Result<Pipeline> {
         let runtime = Runtime::global(config.ort_lib.as_deref())?;
         let bundle = Bundle::open_with(&config.model_dir, config.verify_hashes)?;
-        let manifest = bundle.manifest();
-        let schedule = NoiseSchedule::from_spec(&manifest.schedule)
-            .map_err(|e| Error::bundle(bundle.root(), format!("schedule: {e}")))?;
+        let schedule = noise_schedule(&bundle)?;
         let (prompt_embeds, prompt_shape) =
             load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
         let mut fallbacks = Vec::new();
@@ -949,6 +947,31 @@ fn finalize(sum: TileAccumulator) -> Result<Array3<f32>> {
         .map_err(|e| Error::InvalidOption(e.to_string()))
 }
 
+/// Most training timesteps a bundle's schedule may have (the models use 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
+/// The bundle's noise schedule ([`NoiseSchedule::from_spec`]), refused as
+/// the bundle's fault when it would be computed for more than
+/// [`MAX_TRAIN_TIMESTEPS`] steps (a hostile manifest must not make a huge
+/// allocation) or when a computed value falls outside (0, 1] (NaN betas).
+pub fn noise_schedule(bundle: &Bundle) -> Result<NoiseSchedule> {
+    let spec = &bundle.manifest().schedule;
+    let fail = |reason: String| Error::bundle(bundle.root(), format!("schedule: {reason}"));
+    if spec.alphas_cumprod.is_empty() && spec.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+        return Err(fail(format!(
+            "num_train_timesteps is {}, over {MAX_TRAIN_TIMESTEPS}",
+            spec.num_train_timesteps
+        )));
+    }
+    let schedule = NoiseSchedule::from_spec(spec).map_err(|e| fail(e.to_string()))?;
+    // from_spec checks listed values; computed ones are checked the same way.
+    NoiseSchedule::from_alphas_cumprod(schedule.alphas_cumprod().to_vec())
+        .map_err(|e| fail(format!("{e}; check beta_start and beta_end")))
+}
+
+/// Largest prompt embedding file read (a [1, 77, 1024] float32 one is 315 KB).
+const MAX_PROMPT_EMBEDS_BYTES: u64 = 64 << 20;
+
 fn load_prompt_embeds(
     bundle: &Bundle,
     replacement: Option<&Path>,
@@ -957,18 +980,50 @@ fn load_prompt_embeds(
         Some(path) => path.to_path_buf(),
         None => bundle.resolve(&bundle.manifest().prompt.embeds_file)?,
     };
-    let array =
-        npy::read_npy(&path).map_err(|e| Error::bundle(&path, format!("prompt embedding: {e}")))?;
+    // A file given with --prompt-embeds is the user's, not the bundle's.
+    let fail = |reason: String| match replacement {
+        Some(_) => Error::PromptEmbeds {
+            path: path.clone(),
+            reason,
+        },
+        None => Error::bundle(&path, format!("prompt embedding: {reason}")),
+    };
+    let bytes = {
+        use std::io::Read as _;
+        crate::image_io::check_input_file(&path).map_err(|e| fail(e.to_string()))?;
+        let file = crate::image_io::open_regular(&path).map_err(|e| fail(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_PROMPT_EMBEDS_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_PROMPT_EMBEDS_BYTES {
+            return Err(fail(format!(
+                "larger than {} MiB; a prompt embedding is [1, tokens, dim] floats",
+                MAX_PROMPT_EMBEDS_BYTES >> 20
+            )));
+        }
+        bytes
+    };
     let expected = &bundle.manifest().prompt.shape;
-    let shape = array.shape().to_vec();
-    if shape.len() != 3 || shape[0] != 1 || shape[2] != expected[2] {
-        return Err(Error::bundle(
-            &path,
-            format!(
-                "prompt embedding has shape {shape:?}; the model needs [1, tokens, {}]",
-                expected[2]
-            ),
-        ));
+    let (header, _) = npy::parse_header(&bytes).map_err(|e| fail(e.to_string()))?;
+    let shape = header.shape.clone();
+    if shape.len() != 3
+        || shape[0] != 1
+        || shape[1] == 0
+        || shape[1] > 4096
+        || shape[2] != expected[2]
+    {
+        return Err(fail(format!(
+            "shape {shape:?}; the model needs [1, tokens, {}] with 1..4096 tokens",
+            expected[2]
+        )));
+    }
+    let array = npy::parse_npy(&bytes).map_err(|e| fail(e.to_string()))?;
+    if let Some(index) = array.iter().position(|v| !v.is_finite()) {
+        return Err(fail(format!(
+            "value {index} is {}; every value must be a finite number",
+            array.iter().nth(index).copied().unwrap_or(f32::NAN)
+        )));
     }
     Ok((
         array.iter().copied().collect(),

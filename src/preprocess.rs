@@ -59,6 +59,26 @@ pub enum PreprocessError {
     },
     #[error("planes have shape {0:?}, expected [3, H, W] with H, W > 0")]
     PlaneShape(Vec<usize>),
+    #[error("{width}x{height} would be processed at {processed_width}x{processed_height} = {processed} pixels, over the limit of {max_pixels} (give a smaller input, or raise --max-pixels)")]
+    TooManyPixels {
+        width: u32,
+        height: u32,
+        processed_width: u32,
+        processed_height: u32,
+        processed: u64,
+        max_pixels: u64,
+    },
+    #[error("{width}x{height} is too thin for the minimum-size rule: enlarged until its short side is {min_side}, it would be processed at {processed_width}x{processed_height} = {processed} pixels, more than {factor} x {process_size}x{process_size}; give --process-size 0 to upscale it without the enlargement")]
+    TooThinToEnlarge {
+        width: u32,
+        height: u32,
+        min_side: u32,
+        processed_width: u32,
+        processed_height: u32,
+        processed: u64,
+        factor: u64,
+        process_size: u32,
+    },
 }
 
 // ---------------------------------------------------------------------------
@@ -622,6 +642,70 @@ impl SizePlan {
     pub fn needs_output_resize(&self) -> bool {
         self.model != self.output
     }
+
+    /// The largest image of the run, in pixels: the networks' input (the
+    /// enlarged size under the minimum-size rule) or the output.
+    pub fn processed_size(&self) -> (u32, u32) {
+        let area = |(w, h): (u32, u32)| u64::from(w) * u64::from(h);
+        if area(self.model) >= area(self.output) {
+            self.model
+        } else {
+            self.output
+        }
+    }
+
+    /// Pixels of [`SizePlan::processed_size`].
+    pub fn processed_pixels(&self) -> u64 {
+        let (w, h) = self.processed_size();
+        u64::from(w) * u64::from(h)
+    }
+}
+
+/// The minimum-size rule may make the networks process at most this many
+/// times `process_size^2` pixels (4 x 512 x 512 by default, e.g. 512 x 2048):
+/// it is meant to bring small inputs up to the model's working size, not to
+/// turn a 1 x 2000 strip into half a gigapixel.
+pub const MAX_ENLARGED_AREA_FACTOR: u64 = 4;
+
+/// Checks a plan against the bounds on work and memory, before any pixel
+/// buffer is made: at most `max_pixels` processed pixels (output size, or
+/// the enlarged size under the minimum-size rule), and an enlarged input at
+/// most [`MAX_ENLARGED_AREA_FACTOR`] `x process_size^2`.
+pub fn check_plan_bounds(
+    plan: &SizePlan,
+    upscale: u32,
+    process_size: u32,
+    max_pixels: u64,
+) -> Result<(), PreprocessError> {
+    let (width, height) = plan.input;
+    let (processed_width, processed_height) = plan.processed_size();
+    let processed = plan.processed_pixels();
+    if plan.pre_resize.is_some() {
+        let bound = MAX_ENLARGED_AREA_FACTOR * u64::from(process_size) * u64::from(process_size);
+        if processed > bound {
+            return Err(PreprocessError::TooThinToEnlarge {
+                width,
+                height,
+                min_side: process_size / upscale.max(1),
+                processed_width,
+                processed_height,
+                processed,
+                factor: MAX_ENLARGED_AREA_FACTOR,
+                process_size,
+            });
+        }
+    }
+    if processed > max_pixels {
+        return Err(PreprocessError::TooManyPixels {
+            width,
+            height,
+            processed_width,
+            processed_height,
+            processed,
+            max_pixels,
+        });
+    }
+    Ok(())
 }
 
 /// The authors' size rule (spec steps 2-4). `process_size == 0` disables the

@@ -3,25 +3,26 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tadsr_edge::image_io::{self, InputLimits};
-use tadsr_edge::naming::{self, OutputTarget};
+use tadsr_edge::naming::{self, shown, shown_os, OutputTarget, Verdict};
 use tadsr_edge::pipeline::{
     ColorFix, Pipeline, PipelineConfig, Progress, ProviderChoice, RunOptions, TilingMode,
 };
+use tadsr_edge::preprocess;
 use tadsr_edge::runtime::Provider;
 use tadsr_edge::Error;
 
-use crate::cli::{ColorFixArg, ProviderArg, RunArgs, TilingArg, EXIT_INPUT_FAILED};
-
-/// Exit code after Ctrl-C.
-const EXIT_INTERRUPTED: i32 = 130;
+use crate::cli::{
+    ColorFixArg, ProviderArg, RunArgs, TilingArg, EXIT_INPUT_FAILED, MAX_PROCESS_SIZE,
+};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -110,25 +111,221 @@ impl Progress for TileBar {
     }
 }
 
-/// Runs the batch; returns the exit code.
-pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
-    let _ = ctrlc::set_handler(|| {
-        if INTERRUPTED.swap(true, Ordering::SeqCst) {
-            // Second Ctrl-C: stop now. Outputs are renamed into place only
-            // when complete, so nothing partial is left under its name.
-            std::process::exit(EXIT_INTERRUPTED);
+/// Exit code after `signal`: 128 + its number (130 SIGINT, 143 SIGTERM,
+/// 129 SIGHUP), as shells report a process killed by it.
+fn exit_code_for(signal: i32) -> i32 {
+    128 + signal
+}
+
+/// The signal number that stopped the run, 0 while none came.
+static SIGNAL: AtomicI32 = AtomicI32::new(0);
+/// Signals received so far.
+static SIGNALS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        SIGINT => "SIGINT",
+        SIGTERM => "SIGTERM",
+        SIGHUP => "SIGHUP",
+        _ => "a signal",
+    }
+}
+
+/// SIGINT, SIGTERM and SIGHUP: the first sets the cancel flag (in the signal
+/// handler itself, so the run stops at the next tile however busy it is) and
+/// the batch ends cleanly: outputs written so far are complete, the one
+/// being computed is dropped. A second one stops the process at once, after
+/// removing the temporary file of a write in progress.
+fn install_signal_handlers() -> anyhow::Result<()> {
+    for signal in [SIGINT, SIGTERM, SIGHUP] {
+        // SAFETY: the closure only touches atomics, which is async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(signal, move || {
+                let _ = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
+                SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst);
+                INTERRUPTED.store(true, Ordering::SeqCst);
+            })
         }
-    });
+        .context("cannot install the signal handlers")?;
+    }
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
+        .context("cannot install the signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                if SIGNALS_SEEN.load(Ordering::SeqCst) >= 2 {
+                    let removed = image_io::remove_temporary_files();
+                    let signal = SIGNAL.load(Ordering::SeqCst);
+                    eprintln!(
+                        "error: stopped at once by a second signal; outputs already written are complete{}",
+                        if removed > 0 {
+                            ", the one being written was removed"
+                        } else {
+                            ""
+                        }
+                    );
+                    signal_hook::low_level::exit(exit_code_for(signal));
+                }
+            }
+        })
+        .context("cannot start the signal thread")?;
+    Ok(())
+}
+
+/// A path as it goes into a `--json` line: the name itself when it is
+/// UTF-8 (JSON escapes control characters), the escaped form otherwise.
+fn json_path(path: &Path) -> String {
+    match path.to_str() {
+        Some(text) => text.to_string(),
+        None => shown(path),
+    }
+}
+
+/// A message with its control characters escaped: one line, whatever the
+/// names in it hold.
+fn one_line(text: &str) -> String {
+    crate::cli::escape_controls(text)
+}
+
+/// The options `run` checks before anything else (no bundle needed).
+fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    if let Some(t) = args.timesteps.iter().find(|t| !seen.insert(**t)) {
+        return Err(Error::InvalidOption(format!(
+            "timestep {t} is given twice in -t; each timestep gives one output"
+        ))
+        .into());
+    }
+    if let (Some(device), ProviderArg::Cpu) = (args.device, args.provider) {
+        return Err(Error::InvalidOption(format!(
+            "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// The bundle's defaults used where the command line gives nothing, checked
+/// as the bundle's fault (not "invalid option").
+fn check_bundle_defaults(args: &RunArgs, pipeline: &Pipeline) -> anyhow::Result<()> {
+    let bundle = pipeline.bundle();
+    let defaults = &bundle.manifest().defaults;
+    let bad = |reason: String| -> anyhow::Result<()> {
+        Err(Error::Bundle {
+            path: bundle.root().to_path_buf(),
+            reason,
+        }
+        .into())
+    };
+    if args.timesteps.is_empty() {
+        if let Err(error) = pipeline
+            .schedule()
+            .validate_timestep(i64::from(defaults.timestep))
+        {
+            return bad(format!(
+                "manifest.json defaults.timestep is {}: {error}; fix the bundle or give -t",
+                defaults.timestep
+            ));
+        }
+    }
+    if args.upscale.is_none() && !(1..=16).contains(&defaults.upscale) {
+        return bad(format!(
+            "manifest.json defaults.upscale is {}, outside 1..16; fix the bundle or give --upscale",
+            defaults.upscale
+        ));
+    }
+    if args.process_size.is_none() && defaults.process_size > MAX_PROCESS_SIZE {
+        return bad(format!(
+            "manifest.json defaults.process_size is {}, over {MAX_PROCESS_SIZE}; fix the bundle or give --process-size",
+            defaults.process_size
+        ));
+    }
+    if args.color_fix.is_none() && defaults.color_fix.parse::<ColorFix>().is_err() {
+        return bad(format!(
+            "manifest.json defaults.color_fix is {:?}, not adain, wavelet or none; fix the bundle or give --color-fix",
+            defaults.color_fix
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the batch; returns the exit code. Everything that can be checked is
+/// checked before the first network runs: the options, every input's file
+/// type, the whole input -> output map, the output folder.
+pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
+    install_signal_handlers()?;
+    check_arguments(args)?;
     let inputs = image_io::expand_inputs(&args.inputs).context("cannot list the inputs")?;
     if inputs.is_empty() {
         anyhow::bail!("no input images found (png, jpg, webp, bmp, tiff)");
     }
     let target = naming::output_target(&args.output, inputs.len())?;
+    let report = |input: &Path, reason: &str| {
+        eprintln!("error: {}: {}", shown(input), one_line(reason));
+    };
+    let mut failed = 0usize;
+    let unusable: Vec<bool> = inputs
+        .iter()
+        .map(|input| match image_io::check_input_file(input) {
+            Ok(()) => false,
+            Err(error) => {
+                report(input, &error.to_string());
+                true
+            }
+        })
+        .collect();
+    failed += unusable.iter().filter(|u| **u).count();
+    // Output names depend only on how many timesteps are asked (one name per
+    // input, or `_t<T>` per timestep), so the plan needs no bundle; the
+    // bundle's default timestep is filled in below.
+    let planned_timesteps = if args.timesteps.is_empty() {
+        vec![0]
+    } else {
+        args.timesteps.clone()
+    };
+    let plans = naming::plan_batch(&target, &inputs, &planned_timesteps, &unusable);
+    let mut jobs: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
+    for (plan, unusable) in plans.into_iter().zip(&unusable) {
+        match plan.verdict {
+            Verdict::Go => jobs.push((
+                plan.input,
+                plan.outputs.into_iter().map(|(_, output)| output).collect(),
+            )),
+            Verdict::Duplicate { first } => eprintln!(
+                "warning: {}: the same file as {}, given twice; it is processed once",
+                shown(&plan.input),
+                shown(&first)
+            ),
+            Verdict::Refused(_) if *unusable => {}
+            Verdict::Refused(error) => {
+                report(&plan.input, &error.to_string());
+                failed += 1;
+            }
+        }
+    }
+    if jobs.is_empty() {
+        return Ok(EXIT_INPUT_FAILED);
+    }
+    // The output folder, probed now when it exists (a missing one is made
+    // once the model has loaded).
+    let folder = match &target {
+        OutputTarget::Dir(dir) => dir.clone(),
+        OutputTarget::File(file) => naming::parent_folder(file).to_path_buf(),
+    };
+    let folder_exists = folder.is_dir();
+    if folder_exists {
+        image_io::check_writable_folder(&folder)?;
+    }
+    if let Some(code) = interrupted_exit(args) {
+        return Ok(code);
+    }
+
     let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
     let mut config = PipelineConfig::new(&model_dir);
     config.ort_lib = ort_lib.map(Path::to_path_buf);
     config.provider = provider_choice(args.provider);
-    config.device_id = args.device;
+    config.device_id = args.device.map_or(0, |d| d as i32);
     config.threads = args.threads;
     config.prompt_embeds = args.prompt_embeds.clone();
     config.tile_px = args.tile;
@@ -136,6 +333,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
     let mut pipeline = Pipeline::load(&config)?;
     pipeline.set_cancel_flag(&INTERRUPTED);
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    check_bundle_defaults(args, &pipeline)?;
     let options = run_options(args, &pipeline);
     // Options are checked once, before any work, as usage errors.
     options.check(pipeline.schedule())?;
@@ -146,73 +344,114 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
         }
         eprintln!(
             "model {} loaded in {session_ms:.0} ms; encoder on {}, unet on {}, decoder on {}",
-            pipeline.bundle().root().display(),
+            shown(pipeline.bundle().root()),
             providers.vae_encoder,
             providers.unet,
             providers.vae_decoder
         );
     }
-    if let OutputTarget::Dir(dir) = &target {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create the output folder {}", dir.display()))?;
+    if let Some(device) = args.device {
+        let on_gpu = [providers.vae_encoder, providers.unet, providers.vae_decoder]
+            .iter()
+            .any(|p| *p != Provider::Cpu);
+        if !on_gpu {
+            eprintln!("warning: --device {device} is unused: every stage runs on the CPU");
+        }
     }
+    if !folder_exists {
+        std::fs::create_dir_all(&folder)
+            .with_context(|| format!("cannot create the output folder {}", shown(&folder)))?;
+        image_io::check_writable_folder(&folder)?;
+    }
+    if let Some(code) = interrupted_exit(args) {
+        return Ok(code);
+    }
+
     let limits = InputLimits {
         max_pixels: args.max_pixels,
         ..InputLimits::default()
     };
+    let size_check = |width: u32, height: u32| -> Result<(), String> {
+        let plan = preprocess::plan_sizes(width, height, options.upscale, options.process_size)
+            .map_err(|e| e.to_string())?;
+        preprocess::check_plan_bounds(
+            &plan,
+            options.upscale,
+            options.process_size,
+            args.max_pixels,
+        )
+        .map_err(|e| e.to_string())
+    };
+    let input_inodes: std::collections::HashSet<(u64, u64)> =
+        inputs.iter().filter_map(|i| naming::inode(i)).collect();
+    let mut written: std::collections::HashMap<(u64, u64), PathBuf> = Default::default();
     let show_bars = !args.quiet && std::io::stderr().is_terminal();
-    let collisions = naming::check_collisions(&target, &inputs, &options.timesteps);
-    let several_timesteps = options.timesteps.len() > 1;
-    let mut failed = 0usize;
-    for (input, collision) in inputs.iter().zip(collisions) {
+    let total = jobs.len();
+    for (index, (input, output_paths)) in jobs.iter().enumerate() {
         if INTERRUPTED.load(Ordering::SeqCst) {
             break;
         }
-        let report_failure = |error: &Error| {
-            eprintln!(
-                "error: {}: {}",
-                input.display(),
-                error.to_string().replace('\n', " ")
-            )
-        };
-        if let Err(error) = collision {
-            report_failure(&error);
-            failed += 1;
-            continue;
+        if !args.quiet {
+            eprintln!("computing {}/{total} {}", index + 1, shown(input));
         }
         let read_start = Instant::now();
-        let image = match image_io::read_input(input, &limits) {
-            Ok(image) => image,
+        let decoded = match image_io::read_input_checked(input, &limits, &size_check) {
+            Ok(decoded) => decoded,
             Err(error) => {
-                report_failure(&error);
+                report(input, &error.to_string());
                 failed += 1;
                 continue;
             }
         };
+        for note in &decoded.notes {
+            eprintln!("warning: {}: {}", shown(input), one_line(note));
+        }
+        let image = decoded.image;
         let read_ms = read_start.elapsed().as_secs_f64() * 1e3;
-        let bar = TileBar::new(
-            show_bars,
-            &input.file_name().unwrap_or_default().to_string_lossy(),
-        );
+        let bar = TileBar::new(show_bars, &shown_os(input.file_name().unwrap_or_default()));
         let result = pipeline.upscale(&image, &options, &bar);
         bar.finish();
         let outputs = match result {
             Ok(outputs) => outputs,
             Err(Error::Interrupted) => break,
             Err(error) => {
-                report_failure(&error);
+                report(input, &error.to_string());
                 failed += 1;
                 continue;
             }
         };
-        for upscaled in outputs {
-            let output_path =
-                naming::output_path(&target, input, upscaled.timestep, several_timesteps);
+        for (upscaled, output_path) in outputs.into_iter().zip(output_paths) {
+            // Checked again right before writing: the folder may have changed
+            // since the plan, and a case-insensitive file system makes two
+            // names one file.
+            if let Some(inode) = naming::inode(output_path) {
+                let clash = if input_inodes.contains(&inode) {
+                    Some("is an input of this run".to_string())
+                } else {
+                    written.get(&inode).map(|earlier| {
+                        format!(
+                            "is the same file as {}, written earlier in this run (a case-insensitive file system?)",
+                            shown(earlier)
+                        )
+                    })
+                };
+                if let Some(clash) = clash {
+                    report(
+                        input,
+                        &format!("its output {} {clash}; not written", shown(output_path)),
+                    );
+                    failed += 1;
+                    continue;
+                }
+            }
             let write_start = Instant::now();
-            if let Err(error) = image_io::write_atomically(&upscaled.image, &output_path) {
-                report_failure(&error);
+            if let Err(error) = image_io::write_atomically(&upscaled.image, output_path) {
+                report(input, &error.to_string());
                 failed += 1;
                 continue;
+            }
+            if let Some(inode) = naming::inode(output_path) {
+                written.insert(inode, output_path.clone());
             }
             let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
             let timings = upscaled.timings;
@@ -220,8 +459,8 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
                 println!(
                     "{}",
                     json!({
-                        "input": input,
-                        "output": output_path,
+                        "input": json_path(input),
+                        "output": json_path(output_path),
                         "input_size": [image.width, image.height],
                         "output_size": [upscaled.image.width(), upscaled.image.height()],
                         "timestep": upscaled.timestep,
@@ -243,8 +482,8 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
             } else if !args.quiet {
                 eprintln!(
                     "{} -> {} ({}x{} -> {}x{}, t={}, {:.0} ms)",
-                    input.display(),
-                    output_path.display(),
+                    shown(input),
+                    shown(output_path),
                     image.width,
                     image.height,
                     upscaled.image.width(),
@@ -255,11 +494,21 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        eprintln!(
-            "error: interrupted; outputs already written are complete, nothing partial was left"
-        );
-        return Ok(EXIT_INTERRUPTED);
+    if let Some(code) = interrupted_exit(args) {
+        return Ok(code);
     }
     Ok(if failed > 0 { EXIT_INPUT_FAILED } else { 0 })
+}
+
+/// After a first signal: the message and the exit code (128 + the signal).
+fn interrupted_exit(_args: &RunArgs) -> Option<i32> {
+    if !INTERRUPTED.load(Ordering::SeqCst) {
+        return None;
+    }
+    let signal = SIGNAL.load(Ordering::SeqCst);
+    eprintln!(
+        "error: interrupted by {}; outputs already written are complete, nothing partial was left",
+        signal_name(signal)
+    );
+    Some(exit_code_for(if signal == 0 { SIGINT } else { signal }))
 }

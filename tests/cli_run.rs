@@ -2,6 +2,8 @@
 //! failures, batches, naming, tiling modes. Inputs are made from the
 //! committed example photos.
 
+mod common;
+
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -414,62 +416,101 @@ fn help_shows_examples() {
     }
 }
 
+/// Three inputs; SIGINT is sent once the second one is being computed (the
+/// binary's `computing 2/3` line on stderr, no sleep), which takes far
+/// longer than the signal needs: the first output is complete, the second
+/// is dropped, the third never starts.
 #[cfg(unix)]
 #[test]
 fn ctrl_c_stops_the_batch_and_leaves_nothing_partial() {
     let dir = tempfile::tempdir().unwrap();
     let inputs = dir.path().join("in");
     std::fs::create_dir(&inputs).unwrap();
-    for name in ["a.png", "b.png", "c.png"] {
+    small_rgb().save(inputs.join("a.png")).unwrap();
+    for name in ["b.png", "c.png"] {
         example("coffee.png")
             .resize_exact(160, 160, image::imageops::FilterType::Lanczos3)
             .save(inputs.join(name))
             .unwrap();
     }
     let out = dir.path().join("out");
-    let child = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
-        .args([
-            "run",
-            path_str(&inputs),
-            "-o",
-            path_str(&out),
-            "--process-size",
-            "0",
-            "--tile",
-            "256",
-            "-q",
-        ])
-        .args([
-            "--model",
-            repo().join("models/tiny").to_str().unwrap(),
-            "--provider",
-            "cpu",
-        ])
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let mut running = common::Running::spawn(common::tadsr_command(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "--tile",
+        "64",
+        "--tile-overlap",
+        "16",
+    ]));
+    running.wait_for_line("computing 2/3 ", std::time::Duration::from_secs(120));
+    running.signal(libc::SIGINT);
+    let run = running.finish(std::time::Duration::from_secs(120));
+    assert_eq!(run.code, Some(130), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("interrupted by SIGINT"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("computing 3/3"), "{}", run.stderr);
+    assert_eq!(
+        folder_names(&out),
+        ["a.png"],
+        "only the complete output, no temporary file"
+    );
+    assert_eq!(
+        image::open(out.join("a.png")).unwrap().dimensions(),
+        (192, 160)
+    );
+}
+
+/// A second signal stops the process at once, inside a stage that cannot
+/// be cut short (one untiled 512x512 pass): SIGINT and SIGTERM are sent back
+/// to back (two different signals are never merged into one) once the input
+/// is being computed.
+#[cfg(unix)]
+#[test]
+fn a_second_signal_stops_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("big.png");
+    example("coffee.png")
+        .resize_exact(128, 128, image::imageops::FilterType::Lanczos3)
+        .save(&input)
         .unwrap();
-    // Wait until the run is under way (the output folder exists), then interrupt.
-    let started = std::time::Instant::now();
-    while !out.exists() && started.elapsed().as_secs() < 30 {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    let killed = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let output = child.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(130), "{err}");
-    assert!(err.contains("interrupted"), "{err}");
-    let written = folder_names(&out);
-    assert!(written.len() < 3, "the batch stopped early: {written:?}");
-    for name in &written {
-        assert!(
-            !name.starts_with('.'),
-            "no temporary file left: {written:?}"
-        );
-        image::open(out.join(name)).expect("every file left is a complete image");
-    }
+    let out = dir.path().join("out");
+    let mut running = common::Running::spawn(common::tadsr_command(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "--tile",
+        "0",
+    ]));
+    running.wait_for_line("computing 1/1 ", std::time::Duration::from_secs(120));
+    running.signal(libc::SIGINT);
+    running.signal(libc::SIGTERM);
+    let run = running.finish(std::time::Duration::from_secs(120));
+    // Sent back to back, the two may be handled in either order: the code
+    // is 128 + the one handled first.
+    assert!(
+        run.code == Some(130) || run.code == Some(143),
+        "{:?}: {}",
+        run.code,
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("stopped at once by a second signal"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !out.exists() || folder_names(&out).is_empty(),
+        "nothing left: {:?}",
+        folder_names(&out)
+    );
 }

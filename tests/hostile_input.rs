@@ -1,0 +1,934 @@
+//! Issue 14, "Hostile input": each reproduction of the issue through the
+//! real binary on models/tiny. Nothing may be lost (no input replaced, no
+//! file written outside the output names, nothing left behind), nothing may
+//! hang or take minutes or gigabytes for a tiny input, and every refusal is
+//! one line with the documented exit code.
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use image::{GenericImageView, ImageFormat};
+
+fn write(path: &Path, bytes: &[u8]) {
+    std::fs::write(path, bytes).unwrap();
+}
+
+fn png_bytes(width: u32, height: u32) -> Vec<u8> {
+    encoded(&photo(width, height), ImageFormat::Png)
+}
+
+fn jpeg_bytes(width: u32, height: u32) -> Vec<u8> {
+    encoded(&photo(width, height), ImageFormat::Jpeg)
+}
+
+// ---------------------------------------------------------------------------
+// 1. An output never replaces an input (data loss)
+// ---------------------------------------------------------------------------
+
+#[test]
+fn an_output_never_replaces_another_input_of_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cx, cy) = (dir.path().join("cx"), dir.path().join("cy"));
+    std::fs::create_dir_all(&cx).unwrap();
+    std::fs::create_dir_all(&cy).unwrap();
+    let jpeg = jpeg_bytes(48, 40);
+    let png = png_bytes(40, 32);
+    write(&cx.join("a.jpg"), &jpeg);
+    write(&cy.join("a.png"), &png);
+    let (x, y) = (
+        path_str(&cx.join("a.jpg")).to_string(),
+        path_str(&cy.join("a.png")).to_string(),
+    );
+    // As files in both orders, and as the folders.
+    for inputs in [
+        vec![x.as_str(), y.as_str()],
+        vec![y.as_str(), x.as_str()],
+        vec![path_str(&cx), path_str(&cy)],
+    ] {
+        let mut args = vec!["run"];
+        args.extend(&inputs);
+        args.extend(["-o", path_str(&cy), "--process-size", "0", "-q"]);
+        let run = tadsr(&args);
+        assert_eq!(run.code, Some(1), "{inputs:?}: {}", run.stderr);
+        assert_eq!(run.error_lines().len(), 2, "{inputs:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("would overwrite the input"),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(
+            std::fs::read(cy.join("a.png")).unwrap(),
+            png,
+            "cy/a.png intact"
+        );
+        assert_eq!(
+            std::fs::read(cx.join("a.jpg")).unwrap(),
+            jpeg,
+            "cx/a.jpg intact"
+        );
+        assert_eq!(folder_names(&cy), ["a.png"], "nothing else written in cy");
+    }
+}
+
+#[test]
+fn two_inputs_for_one_output_are_both_refused_before_computing() {
+    let dir = tempfile::tempdir().unwrap();
+    write(&dir.path().join("a.jpg"), &jpeg_bytes(48, 40));
+    write(&dir.path().join("a.png"), &png_bytes(48, 40));
+    write(&dir.path().join("b.png"), &png_bytes(48, 40));
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(dir.path()),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 2, "{}", run.stderr);
+    assert!(errors
+        .iter()
+        .all(|l| l.contains("would also be the output of")));
+    assert_eq!(
+        folder_names(&out),
+        ["b.png"],
+        "which one wins is no accident"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. Temporary files: exclusive, unpredictable, never through a symlink
+// ---------------------------------------------------------------------------
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_planted_at_a_temporary_name_is_never_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("x.png");
+    write(&input, &png_bytes(48, 40));
+    let victim = dir.path().join("victim.txt");
+    write(&victim, b"precious");
+    let out = dir.path().join("o");
+    std::fs::create_dir(&out).unwrap();
+    let mut running = Running::spawn(tadsr_command(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+    ]));
+    // The name the old code used (`.x.png.<pid>.partial`), planted before the
+    // model has even loaded.
+    let planted = out.join(format!(".x.png.{}.partial", running.pid()));
+    std::os::unix::fs::symlink(&victim, &planted).unwrap();
+    running.wait_for_line("model ", Duration::from_secs(60));
+    let run = running.finish(Duration::from_secs(120));
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    std::fs::remove_file(&planted).unwrap();
+    let written = out.join("x.png");
+    assert!(std::fs::symlink_metadata(&written).unwrap().is_file());
+    assert_eq!(image::open(&written).unwrap().dimensions(), (192, 160));
+    assert_eq!(folder_names(&out), ["x.png"], "no temporary file left");
+}
+
+#[cfg(unix)]
+#[test]
+fn a_symlink_at_the_output_name_is_replaced_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("x.png");
+    write(&input, &png_bytes(48, 40));
+    let victim = dir.path().join("victim.txt");
+    write(&victim, b"precious");
+    let out = dir.path().join("o");
+    std::fs::create_dir(&out).unwrap();
+    std::os::unix::fs::symlink(&victim, out.join("x.png")).unwrap();
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(std::fs::symlink_metadata(out.join("x.png"))
+        .unwrap()
+        .is_file());
+}
+
+// ---------------------------------------------------------------------------
+// 3. Thin images: bounded before any big allocation; the batch goes on
+// ---------------------------------------------------------------------------
+
+#[test]
+fn thin_images_are_refused_at_once_and_the_batch_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    image::RgbImage::from_pixel(1, 2000, image::Rgb([200, 100, 50]))
+        .save(inputs.join("a_1x2000.png"))
+        .unwrap();
+    image::RgbImage::from_pixel(1, 40, image::Rgb([20, 100, 150]))
+        .save(inputs.join("b_1x40.png"))
+        .unwrap();
+    write(&inputs.join("c_good.png"), &png_bytes(32, 32));
+    let out = dir.path().join("out");
+    // The default process size (512) applies: c_good (32x32) is enlarged to
+    // 128x128 as the authors' rule says; the thin ones would be 512x1024000
+    // and 512x20480.
+    let run = tadsr(&["run", path_str(&inputs), "-o", path_str(&out), "-q"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 2, "{}", run.stderr);
+    for (line, name) in errors.iter().zip(["a_1x2000.png", "b_1x40.png"]) {
+        assert!(
+            line.contains(name) && line.contains("--process-size 0"),
+            "{line}"
+        );
+    }
+    assert_eq!(folder_names(&out), ["c_good.png"]);
+    assert!(run.seconds < 30.0, "took {:.1} s", run.seconds);
+    assert!(
+        run.peak_mb < 1000.0,
+        "peak memory {:.0} MB for three tiny inputs",
+        run.peak_mb
+    );
+}
+
+#[test]
+fn the_processed_size_is_bounded_by_max_pixels() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    // 48x40 is 1920 input pixels but 192x160 = 30720 processed ones.
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("o.png")),
+        "--process-size",
+        "0",
+        "--max-pixels",
+        "10000",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("192x160 = 30720 pixels, over the limit of 10000"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// 4. A truncated JPEG is refused
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_truncated_jpeg_is_refused_and_trailing_data_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let jpeg = jpeg_bytes(48, 40);
+    write(&dir.path().join("half.jpg"), &jpeg[..jpeg.len() / 2]);
+    write(&dir.path().join("no_end.jpg"), &jpeg[..jpeg.len() - 2]);
+    let mut trailing = jpeg.clone();
+    trailing.extend_from_slice(b"some camera's trailer");
+    write(&dir.path().join("trailer.jpg"), &trailing);
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(dir.path()),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 2, "{}", run.stderr);
+    assert!(
+        errors.iter().all(|l| l.contains("truncated JPEG")),
+        "{errors:?}"
+    );
+    assert_eq!(folder_names(&out), ["trailer.png"]);
+}
+
+// ---------------------------------------------------------------------------
+// 5. --threads is bounded
+// ---------------------------------------------------------------------------
+
+#[test]
+fn threads_are_bounded() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    let output = dir.path().join("o.png");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&output),
+        "--threads",
+        "100000",
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("per usable CPU"), "{}", run.stderr);
+    assert!(run.seconds < 10.0);
+    assert!(!output.exists());
+}
+
+// ---------------------------------------------------------------------------
+// 6. FIFOs, devices, sockets: one rule for explicit inputs and folder scans
+// ---------------------------------------------------------------------------
+
+#[cfg(unix)]
+fn mkfifo(path: &Path) {
+    let name = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid C string.
+    assert_eq!(unsafe { libc::mkfifo(name.as_ptr(), 0o644) }, 0);
+}
+
+#[cfg(unix)]
+#[test]
+fn fifos_and_devices_are_refused_without_opening_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    mkfifo(&inputs.join("scanned.png"));
+    write(&inputs.join("good.png"), &png_bytes(48, 40));
+    let explicit = dir.path().join("explicit.png");
+    mkfifo(&explicit);
+    let _socket = std::os::unix::net::UnixListener::bind(dir.path().join("sock.png")).unwrap();
+    let out = dir.path().join("out");
+    let run = run_with_timeout(
+        tadsr_command(&[
+            "run",
+            path_str(&inputs),
+            path_str(&explicit),
+            "/dev/null",
+            path_str(&dir.path().join("sock.png")),
+            "-o",
+            path_str(&out),
+            "--process-size",
+            "0",
+            "-q",
+        ]),
+        Duration::from_secs(60),
+    );
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 4, "{}", run.stderr);
+    assert!(run
+        .stderr
+        .contains("scanned.png: a FIFO (named pipe), not a regular file"));
+    assert!(run
+        .stderr
+        .contains("explicit.png: a FIFO (named pipe), not a regular file"));
+    assert!(run
+        .stderr
+        .contains("/dev/null: a character device, not a regular file"));
+    assert!(run
+        .stderr
+        .contains("sock.png: a socket, not a regular file"));
+    assert!(!run.stderr.contains("empty file"));
+    assert_eq!(folder_names(&out), ["good.png"]);
+}
+
+// ---------------------------------------------------------------------------
+// 7. SIGTERM and SIGHUP end the run cleanly (Ctrl-C: tests/cli_run.rs)
+// ---------------------------------------------------------------------------
+
+/// Three inputs; the signal is sent once the second one is being computed
+/// (the `computing 2/3` line), which takes far longer than the signal needs.
+#[cfg(unix)]
+fn signal_during_the_second_input(signal: libc::c_int) -> (Ran, Vec<String>) {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    write(&inputs.join("a.png"), &png_bytes(32, 32));
+    for name in ["b.png", "c.png"] {
+        write(&inputs.join(name), &png_bytes(160, 160));
+    }
+    let out = dir.path().join("out");
+    let mut running = Running::spawn(tadsr_command(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "--tile",
+        "64",
+        "--tile-overlap",
+        "16",
+    ]));
+    running.wait_for_line("computing 2/3 ", Duration::from_secs(120));
+    running.signal(signal);
+    let run = running.finish(Duration::from_secs(120));
+    let names = folder_names(&out);
+    for name in &names {
+        image::open(out.join(name)).expect("every file left is a complete image");
+    }
+    (run, names)
+}
+
+#[cfg(unix)]
+#[test]
+fn sigterm_stops_cleanly_with_143() {
+    let (run, names) = signal_during_the_second_input(libc::SIGTERM);
+    assert_eq!(run.killed_by, None, "{}", run.stderr);
+    assert_eq!(run.code, Some(143), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("interrupted by SIGTERM"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        names,
+        ["a.png"],
+        "only the complete output, no temporary file"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn sighup_stops_cleanly_with_129() {
+    let (run, names) = signal_during_the_second_input(libc::SIGHUP);
+    assert_eq!(run.code, Some(129), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("interrupted by SIGHUP"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        names,
+        ["a.png"],
+        "only the complete output, no temporary file"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Long names: the temporary name never makes a legal name fail
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_250_byte_name_is_written_and_a_too_long_one_refused_before_computing() {
+    let dir = tempfile::tempdir().unwrap();
+    let stem = "n".repeat(250);
+    let input = dir.path().join(format!("{stem}.png"));
+    write(&input, &png_bytes(48, 40));
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(folder_names(&out), [format!("{stem}.png")]);
+
+    // With two timesteps the names get `_t200`: 259 bytes, refused up front.
+    let out2 = dir.path().join("out2");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&out2),
+        "-t",
+        "200,800",
+        "--process-size",
+        "0",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("output name is 259 bytes long"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !run.stderr.contains("computing"),
+        "refused before the model loads"
+    );
+    assert!(!out2.exists() || folder_names(&out2).is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 9. One line per error whatever the names; non-UTF-8 names stay distinct
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_newline_in_a_name_cannot_forge_a_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("a\nerror: forged.png");
+    write(&bad, b"not an image");
+    let run = tadsr(&[
+        "run",
+        path_str(&bad),
+        "-o",
+        path_str(&dir.path().join("out")),
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(run.stderr.lines().count(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("a\\nerror: forged.png"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn names_that_are_not_utf8_map_to_distinct_outputs() {
+    use std::os::unix::ffi::OsStrExt;
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let e9 = inputs.join(std::ffi::OsStr::from_bytes(b"caf\xe9.png"));
+    let e8 = inputs.join(std::ffi::OsStr::from_bytes(b"caf\xe8.png"));
+    write(&e9, &png_bytes(48, 40));
+    write(&e8, &png_bytes(40, 48));
+    let out = dir.path().join("out");
+    let run = run_with_timeout(
+        {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
+            command
+                .arg("run")
+                .arg(&inputs)
+                .arg("-o")
+                .arg(&out)
+                .args(["--process-size", "0", "--json", "--provider", "cpu"])
+                .arg("--model")
+                .arg(tiny_model());
+            command
+        },
+        Duration::from_secs(120),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let written: Vec<Vec<u8>> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().as_bytes().to_vec())
+        .collect();
+    assert_eq!(written.len(), 2, "two inputs, two outputs");
+    assert!(written.contains(&b"caf\xe9.png".to_vec()));
+    assert!(written.contains(&b"caf\xe8.png".to_vec()));
+    assert_eq!(
+        image::open(out.join(std::ffi::OsStr::from_bytes(b"caf\xe8.png")))
+            .unwrap()
+            .dimensions(),
+        (160, 192)
+    );
+    assert!(run.stdout.contains(r#"caf\\xE9.png"#), "{}", run.stdout);
+    assert!(run.stdout.contains(r#"caf\\xE8.png"#), "{}", run.stdout);
+}
+
+// ---------------------------------------------------------------------------
+// 10 and 12. Output problems are found before computing
+// ---------------------------------------------------------------------------
+
+#[test]
+fn output_problems_are_usage_errors_found_before_computing() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    let missing_parent = dir.path().join("missing/x.png");
+    let gif = dir.path().join("x.gif");
+    let mut cases = vec![
+        (path_str(&missing_parent).to_string(), "does not exist"),
+        (path_str(&gif).to_string(), "cannot write .gif files"),
+        ("-".to_string(), "standard output"),
+        (
+            "/dev/null".to_string(),
+            "a character device, not a file or a folder",
+        ),
+    ];
+    if cfg!(target_os = "linux") {
+        // A folder nobody can create files in, even root.
+        cases.push((
+            "/proc/x.png".to_string(),
+            "cannot create files in this folder",
+        ));
+    }
+    for (output, expected) in cases {
+        let mut command = tadsr_command(&["run", path_str(&input), "-o", &output]);
+        command.current_dir(dir.path());
+        let run = run_with_timeout(command, Duration::from_secs(60));
+        assert_eq!(run.code, Some(2), "-o {output}: {}", run.stderr);
+        assert!(run.stderr.contains(expected), "-o {output}: {}", run.stderr);
+        assert_eq!(run.stderr.lines().count(), 1, "-o {output}: {}", run.stderr);
+        assert!(!run.stderr.contains("computing"), "{}", run.stderr);
+    }
+    assert!(!dir.path().join("-").exists(), "-o - made no folder");
+    assert!(!missing_parent.exists() && !gif.exists());
+}
+
+// ---------------------------------------------------------------------------
+// 11 and 14. --prompt-embeds: finite values, its own messages
+// ---------------------------------------------------------------------------
+
+/// The bundle's prompt embedding with value 0 replaced.
+fn embeds_with_first_value(value: f32) -> Vec<u8> {
+    let mut bytes = std::fs::read(tiny_model().join("prompt_embeds.npy")).unwrap();
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    let data = 10 + header_len;
+    bytes[data..data + 4].copy_from_slice(&value.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn non_finite_prompt_embeds_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    for (name, value, shown) in [
+        ("nan.npy", f32::NAN, "NaN"),
+        ("inf.npy", f32::INFINITY, "inf"),
+    ] {
+        let embeds = dir.path().join(name);
+        write(&embeds, &embeds_with_first_value(value));
+        let output = dir.path().join("o.png");
+        let run = tadsr(&[
+            "run",
+            path_str(&input),
+            "-o",
+            path_str(&output),
+            "--prompt-embeds",
+            path_str(&embeds),
+            "-q",
+        ]);
+        assert_eq!(run.code, Some(2), "{}", run.stderr);
+        assert!(
+            run.stderr.starts_with("error: prompt embedding ")
+                && run.stderr.contains(shown)
+                && run.stderr.contains("finite"),
+            "{}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains("model bundle"), "{}", run.stderr);
+        assert!(!output.exists());
+    }
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("o.png")),
+        "--prompt-embeds",
+        "/dev/zero",
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("a character device"), "{}", run.stderr);
+}
+
+// ---------------------------------------------------------------------------
+// 13. Silent choices are said
+// ---------------------------------------------------------------------------
+
+#[test]
+fn duplicate_timesteps_and_a_device_on_the_cpu_are_usage_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    let o = dir.path().join("out");
+    let run = tadsr(&["run", path_str(&input), "-o", path_str(&o), "-t", "500,500"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("timestep 500 is given twice"),
+        "{}",
+        run.stderr
+    );
+    let run = tadsr(&["run", path_str(&input), "-o", path_str(&o), "--device", "3"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--device 3"), "{}", run.stderr);
+    assert!(!o.exists());
+}
+
+#[test]
+fn a_device_under_auto_that_no_stage_uses_gets_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    let run = run_with_timeout(
+        {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
+            command.args([
+                "run",
+                path_str(&input),
+                "-o",
+                path_str(&dir.path().join("o.png")),
+                "--process-size",
+                "0",
+                "--device",
+                "99",
+                "--model",
+                path_str(&tiny_model()),
+            ]);
+            command
+        },
+        Duration::from_secs(120),
+    );
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    if run.stderr.contains("unet on cpu") && run.stderr.contains("decoder on cpu") {
+        assert!(
+            run.stderr
+                .contains("warning: --device 99 is unused: every stage runs on the CPU"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+/// A two-frame animated WebP made of the lossless encoder's bitstream.
+fn animated_webp(image: &image::DynamicImage) -> Vec<u8> {
+    let still = encoded(image, ImageFormat::WebP);
+    assert_eq!(&still[12..16], b"VP8L", "a lossless still");
+    let size = u32::from_le_bytes(still[16..20].try_into().unwrap()) as usize;
+    let mut vp8l = still[12..20 + size].to_vec();
+    if size % 2 == 1 {
+        vp8l.push(0);
+    }
+    let u24 = |v: u32| v.to_le_bytes()[..3].to_vec();
+    let (w, h) = image.dimensions();
+    let mut chunks = Vec::new();
+    let mut chunk = |name: &[u8], payload: Vec<u8>| {
+        chunks.extend_from_slice(name);
+        chunks.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        chunks.extend_from_slice(&payload);
+        if payload.len() % 2 == 1 {
+            chunks.push(0);
+        }
+    };
+    chunk(
+        b"VP8X",
+        [vec![0x02, 0, 0, 0], u24(w - 1), u24(h - 1)].concat(),
+    );
+    chunk(b"ANIM", vec![0, 0, 0, 0, 0, 0]);
+    for _ in 0..2 {
+        let header = [u24(0), u24(0), u24(w - 1), u24(h - 1), u24(100), vec![0]].concat();
+        chunk(b"ANMF", [header, vp8l.clone()].concat());
+    }
+    let mut riff = b"RIFF".to_vec();
+    riff.extend_from_slice(&((chunks.len() + 4) as u32).to_le_bytes());
+    riff.extend_from_slice(b"WEBP");
+    riff.extend_from_slice(&chunks);
+    riff
+}
+
+fn two_page_tiff(image: &image::DynamicImage) -> Vec<u8> {
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    let mut encoder = tiff::encoder::TiffEncoder::new(&mut bytes).unwrap();
+    let rgb = image.to_rgb8();
+    for _ in 0..2 {
+        encoder
+            .write_image::<tiff::encoder::colortype::RGB8>(rgb.width(), rgb.height(), rgb.as_raw())
+            .unwrap();
+    }
+    bytes.into_inner()
+}
+
+#[test]
+fn animations_and_pages_get_a_warning_and_the_first_frame_is_used() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let picture = photo(48, 40);
+    write(&inputs.join("anim.webp"), &animated_webp(&picture));
+    write(&inputs.join("pages.tiff"), &two_page_tiff(&picture));
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    let warnings: Vec<&str> = run
+        .stderr
+        .lines()
+        .filter(|l| l.starts_with("warning: "))
+        .collect();
+    assert_eq!(warnings.len(), 2, "{}", run.stderr);
+    assert!(warnings[0].contains("anim.webp: an animated WebP (2 frames); only the first frame"));
+    assert!(warnings[1].contains("pages.tiff: a TIFF with 2 pages; only the first page"));
+    assert_eq!(folder_names(&out), ["anim.png", "pages.png"]);
+    for name in ["anim.png", "pages.png"] {
+        assert_eq!(
+            image::open(out.join(name)).unwrap().dimensions(),
+            (192, 160)
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn dangling_and_looping_symlinks_in_a_folder_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    write(&inputs.join("good.png"), &png_bytes(48, 40));
+    std::os::unix::fs::symlink("nowhere.png", inputs.join("dangling.png")).unwrap();
+    std::os::unix::fs::symlink("loop.png", inputs.join("loop.png")).unwrap();
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(run.error_lines().len(), 2, "{}", run.stderr);
+    assert!(run
+        .stderr
+        .contains("dangling.png: a dangling symbolic link"));
+    assert!(run.stderr.contains("loop.png: a symbolic link loop"));
+    assert_eq!(folder_names(&out), ["good.png"]);
+}
+
+// ---------------------------------------------------------------------------
+// 14. Messages that say what is wrong
+// ---------------------------------------------------------------------------
+
+#[test]
+fn max_pixels_zero_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("o.png")),
+        "--max-pixels",
+        "0",
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--max-pixels"), "{}", run.stderr);
+    assert!(!run.stderr.contains("0.0"), "{}", run.stderr);
+}
+
+#[test]
+fn the_same_input_twice_is_processed_once_with_its_own_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.png");
+    write(&input, &png_bytes(48, 40));
+    let again = dir.path().join(".").join("a.png");
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        path_str(&again),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("given twice; it is processed once"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("already the output"), "{}", run.stderr);
+    assert_eq!(folder_names(&out), ["a.png"]);
+}
+
+fn copy_folder(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_folder(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The issue's bundle had `defaults.timestep` 0, which the bundle format now
+/// allows (it indexes alphas_cumprod[0]); one outside the schedule is the
+/// bundle's fault, not an "invalid option" of the user's.
+#[test]
+fn a_bundle_with_a_bad_default_timestep_is_the_bundle_s_fault() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    copy_folder(&tiny_model(), &bundle);
+    let manifest_path = bundle.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["defaults"]["timestep"] = 5000.into();
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let input = dir.path().join("in.png");
+    write(&input, &png_bytes(48, 40));
+    let run = run_with_timeout(
+        {
+            let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
+            command.args([
+                "run",
+                path_str(&input),
+                "-o",
+                path_str(&dir.path().join("o.png")),
+                "--provider",
+                "cpu",
+                "--model",
+                path_str(&bundle),
+            ]);
+            command
+        },
+        Duration::from_secs(120),
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.starts_with("error: model bundle ")
+            && run.stderr.contains("defaults.timestep is 5000"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("invalid option"), "{}", run.stderr);
+}
+
+#[test]
+fn nothing_is_left_behind_after_a_mixed_batch() {
+    // Every refusal of this file in one batch: still only complete outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    write(&inputs.join("good.png"), &png_bytes(48, 40));
+    write(&inputs.join("text.png"), b"not an image");
+    let jpeg = jpeg_bytes(48, 40);
+    write(&inputs.join("cut.jpg"), &jpeg[..jpeg.len() / 3]);
+    let out = dir.path().join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(folder_names(&out), ["good.png"]);
+    assert!(!run.stderr.contains("panicked"));
+}
