@@ -8,12 +8,17 @@ PY = $(VENV)/bin/python
 MODEL ?= models/tiny
 BIN := target/release/tadsr-edge
 
-.PHONY: setup build demo test bench sd21 compare clean-out
+.PHONY: setup setup-runtime build demo test bench sd21 compare clean-out
 
+# Everything: ONNX Runtime, the export venv (torch, ~3 GB once), rustfmt/clippy.
 setup:
 	GPU=$(GPU) scripts/setup.sh >/dev/null
 
-build: setup
+# What running needs: ONNX Runtime only (no torch).
+setup-runtime:
+	GPU=$(GPU) RUNTIME_ONLY=1 scripts/setup.sh >/dev/null
+
+build: setup-runtime
 	cargo build --release --locked
 
 demo: build

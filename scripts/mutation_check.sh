@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Proof that the tests can fail: plants one known bug at a time in the
 # source, runs the tests that exist to catch it, and reports whether they
-# did ("killed") or not ("SURVIVED"). The source is restored after each
-# mutant, also on Ctrl-C. Run by hand (about 2 minutes per mutant: each one
-# rebuilds the crate); not part of `make test`.
+# did ("killed", with every test run that failed) or not ("SURVIVED"). The
+# source is restored after each mutant, also on Ctrl-C. Run by hand (about 2
+# minutes per mutant: each one rebuilds the crate); not part of `make test`.
 #
 #   scripts/mutation_check.sh            # every mutant
 #   scripts/mutation_check.sh scale-0.1822 blend-midpoints-swapped
@@ -55,19 +55,18 @@ for entry in "${MUTANTS[@]}"; do
     echo "$name: the substitution did not apply to $file (source changed?); fix this script" >&2
     exit 2
   fi
-  killed_by=""
+  killed_by=()
   IFS=';' read -r -a test_runs <<<"$runs"
   for run in "${test_runs[@]}"; do
     # shellcheck disable=SC2086
     if ! cargo test --release --locked $run >"$backup_dir/log" 2>&1; then
-      killed_by=$run
-      break
+      failed=$(grep -E '^    [a-z_:]+$' "$backup_dir/log" | tr -d ' ' | paste -sd, - || true)
+      killed_by+=("\`cargo test $run\` (${failed:-build failed})")
     fi
   done
   restore
-  if [ -n "$killed_by" ]; then
-    failed=$(grep -E '^    [a-z_:]+$' "$backup_dir/log" | tr -d ' ' | paste -sd, - || true)
-    printf '%-34s killed by `cargo test %s` (%s)\n' "$name" "$killed_by" "${failed:-build failed}"
+  if [ ${#killed_by[@]} -gt 0 ]; then
+    printf '%-34s killed by %s\n' "$name" "$(printf '%s; ' "${killed_by[@]}")"
   else
     printf '%-34s SURVIVED %s\n' "$name" "$runs"
     survived=$((survived + 1))

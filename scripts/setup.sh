@@ -3,7 +3,8 @@
 # clone (${XDG_CACHE_HOME:-~/.cache}/tadsr-edge):
 #   - ONNX Runtime's shared library from the pinned PyPI wheel
 #     (onnxruntime, or onnxruntime-gpu with GPU=1), keyed by version;
-#   - the export package's Python venv, keyed by export/requirements.txt's hash;
+#   - the export package's Python venv, keyed by export/requirements.txt's hash
+#     (skipped with RUNTIME_ONLY=1: the demo needs no torch);
 #   - rustfmt and clippy when rustup can add them.
 # A second run finds everything in place and installs nothing.
 # Prints the venv's path on the last line of stdout (for the Makefile).
@@ -13,6 +14,7 @@ export PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1
 ORT_CPU_VERSION=1.32.0
 ORT_GPU_VERSION=1.31.1
 GPU=${GPU:-0}
+RUNTIME_ONLY=${RUNTIME_ONLY:-0}
 CACHE=${XDG_CACHE_HOME:-$HOME/.cache}/tadsr-edge
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 PYTHON=${PYTHON:-python3}
@@ -40,32 +42,42 @@ echo "$ort_lib" > "$CACHE/onnxruntime.path"
 log "ONNX Runtime: $ort_lib"
 
 # --- Python venv for export/ -------------------------------------------------
-req=$ROOT/export/requirements.txt
-req_hash=$(sha256sum "$req" | cut -c1-16)
-venv=$CACHE/venv-$req_hash
-if [ ! -f "$venv/.complete" ]; then
-  log "creating the export venv $venv (torch brings ~3 GB once per machine)"
-  rm -rf "$venv"
-  if ! "$PYTHON" -m venv "$venv" >/dev/null 2>&1; then
-    # Debian without python3-venv: fall back to virtualenv from PyPI.
+setup_export_venv() {
+  local req=$ROOT/export/requirements.txt req_hash
+  req_hash=$(sha256sum "$req" | cut -c1-16)
+  venv=$CACHE/venv-$req_hash
+  if [ ! -f "$venv/.complete" ]; then
+    log "creating the export venv $venv (torch brings ~3 GB once per machine)"
     rm -rf "$venv"
-    "$PYTHON" -m pip install --quiet --disable-pip-version-check --user virtualenv >&2 \
-      || "$PYTHON" -m pip install --quiet --disable-pip-version-check --user --break-system-packages virtualenv >&2
-    "$PYTHON" -m virtualenv --quiet "$venv" >&2
+    if ! "$PYTHON" -m venv "$venv" >/dev/null 2>&1; then
+      # Debian without python3-venv: fall back to virtualenv from PyPI.
+      rm -rf "$venv"
+      "$PYTHON" -m pip install --quiet --disable-pip-version-check --user virtualenv >&2 \
+        || "$PYTHON" -m pip install --quiet --disable-pip-version-check --user --break-system-packages virtualenv >&2
+      "$PYTHON" -m virtualenv --quiet "$venv" >&2
+    fi
+    "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
+    touch "$venv/.complete"
   fi
-  "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req" >&2
-  touch "$venv/.complete"
-fi
-log "Python venv: $venv"
+  log "Python venv: $venv"
+}
 
-# --- Rust components ---------------------------------------------------------
-if command -v rustup >/dev/null 2>&1; then
+# --- Rust components (tests only: rustfmt and clippy) -------------------------
+setup_rust_components() {
+  command -v rustup >/dev/null 2>&1 || return 0
+  local component
   for component in rustfmt clippy; do
     if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
       log "adding rust component $component"
       rustup component add "$component" >&2 || log "could not add $component"
     fi
   done
+}
+
+venv=""
+if [ "$RUNTIME_ONLY" != 1 ]; then
+  setup_export_venv
+  setup_rust_components
 fi
 
 echo "$venv"

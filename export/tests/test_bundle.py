@@ -14,7 +14,7 @@ from PIL import Image
 from export.manifest import bundle_files, read_manifest, sha256_file, verify_bundle
 from export.onnx_export import ort_session
 from export.reference import color_fix, image_to_tensor, super_resolve, upscaled_input
-from export.tests.tolerances import PIPELINE_FP32_TOL
+from export.tests.tolerances import LARGE_PIPELINE_FP32_TOL, PIPELINE_FP32_TOL
 
 
 @pytest.fixture(scope="module")
@@ -25,13 +25,18 @@ def tiny_dir(repo):
     return path
 
 
-def _without_hashes(value):
-    """The manifest with every sha256 field dropped (hashes follow the bytes)."""
-    if isinstance(value, dict):
-        return {k: _without_hashes(v) for k, v in value.items() if k != "sha256"}
-    if isinstance(value, list):
-        return [_without_hashes(v) for v in value]
-    return value
+def _manifest_differences(ours, theirs, path=""):
+    """Where two manifests differ, ignoring sha256 fields (hashes follow the
+    bytes) and float round-off of a few ulps (``alphas_cumprod`` is a float32
+    torch.cumprod, whose last bit depends on the CPU kernels)."""
+    if isinstance(ours, dict) and isinstance(theirs, dict):
+        keys = (set(ours) | set(theirs)) - {"sha256"}
+        return [d for k in sorted(keys) for d in _manifest_differences(ours.get(k), theirs.get(k), f"{path}/{k}")]
+    if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
+        return [d for i, (a, b) in enumerate(zip(ours, theirs)) for d in _manifest_differences(a, b, f"{path}[{i}]")]
+    if isinstance(ours, float) and isinstance(theirs, float):
+        return [] if abs(ours - theirs) <= 4 * np.finfo(np.float32).eps * abs(ours) else [path]
+    return [] if ours == theirs else [path]
 
 
 def _graph_tensors(model):
@@ -57,14 +62,15 @@ def test_committed_tiny_matches_fresh_export(tiny_dir, fresh_tiny_bundle):
     and the same weights and constants up to float round-off. Not byte-equal:
     constants the exporter computes (e.g. the timestep-embedding frequencies,
     torch.exp) differ by an ulp between CPU kernels (seen: 3e-8 with
-    ATEN_CPU_CAPABILITY=default against the committed AVX-512 export)."""
+    ATEN_CPU_CAPABILITY=default against the committed AVX-512 export), and so
+    do the schedule's float32 alphas_cumprod in the manifest."""
     import onnx
 
     committed = read_manifest(tiny_dir)
     fresh = read_manifest(fresh_tiny_bundle)
     assert committed["provenance"]["source"] == {"kind": "synthetic", "config": "tiny", "seed": 0}
     hint = "rerun python -m export --synthetic tiny --seed 0 --out models/tiny --golden"
-    assert _without_hashes(committed) == _without_hashes(fresh), f"manifest differs; {hint}"
+    assert _manifest_differences(committed, fresh) == [], f"manifest differs; {hint}"
     files = bundle_files(committed)
     for rel in files:
         if not rel.endswith(".onnx"):
@@ -195,10 +201,10 @@ def test_latent_tiling_reference_reproduces(tiny_dir, tiny_models, repo):
     assert len(_tile_offsets(height // 8, 96, 32)) == 2 and len(_tile_offsets(width // 8, 96, 32)) == 2
     tiled = super_resolve(tiny_models, upscaled, case["timestep"], case["color_fix"], latent_tiling=True)
     ref = np.load(tiny_dir / "golden" / case["reference_rows"])
-    assert np.abs(tiled[:: case["row_step"]] - ref).max() <= PIPELINE_FP32_TOL
+    assert np.abs(tiled[:: case["row_step"]] - ref).max() <= LARGE_PIPELINE_FP32_TOL
     # and tiling matters here, so the Rust test can tell the two apart
     whole = super_resolve(tiny_models, upscaled, case["timestep"], case["color_fix"])
-    assert np.abs(whole[:: case["row_step"]] - ref).max() > 100 * PIPELINE_FP32_TOL
+    assert np.abs(whole[:: case["row_step"]] - ref).max() > 10 * LARGE_PIPELINE_FP32_TOL
 
 
 def test_authors_tile_offsets_and_weights():

@@ -11,3 +11,11 @@
 # level; the smallest real pipeline bug we plant (scaling factor 0.1822 for
 # 0.18215, `scripts/mutation_check.sh`) moves outputs by far more.
 PIPELINE_FP32_TOL = 1e-4
+
+# The same for the 896x832 latent-tiling case (golden/latent_tiling.json):
+# more values per GroupNorm and attention row, so more round-off. Measured
+# spread of PyTorch's default / avx2 / avx512 kernels against the golden rows
+# (written with avx512): 1.4e-4, 5.1e-5, 0 (2026-11-27). 1e-3 leaves a factor
+# of 7; the bugs this case exists for move it by 8.5e-3 (alphas_cumprod[t+1])
+# and 1.7e-2 (Gaussian tile midpoints swapped).
+LARGE_PIPELINE_FP32_TOL = 1e-3

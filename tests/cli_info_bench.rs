@@ -1,0 +1,205 @@
+//! `tadsr-edge info` and `tadsr-edge bench` through the real binary on
+//! models/tiny: their success paths, text and `--json`, checked against the
+//! manifest read here independently and against the reports' own arithmetic.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn tiny() -> String {
+    repo().join("models/tiny").to_str().unwrap().to_string()
+}
+
+fn tadsr(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args(args)
+        .output()
+        .expect("the binary runs")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8(output.stdout.clone()).expect("UTF-8 stdout")
+}
+
+fn json(output: &Output) -> Value {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}",
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(&stdout(output)).expect("stdout is one JSON object")
+}
+
+fn manifest() -> Value {
+    let text = std::fs::read_to_string(repo().join("models/tiny/manifest.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+#[test]
+fn info_json_describes_the_runtime_and_the_bundle() {
+    let report = json(&tadsr(&["info", "--model", &tiny(), "--json"]));
+    let manifest = manifest();
+
+    let ort = &report["onnxruntime"];
+    let library = ort["library"].as_str().expect("onnxruntime.library");
+    assert!(Path::new(library).is_file(), "{library}");
+    let version = ort["version"].as_str().expect("onnxruntime.version");
+    assert!(
+        version.split('.').count() == 3 && library.contains(version),
+        "version {version} of {library}"
+    );
+    assert!(ort["found_by"].is_string());
+
+    let providers: Vec<&str> = report["providers"]
+        .as_array()
+        .expect("providers")
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    assert!(providers.contains(&"cpu"), "{providers:?}");
+    for unusable in report["unusable_providers"]
+        .as_array()
+        .expect("unusable_providers")
+    {
+        let name = unusable["provider"].as_str().unwrap();
+        assert!(!providers.contains(&name), "{name} both usable and not");
+        assert!(!unusable["reason"].as_str().unwrap().is_empty());
+    }
+
+    let model = &report["model"];
+    assert_eq!(model["name"], manifest["name"]);
+    assert_eq!(model["precision"], manifest["precision"]);
+    assert_eq!(model["format_version"], manifest["format_version"]);
+    assert_eq!(model["defaults"], manifest["defaults"]);
+    assert_eq!(model["provenance"], manifest["provenance"]);
+    assert_eq!(model["prompt_embeds_shape"], manifest["prompt"]["shape"]);
+    let mut components: Vec<&String> = manifest["components"].as_object().unwrap().keys().collect();
+    components.sort();
+    let listed: Vec<&str> = model["components"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    assert_eq!(listed, components, "components");
+    assert!(model["bytes"].as_u64().unwrap() > 1_000_000);
+}
+
+#[test]
+fn info_text_names_the_library_the_providers_and_the_bundle() {
+    let output = tadsr(&["info", "--model", &tiny()]);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    let json_report = json(&tadsr(&["info", "--model", &tiny(), "--json"]));
+    for needle in [
+        json_report["onnxruntime"]["version"].as_str().unwrap(),
+        json_report["onnxruntime"]["library"].as_str().unwrap(),
+        "cpu",
+        manifest()["name"].as_str().unwrap(),
+    ] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
+
+#[test]
+fn bench_json_reports_consistent_timings() {
+    let (size, runs) = (64u64, 2u64);
+    let report = json(&tadsr(&[
+        "bench",
+        "--model",
+        &tiny(),
+        "--provider",
+        "cpu",
+        "--size",
+        &size.to_string(),
+        "--tile",
+        "0",
+        "--runs",
+        &runs.to_string(),
+        "--warmup",
+        "0",
+        "--threads",
+        "1",
+        "--json",
+    ]));
+    assert_eq!(report["size"], size);
+    assert_eq!(report["runs"], runs);
+    assert_eq!(report["tile"], 0);
+    for stage in ["vae_encoder", "unet", "vae_decoder"] {
+        assert_eq!(report["provider"][stage], "cpu", "{stage}");
+    }
+    let stat = |value: &Value, key: &str| value[key].as_f64().unwrap_or_else(|| panic!("{key}"));
+    let stages = report["stages_ms"].as_object().expect("stages_ms");
+    for stage in [
+        "preprocess",
+        "encoder",
+        "unet",
+        "decoder",
+        "color_fix",
+        "write",
+    ] {
+        let timing = &stages[stage];
+        let (min, p50, p95) = (
+            stat(timing, "min"),
+            stat(timing, "p50"),
+            stat(timing, "p95"),
+        );
+        assert!(0.0 <= min && min <= p50 && p50 <= p95, "{stage}: {timing}");
+    }
+    for stage in ["encoder", "unet", "decoder"] {
+        assert!(stat(&stages[stage], "min") > 0.0, "{stage} ran");
+    }
+    let end_to_end = &report["end_to_end_ms"];
+    let p50 = stat(end_to_end, "p50");
+    let slowest_stage_min = ["encoder", "unet", "decoder"]
+        .iter()
+        .map(|s| stat(&stages[*s], "min"))
+        .fold(0.0, f64::max);
+    assert!(stat(end_to_end, "min") >= slowest_stage_min);
+    let megapixels = (size * size) as f64 / 1e6;
+    let throughput = stat(&report, "output_megapixels_per_second");
+    assert!(
+        (throughput - megapixels / (p50 / 1e3)).abs() <= 1e-9 * throughput.max(1.0),
+        "throughput {throughput} vs {megapixels} MP in {p50} ms"
+    );
+    let share = stat(&report, "rust_side_share_p50");
+    assert!((0.0..=1.0).contains(&share), "{share}");
+    assert!(report["peak_rss_bytes"].as_u64().unwrap() > 10 << 20);
+    assert!(stat(&report, "session_creation_ms") > 0.0);
+}
+
+#[test]
+fn bench_text_shows_the_stages() {
+    let output = tadsr(&[
+        "bench",
+        "--model",
+        &tiny(),
+        "--provider",
+        "cpu",
+        "--size",
+        "64",
+        "--runs",
+        "1",
+        "--warmup",
+        "0",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = format!(
+        "{}{}",
+        stdout(&output),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for needle in ["encoder", "unet", "decoder", "p50"] {
+        assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
+    }
+}
