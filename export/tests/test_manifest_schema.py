@@ -43,7 +43,8 @@ def test_text_encoder_and_int8_entries_conform(tiny_manifest):
         "file": "text_encoder/model.onnx", "sha256": "0" * 64, "external_data": [],
         "tokenizer": {"file": "tokenizer/tokenizer.json", "sha256": "1" * 64, "max_length": 77},
         "inputs": [text_port], "outputs": [hidden]}
-    manifest["provenance"]["source"] = {"kind": "checkpoint", "files": {"tadsr.pkl": "2" * 64}}
+    manifest["provenance"]["source"] = {"kind": "checkpoint", "files": {"tadsr.pkl": "2" * 64},
+                                        "prompt_embeds": "3" * 64}
     manifest["precision"] = "int8-qdq"
     manifest["quantization"] = {"method": "static QDQ", "keep_fp32": None, "timesteps": [500],
                                 "calibration_images": ["square.png"], "components": {"vae_decoder": {}}}
