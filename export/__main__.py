@@ -32,7 +32,8 @@ def main(argv=None) -> int:
     parser.add_argument("--text-encoder", action="store_true",
                         help="also export text_encoder/model.onnx and tokenizer/tokenizer.json")
     prompt = parser.add_mutually_exclusive_group()
-    prompt.add_argument("--default-prompt", help="prompt whose embedding becomes prompt_embeds.npy (needs text_encoder/)")
+    prompt.add_argument("--default-prompt",
+                        help="prompt whose embedding becomes prompt_embeds.npy (needs text_encoder/)")
     prompt.add_argument("--prompt-embeds", help=".npy [1,77,D] float32 default conditioning")
     parser.add_argument("--golden", action="store_true",
                         help="also (re)write <out>/golden/ references from the input PNGs there")

@@ -6,23 +6,22 @@ import copy
 import shutil
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from .manifest import PROMPT_EMBEDS_NAME, build_manifest, component_entry, sha256_file, write_manifest
 from .model import BETA_END, BETA_START, NUM_TRAIN_TIMESTEPS, TadsrModels
-from .tiled_vae import no_stats
 from .onnx_export import (
     FLOAT_DTYPES,
     component_specs,
     export_graph,
     max_abs_diff,
     ort_session,
-    text_encoder_spec,
     trace_inputs,
 )
+from .tiled_vae import no_stats
 
 COMPONENT_DIRS = ("vae_encoder", "unet", "vae_decoder", "text_encoder", "tokenizer")
 
@@ -143,7 +142,7 @@ def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, late
     sess = ort_session(bundle / "vae_encoder/model.onnx")
     got = sess.run(None, {"image": image.numpy().astype(np_dtype), "timestep": t.numpy()})
     want = models.encoder_graph()(image, t)
-    errors["vae_encoder"] = max(max_abs_diff(g, w_) for g, w_ in zip(got, want))
+    errors["vae_encoder"] = max(max_abs_diff(g, w_) for g, w_ in zip(got, want, strict=True))
     sess = ort_session(bundle / "unet/model.onnx")
     got = sess.run(None, {"latent": latent.numpy().astype(np_dtype), "timestep": t.numpy(),
                           "encoder_hidden_states": ehs.numpy().astype(np_dtype)})
@@ -169,6 +168,6 @@ def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, late
                 if key in ort_feeds:
                     ort_feeds[key] = ort_feeds[key].astype(np_dtype)
             got = sess.run(None, ort_feeds)
-            errors[component] = max(max_abs_diff(g, w_) for g, w_ in zip(got, want))
+            errors[component] = max(max_abs_diff(g, w_) for g, w_ in zip(got, want, strict=True))
     del sess
     return errors

@@ -11,6 +11,8 @@ FORMAT = "tadsr-bundle"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 PROMPT_EMBEDS_NAME = "prompt_embeds.npy"
+# The manifest contract, shared with the runtime's tests (tests/manifest_schema.rs).
+SCHEMA_PATH = Path(__file__).resolve().parent.parent / "docs" / "manifest.schema.json"
 
 DEFAULTS = {"timestep": 500, "upscale": 4, "process_size": 512, "color_fix": "adain"}
 
@@ -95,7 +97,26 @@ def build_manifest(*, name: str, precision: str, components: Dict[str, Dict], cr
     }
 
 
+def schema_errors(manifest: Dict) -> List[str]:
+    """Where ``manifest`` breaks docs/manifest.schema.json, one line each (empty when it conforms)."""
+    import jsonschema
+
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    validator = jsonschema.Draft202012Validator(schema)
+    return [f"{error.json_path}: {error.message}"
+            for error in sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))]
+
+
+def validate_manifest(manifest: Dict) -> None:
+    """Raises ValueError when ``manifest`` does not conform to docs/manifest.schema.json."""
+    errors = schema_errors(manifest)
+    if errors:
+        raise ValueError(f"manifest does not conform to {SCHEMA_PATH.name}:\n  " + "\n  ".join(errors))
+
+
 def write_manifest(bundle: Path, manifest: Dict) -> Path:
+    """Writes ``BUNDLE/manifest.json`` after checking it against the schema (nothing is written if it fails)."""
+    validate_manifest(manifest)
     path = Path(bundle) / MANIFEST_NAME
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return path

@@ -19,8 +19,6 @@ import math
 from typing import Dict, Optional, Tuple
 
 import torch
-from torch import nn
-
 from diffusers import UNet2DConditionModel
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.loaders import PeftAdapterMixin
@@ -30,6 +28,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from diffusers.models.unets.unet_2d_blocks import UNetMidBlock2D
+from torch import nn
 
 SCALING_FACTOR = 0.18215
 LATENT_CHANNELS = 4
@@ -316,7 +315,7 @@ def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:
 
 def use_plain_attention(module: nn.Module) -> None:
     """Select diffusers' scaled-dot-product attention processor everywhere."""
-    from diffusers.models.attention_processor import AttnProcessor2_0, Attention
+    from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 
     for sub in module.modules():
         if isinstance(sub, Attention):

@@ -18,7 +18,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 import onnx
@@ -113,7 +113,7 @@ def _set_io_shapes(model: onnx.ModelProto, spec: Dict[str, List[Dict]]) -> None:
         dims = value.type.tensor_type.shape.dim
         if len(dims) != len(shape):
             raise RuntimeError(f"{value.name}: traced rank {len(dims)} differs from the spec {shape}")
-        for dim, size in zip(dims, shape):
+        for dim, size in zip(dims, shape, strict=True):
             if isinstance(size, str):
                 dim.Clear()
                 dim.dim_param = size

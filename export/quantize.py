@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 from PIL import Image
 
-from .manifest import component_entry, read_manifest, sha256_file, write_manifest
+from .manifest import component_entry, read_manifest, write_manifest
 from .onnx_export import ort_session
 
 COMPONENTS = ("vae_encoder", "unet", "vae_decoder")
@@ -89,8 +89,13 @@ def quantize_graph(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]], kee
                    external_data: bool = False) -> Dict:
     """Static QDQ int8 of the Conv nodes of ``src`` (those matching ``keep_fp32`` stay float)."""
     import onnx
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
 
     class Reader(CalibrationDataReader):
         def __init__(self):

@@ -55,7 +55,7 @@ def main(argv=None) -> int:
         try:
             import skimage
         except ImportError:
-            raise SystemExit("pass --skimage-data DIR (scikit-image is not installed)")
+            raise SystemExit("pass --skimage-data DIR (scikit-image is not installed)") from None
         data_dir = Path(skimage.__file__).parent / "data"
     make(data_dir, GOLDEN_INPUTS, Path(args.golden))
     make(data_dir, EXAMPLES, Path(args.examples))

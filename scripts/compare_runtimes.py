@@ -269,6 +269,7 @@ class TorchPipeline:
     def __init__(self, bundle: Path, cache_dir: Path):
         import numpy as np
         import torch
+
         from export.model import TadsrModels, alphas_cumprod, build_unet, build_vae, get_config
 
         manifest = read_manifest(bundle)
@@ -689,7 +690,7 @@ def check_targets(report: Dict, check_size: int) -> List[Dict]:
               edge["total"] / medians["pytorch"]["total"],
               edge["other"] / edge["total"])
     return [{"target": name, "value": value, "limit": limit, "holds": value <= limit}
-            for (name, limit), value in zip(TARGETS, values)]
+            for (name, limit), value in zip(TARGETS, values, strict=True)]
 
 
 def bench_rust_side_shares(report: Dict, check_size: int) -> List[float]:

@@ -33,7 +33,8 @@ def _manifest_differences(ours, theirs, path=""):
         keys = (set(ours) | set(theirs)) - {"sha256"}
         return [d for k in sorted(keys) for d in _manifest_differences(ours.get(k), theirs.get(k), f"{path}/{k}")]
     if isinstance(ours, list) and isinstance(theirs, list) and len(ours) == len(theirs):
-        return [d for i, (a, b) in enumerate(zip(ours, theirs)) for d in _manifest_differences(a, b, f"{path}[{i}]")]
+        pairs = enumerate(zip(ours, theirs, strict=True))
+        return [d for i, (a, b) in pairs for d in _manifest_differences(a, b, f"{path}[{i}]")]
     if isinstance(ours, float) and isinstance(theirs, float):
         return [] if abs(ours - theirs) <= 4 * np.finfo(np.float32).eps * abs(ours) else [path]
     return [] if ours == theirs else [path]

@@ -68,7 +68,7 @@ def test_merged_equals_unmerged_peft(loaded, unmerged):
     latent = torch.randn(1, 4, 9, 7, generator=gen)
     ehs = torch.randn(1, 77, 32, generator=gen)
     with torch.no_grad():
-        for a, b in zip(loaded.encoder_graph()(image, t), unmerged.encoder_graph()(image, t)):
+        for a, b in zip(loaded.encoder_graph()(image, t), unmerged.encoder_graph()(image, t), strict=True):
             assert (a - b).abs().max() <= 1e-5
         diff = (loaded.unet_graph()(latent, t, ehs) - unmerged.unet_graph()(latent, t, ehs)).abs().max()
         assert diff <= 1e-5

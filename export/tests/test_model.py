@@ -42,7 +42,8 @@ def test_vae_keys_are_stock_sd_vae_plus_time_modules(config):
     for key in stock_sd:
         assert tuple(ours_sd[key].shape) == tuple(stock_sd[key].shape), key
     # temb 256, sinusoid width max(128, C0), scale_shift doubles the projection.
-    assert tuple(ours_sd["encoder.time_embedding.linear_1.weight"].shape) == (256, max(128, cfg.vae["block_out_channels"][0]))
+    linear_1 = ours_sd["encoder.time_embedding.linear_1.weight"]
+    assert tuple(linear_1.shape) == (256, max(128, cfg.vae["block_out_channels"][0]))
     assert tuple(ours_sd["encoder.time_embedding.linear_2.weight"].shape) == (256, 256)
     c0 = cfg.vae["block_out_channels"][0]
     assert tuple(ours_sd["encoder.down_blocks.0.resnets.0.time_emb_proj.weight"].shape) == (2 * c0, 256)

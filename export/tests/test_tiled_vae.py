@@ -133,16 +133,16 @@ def test_onnx_tiled_graphs_match_pytorch(fresh_tiny_bundle, graphs, component):
     assert [o.name for o in sess.get_outputs()] == output_names
     own = no_stats(graph)
     want_own = graph(*feeds.values(), *own)
-    stats_in = dict(zip(["group_norm_mean", "group_norm_var", "group_norm_fixed"], own))
+    stats_in = dict(zip(["group_norm_mean", "group_norm_var", "group_norm_fixed"], own, strict=True))
     got_own = sess.run(None, {k: v.numpy() for k, v in {**feeds, **stats_in}.items()})
-    for g, w in zip(got_own, want_own):
+    for g, w in zip(got_own, want_own, strict=True):
         assert max_abs_diff(g, w) < 1e-4
     mean, var = want_own[-2:]
     fixed = fixed_stats(mean * 0.9 + 0.05, var * 1.5)
     want_fixed = graph(*feeds.values(), *fixed)
-    stats_in = dict(zip(["group_norm_mean", "group_norm_var", "group_norm_fixed"], fixed))
+    stats_in = dict(zip(["group_norm_mean", "group_norm_var", "group_norm_fixed"], fixed, strict=True))
     got_fixed = sess.run(None, {k: v.numpy() for k, v in {**feeds, **stats_in}.items()})
-    for g, w in zip(got_fixed, want_fixed):
+    for g, w in zip(got_fixed, want_fixed, strict=True):
         assert max_abs_diff(g, w) < 1e-4
     assert max_abs_diff(got_fixed[0], got_own[0]) > 1e-3
 
