@@ -18,9 +18,31 @@ pub enum Error {
     #[error("cannot load ONNX Runtime from {path}: {reason}; point ORT_DYLIB_PATH / --ort-lib at a libonnxruntime.so 1.31 or newer")]
     OrtLoad { path: PathBuf, reason: String },
 
-    /// An ONNX Runtime call failed.
+    /// Something ONNX Runtime returned is not what the graph promised
+    /// (shapes, statistics), or no provider could open a graph.
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+
+    /// An ONNX Runtime call failed.
+    #[error("ONNX Runtime: {0}")]
+    OrtApi(#[from] ort::Error),
+
+    /// An ONNX Runtime call on one graph failed.
+    #[error("ONNX Runtime: {}: {source}", path.display())]
+    OrtIn {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+
+    /// ONNX Runtime refused a model file itself (not a readable ONNX graph),
+    /// whichever provider was asked for: the bundle's fault.
+    #[error("model {}: {source}; the bundle's graph is damaged (check it with `tadsr-edge info --verify`)", path.display())]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
 
     /// An execution provider was asked for but cannot be used here.
     #[error("execution provider {provider} is not usable here: {reason}")]
@@ -76,9 +98,16 @@ impl Error {
     }
 }
 
-impl From<ort::Error> for Error {
-    fn from(error: ort::Error) -> Self {
-        Error::Ort(error.to_string())
+impl Error {
+    /// The process exit code for this error when it ends a whole command:
+    /// 130 for an interruption (128 + SIGINT), 2 (usage, model or runtime:
+    /// nothing could run) for every other kind. Per-input failures do not
+    /// end a command; the binary counts them (exit 1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Interrupted => 130,
+            _ => 2,
+        }
     }
 }
 

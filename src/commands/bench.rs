@@ -7,13 +7,14 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde_json::json;
 
-use tadsr_edge::image_io::{self, InputImage};
+use tadsr_edge::image::io::InputImage;
+use tadsr_edge::image::resample::{self, ResampleFilter};
+use tadsr_edge::image::write;
 use tadsr_edge::pipeline::{NoProgress, Pipeline, PipelineConfig, RunOptions, TilingMode};
-use tadsr_edge::preprocess::{self, ResampleFilter};
 use tadsr_edge::stats::{self, Summary};
 
-use crate::cli::BenchArgs;
-use crate::run_command::provider_choice;
+use super::{default_model_dir, print_line, provider_choice, Outcome};
+use crate::args::BenchArgs;
 
 /// The stages reported, in pipeline order.
 const STAGES: [&str; 8] = [
@@ -40,16 +41,13 @@ fn bench_input(input: Option<&Path>, side: u32) -> anyhow::Result<InputImage> {
             )
         })?
         .to_rgb8();
-    let resized = preprocess::resize_rgb8(&photo, side, side, ResampleFilter::Lanczos)?;
+    let resized = resample::resize_rgb8(&photo, side, side, ResampleFilter::Lanczos)?;
     Ok(InputImage::from_rgb8(resized))
 }
 
-pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
-    let mut config = PipelineConfig::new(
-        args.model
-            .clone()
-            .unwrap_or_else(crate::run_command::default_model_dir),
-    );
+/// Runs the benchmark and prints its report.
+pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome> {
+    let mut config = PipelineConfig::new(args.model.clone().unwrap_or_else(default_model_dir));
     config.ort_lib = ort_lib.map(Path::to_path_buf);
     config.provider = provider_choice(args.provider);
     config.threads = args.threads;
@@ -86,7 +84,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
         let mut outputs = pipeline.upscale(&input, &options, &NoProgress)?;
         let upscaled = outputs.pop().context("the pipeline gave no output")?;
         let write_start = Instant::now();
-        image_io::write_atomically(&upscaled.image, &output_path)?;
+        write::write_atomically(&upscaled.image, &output_path)?;
         let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
         let total_ms = start.elapsed().as_secs_f64() * 1e3;
         if run < args.warmup {
@@ -133,9 +131,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
             .zip(&summaries)
             .map(|(name, summary)| (name.to_string(), json!(summary)))
             .collect();
-        println!(
-            "{}",
-            json!({
+        print_line(json!({
                 "model": pipeline.bundle().root(),
                 "size": args.size,
                 "tile": args.tile,
@@ -149,11 +145,10 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
                 "rust_side_share_p50": rust_side_p50 / total.p50,
                 "output_megapixels_per_second": throughput,
                 "peak_rss_bytes": peak_rss,
-            })
-        );
-        return Ok(0);
+        }))?;
+        return Ok(Outcome::Done);
     }
-    println!(
+    print_line(format_args!(
         "tadsr-edge bench: {} -> {}x{} output, tile {}, {} runs after {} warm-up, encoder {} / unet {} / decoder {}",
         pipeline.bundle().root().display(),
         args.size,
@@ -164,29 +159,34 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
         providers.vae_encoder,
         providers.unet,
         providers.vae_decoder
-    );
-    println!("session creation: {session_ms:.0} ms");
-    println!(
+    ))?;
+    print_line(format_args!("session creation: {session_ms:.0} ms"))?;
+    print_line(format_args!(
         "{:<12} {:>10} {:>10} {:>10}",
         "stage", "p50 ms", "p95 ms", "min ms"
-    );
+    ))?;
     for (name, summary) in STAGES.iter().zip(&summaries) {
-        println!(
+        print_line(format_args!(
             "{name:<12} {:>10.1} {:>10.1} {:>10.1}",
             summary.p50, summary.p95, summary.min
-        );
+        ))?;
     }
-    println!(
+    print_line(format_args!(
         "{:<12} {:>10.1} {:>10.1} {:>10.1}",
         "end to end", total.p50, total.p95, total.min
-    );
-    println!("throughput: {throughput:.3} output megapixels/s");
-    println!(
+    ))?;
+    print_line(format_args!(
+        "throughput: {throughput:.3} output megapixels/s"
+    ))?;
+    print_line(format_args!(
         "outside ONNX Runtime: {:.2}% of p50",
         100.0 * rust_side_p50 / total.p50
-    );
+    ))?;
     if let Some(bytes) = peak_rss {
-        println!("peak RSS: {:.0} MiB", bytes as f64 / (1024.0 * 1024.0));
+        print_line(format_args!(
+            "peak RSS: {:.0} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        ))?;
     }
-    Ok(0)
+    Ok(Outcome::Done)
 }
