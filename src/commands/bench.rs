@@ -10,23 +10,22 @@ use serde_json::json;
 use tadsr_edge::image::io::InputImage;
 use tadsr_edge::image::resample::{self, ResampleFilter};
 use tadsr_edge::image::write;
-use tadsr_edge::pipeline::{NoProgress, Pipeline, PipelineConfig, RunOptions, TilingMode};
+use tadsr_edge::pipeline::{
+    NoProgress, Pipeline, PipelineConfig, RunOptions, SpentIn, StageTimings, TilingMode,
+};
 use tadsr_edge::stats::{self, Summary};
 
 use super::{default_model_dir, print_line, provider_choice, Outcome};
 use crate::args::BenchArgs;
 
-/// The stages reported, in pipeline order.
-const STAGES: [&str; 8] = [
-    "preprocess",
-    "encoder",
-    "unet",
-    "decoder",
-    "blend",
-    "color_fix",
-    "postprocess",
-    "write",
-];
+/// The stages reported, in pipeline order: the pipeline's timed stages
+/// ([`StageTimings::STAGES`]), then writing the output (ours, not ONNX
+/// Runtime's).
+fn stages() -> Vec<(&'static str, SpentIn)> {
+    let mut stages = StageTimings::STAGES.to_vec();
+    stages.push(("write", SpentIn::Rust));
+    stages
+}
 
 /// A low-resolution input of `side` x `side` pixels: the given photo (or
 /// the committed example) resized with Lanczos.
@@ -77,7 +76,8 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
     let output_path = scratch.path().join("bench.png");
 
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
+    let stages = stages();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
     let mut end_to_end = Vec::new();
     for run in 0..args.warmup + args.runs {
         let start = Instant::now();
@@ -90,17 +90,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         if run < args.warmup {
             continue;
         }
-        let t = upscaled.timings;
-        let per_stage = [
-            t.preprocess,
-            t.encoder,
-            t.unet,
-            t.decoder,
-            t.blend,
-            t.color_fix,
-            t.postprocess,
-            write_ms,
-        ];
+        let per_stage = upscaled.timings.iter().map(|(_, ms)| ms).chain([write_ms]);
         for (stage_samples, value) in samples.iter_mut().zip(per_stage) {
             stage_samples.push(value);
         }
@@ -115,10 +105,11 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     }
     let summaries: Vec<Summary> = samples.iter().filter_map(|s| stats::summarize(s)).collect();
     let total = stats::summarize(&end_to_end).context("--runs must be at least 1")?;
-    let rust_side_p50: f64 = ["preprocess", "blend", "color_fix", "postprocess", "write"]
+    let rust_side_p50: f64 = stages
         .iter()
-        .filter_map(|name| STAGES.iter().position(|s| s == name))
-        .map(|index| summaries[index].p50)
+        .zip(&summaries)
+        .filter(|((_, spent_in), _)| *spent_in == SpentIn::Rust)
+        .map(|(_, summary)| summary.p50)
         .sum();
     let output_megapixels = f64::from(args.size) * f64::from(args.size) / 1e6;
     let throughput = output_megapixels / (total.p50 / 1e3);
@@ -126,10 +117,10 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     let providers = pipeline.providers();
 
     if args.json {
-        let stages: serde_json::Map<String, serde_json::Value> = STAGES
+        let stages_json: serde_json::Map<String, serde_json::Value> = stages
             .iter()
             .zip(&summaries)
-            .map(|(name, summary)| (name.to_string(), json!(summary)))
+            .map(|((name, _), summary)| (name.to_string(), json!(summary)))
             .collect();
         print_line(json!({
                 "model": pipeline.bundle().root(),
@@ -140,7 +131,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
                 "threads": args.threads,
                 "provider": providers,
                 "session_creation_ms": session_ms,
-                "stages_ms": stages,
+                "stages_ms": stages_json,
                 "end_to_end_ms": total,
                 "rust_side_share_p50": rust_side_p50 / total.p50,
                 "output_megapixels_per_second": throughput,
@@ -165,7 +156,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         "{:<12} {:>10} {:>10} {:>10}",
         "stage", "p50 ms", "p95 ms", "min ms"
     ))?;
-    for (name, summary) in STAGES.iter().zip(&summaries) {
+    for ((name, _), summary) in stages.iter().zip(&summaries) {
         print_line(format_args!(
             "{name:<12} {:>10.1} {:>10.1} {:>10.1}",
             summary.p50, summary.p95, summary.min

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use super::stages::Stage;
 use super::{PipelineConfig, ProviderChoice};
-use crate::bundle::Bundle;
+use crate::bundle::{component, port, Bundle};
 use crate::error::{Error, Result};
 use crate::npy;
 use crate::runtime::{ModelSession, Provider, Runtime, SessionOptions};
@@ -147,20 +147,28 @@ pub(super) fn open_stage(
 
 /// TensorRT profile shapes for a stage: from 64 px up to the tile size, the
 /// tile size being the shape built for.
-fn trt_profile(component: &str, tile_px: u32, bundle: &Bundle) -> Option<(String, String, String)> {
+fn trt_profile(name: &str, tile_px: u32, bundle: &Bundle) -> Option<(String, String, String)> {
     let tile = tile_px.max(64) as usize;
     let channels = bundle.manifest().latent_channels;
     let tokens = bundle.manifest().prompt.shape[1];
     let dim = bundle.manifest().prompt.shape[2];
-    let shape = |side_px: usize| match component {
-        "vae_encoder" | "vae_encoder_tiled" => {
-            format!("image:1x3x{side_px}x{side_px},timestep:1")
+    let (image, timestep, latent, prompt) = (
+        port::IMAGE,
+        port::TIMESTEP,
+        port::LATENT,
+        port::ENCODER_HIDDEN_STATES,
+    );
+    let shape = |side_px: usize| {
+        let cells = side_px / 8;
+        match name {
+            component::VAE_ENCODER | component::VAE_ENCODER_TILED => {
+                format!("{image}:1x3x{side_px}x{side_px},{timestep}:1")
+            }
+            component::UNET => format!(
+                "{latent}:1x{channels}x{cells}x{cells},{timestep}:1,{prompt}:1x{tokens}x{dim}"
+            ),
+            _ => format!("{latent}:1x{channels}x{cells}x{cells}"),
         }
-        "unet" => format!(
-            "latent:1x{channels}x{0}x{0},timestep:1,encoder_hidden_states:1x{tokens}x{dim}",
-            side_px / 8
-        ),
-        _ => format!("latent:1x{channels}x{0}x{0}", side_px / 8),
     };
     Some((shape(64), shape(tile), shape(tile)))
 }
@@ -182,7 +190,7 @@ pub(super) fn check_session_ports(
                     format!("{component} graph has no {direction} {:?}", port.name),
                 )
             })?;
-            if found.dtype.name() != port.dtype {
+            if found.dtype.name() != port.dtype.as_str() {
                 return Err(Error::bundle(
                     bundle.root(),
                     format!(

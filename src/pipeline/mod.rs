@@ -22,7 +22,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::bundle::Bundle;
+use crate::bundle::{component, Bundle};
 use crate::error::{Error, Result};
 use crate::image::io::InputImage;
 use crate::image::size_plan;
@@ -35,7 +35,7 @@ pub use crate::image::colorfix::ColorFix;
 pub use crate::image::postprocess::{finish_image, psnr};
 pub use crate::image::prepare::{prepare, Prepared};
 pub use loading::{noise_schedule, MAX_TRAIN_TIMESTEPS};
-pub use stages::StageTimings;
+pub use stages::{SpentIn, StageTimings};
 
 use loading::{check_session_ports, load_prompt_embeds, open_stage};
 use shared_stats::{open_tiled_stage, TiledStage};
@@ -125,7 +125,7 @@ impl RunOptions {
             tile_px: 0,
             tile_overlap_px: 64,
             tiling: TilingMode::Staged,
-            color_fix: defaults.color_fix.parse().unwrap_or(ColorFix::Adain),
+            color_fix: defaults.color_fix,
             seed: None,
         }
     }
@@ -225,14 +225,14 @@ impl Pipeline {
             let path = bundle.resolve(&bundle.component(component).file)?;
             open_stage(runtime, &bundle, &path, component, config, &mut fallbacks)
         };
-        let encoder = open("vae_encoder")?;
-        let unet = open("unet")?;
-        let decoder = open("vae_decoder")?;
-        check_session_ports(&bundle, "vae_encoder", &encoder.session)?;
-        check_session_ports(&bundle, "unet", &unet.session)?;
-        check_session_ports(&bundle, "vae_decoder", &decoder.session)?;
-        let encoder_tiled = open_tiled_stage(&mut open, &bundle, "vae_encoder_tiled")?;
-        let decoder_tiled = open_tiled_stage(&mut open, &bundle, "vae_decoder_tiled")?;
+        let encoder = open(component::VAE_ENCODER)?;
+        let unet = open(component::UNET)?;
+        let decoder = open(component::VAE_DECODER)?;
+        check_session_ports(&bundle, component::VAE_ENCODER, &encoder.session)?;
+        check_session_ports(&bundle, component::UNET, &unet.session)?;
+        check_session_ports(&bundle, component::VAE_DECODER, &decoder.session)?;
+        let encoder_tiled = open_tiled_stage(&mut open, &bundle, component::VAE_ENCODER_TILED)?;
+        let decoder_tiled = open_tiled_stage(&mut open, &bundle, component::VAE_DECODER_TILED)?;
         Ok(Pipeline {
             bundle,
             encoder,

@@ -10,6 +10,7 @@ use ndarray::{Array3, ArrayView3};
 use super::loading::check_session_ports;
 use super::stages::{millis_since, Stage, StageTimings};
 use super::Pipeline;
+use crate::bundle::port;
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 use crate::runtime::{InputTensor, OutputTensor};
@@ -45,14 +46,14 @@ impl Pipeline {
         let timestep_tensor = [i64::from(timestep)];
         let inputs = [
             (
-                "image",
+                port::IMAGE,
                 InputTensor::Float {
                     shape: &shape,
                     data: sample.as_slice().expect("standard layout"),
                 },
             ),
             (
-                "timestep",
+                port::TIMESTEP,
                 InputTensor::Int64 {
                     shape: &[1],
                     data: &timestep_tensor,
@@ -86,7 +87,7 @@ impl Pipeline {
         let start = Instant::now();
         let shape = [1, latent.dim().0, sample_h, sample_w];
         let inputs = [(
-            "latent",
+            port::LATENT,
             InputTensor::Float {
                 shape: &shape,
                 data: sample.as_slice().expect("standard layout"),
@@ -115,8 +116,12 @@ pub(super) struct SharedStats {
     var: Vec<f32>,
 }
 
-const TILED_STATS_INPUTS: [&str; 3] = ["group_norm_mean", "group_norm_var", "group_norm_fixed"];
-const TILED_STATS_OUTPUTS: [&str; 2] = ["group_norm_mean_out", "group_norm_var_out"];
+const TILED_STATS_INPUTS: [&str; 3] = [
+    port::GROUP_NORM_MEAN,
+    port::GROUP_NORM_VAR,
+    port::GROUP_NORM_FIXED,
+];
+const TILED_STATS_OUTPUTS: [&str; 2] = [port::GROUP_NORM_MEAN_OUT, port::GROUP_NORM_VAR_OUT];
 
 impl TiledStage {
     /// Runs the graph on the main graph's `inputs` with the statistics

@@ -9,32 +9,61 @@ use serde::Serialize;
 
 use super::tile_run::TileRun;
 use super::{Pipeline, Progress};
+use crate::bundle::port;
 use crate::error::Result;
 use crate::runtime::{InputTensor, ModelSession, Provider};
 use crate::tiling::{self, TilePlan};
 
-/// Milliseconds spent per stage.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
-pub struct StageTimings {
-    pub preprocess: f64,
-    pub encoder: f64,
-    pub unet: f64,
-    pub decoder: f64,
-    pub blend: f64,
-    pub color_fix: f64,
-    pub postprocess: f64,
+/// Where a timed stage's time goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SpentIn {
+    /// A network: time inside ONNX Runtime.
+    OnnxRuntime,
+    /// Our own code (resizing, blending, color fix, quantization).
+    Rust,
+}
+
+/// Declares the timed stages once: the [`StageTimings`] field of each, its
+/// name in reports, where its time goes. The sum, the run's `--json` line
+/// and `bench` all read this one list, so a new stage is one line here.
+macro_rules! timed_stages {
+    ($($(#[$doc:meta])* $field:ident: $spent_in:ident),+ $(,)?) => {
+        /// Milliseconds spent per stage of one image.
+        #[derive(Debug, Clone, Copy, Default, Serialize)]
+        pub struct StageTimings {
+            $($(#[$doc])* pub $field: f64),+
+        }
+
+        impl StageTimings {
+            /// Each stage's report name and where its time goes, in pipeline order.
+            pub const STAGES: &'static [(&'static str, SpentIn)] =
+                &[$((stringify!($field), SpentIn::$spent_in)),+];
+
+            /// Each stage's name and milliseconds, in pipeline order.
+            pub fn iter(&self) -> impl Iterator<Item = (&'static str, f64)> {
+                [$((stringify!($field), self.$field)),+].into_iter()
+            }
+        }
+    };
+}
+
+timed_stages! {
+    /// Decoding aside: the size plan, resizes, tensors (first timestep only).
+    preprocess: Rust,
+    encoder: OnnxRuntime,
+    unet: OnnxRuntime,
+    decoder: OnnxRuntime,
+    /// Cutting tiles, blending them, the latent arithmetic between networks.
+    blend: Rust,
+    color_fix: Rust,
+    /// Output size, alpha, quantization.
+    postprocess: Rust,
 }
 
 impl StageTimings {
     /// Sum of all stages.
     pub fn total(&self) -> f64 {
-        self.preprocess
-            + self.encoder
-            + self.unet
-            + self.decoder
-            + self.blend
-            + self.color_fix
-            + self.postprocess
+        self.iter().map(|(_, ms)| ms).sum()
     }
 }
 
@@ -62,7 +91,7 @@ impl Pipeline {
         let (tile_h, tile_w) = plan.tile_shape();
         let weights = tiling::feather_weights(tile_h, tile_w, plan.overlap());
         let timestep_tensor = [i64::from(timestep)];
-        let output_names = ["latent_mean", "latent_logvar"];
+        let output_names = [port::LATENT_MEAN, port::LATENT_LOGVAR];
         let (encoder, encoder_tiled) = (&mut self.encoder, &mut self.encoder_tiled);
         let tiles = TileRun {
             plan,
@@ -76,9 +105,9 @@ impl Pipeline {
         };
         let mut moments = tiles.run(&mut timings.encoder, &mut timings.blend, |shape, tile| {
             let inputs = [
-                ("image", InputTensor::Float { shape, data: tile }),
+                (port::IMAGE, InputTensor::Float { shape, data: tile }),
                 (
-                    "timestep",
+                    port::TIMESTEP,
                     InputTensor::Int64 {
                         shape: &[1],
                         data: &timestep_tensor,
@@ -122,23 +151,23 @@ impl Pipeline {
         let mut residual = tiles.run(&mut timings.unet, &mut timings.blend, |shape, tile| {
             unet.session.run(
                 &[
-                    ("latent", InputTensor::Float { shape, data: tile }),
+                    (port::LATENT, InputTensor::Float { shape, data: tile }),
                     (
-                        "timestep",
+                        port::TIMESTEP,
                         InputTensor::Int64 {
                             shape: &[1],
                             data: &timestep_tensor,
                         },
                     ),
                     (
-                        "encoder_hidden_states",
+                        port::ENCODER_HIDDEN_STATES,
                         InputTensor::Float {
                             shape: &prompt_shape,
                             data: prompt_embeds,
                         },
                     ),
                 ],
-                &["residual"],
+                &[port::RESIDUAL],
             )
         })?;
         Ok(residual.pop().expect("one output"))
@@ -167,10 +196,10 @@ impl Pipeline {
             progress,
         };
         let mut image = tiles.run(&mut timings.decoder, &mut timings.blend, |shape, tile| {
-            let inputs = [("latent", InputTensor::Float { shape, data: tile })];
+            let inputs = [(port::LATENT, InputTensor::Float { shape, data: tile })];
             match (&stats, decoder_tiled.as_mut()) {
-                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &["image"]),
-                _ => decoder.session.run(&inputs, &["image"]),
+                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &[port::IMAGE]),
+                _ => decoder.session.run(&inputs, &[port::IMAGE]),
             }
         })?;
         Ok(image.pop().expect("one output"))
