@@ -60,6 +60,22 @@ pub enum Error {
     #[error("{0}")]
     Input(String),
 
+    /// An image could not be resized or converted (kept as the source).
+    #[error("{0}")]
+    Image(#[from] crate::image::PreprocessError),
+
+    /// A tile plan could not be made or blended for these options.
+    #[error("invalid option: {0}")]
+    Tiling(#[from] crate::tiling::TilingError),
+
+    /// A timestep or the clean-latent arithmetic was refused.
+    #[error("invalid option: {0}")]
+    Schedule(#[from] crate::schedule::ScheduleError),
+
+    /// The color fix was refused (planes of different shapes).
+    #[error("invalid option: {0}")]
+    ColorFix(#[from] crate::image::colorfix::ColorFixError),
+
     /// A run option is out of range.
     #[error("invalid option: {0}")]
     InvalidOption(String),
@@ -113,3 +129,24 @@ impl Error {
 
 /// Result type of the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PreprocessError;
+
+    #[test]
+    fn module_errors_are_kept_as_sources_with_their_message() {
+        let preprocess = PreprocessError::EmptyImage {
+            width: 0,
+            height: 3,
+        };
+        let message = preprocess.to_string();
+        let error = Error::from(preprocess);
+        assert_eq!(error.to_string(), message);
+        let source = std::error::Error::source(&error).expect("the module error is the source");
+        assert!(source.downcast_ref::<PreprocessError>().is_some());
+        assert_eq!(error.exit_code(), 2);
+        assert_eq!(Error::Interrupted.exit_code(), 130);
+    }
+}

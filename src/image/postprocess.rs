@@ -9,8 +9,7 @@ use super::io::{AlphaPlane, InputImage};
 use super::resample::{self, ResampleFilter};
 use super::size_plan::SizePlan;
 use super::tensor::{self, Quantization};
-use super::PreprocessError;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// From color-fixed planes at the model's size to the output image: resize to
 /// `upscale x` the input (when the multiple-of-8 crop or the minimum-size rule
@@ -32,15 +31,13 @@ pub fn finish_image(
             .collect();
         let image = Rgb32FImage::from_raw(width as u32, height as u32, interleaved)
             .expect("planes give a full image");
-        let resized = resample::resize_rgb32f(&image, out_w, out_h, ResampleFilter::Bicubic)
-            .map_err(|e| Error::Input(e.to_string()))?;
+        let resized = resample::resize_rgb32f(&image, out_w, out_h, ResampleFilter::Bicubic)?;
         let mut resized_planes = tensor::rgb32f_to_unit_planes(&resized);
         resized_planes.mapv_inplace(|v| v.clamp(0.0, 1.0));
         resized_planes
     } else {
         std::mem::take(planes)
     };
-    let to_error = |e: PreprocessError| Error::Input(e.to_string());
     let alpha = match &input.alpha {
         None => None,
         Some(AlphaPlane::Alpha8(alpha)) => Some(
@@ -52,8 +49,7 @@ pub fn finish_image(
                 out_w,
                 out_h,
                 ResampleFilter::Bicubic,
-            )
-            .map_err(to_error)?
+            )?
             .iter()
             .map(|a| f32::from(*a) / 255.0)
             .collect::<Vec<f32>>(),
@@ -67,8 +63,7 @@ pub fn finish_image(
                 out_w,
                 out_h,
                 ResampleFilter::Bicubic,
-            )
-            .map_err(to_error)?
+            )?
             .iter()
             .map(|a| (a / 255.0).clamp(0.0, 1.0))
             .collect(),
@@ -76,14 +71,12 @@ pub fn finish_image(
     };
     let rgb = planes.view();
     Ok(match (high_precision, alpha) {
-        (false, None) => DynamicImage::ImageRgb8(
-            tensor::unit_planes_to_rgb8(rgb, Quantization::Round).map_err(to_error)?,
-        ),
-        (true, None) => {
-            DynamicImage::ImageRgb16(tensor::unit_planes_to_rgb16(rgb).map_err(to_error)?)
+        (false, None) => {
+            DynamicImage::ImageRgb8(tensor::unit_planes_to_rgb8(rgb, Quantization::Round)?)
         }
+        (true, None) => DynamicImage::ImageRgb16(tensor::unit_planes_to_rgb16(rgb)?),
         (false, Some(alpha)) => {
-            let rgb8 = tensor::unit_planes_to_rgb8(rgb, Quantization::Round).map_err(to_error)?;
+            let rgb8 = tensor::unit_planes_to_rgb8(rgb, Quantization::Round)?;
             let alpha8: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_raw(
                 out_w,
                 out_h,
@@ -97,7 +90,7 @@ pub fn finish_image(
             DynamicImage::ImageRgba8(rgba)
         }
         (true, Some(alpha)) => {
-            let rgb16 = tensor::unit_planes_to_rgb16(rgb).map_err(to_error)?;
+            let rgb16 = tensor::unit_planes_to_rgb16(rgb)?;
             let mut rgba = DynamicImage::ImageRgb16(rgb16).to_rgba16();
             for (pixel, a) in rgba.pixels_mut().zip(alpha.iter()) {
                 pixel.0[3] = (a * 65535.0).round() as u16;

@@ -6,8 +6,7 @@ use ndarray::{Array3, Array4};
 use super::io::{InputImage, InputPixels};
 use super::size_plan::{self, SizePlan};
 use super::tensor;
-use super::PreprocessError;
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Image U in the two forms the model part needs.
 pub struct Prepared {
@@ -22,10 +21,9 @@ pub struct Prepared {
 /// Steps 1-5 of the spec: the minimum-size rule, bicubic upscale and Lanczos
 /// to multiples of 8 as `plan` says, then the tensors.
 pub fn prepare(input: &InputImage, plan: &SizePlan) -> Result<Prepared> {
-    let to_input_error = |e: PreprocessError| Error::Input(e.to_string());
     Ok(match &input.pixels {
         InputPixels::Rgb8(rgb) => {
-            let upscaled = size_plan::apply_size_plan_rgb8(rgb, plan).map_err(to_input_error)?;
+            let upscaled = size_plan::apply_size_plan_rgb8(rgb, plan)?;
             Prepared {
                 model_input: tensor::rgb8_to_model_input(&upscaled),
                 source_planes: tensor::rgb8_to_unit_planes(&upscaled),
@@ -33,7 +31,7 @@ pub fn prepare(input: &InputImage, plan: &SizePlan) -> Result<Prepared> {
             }
         }
         InputPixels::RgbHigh(rgb) => {
-            let upscaled = size_plan::apply_size_plan_rgb32f(rgb, plan).map_err(to_input_error)?;
+            let upscaled = size_plan::apply_size_plan_rgb32f(rgb, plan)?;
             Prepared {
                 model_input: tensor::rgb32f_to_model_input(&upscaled),
                 source_planes: tensor::rgb32f_to_unit_planes(&upscaled),

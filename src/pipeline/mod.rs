@@ -29,7 +29,7 @@ use crate::image::size_plan;
 use crate::image::tensor;
 use crate::runtime::{Provider, Runtime};
 use crate::schedule::{self, NoiseSchedule};
-use crate::tiling::{self, TilePlan};
+use crate::tiling::TilePlan;
 
 pub use crate::image::colorfix::ColorFix;
 pub use crate::image::postprocess::{finish_image, psnr};
@@ -292,8 +292,7 @@ impl Pipeline {
             input.height,
             options.upscale,
             options.process_size,
-        )
-        .map_err(|e| Error::Input(e.to_string()))?;
+        )?;
         let prepared = prepare(input, &plan)?;
         let preprocess_ms = millis_since(start);
 
@@ -335,19 +334,17 @@ impl Pipeline {
     /// pixel tiles and the decoder's outputs are these scaled up by 8).
     fn plans(&self, height: usize, width: usize, options: &RunOptions) -> Result<[TilePlan; 3]> {
         let (latent_h, latent_w) = (height / 8, width / 8);
-        let to_error = |e: tiling::TilingError| Error::InvalidOption(e.to_string());
-        let whole = TilePlan::whole(latent_h, latent_w).map_err(to_error)?;
+        let whole = TilePlan::whole(latent_h, latent_w)?;
         Ok(match (options.tile_px, options.tiling) {
             (0, _) => [whole.clone(), whole.clone(), whole],
             (_, TilingMode::Latent) => {
-                let unet = TilePlan::latent_unet(latent_h, latent_w).map_err(to_error)?;
+                let unet = TilePlan::latent_unet(latent_h, latent_w)?;
                 [whole.clone(), unet, whole]
             }
             (tile_px, TilingMode::Staged) => {
                 let tile = tile_px as usize / 8;
                 let overlap = options.tile_overlap_px as usize / 8;
-                let staged =
-                    TilePlan::balanced(latent_h, latent_w, tile, overlap).map_err(to_error)?;
+                let staged = TilePlan::balanced(latent_h, latent_w, tile, overlap)?;
                 [staged.clone(), staged.clone(), staged]
             }
         })
@@ -404,17 +401,13 @@ impl Pipeline {
 
         let residual = self.denoise(&latent, timestep, &unet_plan, &mut timings, progress)?;
         let start = Instant::now();
-        let alpha_cumprod = self
-            .schedule
-            .alpha_cumprod(i64::from(timestep))
-            .map_err(|e| Error::InvalidOption(e.to_string()))?;
+        let alpha_cumprod = self.schedule.alpha_cumprod(i64::from(timestep))?;
         let mut clean_latent = latent;
         schedule::clean_latent_in_place(
             clean_latent.as_slice_mut().expect("contiguous"),
             residual.as_slice().expect("contiguous"),
             alpha_cumprod,
-        )
-        .map_err(|e| Error::InvalidOption(e.to_string()))?;
+        )?;
         if !self.bundle.decoder_takes_scaled_latent() {
             clean_latent.mapv_inplace(|v| v / scaling_factor);
         }
@@ -431,8 +424,7 @@ impl Pipeline {
         tensor::decoder_output_to_unit(decoded.as_slice_mut().expect("contiguous"));
         options
             .color_fix
-            .apply(decoded.view_mut(), source_planes.view())
-            .map_err(|e| Error::InvalidOption(e.to_string()))?;
+            .apply(decoded.view_mut(), source_planes.view())?;
         timings.color_fix += millis_since(start);
         Ok((decoded, timings))
     }

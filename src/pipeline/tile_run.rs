@@ -108,6 +108,5 @@ fn add_tile(
 }
 
 fn finalize(sum: TileAccumulator) -> Result<Array3<f32>> {
-    sum.finalize()
-        .map_err(|e| Error::InvalidOption(e.to_string()))
+    Ok(sum.finalize()?)
 }
