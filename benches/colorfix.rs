@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use ndarray::Array3;
-use tadsr_edge::colorfix::{adain_color_fix, wavelet_color_fix};
+use tadsr_edge::image::colorfix::{adain_color_fix, wavelet_color_fix};
 
 const OUTPUT_SIDES: [usize; 2] = [512, 2048];
 

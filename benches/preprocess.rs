@@ -6,9 +6,8 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use image::RgbImage;
-use tadsr_edge::preprocess::{
-    resize_rgb8, rgb8_to_model_input, unit_planes_to_rgb8, Quantization, ResampleFilter,
-};
+use tadsr_edge::image::resample::{resize_rgb8, ResampleFilter};
+use tadsr_edge::image::tensor::{rgb8_to_model_input, unit_planes_to_rgb8, Quantization};
 
 const OUTPUT_SIDES: [u32; 2] = [512, 2048];
 

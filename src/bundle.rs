@@ -2,26 +2,185 @@
 //! every path kept inside the bundle's folder. See docs/bundle-format.md.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
+use crate::image::colorfix::ColorFix;
 
 /// The manifest format version this build reads.
 pub const FORMAT_VERSION: u32 = 1;
+
+/// A manifest field with a closed set of values: parsed into an enum, an
+/// unknown value refused when the manifest is read, with the field's name
+/// and the values allowed.
+macro_rules! closed_set {
+    ($(#[$doc:meta])* $name:ident in $field:literal {
+        $($(#[$variant_doc:meta])* $variant:ident = $text:literal),+ $(,)?
+    }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_doc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order the format lists them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name the manifest uses.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(text: &str) -> std::result::Result<Self, String> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|value| value.as_str() == text)
+                    .ok_or_else(|| {
+                        let allowed: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                        format!("{} is {text:?}, expected one of {}", $field, allowed.join(", "))
+                    })
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+closed_set! {
+    /// `precision`: how the graphs' weights are stored.
+    Precision in "precision" {
+        Fp32 = "fp32",
+        Fp16 = "fp16",
+        /// int8 QDQ graphs (export/quantize.py) whose float ports stay float32.
+        Int8Qdq = "int8-qdq",
+    }
+}
+
+impl Precision {
+    /// The element type of the graphs' float ports.
+    pub fn float_dtype(self) -> TensorDType {
+        match self {
+            Precision::Fp32 | Precision::Int8Qdq => TensorDType::Float32,
+            Precision::Fp16 => TensorDType::Float16,
+        }
+    }
+}
+
+closed_set! {
+    /// A port's or the prompt embedding's `dtype`.
+    TensorDType in "dtype" {
+        Float32 = "float32",
+        Float16 = "float16",
+        Int64 = "int64",
+    }
+}
+
+closed_set! {
+    /// `vae_decoder.latent_input`: whether the decoder graph divides by the
+    /// scaling factor itself.
+    LatentInput in "latent_input" {
+        Scaled = "scaled",
+        Unscaled = "unscaled",
+    }
+}
+
+closed_set! {
+    /// `schedule.type`: the DDPM beta schedule.
+    ScheduleType in "schedule.type" {
+        ScaledLinear = "scaled_linear",
+        Linear = "linear",
+        SquaredcosCapV2 = "squaredcos_cap_v2",
+        Sigmoid = "sigmoid",
+        /// The checkpoint lists its betas.
+        TrainedBetas = "trained_betas",
+    }
+}
+
+closed_set! {
+    /// A port's `layout` (docs/manifest.schema.json).
+    PortLayout in "layout" {
+        /// Images and latents.
+        Nchw = "NCHW",
+        /// The timestep.
+        N = "N",
+        /// (batch, tokens, width): encoder_hidden_states, last_hidden_state.
+        Nld = "NLD",
+        /// input_ids.
+        Nl = "NL",
+        /// (layer, group): GroupNorm statistics.
+        Kg = "KG",
+        /// group_norm_fixed.
+        Scalar = "1",
+    }
+}
+
+/// A port shape's named (dynamic) dimensions.
+pub const NAMED_DIMS: [&str; 5] = ["batch", "height", "width", "latent_height", "latent_width"];
+
+/// Component names: the graphs a bundle holds.
+pub mod component {
+    pub const VAE_ENCODER: &str = "vae_encoder";
+    pub const UNET: &str = "unet";
+    pub const VAE_DECODER: &str = "vae_decoder";
+    /// Optional: the encoder taking shared GroupNorm statistics.
+    pub const VAE_ENCODER_TILED: &str = "vae_encoder_tiled";
+    /// Optional: the decoder taking shared GroupNorm statistics.
+    pub const VAE_DECODER_TILED: &str = "vae_decoder_tiled";
+}
+
+/// Port names: the graphs' inputs and outputs.
+pub mod port {
+    pub const IMAGE: &str = "image";
+    pub const TIMESTEP: &str = "timestep";
+    pub const LATENT: &str = "latent";
+    pub const LATENT_MEAN: &str = "latent_mean";
+    pub const LATENT_LOGVAR: &str = "latent_logvar";
+    pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+    pub const RESIDUAL: &str = "residual";
+    pub const GROUP_NORM_MEAN: &str = "group_norm_mean";
+    pub const GROUP_NORM_VAR: &str = "group_norm_var";
+    pub const GROUP_NORM_FIXED: &str = "group_norm_fixed";
+    pub const GROUP_NORM_MEAN_OUT: &str = "group_norm_mean_out";
+    pub const GROUP_NORM_VAR_OUT: &str = "group_norm_var_out";
+}
 
 /// One graph input or output as the manifest describes it.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct PortSpec {
     pub name: String,
-    pub dtype: String,
+    pub dtype: TensorDType,
     #[serde(default)]
     pub shape: Vec<serde_json::Value>,
     #[serde(default)]
-    pub layout: Option<String>,
+    pub layout: Option<PortLayout>,
 }
 
 /// A file of the bundle with its hash.
@@ -42,14 +201,14 @@ pub struct ComponentSpec {
     pub outputs: Vec<PortSpec>,
     /// Decoder only: `scaled` (the graph divides by the scaling factor) or `unscaled`.
     #[serde(default)]
-    pub latent_input: Option<String>,
+    pub latent_input: Option<LatentInput>,
 }
 
 /// The noise schedule.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct ScheduleSpec {
     #[serde(rename = "type")]
-    pub kind: String,
+    pub kind: ScheduleType,
     pub beta_start: f64,
     pub beta_end: f64,
     pub num_train_timesteps: usize,
@@ -63,7 +222,7 @@ pub struct Defaults {
     pub timestep: u32,
     pub upscale: u32,
     pub process_size: u32,
-    pub color_fix: String,
+    pub color_fix: ColorFix,
 }
 
 /// The default prompt embedding.
@@ -72,7 +231,7 @@ pub struct PromptSpec {
     pub embeds_file: String,
     pub sha256: String,
     pub shape: Vec<usize>,
-    pub dtype: String,
+    pub dtype: TensorDType,
     #[serde(default)]
     pub text: Option<String>,
 }
@@ -84,7 +243,7 @@ pub struct Manifest {
     pub format_version: u32,
     #[serde(default)]
     pub name: Option<String>,
-    pub precision: String,
+    pub precision: Precision,
     pub components: BTreeMap<String, ComponentSpec>,
     pub latent_channels: usize,
     pub vae_scale_factor: usize,
@@ -101,16 +260,16 @@ pub struct Manifest {
 /// What each required graph must take and give (name, dtype).
 const REQUIRED_PORTS: [(&str, &[&str], &[&str]); 3] = [
     (
-        "vae_encoder",
-        &["image", "timestep"],
-        &["latent_mean", "latent_logvar"],
+        component::VAE_ENCODER,
+        &[port::IMAGE, port::TIMESTEP],
+        &[port::LATENT_MEAN, port::LATENT_LOGVAR],
     ),
     (
-        "unet",
-        &["latent", "timestep", "encoder_hidden_states"],
-        &["residual"],
+        component::UNET,
+        &[port::LATENT, port::TIMESTEP, port::ENCODER_HIDDEN_STATES],
+        &[port::RESIDUAL],
     ),
-    ("vae_decoder", &["latent"], &["image"]),
+    (component::VAE_DECODER, &[port::LATENT], &[port::IMAGE]),
 ];
 
 /// A validated bundle on disk.
@@ -179,14 +338,7 @@ impl Bundle {
                 m.format_version
             )));
         }
-        let float_dtype = match m.precision.as_str() {
-            // int8-qdq: int8 QDQ graphs (export/quantize.py) whose float ports stay float32
-            "fp32" | "int8-qdq" => "float32",
-            "fp16" => "float16",
-            other => {
-                return Err(self.fail(format!("precision {other:?} is not fp32, fp16 or int8-qdq")))
-            }
-        };
+        let float_dtype = m.precision.float_dtype();
         for (component, inputs, outputs) in REQUIRED_PORTS {
             let spec = m
                 .components
@@ -202,13 +354,9 @@ impl Bundle {
                 float_dtype,
             )?;
         }
-        match self.decoder().latent_input.as_deref() {
-            Some("scaled") | Some("unscaled") => {}
-            other => {
-                return Err(self.fail(format!(
-                    "vae_decoder.latent_input is {other:?}, expected \"scaled\" or \"unscaled\""
-                )))
-            }
+        if self.decoder().latent_input.is_none() {
+            return Err(self
+                .fail("vae_decoder.latent_input is missing, expected \"scaled\" or \"unscaled\""));
         }
         if m.latent_channels == 0 || m.vae_scale_factor != 8 {
             return Err(self.fail("latent_channels must be > 0 and vae_scale_factor 8"));
@@ -224,6 +372,36 @@ impl Bundle {
         }
         if s.alphas_cumprod.iter().any(|a| !(*a > 0.0 && *a <= 1.0)) {
             return Err(self.fail("schedule.alphas_cumprod values must lie in (0, 1]"));
+        }
+        if s.alphas_cumprod.is_empty() && s.kind != ScheduleType::ScaledLinear {
+            return Err(self.fail(format!(
+                "schedule.type {} needs schedule.alphas_cumprod (only scaled_linear is computed from its betas)",
+                s.kind
+            )));
+        }
+        if m.prompt.dtype != TensorDType::Float32 {
+            return Err(self.fail(format!(
+                "prompt.dtype is {}, expected float32 (prompt_embeds.npy is float32 in every precision)",
+                m.prompt.dtype
+            )));
+        }
+        for (name, component) in &m.components {
+            for port in component.inputs.iter().chain(&component.outputs) {
+                for dim in &port.shape {
+                    let valid = match dim {
+                        serde_json::Value::Number(n) => n.as_u64().is_some(),
+                        serde_json::Value::String(named) => NAMED_DIMS.contains(&named.as_str()),
+                        _ => false,
+                    };
+                    if !valid {
+                        return Err(self.fail(format!(
+                            "{name} port {:?}: shape entry {dim} is neither a size nor one of {}",
+                            port.name,
+                            NAMED_DIMS.join(", ")
+                        )));
+                    }
+                }
+            }
         }
         if m.prompt.shape.len() != 3 || m.prompt.shape[0] != 1 {
             return Err(self.fail(format!(
@@ -300,12 +478,12 @@ impl Bundle {
     }
 
     fn decoder(&self) -> &ComponentSpec {
-        self.component("vae_decoder")
+        self.component(component::VAE_DECODER)
     }
 
     /// Whether the decoder graph divides by the scaling factor itself.
     pub fn decoder_takes_scaled_latent(&self) -> bool {
-        self.decoder().latent_input.as_deref() == Some("scaled")
+        self.decoder().latent_input == Some(LatentInput::Scaled)
     }
 
     /// Total size of the bundle's files in bytes.
@@ -325,15 +503,15 @@ fn check_ports(
     direction: &str,
     ports: &[PortSpec],
     required: &[&str],
-    float_dtype: &str,
+    float_dtype: TensorDType,
 ) -> Result<()> {
     for name in required {
         let port = ports
             .iter()
             .find(|p| p.name == *name)
             .ok_or_else(|| bundle.fail(format!("{component} has no {direction} named {name:?}")))?;
-        let expected = if *name == "timestep" {
-            "int64"
+        let expected = if *name == port::TIMESTEP {
+            TensorDType::Int64
         } else {
             float_dtype
         };
@@ -351,14 +529,7 @@ fn check_ports(
 pub fn sha256_file(path: &Path) -> Result<String> {
     let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 20];
-    loop {
-        let read = file.read(&mut buffer).map_err(|e| Error::io(path, e))?;
-        if read == 0 {
-            break;
-        }
-        hasher.update(&buffer[..read]);
-    }
+    std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
     Ok(hasher
         .finalize()
         .iter()

@@ -18,9 +18,31 @@ pub enum Error {
     #[error("cannot load ONNX Runtime from {path}: {reason}; point ORT_DYLIB_PATH / --ort-lib at a libonnxruntime.so 1.31 or newer")]
     OrtLoad { path: PathBuf, reason: String },
 
-    /// An ONNX Runtime call failed.
+    /// Something ONNX Runtime returned is not what the graph promised
+    /// (shapes, statistics), or no provider could open a graph.
     #[error("ONNX Runtime: {0}")]
     Ort(String),
+
+    /// An ONNX Runtime call failed.
+    #[error("ONNX Runtime: {0}")]
+    OrtApi(#[from] ort::Error),
+
+    /// An ONNX Runtime call on one graph failed.
+    #[error("ONNX Runtime: {}: {source}", path.display())]
+    OrtIn {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
+
+    /// ONNX Runtime refused a model file itself (not a readable ONNX graph),
+    /// whichever provider was asked for: the bundle's fault.
+    #[error("model {}: {source}; the bundle's graph is damaged (check it with `tadsr-edge info --verify`)", path.display())]
+    Model {
+        path: PathBuf,
+        #[source]
+        source: ort::Error,
+    },
 
     /// An execution provider was asked for but cannot be used here.
     #[error("execution provider {provider} is not usable here: {reason}")]
@@ -37,6 +59,22 @@ pub enum Error {
     /// An input image cannot be used.
     #[error("{0}")]
     Input(String),
+
+    /// An image could not be resized or converted (kept as the source).
+    #[error("{0}")]
+    Image(#[from] crate::image::PreprocessError),
+
+    /// A tile plan could not be made or blended for these options.
+    #[error("invalid option: {0}")]
+    Tiling(#[from] crate::tiling::TilingError),
+
+    /// A timestep or the clean-latent arithmetic was refused.
+    #[error("invalid option: {0}")]
+    Schedule(#[from] crate::schedule::ScheduleError),
+
+    /// The color fix was refused (planes of different shapes).
+    #[error("invalid option: {0}")]
+    ColorFix(#[from] crate::image::colorfix::ColorFixError),
 
     /// A run option is out of range.
     #[error("invalid option: {0}")]
@@ -76,11 +114,39 @@ impl Error {
     }
 }
 
-impl From<ort::Error> for Error {
-    fn from(error: ort::Error) -> Self {
-        Error::Ort(error.to_string())
+impl Error {
+    /// The process exit code for this error when it ends a whole command:
+    /// 130 for an interruption (128 + SIGINT), 2 (usage, model or runtime:
+    /// nothing could run) for every other kind. Per-input failures do not
+    /// end a command; the binary counts them (exit 1).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Error::Interrupted => 130,
+            _ => 2,
+        }
     }
 }
 
 /// Result type of the library.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::PreprocessError;
+
+    #[test]
+    fn module_errors_are_kept_as_sources_with_their_message() {
+        let preprocess = PreprocessError::EmptyImage {
+            width: 0,
+            height: 3,
+        };
+        let message = preprocess.to_string();
+        let error = Error::from(preprocess);
+        assert_eq!(error.to_string(), message);
+        let source = std::error::Error::source(&error).expect("the module error is the source");
+        assert!(source.downcast_ref::<PreprocessError>().is_some());
+        assert_eq!(error.exit_code(), 2);
+        assert_eq!(Error::Interrupted.exit_code(), 130);
+    }
+}

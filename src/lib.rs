@@ -1,19 +1,19 @@
 //! tadsr-edge: TADSR one-step diffusion super-resolution on ONNX Runtime.
 //!
 //! The library does the work; the `tadsr-edge` binary is a thin command line
-//! over it. Stages, each in its own module: [`preprocess`] (resizes, tensors),
-//! [`runtime`] (ONNX Runtime, the only module that uses `ort`), [`tiling`]
-//! (tile plans and blending), [`schedule`] (the DDPM schedule, the clean
-//! latent), [`colorfix`] (adain, wavelet), [`bundle`] (the model folder).
+//! over it. The tree follows the data: [`image`] (decode with limits,
+//! resample, size plan, tensors, post-processing, color fix, atomic write),
+//! [`pipeline`] (the stage order for one image, the stages, the tile loop,
+//! shared statistics), [`runtime`] (ONNX Runtime: the only module that uses
+//! `ort`), [`tiling`] (tile plans and blending), [`schedule`] (the DDPM
+//! schedule, the clean latent), [`bundle`] (the model folder).
 
 pub mod bundle;
-pub mod colorfix;
 pub mod error;
-pub mod image_io;
+pub mod image;
 pub mod naming;
 pub mod npy;
 pub mod pipeline;
-pub mod preprocess;
 pub mod runtime;
 pub mod schedule;
 pub mod stats;

@@ -1,10 +1,101 @@
-//! The `tadsr-edge` command line: a thin layer over the library.
+//! The `tadsr-edge` command line: a thin layer over the library, one way:
+//! `args.rs` (what the user may type) -> `commands/` (one entry point per
+//! subcommand) -> here. This file alone owns the exit codes:
+//!
+//! 0 success (a closed stdout, as under `| head`, is a normal end too);
+//! 1 at least one input failed (the others were written);
+//! 2 usage, model or runtime errors (nothing could run; [`Error::exit_code`]);
+//! 128 + the signal after SIGINT (130), SIGTERM (143) or SIGHUP (129).
 
-mod bench_command;
-mod cli;
-mod run_command;
+mod args;
+mod commands;
 
-fn main() {
-    let code = cli::main();
-    std::process::exit(code);
+use std::process::ExitCode;
+
+use clap::Parser as _;
+
+use args::{Cli, Command};
+use commands::Outcome;
+use tadsr_edge::Error;
+
+/// Exit code when some inputs failed.
+const EXIT_INPUT_FAILED: u8 = 1;
+/// Exit code for usage errors (clap's, before any library call).
+const EXIT_USAGE: u8 = 2;
+
+fn main() -> ExitCode {
+    // ONNX Runtime's own log would repeat our errors on stderr; keep only
+    // fatal messages unless the user asked for more (ORT_LOG=warning...).
+    // Set here, before any thread starts: the library never changes the
+    // environment.
+    if std::env::var_os("ORT_LOG").is_none() {
+        std::env::set_var("ORT_LOG", "fatal");
+    }
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            let printed = error.print();
+            if printed.is_err() && !error.use_stderr() {
+                // `--help | head`: the reader left; that is a normal end.
+                return ExitCode::SUCCESS;
+            }
+            return ExitCode::from(code);
+        }
+    };
+    let ort_lib = cli.ort_lib.as_deref();
+    let result = match &cli.command {
+        Command::Info(args) => commands::info::info(ort_lib, args),
+        Command::Bench(args) => commands::bench::bench(ort_lib, args),
+        Command::Run(args) => commands::run::run(ort_lib, args, exit_now),
+    };
+    match result {
+        Ok(outcome) => ExitCode::from(outcome_code(outcome)),
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {}", one_line(&error));
+            ExitCode::from(error_code(&error))
+        }
+    }
+}
+
+/// The exit code of a command that ran to its end.
+fn outcome_code(outcome: Outcome) -> u8 {
+    match outcome {
+        Outcome::Done => 0,
+        Outcome::SomeInputsFailed => EXIT_INPUT_FAILED,
+        // 128 + the signal, as shells report a process killed by it.
+        Outcome::Interrupted(signal) => 128u8.saturating_add(signal.clamp(0, 127) as u8),
+    }
+}
+
+/// The exit code of a command that failed as a whole: the library's
+/// mapping for its errors, usage/setup (2) for everything else.
+fn error_code(error: &anyhow::Error) -> u8 {
+    error
+        .chain()
+        .find_map(|cause| cause.downcast_ref::<Error>())
+        .map_or(EXIT_USAGE, Error::exit_code)
+}
+
+/// Ends the process at once (a second signal): `_exit`, so no destructor
+/// or ONNX Runtime thread can hold it up.
+fn exit_now(outcome: Outcome) -> ! {
+    signal_hook::low_level::exit(i32::from(outcome_code(outcome)))
+}
+
+/// Whether writing to stdout failed because its reader went away.
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<commands::StdoutClosed>().is_some()
+}
+
+/// An error and its causes on one line (control characters escaped).
+fn one_line(error: &anyhow::Error) -> String {
+    commands::escape_controls(
+        &error
+            .chain()
+            .map(|cause| cause.to_string())
+            .collect::<Vec<_>>()
+            .join(": "),
+    )
 }

@@ -4,6 +4,9 @@
 //! edge: the last tile is placed flush with it instead), so one ONNX session
 //! shape serves the whole image. Tiles are blended by per-pixel weights:
 //! the authors' Gaussian for UNet residuals, a linear feather elsewhere.
+//!
+//! Over 500 lines only with its unit and property tests beside the code
+//! (the code is about 470 lines).
 
 use ndarray::{s, Array3, ArrayView3};
 use rayon::prelude::*;

@@ -142,3 +142,46 @@ fn a_malformed_manifest_says_so() {
     let error = load_error(dir.path());
     assert!(error.contains("malformed"), "{error}");
 }
+
+/// Every manifest field with a closed set of values refuses an unknown
+/// value when the bundle is opened, naming the field and the values allowed
+/// (an unknown color fix once became adain without a word).
+#[test]
+fn an_unknown_value_of_a_closed_field_is_refused_by_name() {
+    type Edit = fn(&mut Value);
+    let cases: [(Edit, &str, &[&str]); 5] = [
+        (
+            |m| m["defaults"]["color_fix"] = Value::from("sepia"),
+            "defaults.color_fix",
+            &["adain", "wavelet", "none"],
+        ),
+        (
+            |m| m["precision"] = Value::from("fp64"),
+            "precision",
+            &["fp32", "fp16", "int8-qdq"],
+        ),
+        (
+            |m| m["components"]["vae_decoder"]["latent_input"] = Value::from("halved"),
+            "latent_input",
+            &["scaled", "unscaled"],
+        ),
+        (
+            |m| m["components"]["unet"]["inputs"][0]["dtype"] = Value::from("bfloat16"),
+            "dtype",
+            &["float32", "float16", "int64"],
+        ),
+        (
+            |m| m["schedule"]["type"] = Value::from("cosine"),
+            "schedule.type",
+            &["scaled_linear"],
+        ),
+    ];
+    for (edit, field, allowed) in cases {
+        let dir = broken_copy(|m, _| edit(m));
+        let error = load_error(dir.path());
+        assert!(error.contains(field), "{field}: {error}");
+        for value in allowed {
+            assert!(error.contains(value), "{field}: {error}");
+        }
+    }
+}

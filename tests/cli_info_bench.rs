@@ -203,3 +203,27 @@ fn bench_text_shows_the_stages() {
         assert!(text.contains(needle), "{needle:?} missing from:\n{text}");
     }
 }
+
+/// `tadsr-edge ... | head -c1`: the reader goes away before the report is
+/// written; that is a normal end (exit 0, no panic), as for any Unix tool.
+fn ends_normally_into_a_closed_pipe(args: &[&str]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("the binary runs");
+    // closed before the binary writes (it loads ONNX Runtime first)
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("the binary ends");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+    assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+}
+
+#[test]
+fn a_closed_stdout_is_a_normal_end() {
+    ends_normally_into_a_closed_pipe(&["info", "--model", &tiny(), "--json"]);
+    ends_normally_into_a_closed_pipe(&["info", "--model", &tiny()]);
+    ends_normally_into_a_closed_pipe(&["--help"]);
+}

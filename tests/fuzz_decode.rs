@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use image::{DynamicImage, ImageFormat};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
-use tadsr_edge::image_io::{decode_bytes, InputLimits};
+use tadsr_edge::image::io::{decode_bytes, InputLimits};
 use tadsr_edge::Error;
 
 // ---------------------------------------------------------------------------

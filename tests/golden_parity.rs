@@ -5,13 +5,13 @@
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
-use tadsr_edge::image_io::{read_input, InputLimits, InputPixels};
+use tadsr_edge::image::io::{read_input, InputLimits, InputPixels};
+use tadsr_edge::image::{size_plan, tensor};
 use tadsr_edge::npy;
 use tadsr_edge::pipeline::{
     self, psnr, ColorFix, NoProgress, Pipeline, PipelineConfig, ProviderChoice, RunOptions,
     TilingMode,
 };
-use tadsr_edge::preprocess;
 use tadsr_edge::runtime::Provider;
 
 /// Largest difference allowed between our output and the PyTorch reference,
@@ -142,8 +142,8 @@ fn model_part_matches_pytorch_on_pillows_upscaled_image() {
         let upscaled = image::open(golden_dir().join(&case.upscaled))
             .unwrap()
             .to_rgb8();
-        let model_input = preprocess::rgb8_to_model_input(&upscaled);
-        let source = preprocess::rgb8_to_unit_planes(&upscaled);
+        let model_input = tensor::rgb8_to_model_input(&upscaled);
+        let source = tensor::rgb8_to_unit_planes(&upscaled);
         let error =
             check_against_reference(&mut pipeline, &case, &model_input, &source, "model part");
         worst = worst.max(error);
@@ -158,7 +158,7 @@ fn whole_pipeline_from_the_input_file_matches_pytorch() {
         let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
         assert!(matches!(input.pixels, InputPixels::Rgb8(_)));
         let plan =
-            preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size)
+            size_plan::plan_sizes(input.width, input.height, case.upscale, case.process_size)
                 .unwrap();
         let prepared = pipeline::prepare(&input, &plan).unwrap();
         check_against_reference(
@@ -179,9 +179,9 @@ fn our_resize_equals_pillow_on_the_golden_inputs() {
             panic!("8-bit input")
         };
         let plan =
-            preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size)
+            size_plan::plan_sizes(input.width, input.height, case.upscale, case.process_size)
                 .unwrap();
-        let ours = preprocess::apply_size_plan_rgb8(rgb, &plan).unwrap();
+        let ours = size_plan::apply_size_plan_rgb8(rgb, &plan).unwrap();
         let pillow = image::open(golden_dir().join(&case.upscaled))
             .unwrap()
             .to_rgb8();
@@ -205,8 +205,8 @@ fn the_timestep_changes_the_output() {
     let upscaled = image::open(golden_dir().join(&case.upscaled))
         .unwrap()
         .to_rgb8();
-    let model_input = preprocess::rgb8_to_model_input(&upscaled);
-    let source = preprocess::rgb8_to_unit_planes(&upscaled);
+    let model_input = tensor::rgb8_to_model_input(&upscaled);
+    let source = tensor::rgb8_to_unit_planes(&upscaled);
     let options = options_for(case);
     let (at_100, _) = pipeline
         .upscale_tensor(&model_input, &source, 100, &options, &NoProgress)
@@ -225,8 +225,8 @@ fn a_seed_samples_reproducibly_and_differs_from_the_mean() {
     let upscaled = image::open(golden_dir().join(&case.upscaled))
         .unwrap()
         .to_rgb8();
-    let model_input = preprocess::rgb8_to_model_input(&upscaled);
-    let source = preprocess::rgb8_to_unit_planes(&upscaled);
+    let model_input = tensor::rgb8_to_model_input(&upscaled);
+    let source = tensor::rgb8_to_unit_planes(&upscaled);
     let mean = options_for(case);
     let seeded = RunOptions {
         seed: Some(7),
@@ -280,7 +280,7 @@ fn latent_tiling_matches_pytorch() {
     assert_eq!(case.tiling, "latent");
     let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
     let plan =
-        preprocess::plan_sizes(input.width, input.height, case.upscale, case.process_size).unwrap();
+        size_plan::plan_sizes(input.width, input.height, case.upscale, case.process_size).unwrap();
     let prepared = pipeline::prepare(&input, &plan).unwrap();
     let options = RunOptions {
         timesteps: vec![case.timestep],

@@ -403,8 +403,8 @@ fn outside_value(schema_pointer: &str) -> Value {
     }
 }
 
-/// Closed sets the runtime reads as free strings today; their refusal is
-/// checked by `values_outside_string_sets_are_refused` (ignored until then).
+/// Closed sets that were free strings in the runtime before issue 12's serde
+/// enums; their refusal is checked by `values_outside_string_sets_are_refused`.
 const STRING_SETS_UNTIL_SERDE_ENUMS: [&str; 5] = [
     "/$defs/port/properties/layout",
     "/$defs/named_dim",
@@ -476,17 +476,16 @@ fn values_outside_checked_sets_are_refused() {
             accepted.push(format!("{pointer} = {value}"));
         }
     }
-    // dtype and latent_input are checked on the required components only:
-    // the same values on the tiled graphs' ports are in the ignored test.
+    // dtype and latent_input on the tiled graphs' ports: in
+    // `values_outside_string_sets_are_refused`.
     assert!(accepted.is_empty(), "accepted: {}", accepted.join(", "));
 }
 
-// fails until the serde-enum change of issue 12 lands: today these fields
-// are free strings (an unknown color fix becomes adain, layout, named
-// dimensions, schedule type and prompt dtype are not read, the tiled
-// components' dtype and latent_input are not checked when the bundle opens).
+// These fields were free strings before issue 12's serde enums (an unknown
+// color fix became adain; layout, named dimensions, schedule type and prompt
+// dtype were not read; the tiled components' dtype and latent_input were not
+// checked when the bundle opened).
 #[test]
-#[ignore = "fails until the serde-enum change of issue 12 lands (manifest fields with closed sets as serde enums)"]
 fn values_outside_string_sets_are_refused() {
     let files = Files::new();
     let mut accepted = Vec::new();

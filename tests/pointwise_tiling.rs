@@ -12,10 +12,11 @@
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
+use tadsr_edge::image::resample::{self, ResampleFilter};
+use tadsr_edge::image::tensor;
 use tadsr_edge::pipeline::{
     ColorFix, NoProgress, Pipeline, PipelineConfig, ProviderChoice, RunOptions, TilingMode,
 };
-use tadsr_edge::preprocess::{self, ResampleFilter};
 use tadsr_edge::runtime::Provider;
 
 /// A weighted mean of equal fp32 values differs from them by a few ulps
@@ -79,10 +80,10 @@ fn photo(width: u32, height: u32) -> (ndarray::Array4<f32>, ndarray::Array3<f32>
     let photo = image::open(repo().join("examples/coffee.png"))
         .unwrap()
         .to_rgb8();
-    let resized = preprocess::resize_rgb8(&photo, width, height, ResampleFilter::Bicubic).unwrap();
+    let resized = resample::resize_rgb8(&photo, width, height, ResampleFilter::Bicubic).unwrap();
     (
-        preprocess::rgb8_to_model_input(&resized),
-        preprocess::rgb8_to_unit_planes(&resized),
+        tensor::rgb8_to_model_input(&resized),
+        tensor::rgb8_to_unit_planes(&resized),
     )
 }
 

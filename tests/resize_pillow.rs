@@ -9,10 +9,9 @@ use std::path::{Path, PathBuf};
 
 use image::{GrayImage, RgbImage};
 use serde::Deserialize;
+use tadsr_edge::image::resample::{resize_f32, resize_gray8, resize_rgb8, ResampleFilter};
+use tadsr_edge::image::size_plan::{apply_size_plan_rgb8, plan_sizes};
 use tadsr_edge::npy::read_npy;
-use tadsr_edge::preprocess::{
-    apply_size_plan_rgb8, plan_sizes, resize_f32, resize_gray8, resize_rgb8, ResampleFilter,
-};
 
 #[derive(Deserialize)]
 struct FixtureIndex {

@@ -8,10 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use image::imageops;
+use tadsr_edge::image::resample::{self, ResampleFilter};
+use tadsr_edge::image::tensor;
 use tadsr_edge::pipeline::{
     psnr, ColorFix, NoProgress, Pipeline, PipelineConfig, ProviderChoice, RunOptions, TilingMode,
 };
-use tadsr_edge::preprocess::{self, ResampleFilter};
 use tadsr_edge::runtime::Provider;
 
 /// A REGRESSION GUARD, not a quality claim: this bound was set from this
@@ -52,11 +53,11 @@ fn coffee_1024() -> (ndarray::Array4<f32>, ndarray::Array3<f32>) {
         side,
     )
     .to_image();
-    let small = preprocess::resize_rgb8(&square, 256, 256, ResampleFilter::Bicubic).unwrap();
-    let upscaled = preprocess::resize_rgb8(&small, 1024, 1024, ResampleFilter::Bicubic).unwrap();
+    let small = resample::resize_rgb8(&square, 256, 256, ResampleFilter::Bicubic).unwrap();
+    let upscaled = resample::resize_rgb8(&small, 1024, 1024, ResampleFilter::Bicubic).unwrap();
     (
-        preprocess::rgb8_to_model_input(&upscaled),
-        preprocess::rgb8_to_unit_planes(&upscaled),
+        tensor::rgb8_to_model_input(&upscaled),
+        tensor::rgb8_to_unit_planes(&upscaled),
     )
 }
 

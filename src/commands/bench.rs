@@ -7,25 +7,25 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde_json::json;
 
-use tadsr_edge::image_io::{self, InputImage};
-use tadsr_edge::pipeline::{NoProgress, Pipeline, PipelineConfig, RunOptions, TilingMode};
-use tadsr_edge::preprocess::{self, ResampleFilter};
+use tadsr_edge::image::io::InputImage;
+use tadsr_edge::image::resample::{self, ResampleFilter};
+use tadsr_edge::image::write;
+use tadsr_edge::pipeline::{
+    NoProgress, Pipeline, PipelineConfig, RunOptions, SpentIn, StageTimings, TilingMode,
+};
 use tadsr_edge::stats::{self, Summary};
 
-use crate::cli::BenchArgs;
-use crate::run_command::provider_choice;
+use super::{default_model_dir, print_line, provider_choice, Outcome};
+use crate::args::BenchArgs;
 
-/// The stages reported, in pipeline order.
-const STAGES: [&str; 8] = [
-    "preprocess",
-    "encoder",
-    "unet",
-    "decoder",
-    "blend",
-    "color_fix",
-    "postprocess",
-    "write",
-];
+/// The stages reported, in pipeline order: the pipeline's timed stages
+/// ([`StageTimings::STAGES`]), then writing the output (ours, not ONNX
+/// Runtime's).
+fn stages() -> Vec<(&'static str, SpentIn)> {
+    let mut stages = StageTimings::STAGES.to_vec();
+    stages.push(("write", SpentIn::Rust));
+    stages
+}
 
 /// A low-resolution input of `side` x `side` pixels: the given photo (or
 /// the committed example) resized with Lanczos.
@@ -40,16 +40,13 @@ fn bench_input(input: Option<&Path>, side: u32) -> anyhow::Result<InputImage> {
             )
         })?
         .to_rgb8();
-    let resized = preprocess::resize_rgb8(&photo, side, side, ResampleFilter::Lanczos)?;
+    let resized = resample::resize_rgb8(&photo, side, side, ResampleFilter::Lanczos)?;
     Ok(InputImage::from_rgb8(resized))
 }
 
-pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
-    let mut config = PipelineConfig::new(
-        args.model
-            .clone()
-            .unwrap_or_else(crate::run_command::default_model_dir),
-    );
+/// Runs the benchmark and prints its report.
+pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome> {
+    let mut config = PipelineConfig::new(args.model.clone().unwrap_or_else(default_model_dir));
     config.ort_lib = ort_lib.map(Path::to_path_buf);
     config.provider = provider_choice(args.provider);
     config.threads = args.threads;
@@ -79,30 +76,21 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
     let output_path = scratch.path().join("bench.png");
 
-    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); STAGES.len()];
+    let stages = stages();
+    let mut samples: Vec<Vec<f64>> = vec![Vec::new(); stages.len()];
     let mut end_to_end = Vec::new();
     for run in 0..args.warmup + args.runs {
         let start = Instant::now();
         let mut outputs = pipeline.upscale(&input, &options, &NoProgress)?;
         let upscaled = outputs.pop().context("the pipeline gave no output")?;
         let write_start = Instant::now();
-        image_io::write_atomically(&upscaled.image, &output_path)?;
+        write::write_atomically(&upscaled.image, &output_path)?;
         let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
         let total_ms = start.elapsed().as_secs_f64() * 1e3;
         if run < args.warmup {
             continue;
         }
-        let t = upscaled.timings;
-        let per_stage = [
-            t.preprocess,
-            t.encoder,
-            t.unet,
-            t.decoder,
-            t.blend,
-            t.color_fix,
-            t.postprocess,
-            write_ms,
-        ];
+        let per_stage = upscaled.timings.iter().map(|(_, ms)| ms).chain([write_ms]);
         for (stage_samples, value) in samples.iter_mut().zip(per_stage) {
             stage_samples.push(value);
         }
@@ -117,10 +105,11 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
     }
     let summaries: Vec<Summary> = samples.iter().filter_map(|s| stats::summarize(s)).collect();
     let total = stats::summarize(&end_to_end).context("--runs must be at least 1")?;
-    let rust_side_p50: f64 = ["preprocess", "blend", "color_fix", "postprocess", "write"]
+    let rust_side_p50: f64 = stages
         .iter()
-        .filter_map(|name| STAGES.iter().position(|s| s == name))
-        .map(|index| summaries[index].p50)
+        .zip(&summaries)
+        .filter(|((_, spent_in), _)| *spent_in == SpentIn::Rust)
+        .map(|(_, summary)| summary.p50)
         .sum();
     let output_megapixels = f64::from(args.size) * f64::from(args.size) / 1e6;
     let throughput = output_megapixels / (total.p50 / 1e3);
@@ -128,14 +117,12 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
     let providers = pipeline.providers();
 
     if args.json {
-        let stages: serde_json::Map<String, serde_json::Value> = STAGES
+        let stages_json: serde_json::Map<String, serde_json::Value> = stages
             .iter()
             .zip(&summaries)
-            .map(|(name, summary)| (name.to_string(), json!(summary)))
+            .map(|((name, _), summary)| (name.to_string(), json!(summary)))
             .collect();
-        println!(
-            "{}",
-            json!({
+        print_line(json!({
                 "model": pipeline.bundle().root(),
                 "size": args.size,
                 "tile": args.tile,
@@ -144,16 +131,15 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
                 "threads": args.threads,
                 "provider": providers,
                 "session_creation_ms": session_ms,
-                "stages_ms": stages,
+                "stages_ms": stages_json,
                 "end_to_end_ms": total,
                 "rust_side_share_p50": rust_side_p50 / total.p50,
                 "output_megapixels_per_second": throughput,
                 "peak_rss_bytes": peak_rss,
-            })
-        );
-        return Ok(0);
+        }))?;
+        return Ok(Outcome::Done);
     }
-    println!(
+    print_line(format_args!(
         "tadsr-edge bench: {} -> {}x{} output, tile {}, {} runs after {} warm-up, encoder {} / unet {} / decoder {}",
         pipeline.bundle().root().display(),
         args.size,
@@ -164,29 +150,34 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<i32> {
         providers.vae_encoder,
         providers.unet,
         providers.vae_decoder
-    );
-    println!("session creation: {session_ms:.0} ms");
-    println!(
+    ))?;
+    print_line(format_args!("session creation: {session_ms:.0} ms"))?;
+    print_line(format_args!(
         "{:<12} {:>10} {:>10} {:>10}",
         "stage", "p50 ms", "p95 ms", "min ms"
-    );
-    for (name, summary) in STAGES.iter().zip(&summaries) {
-        println!(
+    ))?;
+    for ((name, _), summary) in stages.iter().zip(&summaries) {
+        print_line(format_args!(
             "{name:<12} {:>10.1} {:>10.1} {:>10.1}",
             summary.p50, summary.p95, summary.min
-        );
+        ))?;
     }
-    println!(
+    print_line(format_args!(
         "{:<12} {:>10.1} {:>10.1} {:>10.1}",
         "end to end", total.p50, total.p95, total.min
-    );
-    println!("throughput: {throughput:.3} output megapixels/s");
-    println!(
+    ))?;
+    print_line(format_args!(
+        "throughput: {throughput:.3} output megapixels/s"
+    ))?;
+    print_line(format_args!(
         "outside ONNX Runtime: {:.2}% of p50",
         100.0 * rust_side_p50 / total.p50
-    );
+    ))?;
     if let Some(bytes) = peak_rss {
-        println!("peak RSS: {:.0} MiB", bytes as f64 / (1024.0 * 1024.0));
+        print_line(format_args!(
+            "peak RSS: {:.0} MiB",
+            bytes as f64 / (1024.0 * 1024.0)
+        ))?;
     }
-    Ok(0)
+    Ok(Outcome::Done)
 }

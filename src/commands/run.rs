@@ -11,39 +11,18 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-use tadsr_edge::image_io::{self, InputLimits};
+use tadsr_edge::image::io::{self as image_io, InputLimits};
+use tadsr_edge::image::size_plan;
+use tadsr_edge::image::write;
 use tadsr_edge::naming::{self, shown, shown_os, OutputTarget, Verdict};
-use tadsr_edge::pipeline::{
-    ColorFix, Pipeline, PipelineConfig, Progress, ProviderChoice, RunOptions, TilingMode,
-};
-use tadsr_edge::preprocess;
+use tadsr_edge::pipeline::{ColorFix, Pipeline, PipelineConfig, Progress, RunOptions, TilingMode};
 use tadsr_edge::runtime::Provider;
 use tadsr_edge::Error;
 
-use crate::cli::{
-    ColorFixArg, ProviderArg, RunArgs, TilingArg, EXIT_INPUT_FAILED, MAX_PROCESS_SIZE,
-};
+use super::{default_model_dir, escape_controls, print_line, provider_choice, ExitNow, Outcome};
+use crate::args::{ColorFixArg, ProviderArg, RunArgs, TilingArg, MAX_PROCESS_SIZE};
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-/// The model folder when `--model` is not given.
-pub fn default_model_dir() -> PathBuf {
-    let real = PathBuf::from("models/tadsr");
-    if real.join("manifest.json").is_file() {
-        real
-    } else {
-        PathBuf::from("models/tiny")
-    }
-}
-
-pub fn provider_choice(arg: ProviderArg) -> ProviderChoice {
-    match arg {
-        ProviderArg::Auto => ProviderChoice::Auto,
-        ProviderArg::Cpu => ProviderChoice::Only(Provider::Cpu),
-        ProviderArg::Cuda => ProviderChoice::Only(Provider::Cuda),
-        ProviderArg::Tensorrt => ProviderChoice::Only(Provider::TensorRt),
-    }
-}
 
 fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
     let mut options = RunOptions::from_bundle(pipeline.bundle());
@@ -111,12 +90,6 @@ impl Progress for TileBar {
     }
 }
 
-/// Exit code after `signal`: 128 + its number (130 SIGINT, 143 SIGTERM,
-/// 129 SIGHUP), as shells report a process killed by it.
-fn exit_code_for(signal: i32) -> i32 {
-    128 + signal
-}
-
 /// The signal number that stopped the run, 0 while none came.
 static SIGNAL: AtomicI32 = AtomicI32::new(0);
 /// Signals received so far.
@@ -136,7 +109,7 @@ fn signal_name(signal: i32) -> &'static str {
 /// the batch ends cleanly: outputs written so far are complete, the one
 /// being computed is dropped. A second one stops the process at once, after
 /// removing the temporary file of a write in progress.
-fn install_signal_handlers() -> anyhow::Result<()> {
+fn install_signal_handlers(exit_now: ExitNow) -> anyhow::Result<()> {
     for signal in [SIGINT, SIGTERM, SIGHUP] {
         // SAFETY: the closure only touches atomics, which is async-signal-safe.
         unsafe {
@@ -155,7 +128,7 @@ fn install_signal_handlers() -> anyhow::Result<()> {
         .spawn(move || {
             for _ in signals.forever() {
                 if SIGNALS_SEEN.load(Ordering::SeqCst) >= 2 {
-                    let removed = image_io::remove_temporary_files();
+                    let removed = write::remove_temporary_files();
                     let signal = SIGNAL.load(Ordering::SeqCst);
                     eprintln!(
                         "error: stopped at once by a second signal; outputs already written are complete{}",
@@ -165,7 +138,7 @@ fn install_signal_handlers() -> anyhow::Result<()> {
                             ""
                         }
                     );
-                    signal_hook::low_level::exit(exit_code_for(signal));
+                    exit_now(Outcome::Interrupted(signal));
                 }
             }
         })
@@ -185,7 +158,7 @@ fn json_path(path: &Path) -> String {
 /// A message with its control characters escaped: one line, whatever the
 /// names in it hold.
 fn one_line(text: &str) -> String {
-    crate::cli::escape_controls(text)
+    escape_controls(text)
 }
 
 /// The options `run` checks before anything else (no bundle needed).
@@ -241,20 +214,14 @@ fn check_bundle_defaults(args: &RunArgs, pipeline: &Pipeline) -> anyhow::Result<
             defaults.process_size
         ));
     }
-    if args.color_fix.is_none() && defaults.color_fix.parse::<ColorFix>().is_err() {
-        return bad(format!(
-            "manifest.json defaults.color_fix is {:?}, not adain, wavelet or none; fix the bundle or give --color-fix",
-            defaults.color_fix
-        ));
-    }
     Ok(())
 }
 
-/// Runs the batch; returns the exit code. Everything that can be checked is
+/// Runs the batch; returns how it ended. Everything that can be checked is
 /// checked before the first network runs: the options, every input's file
 /// type, the whole input -> output map, the output folder.
-pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
-    install_signal_handlers()?;
+pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow::Result<Outcome> {
+    install_signal_handlers(exit_now)?;
     check_arguments(args)?;
     let inputs = image_io::expand_inputs(&args.inputs).context("cannot list the inputs")?;
     if inputs.is_empty() {
@@ -305,7 +272,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
         }
     }
     if jobs.is_empty() {
-        return Ok(EXIT_INPUT_FAILED);
+        return Ok(Outcome::SomeInputsFailed);
     }
     // The output folder, probed now when it exists (a missing one is made
     // once the model has loaded).
@@ -315,10 +282,10 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
     };
     let folder_exists = folder.is_dir();
     if folder_exists {
-        image_io::check_writable_folder(&folder)?;
+        write::check_writable_folder(&folder)?;
     }
-    if let Some(code) = interrupted_exit() {
-        return Ok(code);
+    if let Some(outcome) = interrupted() {
+        return Ok(outcome);
     }
 
     let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
@@ -361,10 +328,10 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
     if !folder_exists {
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create the output folder {}", shown(&folder)))?;
-        image_io::check_writable_folder(&folder)?;
+        write::check_writable_folder(&folder)?;
     }
-    if let Some(code) = interrupted_exit() {
-        return Ok(code);
+    if let Some(outcome) = interrupted() {
+        return Ok(outcome);
     }
 
     let limits = InputLimits {
@@ -372,9 +339,9 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
         ..InputLimits::default()
     };
     let size_check = |width: u32, height: u32| -> Result<(), String> {
-        let plan = preprocess::plan_sizes(width, height, options.upscale, options.process_size)
+        let plan = size_plan::plan_sizes(width, height, options.upscale, options.process_size)
             .map_err(|e| e.to_string())?;
-        preprocess::check_plan_bounds(
+        size_plan::check_plan_bounds(
             &plan,
             options.upscale,
             options.process_size,
@@ -445,7 +412,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
                 }
             }
             let write_start = Instant::now();
-            if let Err(error) = image_io::write_atomically(&upscaled.image, output_path) {
+            if let Err(error) = write::write_atomically(&upscaled.image, output_path) {
                 report(input, &error.to_string());
                 failed += 1;
                 continue;
@@ -456,29 +423,23 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
             let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
             let timings = upscaled.timings;
             if args.json {
-                println!(
-                    "{}",
-                    json!({
-                        "input": json_path(input),
-                        "output": json_path(output_path),
-                        "input_size": [image.width, image.height],
-                        "output_size": [upscaled.image.width(), upscaled.image.height()],
-                        "timestep": upscaled.timestep,
-                        "provider": providers,
-                        "ms": {
-                            "read": read_ms,
-                            "preprocess": timings.preprocess,
-                            "encoder": timings.encoder,
-                            "unet": timings.unet,
-                            "decoder": timings.decoder,
-                            "blend": timings.blend,
-                            "color_fix": timings.color_fix,
-                            "postprocess": timings.postprocess,
-                            "write": write_ms,
-                            "total": timings.total() + write_ms,
-                        },
-                    })
-                );
+                // read, every timed stage the pipeline declares, write, total
+                let mut ms = serde_json::Map::new();
+                ms.insert("read".into(), json!(read_ms));
+                for (stage, stage_ms) in timings.iter() {
+                    ms.insert(stage.into(), json!(stage_ms));
+                }
+                ms.insert("write".into(), json!(write_ms));
+                ms.insert("total".into(), json!(timings.total() + write_ms));
+                print_line(json!({
+                    "input": json_path(input),
+                    "output": json_path(output_path),
+                    "input_size": [image.width, image.height],
+                    "output_size": [upscaled.image.width(), upscaled.image.height()],
+                    "timestep": upscaled.timestep,
+                    "provider": providers,
+                    "ms": ms,
+                }))?;
             } else if !args.quiet {
                 eprintln!(
                     "{} -> {} ({}x{} -> {}x{}, t={}, {:.0} ms)",
@@ -494,14 +455,18 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs) -> anyhow::Result<i32> {
             }
         }
     }
-    if let Some(code) = interrupted_exit() {
-        return Ok(code);
+    if let Some(outcome) = interrupted() {
+        return Ok(outcome);
     }
-    Ok(if failed > 0 { EXIT_INPUT_FAILED } else { 0 })
+    Ok(if failed > 0 {
+        Outcome::SomeInputsFailed
+    } else {
+        Outcome::Done
+    })
 }
 
-/// After a first signal: the message and the exit code (128 + the signal).
-fn interrupted_exit() -> Option<i32> {
+/// After a first signal: the message and the outcome.
+fn interrupted() -> Option<Outcome> {
     if !INTERRUPTED.load(Ordering::SeqCst) {
         return None;
     }
@@ -510,5 +475,9 @@ fn interrupted_exit() -> Option<i32> {
         "error: interrupted by {}; outputs already written are complete, nothing partial was left",
         signal_name(signal)
     );
-    Some(exit_code_for(if signal == 0 { SIGINT } else { signal }))
+    Some(Outcome::Interrupted(if signal == 0 {
+        SIGINT
+    } else {
+        signal
+    }))
 }

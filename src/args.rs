@@ -1,22 +1,9 @@
-//! Command-line parsing, exit codes and what the user sees.
-//!
-//! Exit codes: 0 success, 1 at least one input failed (the others were
-//! written), 2 usage, model or runtime errors (nothing could run), 128 + the
-//! signal after SIGINT (130), SIGTERM (143) or SIGHUP (129).
+//! The command line's arguments: clap definitions and their value checks,
+//! nothing else. Read by `commands/` and `main.rs`; uses only the library.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use serde_json::json;
-
-use tadsr_edge::bundle::Bundle;
-use tadsr_edge::runtime::{Provider, Runtime};
-
-/// Exit code when some inputs failed.
-pub const EXIT_INPUT_FAILED: i32 = 1;
-/// Exit code for usage, model and runtime errors.
-pub const EXIT_SETUP_FAILED: i32 = 2;
 
 /// Largest `--process-size`.
 pub const MAX_PROCESS_SIZE: u32 = 8192;
@@ -48,23 +35,6 @@ fn parse_threads(text: &str) -> Result<usize, String> {
         ));
     }
     Ok(threads)
-}
-
-/// A message with its control characters escaped (`\n`, `\u{1b}`, ...),
-/// so it stays one line and cannot drive the terminal.
-pub fn escape_controls(text: &str) -> String {
-    if !text.chars().any(char::is_control) {
-        return text.to_string();
-    }
-    text.chars()
-        .flat_map(|c| {
-            if c.is_control() {
-                c.escape_default().collect::<Vec<_>>()
-            } else {
-                vec![c]
-            }
-        })
-        .collect()
 }
 
 const ROOT_EXAMPLES: &str = "\
@@ -177,7 +147,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0, value_parser = parse_threads)]
     pub threads: usize,
     /// Most pixels processed for one input (its output, or its enlarged size under the minimum-size rule), 1..2^32.
-    #[arg(long, default_value_t = tadsr_edge::image_io::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_MAX_PIXELS))]
+    #[arg(long, default_value_t = tadsr_edge::image::io::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_MAX_PIXELS))]
     pub max_pixels: u64,
     /// No progress bars.
     #[arg(long, short = 'q')]
@@ -256,150 +226,4 @@ pub struct InfoArgs {
     /// Also check every file's sha256 (slow on large bundles).
     #[arg(long)]
     pub verify: bool,
-}
-
-/// Runs the command line; returns the process exit code.
-pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
-        Ok(cli) => cli,
-        Err(error) => {
-            let code = if error.use_stderr() {
-                EXIT_SETUP_FAILED
-            } else {
-                0
-            };
-            let _ = error.print();
-            return code;
-        }
-    };
-    let result = match &cli.command {
-        Command::Info(args) => info(cli.ort_lib.as_deref(), args),
-        Command::Bench(args) => crate::bench_command::bench(cli.ort_lib.as_deref(), args),
-        Command::Run(args) => crate::run_command::run(cli.ort_lib.as_deref(), args),
-    };
-    match result {
-        Ok(code) => code,
-        Err(error) => {
-            eprintln!("error: {}", one_line(&error));
-            EXIT_SETUP_FAILED
-        }
-    }
-}
-
-/// An error and its causes on one line (control characters escaped).
-pub fn one_line(error: &anyhow::Error) -> String {
-    escape_controls(
-        &error
-            .chain()
-            .map(|cause| cause.to_string())
-            .collect::<Vec<_>>()
-            .join(": "),
-    )
-}
-
-fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<i32> {
-    let runtime = Runtime::global(ort_lib)?;
-    let providers: Vec<&str> = runtime
-        .usable_providers()
-        .iter()
-        .map(|p| p.name())
-        .collect();
-    let unusable: Vec<(Provider, String)> = Provider::PREFERENCE
-        .into_iter()
-        .filter_map(|p| runtime.probe_provider(p).err().map(|reason| (p, reason)))
-        .collect();
-    let bundle = match &args.model {
-        Some(dir) => {
-            Some(Bundle::open_with(dir, args.verify).with_context(|| "cannot use the bundle")?)
-        }
-        None => None,
-    };
-    if args.json {
-        let bundle_json = bundle.as_ref().map(bundle_summary_json);
-        let report = json!({
-            "onnxruntime": {
-                "version": runtime.version(),
-                "library": runtime.library().path,
-                "found_by": runtime.library().source,
-            },
-            "providers": providers,
-            "unusable_providers": unusable.iter().map(|(p, r)| json!({"provider": p.name(), "reason": r})).collect::<Vec<_>>(),
-            "model": bundle_json,
-        });
-        println!("{report}");
-        return Ok(0);
-    }
-    println!("tadsr-edge {}", env!("CARGO_PKG_VERSION"));
-    println!(
-        "ONNX Runtime {} ({}, found by {})",
-        runtime.version(),
-        runtime.library().path.display(),
-        runtime.library().source
-    );
-    println!("execution providers: {}", providers.join(", "));
-    for (provider, reason) in &unusable {
-        println!("  {provider}: not usable: {reason}");
-    }
-    if let Some(bundle) = &bundle {
-        print_bundle_summary(bundle);
-    }
-    Ok(0)
-}
-
-fn bundle_summary_json(bundle: &Bundle) -> serde_json::Value {
-    let m = bundle.manifest();
-    json!({
-        "path": bundle.root(),
-        "name": m.name,
-        "format_version": m.format_version,
-        "precision": m.precision,
-        "components": m.components.keys().collect::<Vec<_>>(),
-        "bytes": bundle.total_bytes(),
-        "prompt_embeds_shape": m.prompt.shape,
-        "prompt": m.prompt.text,
-        "defaults": m.defaults,
-        "scaling_factor": m.scaling_factor,
-        "provenance": m.provenance,
-    })
-}
-
-fn print_bundle_summary(bundle: &Bundle) {
-    let m = bundle.manifest();
-    println!("model: {}", bundle.root().display());
-    println!(
-        "  name {}, format {}, precision {}, {:.1} MB",
-        m.name.as_deref().unwrap_or("-"),
-        m.format_version,
-        m.precision,
-        bundle.total_bytes() as f64 / 1e6
-    );
-    for (name, component) in &m.components {
-        let ports = |ports: &[tadsr_edge::bundle::PortSpec]| {
-            ports
-                .iter()
-                .map(|p| format!("{}:{}", p.name, p.dtype))
-                .collect::<Vec<_>>()
-                .join(", ")
-        };
-        println!(
-            "  {name}: {} ({}) -> ({})",
-            component.file,
-            ports(&component.inputs),
-            ports(&component.outputs)
-        );
-    }
-    println!(
-        "  prompt embedding {:?}{}",
-        m.prompt.shape,
-        m.prompt
-            .text
-            .as_ref()
-            .map(|t| format!(" from {t:?}"))
-            .unwrap_or_default()
-    );
-    let d = &m.defaults;
-    println!(
-        "  defaults: timestep {}, upscale {}, process size {}, color fix {}",
-        d.timestep, d.upscale, d.process_size, d.color_fix
-    );
 }

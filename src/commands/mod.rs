@@ -1,0 +1,84 @@
+//! One entry point per subcommand (`run`, `bench`, `info`). Each takes its
+//! parsed arguments, uses the library, and returns an [`Outcome`] or an
+//! error; `main.rs` alone turns those into exit codes.
+
+pub mod bench;
+pub mod info;
+pub mod run;
+
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use tadsr_edge::pipeline::ProviderChoice;
+use tadsr_edge::runtime::Provider;
+
+use crate::args::ProviderArg;
+
+/// How a command ended, when it did not fail as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Everything asked for was done.
+    Done,
+    /// At least one input failed (one line each); the others were written.
+    SomeInputsFailed,
+    /// Stopped cleanly by this signal number (SIGINT, SIGTERM, SIGHUP).
+    Interrupted(i32),
+}
+
+/// Ends the process at once with the code of `outcome` (the signal thread's
+/// second-signal path); `main.rs` provides it, so the codes stay there.
+pub type ExitNow = fn(Outcome) -> !;
+
+/// Stdout's reader went away (`| head`): `main.rs` ends normally.
+#[derive(Debug, thiserror::Error)]
+#[error("stdout was closed")]
+pub struct StdoutClosed;
+
+/// Writes one line to stdout (never panics, unlike `println!`). A closed
+/// pipe comes back as [`StdoutClosed`].
+pub fn print_line(line: impl std::fmt::Display) -> anyhow::Result<()> {
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{line}")
+        .and_then(|()| stdout.flush())
+        .map_err(|error| match error.kind() {
+            std::io::ErrorKind::BrokenPipe => anyhow::Error::new(StdoutClosed),
+            _ => anyhow::Error::new(error).context("cannot write to stdout"),
+        })
+}
+
+/// A message with its control characters escaped (`\n`, `\u{1b}`, ...),
+/// so it stays one line and cannot drive the terminal.
+pub fn escape_controls(text: &str) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_string();
+    }
+    text.chars()
+        .flat_map(|c| {
+            if c.is_control() {
+                c.escape_default().collect::<Vec<_>>()
+            } else {
+                vec![c]
+            }
+        })
+        .collect()
+}
+
+/// The model folder when `--model` is not given.
+pub fn default_model_dir() -> PathBuf {
+    let real = PathBuf::from("models/tadsr");
+    if real.join("manifest.json").is_file() {
+        real
+    } else {
+        PathBuf::from("models/tiny")
+    }
+}
+
+/// `--provider` as the library's choice.
+pub fn provider_choice(arg: ProviderArg) -> ProviderChoice {
+    match arg {
+        ProviderArg::Auto => ProviderChoice::Auto,
+        ProviderArg::Cpu => ProviderChoice::Only(Provider::Cpu),
+        ProviderArg::Cuda => ProviderChoice::Only(Provider::Cuda),
+        ProviderArg::Tensorrt => ProviderChoice::Only(Provider::TensorRt),
+    }
+}

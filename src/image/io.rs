@@ -1,0 +1,421 @@
+//! Reading input images (formats, size limits, EXIF orientation, gray,
+//! alpha, 16-bit) and writing outputs atomically (temporary file, then rename).
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb32FImage, RgbImage};
+
+use super::container::{
+    check_jpeg_complete, supported_format, tiff_page_count, webp_animation_frames,
+};
+use crate::error::{Error, Result};
+
+/// File extensions accepted as inputs (case-insensitive).
+pub const INPUT_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "bmp", "tif", "tiff"];
+
+/// Default limits on an input's size.
+pub const DEFAULT_MAX_SIDE: u32 = 16384;
+pub const DEFAULT_MAX_PIXELS: u64 = 64 * 1024 * 1024;
+
+/// Limits on an input's size, checked before its pixels are decoded.
+#[derive(Debug, Clone, Copy)]
+pub struct InputLimits {
+    pub max_side: u32,
+    pub max_pixels: u64,
+}
+
+impl Default for InputLimits {
+    fn default() -> Self {
+        InputLimits {
+            max_side: DEFAULT_MAX_SIDE,
+            max_pixels: DEFAULT_MAX_PIXELS,
+        }
+    }
+}
+
+/// The color samples of an input, as the pipeline takes them.
+#[derive(Debug, Clone)]
+pub enum InputPixels {
+    /// 8-bit RGB (gray inputs are expanded).
+    Rgb8(RgbImage),
+    /// 16-bit (or float) inputs: samples on the 0..255 scale, as f32.
+    RgbHigh(Rgb32FImage),
+}
+
+/// An alpha plane kept aside to be upscaled on its own.
+#[derive(Debug, Clone)]
+pub enum AlphaPlane {
+    /// 8-bit alpha.
+    Alpha8(Vec<u8>),
+    /// High-precision alpha on the 0..255 scale.
+    AlphaHigh(Vec<f32>),
+}
+
+/// A decoded input image.
+#[derive(Debug, Clone)]
+pub struct InputImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: InputPixels,
+    pub alpha: Option<AlphaPlane>,
+}
+
+impl InputImage {
+    /// Whether the output should be written with 16-bit samples.
+    pub fn is_high_precision(&self) -> bool {
+        matches!(self.pixels, InputPixels::RgbHigh(_))
+    }
+
+    /// Builds an 8-bit RGB input from memory.
+    pub fn from_rgb8(image: RgbImage) -> Self {
+        InputImage {
+            width: image.width(),
+            height: image.height(),
+            pixels: InputPixels::Rgb8(image),
+            alpha: None,
+        }
+    }
+
+    /// Classifies a decoded image: gray becomes RGB, alpha is split off,
+    /// 16-bit and float samples keep their precision.
+    pub fn from_dynamic(image: DynamicImage) -> Self {
+        let (width, height) = (image.width(), image.height());
+        let has_alpha = image.color().has_alpha();
+        let high_precision = image.color().bytes_per_pixel() / image.color().channel_count() > 1;
+        let (pixels, alpha) = if high_precision {
+            let rgba = image.to_rgba32f();
+            let alpha = has_alpha
+                .then(|| AlphaPlane::AlphaHigh(rgba.pixels().map(|p| p.0[3] * 255.0).collect()));
+            let rgb: Vec<f32> = rgba
+                .pixels()
+                .flat_map(|p| [p.0[0] * 255.0, p.0[1] * 255.0, p.0[2] * 255.0])
+                .collect();
+            let rgb = Rgb32FImage::from_raw(width, height, rgb).expect("same size");
+            (InputPixels::RgbHigh(rgb), alpha)
+        } else {
+            let alpha = has_alpha
+                .then(|| AlphaPlane::Alpha8(image.to_rgba8().pixels().map(|p| p.0[3]).collect()));
+            (InputPixels::Rgb8(image.to_rgb8()), alpha)
+        };
+        InputImage {
+            width,
+            height,
+            pixels,
+            alpha,
+        }
+    }
+}
+
+/// Whether a path's extension names a supported input format.
+pub fn has_input_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| INPUT_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
+}
+
+/// Expands the command line's inputs: files as given, folders to the names
+/// in them with a supported extension (not recursive, sorted by name). A
+/// name found in a folder is kept whatever it is (a FIFO, a dangling
+/// symbolic link, ...) except a folder, so that the same rule
+/// ([`check_input_file`]) refuses it with a reason, as for a name given
+/// explicitly.
+pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for input in inputs {
+        if input.is_dir() {
+            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| Error::io(input, e))?
+                .filter_map(|entry| entry.ok().map(|e| e.path()))
+                .filter(|path| has_input_extension(path) && !path.is_dir())
+                .collect();
+            found.sort();
+            files.extend(found);
+        } else {
+            files.push(input.clone());
+        }
+    }
+    Ok(files)
+}
+
+/// Whether `path` is something an input may be: a regular file, or a
+/// symbolic link to one. Checked from the metadata, without opening the
+/// file (opening a FIFO would block, opening a device may have effects).
+pub fn check_input_file(path: &Path) -> Result<()> {
+    let fail = |reason: String| Err(Error::Input(reason));
+    let link = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return fail("no such file".to_string())
+        }
+        Err(e) => return fail(format!("cannot read: {e}")),
+    };
+    let meta = if link.file_type().is_symlink() {
+        match std::fs::metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if is_symlink_loop(&e) => {
+                return fail("a symbolic link loop; fix or remove the link".to_string())
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let to = std::fs::read_link(path)
+                    .map(|t| crate::naming::shown(&t))
+                    .unwrap_or_default();
+                return fail(format!(
+                    "a dangling symbolic link (to {to}, which does not exist)"
+                ));
+            }
+            Err(e) => return fail(format!("cannot follow the symbolic link: {e}")),
+        }
+    } else {
+        link
+    };
+    if meta.is_file() {
+        return Ok(());
+    }
+    fail(format!(
+        "{}, not a regular file; only regular files are read",
+        crate::naming::special_file_kind(&meta)
+    ))
+}
+
+#[cfg(unix)]
+fn is_symlink_loop(error: &std::io::Error) -> bool {
+    error.raw_os_error() == Some(libc::ELOOP)
+}
+
+#[cfg(not(unix))]
+fn is_symlink_loop(_error: &std::io::Error) -> bool {
+    false
+}
+
+/// Opens a regular file for reading without ever blocking on a FIFO (the
+/// file is opened non-blocking and its type checked on the open handle).
+pub(crate) fn open_regular(path: &Path) -> Result<File> {
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NONBLOCK);
+    }
+    let file = options
+        .open(path)
+        .map_err(|e| Error::Input(format!("cannot open: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| Error::Input(format!("cannot read: {e}")))?;
+    if !meta.is_file() {
+        return Err(Error::Input(format!(
+            "{}, not a regular file; only regular files are read",
+            crate::naming::special_file_kind(&meta)
+        )));
+    }
+    Ok(file)
+}
+
+/// A decoded input and what the user should be told about it.
+#[derive(Debug, Clone)]
+pub struct DecodedInput {
+    pub image: InputImage,
+    /// One-line warnings (only the first frame of an animation is used, ...).
+    pub notes: Vec<String>,
+}
+
+/// Reads one input: checks the size limits from the header, decodes, applies
+/// the EXIF orientation. Every failure is an [`Error::Input`] whose message
+/// says what is wrong with the file.
+pub fn read_input(path: &Path, limits: &InputLimits) -> Result<InputImage> {
+    read_input_checked(path, limits, &|_, _| Ok(())).map(|decoded| decoded.image)
+}
+
+/// [`read_input`] with a further check of the header's size (`check(width,
+/// height)`, before the orientation is applied) that runs before any pixel
+/// is decoded, and the notes about the file.
+pub fn read_input_checked(
+    path: &Path,
+    limits: &InputLimits,
+    check: &dyn Fn(u32, u32) -> std::result::Result<(), String>,
+) -> Result<DecodedInput> {
+    check_input_file(path)?;
+    let file = open_regular(path)?;
+    decode_stream(BufReader::new(file), limits, check)
+}
+
+/// Decodes an image held in memory under `limits`: what [`read_input`] does
+/// once the file is open (the property tests drive this).
+pub fn decode_bytes(bytes: &[u8], limits: &InputLimits) -> Result<DecodedInput> {
+    decode_stream(std::io::Cursor::new(bytes), limits, &|_, _| Ok(()))
+}
+
+fn decode_stream<R: BufRead + Seek>(
+    mut reader: R,
+    limits: &InputLimits,
+    check: &dyn Fn(u32, u32) -> std::result::Result<(), String>,
+) -> Result<DecodedInput> {
+    let fail = |reason: String| Error::Input(reason);
+    let mut head = Vec::with_capacity(64);
+    (&mut reader)
+        .take(64)
+        .read_to_end(&mut head)
+        .map_err(|e| fail(format!("cannot read: {e}")))?;
+    if head.is_empty() {
+        return Err(fail("empty file".to_string()));
+    }
+    let format = supported_format(&head).ok_or_else(|| {
+        fail("not an image in a supported format (png, jpg, webp, bmp, tiff)".to_string())
+    })?;
+    let rewind = |reader: &mut R| {
+        reader
+            .seek(SeekFrom::Start(0))
+            .map(|_| ())
+            .map_err(|e| fail(format!("cannot read: {e}")))
+    };
+    let mut notes = Vec::new();
+    rewind(&mut reader)?;
+    match format {
+        ImageFormat::Jpeg => check_jpeg_complete(&mut reader).map_err(fail)?,
+        ImageFormat::WebP => {
+            if let Some(frames) = webp_animation_frames(&mut reader) {
+                notes.push(format!(
+                    "an animated WebP ({frames} frames); only the first frame is upscaled"
+                ));
+            }
+        }
+        ImageFormat::Tiff => {
+            let pages = tiff_page_count(&mut reader).map_err(fail)?;
+            if pages > 1 {
+                notes.push(format!(
+                    "a TIFF with {pages} pages; only the first page is upscaled"
+                ));
+            }
+        }
+        _ => {}
+    }
+    rewind(&mut reader)?;
+    let mut image_reader = ImageReader::with_format(reader, format);
+    image_reader.limits(decoder_limits(limits));
+    let mut decoder = image_reader
+        .into_decoder()
+        .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
+    let (width, height) = decoder.dimensions();
+    check_size(width, height, limits).map_err(fail)?;
+    check(width, height).map_err(fail)?;
+    let orientation = decoder.orientation().ok();
+    let mut image = DynamicImage::from_decoder(decoder).map_err(|e| {
+        fail(format!(
+            "cannot decode (truncated or corrupt?): {}",
+            one_line(&e)
+        ))
+    })?;
+    if let Some(orientation) = orientation {
+        image.apply_orientation(orientation);
+    }
+    Ok(DecodedInput {
+        image: InputImage::from_dynamic(image),
+        notes,
+    })
+}
+
+/// A decoder's message on one line (some end in a newline or hold several).
+fn one_line(error: &dyn std::fmt::Display) -> String {
+    error
+        .to_string()
+        .split(|c: char| c.is_control())
+        .map(str::trim)
+        .filter(|part| !part.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The decoders' own allocation limits: no side over `max_side`, no buffer
+/// over what `max_pixels` RGBA 16-bit pixels take (at least 64 MiB, for
+/// metadata).
+pub fn decoder_limits(limits: &InputLimits) -> image::Limits {
+    let mut decoder_limits = image::Limits::default();
+    decoder_limits.max_image_width = Some(limits.max_side);
+    decoder_limits.max_image_height = Some(limits.max_side);
+    decoder_limits.max_alloc = Some(limits.max_pixels.saturating_mul(8).max(64 << 20));
+    decoder_limits
+}
+
+fn check_size(width: u32, height: u32, limits: &InputLimits) -> std::result::Result<(), String> {
+    if width == 0 || height == 0 {
+        return Err(format!("image has zero size ({width}x{height})"));
+    }
+    if width > limits.max_side || height > limits.max_side {
+        return Err(format!(
+            "{width}x{height} is larger than {} pixels per side",
+            limits.max_side
+        ));
+    }
+    let pixels = u64::from(width) * u64::from(height);
+    if pixels > limits.max_pixels {
+        return Err(format!(
+            "{width}x{height} is {pixels} pixels, over the limit of {} (raise it with --max-pixels)",
+            limits.max_pixels
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{GrayImage, Luma, Rgba, RgbaImage};
+
+    #[test]
+    fn gray_becomes_rgb() {
+        let gray = GrayImage::from_pixel(3, 2, Luma([77]));
+        let input = InputImage::from_dynamic(DynamicImage::ImageLuma8(gray));
+        let InputPixels::Rgb8(rgb) = &input.pixels else {
+            panic!("8-bit")
+        };
+        assert_eq!(rgb.get_pixel(2, 1).0, [77, 77, 77]);
+        assert!(input.alpha.is_none());
+    }
+
+    #[test]
+    fn alpha_is_split_off() {
+        let rgba = RgbaImage::from_pixel(2, 2, Rgba([10, 20, 30, 40]));
+        let input = InputImage::from_dynamic(DynamicImage::ImageRgba8(rgba));
+        match &input.alpha {
+            Some(AlphaPlane::Alpha8(alpha)) => assert_eq!(alpha, &vec![40; 4]),
+            other => panic!("expected 8-bit alpha, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_keeps_its_precision() {
+        let image =
+            image::ImageBuffer::<image::Rgb<u16>, _>::from_pixel(1, 1, image::Rgb([65535, 257, 1]));
+        let input = InputImage::from_dynamic(DynamicImage::ImageRgb16(image));
+        let InputPixels::RgbHigh(rgb) = &input.pixels else {
+            panic!("16-bit")
+        };
+        let p = rgb.get_pixel(0, 0).0;
+        assert!(
+            (p[0] - 255.0).abs() < 1e-3
+                && (p[1] - 1.0).abs() < 1e-3
+                && (p[2] - 255.0 / 65535.0).abs() < 1e-5
+        );
+    }
+
+    #[test]
+    fn size_limits() {
+        let limits = InputLimits {
+            max_side: 100,
+            max_pixels: 50 * 50,
+        };
+        assert!(check_size(0, 10, &limits)
+            .unwrap_err()
+            .contains("zero size"));
+        assert!(check_size(101, 10, &limits)
+            .unwrap_err()
+            .contains("per side"));
+        assert!(check_size(60, 60, &limits)
+            .unwrap_err()
+            .contains("--max-pixels"));
+        assert!(check_size(50, 50, &limits).is_ok());
+    }
+}

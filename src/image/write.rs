@@ -1,0 +1,195 @@
+//! Writing outputs: the format from the extension, then atomically (a
+//! `tempfile` in the same folder, synced, then renamed over the target).
+
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, ImageFormat};
+
+use crate::error::{Error, Result};
+
+/// The output format for a path: png unless the extension names another
+/// supported one.
+pub fn output_format(path: &Path) -> Result<ImageFormat> {
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    match extension.as_deref() {
+        None | Some("png") => Ok(ImageFormat::Png),
+        Some("jpg") | Some("jpeg") => Ok(ImageFormat::Jpeg),
+        Some("webp") => Ok(ImageFormat::WebP),
+        Some("bmp") => Ok(ImageFormat::Bmp),
+        Some("tif") | Some("tiff") => Ok(ImageFormat::Tiff),
+        Some(other) => Err(Error::InvalidOption(format!(
+            "cannot write .{other} files; use .png, .jpg, .webp, .bmp or .tiff"
+        ))),
+    }
+}
+
+/// Temporary files being written now, removed by [`remove_temporary_files`]
+/// (the command line calls it when a second signal stops it at once).
+static LIVE_TEMPORARIES: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn live_temporaries() -> std::sync::MutexGuard<'static, Vec<PathBuf>> {
+    LIVE_TEMPORARIES
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Removes the temporary files of writes in progress and returns how many
+/// there were. Holds the registry's lock on return (a write in progress can
+/// then neither create nor rename one), so call it only right before the
+/// process exits.
+pub fn remove_temporary_files() -> usize {
+    let mut live = live_temporaries();
+    let count = live.len();
+    for path in live.drain(..) {
+        let _ = std::fs::remove_file(path);
+    }
+    std::mem::forget(live);
+    count
+}
+
+/// Prefix and suffix of the temporary names: `.tadsr-XXXXXXXX.tmp` (19 bytes,
+/// so any output name a file system takes can be written).
+pub const TEMPORARY_PREFIX: &str = ".tadsr-";
+pub const TEMPORARY_SUFFIX: &str = ".tmp";
+
+/// Writes `image` to `path` atomically: into a new temporary file in the
+/// same folder, created exclusively (`O_EXCL`: never through a symbolic link
+/// or over an existing file) under an unpredictable name, flushed and synced,
+/// then renamed over `path` (a symbolic link at `path` is replaced, not
+/// followed). On any error the temporary file is removed and `path` is
+/// untouched.
+pub fn write_atomically(image: &DynamicImage, path: &Path) -> Result<()> {
+    let format = output_format(path)?;
+    let image = adapt_to_format(image, format);
+    let folder = crate::naming::parent_folder(path);
+    let output_error = |reason: String| Error::Output {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let temporary = {
+        let mut live = live_temporaries();
+        let mut builder = tempfile::Builder::new();
+        builder
+            .prefix(TEMPORARY_PREFIX)
+            .suffix(TEMPORARY_SUFFIX)
+            .rand_bytes(8);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // The umask applies, as for any new file (the default is 0600).
+            builder.permissions(std::fs::Permissions::from_mode(0o666));
+        }
+        let temporary = builder
+            .tempfile_in(folder)
+            .map_err(|e| output_error(e.to_string()))?;
+        live.push(temporary.path().to_path_buf());
+        temporary
+    };
+    let temporary_path = temporary.path().to_path_buf();
+    let forget = |temporary_path: &Path| live_temporaries().retain(|p| p != temporary_path);
+    let written = (|| -> std::result::Result<tempfile::NamedTempFile, String> {
+        let mut writer = BufWriter::new(temporary);
+        image
+            .write_to(&mut writer, format)
+            .map_err(|e| e.to_string())?;
+        writer.flush().map_err(|e| e.to_string())?;
+        let temporary = writer.into_inner().map_err(|e| e.to_string())?;
+        temporary.as_file().sync_all().map_err(|e| e.to_string())?;
+        Ok(temporary)
+    })();
+    let temporary = match written {
+        Ok(temporary) => temporary,
+        Err(reason) => {
+            // Dropping the NamedTempFile (inside the closure) removed it.
+            forget(&temporary_path);
+            return Err(output_error(reason));
+        }
+    };
+    let mut live = live_temporaries();
+    let persisted = temporary.persist(path);
+    live.retain(|p| p != &temporary_path);
+    drop(live);
+    persisted.map_err(|e| output_error(e.error.to_string()))?;
+    Ok(())
+}
+
+/// Whether `folder` takes new files: a temporary file is created there and
+/// removed at once. Run before any computation.
+pub fn check_writable_folder(folder: &Path) -> Result<()> {
+    tempfile::Builder::new()
+        .prefix(TEMPORARY_PREFIX)
+        .suffix(TEMPORARY_SUFFIX)
+        .tempfile_in(folder)
+        .map(drop)
+        .map_err(|e| {
+            // The OS's reason, without the temporary name tempfile adds.
+            let reason = e
+                .get_ref()
+                .and_then(|inner| inner.source())
+                .map(|source| source.to_string())
+                .unwrap_or_else(|| e.to_string());
+            Error::Output {
+                path: folder.to_path_buf(),
+                reason: format!("cannot create files in this folder: {reason}"),
+            }
+        })
+}
+
+/// JPEG has no alpha and no 16-bit; WebP and BMP no 16-bit.
+fn adapt_to_format(
+    image: &DynamicImage,
+    format: ImageFormat,
+) -> std::borrow::Cow<'_, DynamicImage> {
+    use std::borrow::Cow;
+    let sixteen_bit = matches!(
+        image,
+        DynamicImage::ImageRgb16(_) | DynamicImage::ImageRgba16(_)
+    );
+    match format {
+        ImageFormat::Jpeg => Cow::Owned(DynamicImage::ImageRgb8(image.to_rgb8())),
+        ImageFormat::WebP | ImageFormat::Bmp if sixteen_bit => {
+            if image.color().has_alpha() {
+                Cow::Owned(DynamicImage::ImageRgba8(image.to_rgba8()))
+            } else {
+                Cow::Owned(DynamicImage::ImageRgb8(image.to_rgb8()))
+            }
+        }
+        _ => Cow::Borrowed(image),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::RgbImage;
+
+    #[test]
+    fn atomic_write_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.png");
+        let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])));
+        write_atomically(&image, &path).unwrap();
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("out.png")]);
+        assert_eq!(
+            image::open(&path).unwrap().to_rgb8().get_pixel(3, 3).0,
+            [1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn a_failed_write_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("missing-folder").join("out.png");
+        let image = DynamicImage::ImageRgb8(RgbImage::new(2, 2));
+        assert!(write_atomically(&image, &path).is_err());
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,207 @@
+//! What `Pipeline::load` reads from a bundle: the noise schedule, the
+//! prompt embedding, and one session per component (provider fallback,
+//! TensorRT profile shapes), each checked against the manifest's ports.
+
+use std::path::Path;
+
+use super::stages::Stage;
+use super::{PipelineConfig, ProviderChoice};
+use crate::bundle::{component, port, Bundle};
+use crate::error::{Error, Result};
+use crate::npy;
+use crate::runtime::{ModelSession, Provider, Runtime, SessionOptions};
+use crate::schedule::NoiseSchedule;
+
+/// Most training timesteps a bundle's schedule may have (the models use 1000).
+pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
+/// The bundle's noise schedule ([`NoiseSchedule::from_spec`]), refused as
+/// the bundle's fault when it would be computed for more than
+/// [`MAX_TRAIN_TIMESTEPS`] steps (a hostile manifest must not make a huge
+/// allocation) or when a computed value falls outside (0, 1] (NaN betas).
+pub fn noise_schedule(bundle: &Bundle) -> Result<NoiseSchedule> {
+    let spec = &bundle.manifest().schedule;
+    let fail = |reason: String| Error::bundle(bundle.root(), format!("schedule: {reason}"));
+    if spec.alphas_cumprod.is_empty() && spec.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+        return Err(fail(format!(
+            "num_train_timesteps is {}, over {MAX_TRAIN_TIMESTEPS}",
+            spec.num_train_timesteps
+        )));
+    }
+    let schedule = NoiseSchedule::from_spec(spec).map_err(|e| fail(e.to_string()))?;
+    // from_spec checks listed values; computed ones are checked the same way.
+    NoiseSchedule::from_alphas_cumprod(schedule.alphas_cumprod().to_vec())
+        .map_err(|e| fail(format!("{e}; check beta_start and beta_end")))
+}
+
+/// Largest prompt embedding file read (a [1, 77, 1024] float32 one is 315 KB).
+const MAX_PROMPT_EMBEDS_BYTES: u64 = 64 << 20;
+
+pub(super) fn load_prompt_embeds(
+    bundle: &Bundle,
+    replacement: Option<&Path>,
+) -> Result<(Vec<f32>, [usize; 3])> {
+    let path = match replacement {
+        Some(path) => path.to_path_buf(),
+        None => bundle.resolve(&bundle.manifest().prompt.embeds_file)?,
+    };
+    // A file given with --prompt-embeds is the user's, not the bundle's.
+    let fail = |reason: String| match replacement {
+        Some(_) => Error::PromptEmbeds {
+            path: path.clone(),
+            reason,
+        },
+        None => Error::bundle(&path, format!("prompt embedding: {reason}")),
+    };
+    let bytes = {
+        use std::io::Read as _;
+        crate::image::io::check_input_file(&path).map_err(|e| fail(e.to_string()))?;
+        let file = crate::image::io::open_regular(&path).map_err(|e| fail(e.to_string()))?;
+        let mut bytes = Vec::new();
+        file.take(MAX_PROMPT_EMBEDS_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| fail(format!("cannot read: {e}")))?;
+        if bytes.len() as u64 > MAX_PROMPT_EMBEDS_BYTES {
+            return Err(fail(format!(
+                "larger than {} MiB; a prompt embedding is [1, tokens, dim] floats",
+                MAX_PROMPT_EMBEDS_BYTES >> 20
+            )));
+        }
+        bytes
+    };
+    let expected = &bundle.manifest().prompt.shape;
+    let (header, _) = npy::parse_header(&bytes).map_err(|e| fail(e.to_string()))?;
+    let shape = header.shape.clone();
+    if shape.len() != 3
+        || shape[0] != 1
+        || shape[1] == 0
+        || shape[1] > 4096
+        || shape[2] != expected[2]
+    {
+        return Err(fail(format!(
+            "shape {shape:?}; the model needs [1, tokens, {}] with 1..4096 tokens",
+            expected[2]
+        )));
+    }
+    let array = npy::parse_npy(&bytes).map_err(|e| fail(e.to_string()))?;
+    if let Some(index) = array.iter().position(|v| !v.is_finite()) {
+        return Err(fail(format!(
+            "value {index} is {}; every value must be a finite number",
+            array.iter().nth(index).copied().unwrap_or(f32::NAN)
+        )));
+    }
+    Ok((
+        array.iter().copied().collect(),
+        [shape[0], shape[1], shape[2]],
+    ))
+}
+
+pub(super) fn open_stage(
+    runtime: &Runtime,
+    bundle: &Bundle,
+    path: &Path,
+    component: &str,
+    config: &PipelineConfig,
+    fallbacks: &mut Vec<String>,
+) -> Result<Stage> {
+    let candidates: Vec<Provider> = match config.provider {
+        ProviderChoice::Auto => Provider::PREFERENCE.to_vec(),
+        ProviderChoice::Only(provider) => vec![provider],
+    };
+    let mut last_error = None;
+    for provider in candidates {
+        if provider != Provider::Cpu {
+            if let Err(reason) = runtime.probe_provider(provider) {
+                if config.provider == ProviderChoice::Auto {
+                    let note = format!("auto: {provider} not usable: {reason}");
+                    if !fallbacks.contains(&note) {
+                        fallbacks.push(note);
+                    }
+                    continue;
+                }
+                return Err(Error::ProviderUnavailable {
+                    provider: provider.to_string(),
+                    reason,
+                });
+            }
+        }
+        let options = SessionOptions {
+            provider,
+            device_id: config.device_id,
+            threads: config.threads,
+            engine_cache: Some(bundle.root().join(".trt-cache")),
+            trt_profile: trt_profile(component, config.tile_px, bundle),
+            ..SessionOptions::default()
+        };
+        match runtime.session(path, &options) {
+            Ok(session) => return Ok(Stage { session, provider }),
+            Err(error) if config.provider == ProviderChoice::Auto && provider != Provider::Cpu => {
+                fallbacks.push(format!("{component}: {provider} failed: {error}"));
+                last_error = Some(error);
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::Ort(format!("{component}: no provider could open it"))))
+}
+
+/// TensorRT profile shapes for a stage: from 64 px up to the tile size, the
+/// tile size being the shape built for.
+fn trt_profile(name: &str, tile_px: u32, bundle: &Bundle) -> Option<(String, String, String)> {
+    let tile = tile_px.max(64) as usize;
+    let channels = bundle.manifest().latent_channels;
+    let tokens = bundle.manifest().prompt.shape[1];
+    let dim = bundle.manifest().prompt.shape[2];
+    let (image, timestep, latent, prompt) = (
+        port::IMAGE,
+        port::TIMESTEP,
+        port::LATENT,
+        port::ENCODER_HIDDEN_STATES,
+    );
+    let shape = |side_px: usize| {
+        let cells = side_px / 8;
+        match name {
+            component::VAE_ENCODER | component::VAE_ENCODER_TILED => {
+                format!("{image}:1x3x{side_px}x{side_px},{timestep}:1")
+            }
+            component::UNET => format!(
+                "{latent}:1x{channels}x{cells}x{cells},{timestep}:1,{prompt}:1x{tokens}x{dim}"
+            ),
+            _ => format!("{latent}:1x{channels}x{cells}x{cells}"),
+        }
+    };
+    Some((shape(64), shape(tile), shape(tile)))
+}
+
+pub(super) fn check_session_ports(
+    bundle: &Bundle,
+    component: &str,
+    session: &ModelSession,
+) -> Result<()> {
+    let spec = bundle.component(component);
+    for (direction, expected, actual) in [
+        ("input", &spec.inputs, session.inputs()),
+        ("output", &spec.outputs, session.outputs()),
+    ] {
+        for port in expected {
+            let found = actual.iter().find(|p| p.name == port.name).ok_or_else(|| {
+                Error::bundle(
+                    bundle.root(),
+                    format!("{component} graph has no {direction} {:?}", port.name),
+                )
+            })?;
+            if found.dtype.name() != port.dtype.as_str() {
+                return Err(Error::bundle(
+                    bundle.root(),
+                    format!(
+                        "{component} {direction} {:?} is {} in the graph but {} in the manifest",
+                        port.name,
+                        found.dtype.name(),
+                        port.dtype
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,112 @@
+//! The tile loop one stage runs: cut each tile, run the graph on it, blend
+//! its outputs into the whole area; stops at the next tile when cancelled.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use ndarray::{Array3, ArrayView3};
+
+use super::stages::millis_since;
+use super::Progress;
+use crate::error::{Error, Result};
+use crate::runtime::OutputTensor;
+use crate::tiling::{self, TileAccumulator, TilePlan, TileRect};
+
+/// One stage's tile loop: cut each tile of `plan` out of `source`, run it,
+/// and blend every output of the graph over the whole area. Rects of `plan`
+/// are in latent cells; `source_scale` and `output_scale` map them to the
+/// source's and the outputs' own cells (8 for pixels).
+pub(super) struct TileRun<'a> {
+    pub(super) plan: &'a TilePlan,
+    pub(super) source: ArrayView3<'a, f32>,
+    pub(super) source_scale: usize,
+    /// Channels of each graph output, in order.
+    pub(super) output_channels: &'a [usize],
+    pub(super) output_scale: usize,
+    /// Blend weights of one output tile.
+    pub(super) weights: &'a [f32],
+    pub(super) cancel: Option<&'static AtomicBool>,
+    pub(super) progress: &'a dyn Progress,
+}
+
+impl TileRun<'_> {
+    /// `run_tile(shape, data)` runs one `[1, C, h, w]` tile. Time in it goes
+    /// to `network_ms`, cutting and blending to `blend_ms`. A single tile's
+    /// outputs are returned as they are (exactly the untiled result).
+    pub(super) fn run(
+        &self,
+        network_ms: &mut f64,
+        blend_ms: &mut f64,
+        mut run_tile: impl FnMut(&[usize], &[f32]) -> Result<Vec<OutputTensor>>,
+    ) -> Result<Vec<Array3<f32>>> {
+        let (height, width) = self.plan.area();
+        let (out_h, out_w) = (height * self.output_scale, width * self.output_scale);
+        let mut sums: Vec<TileAccumulator> = self
+            .output_channels
+            .iter()
+            .map(|&channels| TileAccumulator::new(channels, out_h, out_w))
+            .collect();
+        for rect in self.plan.tiles() {
+            if self.cancel.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
+                return Err(Error::Interrupted);
+            }
+            let start = Instant::now();
+            let source_rect = rect.scaled_up(self.source_scale);
+            let tile = tiling::extract_tile(self.source, source_rect);
+            let shape = [1, tile.dim().0, source_rect.height, source_rect.width];
+            *blend_ms += millis_since(start);
+            let start = Instant::now();
+            let outputs = run_tile(&shape, tile.as_slice().expect("standard layout"))?;
+            *network_ms += millis_since(start);
+            self.progress.step();
+            if self.plan.is_single() {
+                return outputs
+                    .into_iter()
+                    .zip(self.output_channels)
+                    .map(|(output, &channels)| into_chw(output, channels, out_h, out_w))
+                    .collect();
+            }
+            let start = Instant::now();
+            let output_rect = rect.scaled_up(self.output_scale);
+            for (sum, output) in sums.iter_mut().zip(&outputs) {
+                add_tile(sum, output_rect, &output.data, self.weights)?;
+            }
+            *blend_ms += millis_since(start);
+        }
+        let start = Instant::now();
+        let blended = sums.into_iter().map(finalize).collect();
+        *blend_ms += millis_since(start);
+        blended
+    }
+}
+
+/// A graph's `[1, C, H, W]` output as a `[C, H, W]` array, checking its size.
+fn into_chw(
+    output: OutputTensor,
+    channels: usize,
+    height: usize,
+    width: usize,
+) -> Result<Array3<f32>> {
+    let expected = [1, channels, height, width];
+    if output.shape != expected {
+        return Err(Error::Ort(format!(
+            "a graph returned shape {:?}, expected {expected:?}",
+            output.shape
+        )));
+    }
+    Ok(Array3::from_shape_vec((channels, height, width), output.data).expect("shape checked"))
+}
+
+fn add_tile(
+    sum: &mut TileAccumulator,
+    rect: TileRect,
+    data: &[f32],
+    weights: &[f32],
+) -> Result<()> {
+    sum.add_tile(rect, data, weights)
+        .map_err(|e| Error::Ort(format!("a graph returned a tile of the wrong size: {e}")))
+}
+
+fn finalize(sum: TileAccumulator) -> Result<Array3<f32>> {
+    Ok(sum.finalize()?)
+}
