@@ -14,9 +14,9 @@ cd "$(dirname "$0")/.."
 
 # name # file # perl substitution (must change the file) # test runs (;-separated cargo test arguments)
 MUTANTS=(
-  "alphas-cumprod-t-plus-1#src/pipeline.rs#s/\.alpha_cumprod\(i64::from\(timestep\)\)/.alpha_cumprod(i64::from(timestep) + 1)/#--test golden_parity"
-  "scale-0.1822#src/pipeline.rs#s/let scaling_factor = self\.bundle\.manifest\(\)\.scaling_factor;/let scaling_factor = 0.1822_f32;/#--test golden_parity"
-  "8-bit-before-color-fix#src/pipeline.rs#s/(preprocess::decoder_output_to_unit\(decoded\.as_slice_mut\(\)\.expect\(\"contiguous\"\)\);)/\$1 decoded.mapv_inplace(|v| (v * 255.0).round() \/ 255.0);/#--test golden_parity"
+  "alphas-cumprod-t-plus-1#src/pipeline/mod.rs#s/\.alpha_cumprod\(i64::from\(timestep\)\)/.alpha_cumprod(i64::from(timestep) + 1)/#--test golden_parity"
+  "scale-0.1822#src/pipeline/mod.rs#s/let scaling_factor = self\.bundle\.manifest\(\)\.scaling_factor;/let scaling_factor = 0.1822_f32;/#--test golden_parity"
+  "8-bit-before-color-fix#src/pipeline/mod.rs#s/(tensor::decoder_output_to_unit\(decoded\.as_slice_mut\(\)\.expect\(\"contiguous\"\)\);)/\$1 decoded.mapv_inplace(|v| (v * 255.0).round() \/ 255.0);/#--test golden_parity"
   "tile-plan-stride-off-by-one#src/tiling.rs#s/let stride = tile\.saturating_sub\(overlap\)\.max\(1\);/let stride = tile.saturating_sub(overlap).max(1) + 1;/#--lib tiling;--test golden_parity latent"
   "tile-plan-last-tile-off-by-one#src/tiling.rs#s/offsets\.push\(size - tile\);/offsets.push(size - tile - 1);/#--lib tiling;--test pointwise_tiling"
   "blend-midpoints-swapped#src/tiling.rs#s/\(tile_height as f64 \/ 2\.0, \(tile_width as f64 - 1\.0\) \/ 2\.0\)/((tile_height as f64 - 1.0) \/ 2.0, tile_width as f64 \/ 2.0)/#--lib tiling;--test golden_parity latent"
