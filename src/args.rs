@@ -92,6 +92,89 @@ pub enum Command {
     /// Show ONNX Runtime's version and library, the usable execution providers, and a bundle's summary.
     #[command(after_help = INFO_EXAMPLES)]
     Info(InfoArgs),
+    /// Run a bundle's golden cases (PyTorch references) on a provider and report the error.
+    #[command(after_help = GOLDEN_EXAMPLES)]
+    Golden(GoldenArgs),
+}
+
+const GOLDEN_EXAMPLES: &str = "\
+Examples:
+  tadsr-edge golden --model models/tiny --provider cuda
+  tadsr-edge golden --model models/tiny-fp16 --golden models/tiny/golden --provider cuda --min-psnr 35";
+
+/// GPU settings shared by run, bench and golden.
+#[derive(Args, Debug, Clone)]
+pub struct GpuArgs {
+    /// GPU index (0..255) for cuda and tensorrt [default: 0]; an error with --provider cpu.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_DEVICE as i64))]
+    pub device: Option<u32>,
+    /// Allow TF32 tensor-core math for fp32 graphs on CUDA (faster; results move by ~1e-3).
+    #[arg(long)]
+    pub tf32: bool,
+    /// TensorRT fp16 kernels.
+    #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "on|off")]
+    pub trt_fp16: OnOff,
+    /// Most scratch memory a TensorRT engine build may use, in MiB.
+    #[arg(long, default_value_t = tadsr_edge::runtime::providers::DEFAULT_TRT_WORKSPACE_MIB, value_name = "MIB", value_parser = parse_workspace)]
+    pub trt_workspace_mib: usize,
+}
+
+impl GpuArgs {
+    /// The device number (0 when not given).
+    pub fn device_id(&self) -> i32 {
+        self.device.map_or(0, |d| d as i32)
+    }
+
+    /// Sets the pipeline's GPU options.
+    pub fn apply(&self, config: &mut tadsr_edge::pipeline::PipelineConfig) {
+        config.device_id = self.device_id();
+        config.tf32 = self.tf32;
+        config.tensorrt.fp16 = self.trt_fp16 == OnOff::On;
+        config.tensorrt.workspace_bytes = self.trt_workspace_mib << 20;
+    }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+fn parse_workspace(text: &str) -> Result<usize, String> {
+    let mib: usize = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of MiB"))?;
+    if !(64..=1 << 20).contains(&mib) {
+        return Err(format!("{mib} MiB is outside 64..1048576"));
+    }
+    Ok(mib)
+}
+
+#[derive(Args, Debug)]
+pub struct GoldenArgs {
+    /// Model bundle folder.
+    #[arg(long, short = 'm', value_name = "DIR")]
+    pub model: PathBuf,
+    /// Folder with cases.json and the references [default: the bundle's golden/].
+    #[arg(long, value_name = "DIR")]
+    pub golden: Option<PathBuf>,
+    /// Execution provider.
+    #[arg(long, value_enum, default_value_t = ProviderArg::Cpu)]
+    pub provider: ProviderArg,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+    /// Largest error allowed per sample, pixels in [0, 1] [default: 1e-4 on cpu, 1e-3 on a GPU; none with --min-psnr].
+    #[arg(long, value_name = "X")]
+    pub max_abs_error: Option<f32>,
+    /// Smallest PSNR allowed per case, in dB (for fp16 bundles against fp32 references).
+    #[arg(long, value_name = "DB")]
+    pub min_psnr: Option<f64>,
+    /// Intra-op threads per session; 0 = one per core.
+    #[arg(long, default_value_t = 0, value_parser = parse_threads)]
+    pub threads: usize,
+    /// One JSON object on stdout.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -134,9 +217,8 @@ pub struct RunArgs {
     /// Execution provider; auto tries tensorrt, cuda, cpu.
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,
-    /// GPU index (0..255) for cuda and tensorrt [default: 0]; an error with --provider cpu.
-    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_DEVICE as i64))]
-    pub device: Option<u32>,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
     /// Sample the latent with this seed instead of taking the posterior mean.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -201,6 +283,8 @@ pub struct BenchArgs {
     /// Execution provider; auto tries tensorrt, cuda, cpu.
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
     /// Intra-op threads per session; 0 = one per core; at most 4 per usable CPU.
     #[arg(long, default_value_t = 0, value_parser = parse_threads)]
     pub threads: usize,
@@ -226,4 +310,7 @@ pub struct InfoArgs {
     /// Also check every file's sha256 (slow on large bundles).
     #[arg(long)]
     pub verify: bool,
+    /// GPU the providers are probed on [default: 0].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_DEVICE as i64))]
+    pub device: Option<u32>,
 }

@@ -84,6 +84,17 @@ pub enum Error {
     #[error("cannot write {path}: {reason}")]
     Output { path: PathBuf, reason: String },
 
+    /// A network stage produced NaN or infinity (an fp16 overflow, TF32 or
+    /// a broken provider), caught before it reaches an image.
+    #[error("{stage} produced {value} at element {index} of a tile (on {provider}); {hint}")]
+    NonFinite {
+        stage: &'static str,
+        provider: String,
+        value: f32,
+        index: usize,
+        hint: &'static str,
+    },
+
     /// The run was interrupted (Ctrl-C).
     #[error("interrupted")]
     Interrupted,

@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod error;
+pub mod golden;
 pub mod image;
 pub mod naming;
 pub mod npy;

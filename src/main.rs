@@ -47,6 +47,7 @@ fn main() -> ExitCode {
     let result = match &cli.command {
         Command::Info(args) => commands::info::info(ort_lib, args),
         Command::Bench(args) => commands::bench::bench(ort_lib, args),
+        Command::Golden(args) => commands::golden::golden(ort_lib, args),
         Command::Run(args) => commands::run::run(ort_lib, args, exit_now),
     };
     match result {

@@ -56,20 +56,22 @@ fn info_json_describes_the_runtime_and_the_bundle() {
     );
     assert!(ort["found_by"].is_string());
 
-    let providers: Vec<&str> = report["providers"]
-        .as_array()
-        .expect("providers")
+    let providers = report["providers"].as_array().expect("providers");
+    let names: Vec<&str> = providers
         .iter()
-        .map(|p| p.as_str().unwrap())
+        .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert!(providers.contains(&"cpu"), "{providers:?}");
-    for unusable in report["unusable_providers"]
-        .as_array()
-        .expect("unusable_providers")
-    {
-        let name = unusable["provider"].as_str().unwrap();
-        assert!(!providers.contains(&name), "{name} both usable and not");
-        assert!(!unusable["reason"].as_str().unwrap().is_empty());
+    assert_eq!(names, ["tensorrt", "cuda", "cpu"]);
+    for provider in providers {
+        let usable = provider["usable"].as_bool().expect("usable");
+        // usable exactly when there is no reason; a reason is never empty
+        match provider["reason"].as_str() {
+            Some(reason) => assert!(!usable && !reason.is_empty(), "{provider}"),
+            None => assert!(usable, "{provider}"),
+        }
+        if provider["name"] == "cpu" {
+            assert!(usable && provider["gpu"].is_null(), "{provider}");
+        }
     }
 
     let model = &report["model"];

@@ -50,6 +50,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.ort_lib = ort_lib.map(Path::to_path_buf);
     config.provider = provider_choice(args.provider);
     config.threads = args.threads;
+    args.gpu.apply(&mut config);
     config.tile_px = args.tile;
     config.verify_hashes = false;
     let load_start = Instant::now();

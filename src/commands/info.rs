@@ -7,22 +7,20 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use tadsr_edge::bundle::Bundle;
-use tadsr_edge::runtime::{Provider, Runtime};
+use tadsr_edge::runtime::gpu_info::GpuInfo;
+use tadsr_edge::runtime::{Provider, ProviderStatus, Runtime};
 
 use super::{print_line, Outcome};
 use crate::args::InfoArgs;
 
-/// Prints the runtime, its providers and (with `--model`) a bundle summary.
+/// Prints the runtime, each provider's probe on `--device` (usable or the
+/// reason, the GPU and library versions) and (with `--model`) a bundle summary.
 pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> {
     let runtime = Runtime::global(ort_lib)?;
-    let providers: Vec<&str> = runtime
-        .usable_providers()
-        .iter()
-        .map(|p| p.name())
-        .collect();
-    let unusable: Vec<(Provider, String)> = Provider::PREFERENCE
+    let device = args.device.map_or(0, |d| d as i32);
+    let statuses: Vec<ProviderStatus> = Provider::PREFERENCE
         .into_iter()
-        .filter_map(|p| runtime.probe_provider(p).err().map(|reason| (p, reason)))
+        .map(|p| runtime.provider_status(p, device))
         .collect();
     let bundle = match &args.model {
         Some(dir) => {
@@ -38,8 +36,8 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
                 "library": runtime.library().path,
                 "found_by": runtime.library().source,
             },
-            "providers": providers,
-            "unusable_providers": unusable.iter().map(|(p, r)| json!({"provider": p.name(), "reason": r})).collect::<Vec<_>>(),
+            "device": device,
+            "providers": statuses,
             "model": bundle_json,
         });
         print_line(report)?;
@@ -52,17 +50,48 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
         runtime.library().path.display(),
         runtime.library().source
     ))?;
-    print_line(format_args!(
-        "execution providers: {}",
-        providers.join(", ")
-    ))?;
-    for (provider, reason) in &unusable {
-        print_line(format_args!("  {provider}: not usable: {reason}"))?;
+    let usable: Vec<&str> = statuses
+        .iter()
+        .filter(|s| s.usable)
+        .map(|s| s.name)
+        .collect();
+    print_line(format_args!("execution providers: {}", usable.join(", ")))?;
+    for status in &statuses {
+        if let Some(reason) = &status.reason {
+            print_line(format_args!("  {}: not usable: {reason}", status.name))?;
+        }
+    }
+    if let Some(gpu) = statuses.iter().find_map(|s| s.gpu.as_ref()) {
+        print_gpu(device, gpu)?;
     }
     if let Some(bundle) = &bundle {
         print_bundle_summary(bundle)?;
     }
     Ok(Outcome::Done)
+}
+
+fn print_gpu(device: i32, gpu: &GpuInfo) -> anyhow::Result<()> {
+    let field = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_string());
+    match &gpu.name {
+        Some(name) => print_line(format_args!(
+            "GPU {device}: {name}, compute capability {}, {} MiB",
+            field(&gpu.compute_capability),
+            gpu.memory_mib.map_or("-".to_string(), |m| m.to_string())
+        ))?,
+        None => print_line(format_args!("GPU {device}: none found"))?,
+    }
+    print_line(format_args!(
+        "  driver {} (CUDA {}), CUDA runtime {}, cuDNN {}, TensorRT {}",
+        field(&gpu.driver),
+        field(&gpu.driver_cuda),
+        field(&gpu.cuda_runtime),
+        field(&gpu.cudnn),
+        field(&gpu.tensorrt)
+    ))?;
+    if let Some(tegra) = &gpu.tegra_release {
+        print_line(format_args!("  Jetson: {tegra}"))?;
+    }
+    Ok(())
 }
 
 fn bundle_summary_json(bundle: &Bundle) -> serde_json::Value {

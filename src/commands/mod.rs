@@ -1,8 +1,9 @@
-//! One entry point per subcommand (`run`, `bench`, `info`). Each takes its
+//! One entry point per subcommand (`run`, `bench`, `info`, `golden`). Each takes its
 //! parsed arguments, uses the library, and returns an [`Outcome`] or an
 //! error; `main.rs` alone turns those into exit codes.
 
 pub mod bench;
+pub mod golden;
 pub mod info;
 pub mod run;
 

@@ -170,7 +170,7 @@ fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if let (Some(device), ProviderArg::Cpu) = (args.device, args.provider) {
+    if let (Some(device), ProviderArg::Cpu) = (args.gpu.device, args.provider) {
         return Err(Error::InvalidOption(format!(
             "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
         ))
@@ -292,7 +292,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let mut config = PipelineConfig::new(&model_dir);
     config.ort_lib = ort_lib.map(Path::to_path_buf);
     config.provider = provider_choice(args.provider);
-    config.device_id = args.device.map_or(0, |d| d as i32);
+    args.gpu.apply(&mut config);
     config.threads = args.threads;
     config.prompt_embeds = args.prompt_embeds.clone();
     config.tile_px = args.tile;
@@ -317,7 +317,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             providers.vae_decoder
         );
     }
-    if let Some(device) = args.device {
+    if let Some(device) = args.gpu.device {
         let on_gpu = [providers.vae_encoder, providers.unet, providers.vae_decoder]
             .iter()
             .any(|p| *p != Provider::Cpu);

@@ -9,7 +9,7 @@ use super::{PipelineConfig, ProviderChoice};
 use crate::bundle::{component, port, Bundle};
 use crate::error::{Error, Result};
 use crate::npy;
-use crate::runtime::{ModelSession, Provider, Runtime, SessionOptions};
+use crate::runtime::{ModelSession, Provider, Runtime, SessionOptions, TensorRtOptions};
 use crate::schedule::NoiseSchedule;
 
 /// Most training timesteps a bundle's schedule may have (the models use 1000).
@@ -111,7 +111,7 @@ pub(super) fn open_stage(
     let mut last_error = None;
     for provider in candidates {
         if provider != Provider::Cpu {
-            if let Err(reason) = runtime.probe_provider(provider) {
+            if let Err(reason) = runtime.probe_provider(provider, config.device_id) {
                 if config.provider == ProviderChoice::Auto {
                     let note = format!("auto: {provider} not usable: {reason}");
                     if !fallbacks.contains(&note) {
@@ -129,8 +129,11 @@ pub(super) fn open_stage(
             provider,
             device_id: config.device_id,
             threads: config.threads,
-            engine_cache: Some(bundle.root().join(".trt-cache")),
-            trt_profile: trt_profile(component, config.tile_px, bundle),
+            tf32: config.tf32,
+            tensorrt: TensorRtOptions {
+                profile: trt_profile(component, config.tile_px, bundle),
+                ..config.tensorrt.clone()
+            },
             ..SessionOptions::default()
         };
         match runtime.session(path, &options) {

@@ -27,7 +27,7 @@ use crate::error::{Error, Result};
 use crate::image::io::InputImage;
 use crate::image::size_plan;
 use crate::image::tensor;
-use crate::runtime::{Provider, Runtime};
+use crate::runtime::{Provider, Runtime, TensorRtOptions};
 use crate::schedule::{self, NoiseSchedule};
 use crate::tiling::TilePlan;
 
@@ -65,6 +65,10 @@ pub struct PipelineConfig {
     pub tile_px: u32,
     /// Check every file's sha256 on load.
     pub verify_hashes: bool,
+    /// Allow TF32 math for fp32 graphs on CUDA (`--tf32`).
+    pub tf32: bool,
+    /// TensorRT's fp16, workspace and cache settings (profiles are made per stage).
+    pub tensorrt: TensorRtOptions,
 }
 
 impl PipelineConfig {
@@ -79,6 +83,8 @@ impl PipelineConfig {
             prompt_embeds: None,
             tile_px: 512,
             verify_hashes: true,
+            tf32: false,
+            tensorrt: TensorRtOptions::default(),
         }
     }
 }

@@ -9,7 +9,7 @@ use serde::Serialize;
 
 use super::tile_run::TileRun;
 use super::{Pipeline, Progress};
-use crate::bundle::port;
+use crate::bundle::{component, port};
 use crate::error::Result;
 use crate::runtime::{InputTensor, ModelSession, Provider};
 use crate::tiling::{self, TilePlan};
@@ -94,6 +94,8 @@ impl Pipeline {
         let output_names = [port::LATENT_MEAN, port::LATENT_LOGVAR];
         let (encoder, encoder_tiled) = (&mut self.encoder, &mut self.encoder_tiled);
         let tiles = TileRun {
+            stage: component::VAE_ENCODER,
+            provider: encoder.provider,
             plan,
             source: image.view(),
             source_scale: 8,
@@ -139,6 +141,8 @@ impl Pipeline {
         let (unet, prompt_embeds, prompt_shape) =
             (&mut self.unet, &self.prompt_embeds, self.prompt_shape);
         let tiles = TileRun {
+            stage: component::UNET,
+            provider: unet.provider,
             plan,
             source: latent.view(),
             source_scale: 1,
@@ -186,6 +190,8 @@ impl Pipeline {
         let weights = tiling::feather_weights(tile_h * 8, tile_w * 8, plan.overlap() * 8);
         let (decoder, decoder_tiled) = (&mut self.decoder, &mut self.decoder_tiled);
         let tiles = TileRun {
+            stage: component::VAE_DECODER,
+            provider: decoder.provider,
             plan,
             source: clean_latent.view(),
             source_scale: 1,

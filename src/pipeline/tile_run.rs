@@ -9,7 +9,7 @@ use ndarray::{Array3, ArrayView3};
 use super::stages::millis_since;
 use super::Progress;
 use crate::error::{Error, Result};
-use crate::runtime::OutputTensor;
+use crate::runtime::{OutputTensor, Provider};
 use crate::tiling::{self, TileAccumulator, TilePlan, TileRect};
 
 /// One stage's tile loop: cut each tile of `plan` out of `source`, run it,
@@ -17,6 +17,10 @@ use crate::tiling::{self, TileAccumulator, TilePlan, TileRect};
 /// are in latent cells; `source_scale` and `output_scale` map them to the
 /// source's and the outputs' own cells (8 for pixels).
 pub(super) struct TileRun<'a> {
+    /// The stage's name in messages (`vae_encoder`, `unet`, `vae_decoder`).
+    pub(super) stage: &'static str,
+    /// Where it runs, for messages.
+    pub(super) provider: Provider,
     pub(super) plan: &'a TilePlan,
     pub(super) source: ArrayView3<'a, f32>,
     pub(super) source_scale: usize,
@@ -58,6 +62,9 @@ impl TileRun<'_> {
             let start = Instant::now();
             let outputs = run_tile(&shape, tile.as_slice().expect("standard layout"))?;
             *network_ms += millis_since(start);
+            for output in &outputs {
+                check_finite(self.stage, self.provider, &output.data)?;
+            }
             self.progress.step();
             if self.plan.is_single() {
                 return outputs
@@ -78,6 +85,25 @@ impl TileRun<'_> {
         *blend_ms += millis_since(start);
         blended
     }
+}
+
+/// Refuses a stage output holding NaN or infinity, naming the stage.
+pub(super) fn check_finite(stage: &'static str, provider: Provider, data: &[f32]) -> Result<()> {
+    let Some(index) = data.iter().position(|v| !v.is_finite()) else {
+        return Ok(());
+    };
+    let hint = if provider == Provider::Cpu {
+        "the bundle's weights or graph are broken (check it with `tadsr-edge info --verify`)"
+    } else {
+        "an fp16 overflow or a provider fault: try an fp32 bundle, --trt-fp16 off, or --provider cpu"
+    };
+    Err(Error::NonFinite {
+        stage,
+        provider: provider.to_string(),
+        value: data[index],
+        index,
+        hint,
+    })
 }
 
 /// A graph's `[1, C, H, W]` output as a `[C, H, W]` array, checking its size.
@@ -109,4 +135,28 @@ fn add_tile(
 
 fn finalize(sum: TileAccumulator) -> Result<Array3<f32>> {
     Ok(sum.finalize()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_outputs_name_the_stage_and_the_element() {
+        assert!(check_finite("unet", Provider::Cuda, &[0.0, 1.0, -2.5]).is_ok());
+        let error = check_finite("unet", Provider::Cuda, &[0.0, f32::NAN, 1.0]).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("unet produced NaN at element 1 of a tile (on cuda)"),
+            "{message}"
+        );
+        assert!(message.contains("fp16"), "{message}");
+        let error = check_finite("vae_decoder", Provider::Cpu, &[f32::INFINITY]).unwrap_err();
+        let message = error.to_string();
+        assert!(
+            message.starts_with("vae_decoder produced inf at element 0"),
+            "{message}"
+        );
+        assert!(message.contains("info --verify"), "{message}");
+    }
 }

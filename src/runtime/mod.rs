@@ -7,20 +7,27 @@
 //! Runtime's own log is quieted (`ORT_LOG`) is the binary's decision.
 
 pub mod discovery;
+pub mod gpu_info;
+pub mod gpu_libs;
+pub mod probe;
 pub mod providers;
 pub mod session;
 
+use std::borrow::Cow;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use ort::ep::{self, ExecutionProvider as _};
 use ort::session::builder::GraphOptimizationLevel;
-use ort::session::Session;
+use ort::session::{Session, SessionInputValue};
+use ort::value::TensorRef;
 
 use crate::error::{Error, Result};
 
 pub use discovery::{cache_dir, locate_library, LibraryLocation, LibrarySource, ORT_PATH_ENV};
-pub use providers::{Provider, SessionOptions};
+pub use probe::ProviderStatus;
+pub use providers::{Provider, SessionOptions, TensorRtOptions};
 pub use session::{DType, InputTensor, ModelSession, OutputTensor, PortInfo};
 
 use discovery::library_version_from_name;
@@ -31,6 +38,8 @@ pub struct Runtime {
     environment: ort::environment::Environment,
     library: LibraryLocation,
     version: String,
+    /// Each provider's probe result per device, probed once per process.
+    statuses: Mutex<HashMap<(Provider, i32), ProviderStatus>>,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -69,6 +78,7 @@ impl Runtime {
             environment,
             library,
             version,
+            statuses: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -82,38 +92,129 @@ impl Runtime {
         &self.version
     }
 
-    /// Whether a provider can really be used: compiled into this library and
-    /// its provider library (and CUDA/cuDNN/TensorRT) loads.
-    pub fn probe_provider(&self, provider: Provider) -> std::result::Result<(), String> {
-        let compiled_in = match provider {
-            Provider::Cpu => return Ok(()),
-            Provider::Cuda => ep::CUDA::is_available(),
-            Provider::TensorRt => ep::TensorRT::is_available(),
-        };
-        match compiled_in {
-            Ok(true) => {}
-            Ok(false) => {
-                return Err(format!(
-                    "not in this ONNX Runtime {} build (the GPU set-up, `make setup GPU=1`, installs onnxruntime-gpu)",
-                    self.version
-                ))
-            }
-            Err(e) => return Err(e.to_string()),
-        }
-        let mut builder = Session::builder(&self.environment).map_err(|e| e.to_string())?;
-        let options = SessionOptions {
-            provider,
-            ..SessionOptions::default()
-        };
-        register_provider(&mut builder, &options).map_err(|e| e.to_string())
+    /// Whether `provider` can really be used on GPU `device_id`: its
+    /// libraries load, it opens the probe graph, runs it, and agrees with
+    /// the CPU ([`probe`]). Probed once per process and device.
+    pub fn provider_status(&self, provider: Provider, device_id: i32) -> ProviderStatus {
+        let mut statuses = self
+            .statuses
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        statuses
+            .entry((provider, device_id))
+            .or_insert_with(|| self.probe(provider, device_id))
+            .clone()
     }
 
-    /// Providers usable here, in `auto`'s order of preference.
-    pub fn usable_providers(&self) -> Vec<Provider> {
+    /// `Ok` when [`Runtime::provider_status`] says usable, else the reason.
+    pub fn probe_provider(
+        &self,
+        provider: Provider,
+        device_id: i32,
+    ) -> std::result::Result<(), String> {
+        let status = self.provider_status(provider, device_id);
+        match status.reason {
+            None => Ok(()),
+            Some(reason) => Err(reason),
+        }
+    }
+
+    /// Providers usable on `device_id`, in `auto`'s order of preference.
+    pub fn usable_providers(&self, device_id: i32) -> Vec<Provider> {
         Provider::PREFERENCE
             .into_iter()
-            .filter(|p| self.probe_provider(*p).is_ok())
+            .filter(|p| self.probe_provider(*p, device_id).is_ok())
             .collect()
+    }
+
+    fn probe(&self, provider: Provider, device_id: i32) -> ProviderStatus {
+        let mut status = ProviderStatus {
+            name: provider.name(),
+            usable: false,
+            reason: None,
+            max_abs_diff_vs_cpu: None,
+            gpu: None,
+            libraries: Vec::new(),
+        };
+        let fail = |mut status: ProviderStatus, reason: String| {
+            status.reason = Some(reason);
+            status
+        };
+        if provider != Provider::Cpu {
+            let compiled_in = match provider {
+                Provider::Cuda => ep::CUDA::is_available(),
+                _ => ep::TensorRT::is_available(),
+            };
+            match compiled_in {
+                Ok(true) => {}
+                Ok(false) => {
+                    return fail(
+                        status,
+                        format!(
+                            "not in this ONNX Runtime {} build ({}); the GPU set-up, `make setup GPU=1`, installs onnxruntime-gpu",
+                            self.version,
+                            self.library.path.display()
+                        ),
+                    )
+                }
+                Err(e) => return fail(status, e.to_string()),
+            }
+            let (libraries, missing) = probe::load_provider_libraries(provider, &self.library.path);
+            status.libraries = libraries;
+            let gpu = gpu_info::gpu_info(device_id);
+            status.gpu = Some(gpu.clone());
+            if let Some(reason) = missing {
+                return fail(status, reason);
+            }
+            let reference = match self.run_probe(&probe::probe_options(Provider::Cpu, 0)) {
+                Ok(output) => output,
+                Err(e) => return fail(status, format!("the CPU reference run failed: {e}")),
+            };
+            let output = match self.run_probe(&probe::probe_options(provider, device_id)) {
+                Ok(output) => output,
+                Err(e) => return fail(status, probe::explain_gpu_failure(&e, &gpu)),
+            };
+            let diff = probe::max_abs_diff(&output, &reference);
+            status.max_abs_diff_vs_cpu = Some(diff);
+            if diff > probe::PROBE_TOLERANCE {
+                return fail(
+                    status,
+                    format!(
+                        "it runs but its result differs from the CPU by {diff:e} (more than {:e}): a broken driver or library",
+                        probe::PROBE_TOLERANCE
+                    ),
+                );
+            }
+        } else if let Err(e) = self.run_probe(&probe::probe_options(Provider::Cpu, 0)) {
+            return fail(status, e);
+        }
+        status.usable = true;
+        status
+    }
+
+    /// Runs the probe graph on one provider (registration failures are
+    /// errors, never a silent CPU fallback).
+    fn run_probe(&self, options: &SessionOptions) -> std::result::Result<Vec<f32>, String> {
+        let text = |e: ort::Error| e.to_string();
+        let mut builder = Session::builder(&self.environment).map_err(text)?;
+        if options.threads > 0 {
+            builder = builder
+                .with_intra_threads(options.threads)
+                .map_err(|e| e.to_string())?;
+        }
+        register_provider(&mut builder, options).map_err(text)?;
+        let mut session = builder
+            .commit_from_memory(probe::PROBE_GRAPH)
+            .map_err(text)?;
+        let input = probe::probe_input();
+        let tensor =
+            TensorRef::from_array_view((probe::PROBE_INPUT_SHAPE.to_vec(), input.as_slice()))
+                .map_err(text)?;
+        let inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
+            vec![(Cow::Borrowed("x"), tensor.into())];
+        let outputs = session.run(inputs).map_err(text)?;
+        let (_, data) = outputs["y"].try_extract_tensor::<f32>().map_err(text)?;
+        Ok(data.to_vec())
     }
 
     /// Opens one ONNX graph.

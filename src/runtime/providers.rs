@@ -37,6 +37,35 @@ impl fmt::Display for Provider {
     }
 }
 
+/// TensorRT's settings for one session.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorRtOptions {
+    /// Let TensorRT choose fp16 kernels (`--trt-fp16`).
+    pub fp16: bool,
+    /// Most scratch memory an engine build may take, in bytes (`--trt-workspace-mib`).
+    pub workspace_bytes: usize,
+    /// Engine and timing cache folder: one folder per graph and shapes
+    /// (see `pipeline::gpu_plan::engine_cache_dir`); None: no cache.
+    pub cache_dir: Option<PathBuf>,
+    /// Optimisation profile (min, opt, max): `name:dims,name:dims`.
+    pub profile: Option<(String, String, String)>,
+}
+
+impl Default for TensorRtOptions {
+    fn default() -> Self {
+        TensorRtOptions {
+            fp16: true,
+            workspace_bytes: DEFAULT_TRT_WORKSPACE_MIB << 20,
+            cache_dir: None,
+            profile: None,
+        }
+    }
+}
+
+/// TensorRT's default build workspace: 4 GiB (its own default of 0 means
+/// all device memory, on a Jetson all of RAM).
+pub const DEFAULT_TRT_WORKSPACE_MIB: usize = 4096;
+
 /// How sessions are made.
 #[derive(Debug, Clone)]
 pub struct SessionOptions {
@@ -44,11 +73,10 @@ pub struct SessionOptions {
     pub device_id: i32,
     /// Intra-op threads; 0 lets ONNX Runtime choose (one per core).
     pub threads: usize,
-    /// TensorRT engine cache folder.
-    pub engine_cache: Option<PathBuf>,
-    /// TensorRT optimisation profile: (min, opt, max) shapes per input, e.g.
-    /// `latent:1x4x64x64`.
-    pub trt_profile: Option<(String, String, String)>,
+    /// Allow TF32 tensor-core math for fp32 on CUDA (off: results match the
+    /// CPU to ~1e-6 instead of ~1e-3).
+    pub tf32: bool,
+    pub tensorrt: TensorRtOptions,
     /// ONNX Runtime's CPU memory arena (keeps freed blocks for reuse).
     pub cpu_arena: bool,
     /// ONNX Runtime's memory pattern planning (per input shape).
@@ -61,8 +89,8 @@ impl Default for SessionOptions {
             provider: Provider::Cpu,
             device_id: 0,
             threads: 0,
-            engine_cache: None,
-            trt_profile: None,
+            tf32: false,
+            tensorrt: TensorRtOptions::default(),
             cpu_arena: env_flag("TADSR_EDGE_CPU_ARENA", true),
             memory_pattern: env_flag("TADSR_EDGE_MEMORY_PATTERN", true),
         }
@@ -77,6 +105,16 @@ fn env_flag(name: &str, default: bool) -> bool {
     }
 }
 
+fn cuda_provider(options: &SessionOptions) -> ep::ExecutionProviderDispatch {
+    ep::CUDA::default()
+        .with_device_id(options.device_id)
+        .with_tf32(options.tf32)
+        .build()
+        .error_on_failure()
+}
+
+/// Registers the session's provider. TensorRT gets the CUDA provider
+/// registered behind it, for the nodes TensorRT does not take.
 pub(super) fn register_provider(
     builder: &mut SessionBuilder,
     options: &SessionOptions,
@@ -87,16 +125,14 @@ pub(super) fn register_provider(
             .build()
             .error_on_failure()
             .register(builder),
-        Provider::Cuda => ep::CUDA::default()
-            .with_device_id(options.device_id)
-            .build()
-            .error_on_failure()
-            .register(builder),
+        Provider::Cuda => cuda_provider(options).register(builder),
         Provider::TensorRt => {
+            let settings = &options.tensorrt;
             let mut trt = ep::TensorRT::default()
                 .with_device_id(options.device_id)
-                .with_fp16(true);
-            if let Some(cache) = &options.engine_cache {
+                .with_fp16(settings.fp16)
+                .with_max_workspace_size(settings.workspace_bytes);
+            if let Some(cache) = &settings.cache_dir {
                 let cache = cache.display().to_string();
                 trt = trt
                     .with_engine_cache(true)
@@ -104,13 +140,14 @@ pub(super) fn register_provider(
                     .with_timing_cache(true)
                     .with_timing_cache_path(&cache);
             }
-            if let Some((min, opt, max)) = &options.trt_profile {
+            if let Some((min, opt, max)) = &settings.profile {
                 trt = trt
                     .with_profile_min_shapes(min)
                     .with_profile_opt_shapes(opt)
                     .with_profile_max_shapes(max);
             }
-            trt.build().error_on_failure().register(builder)
+            trt.build().error_on_failure().register(builder)?;
+            cuda_provider(options).register(builder)
         }
     }
 }

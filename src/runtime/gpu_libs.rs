@@ -1,0 +1,343 @@
+//! The GPU libraries ONNX Runtime's CUDA and TensorRT providers open
+//! (CUDA 13 runtime, cuBLAS, cuRAND, cuFFT, cuDNN 9, TensorRT 10): where
+//! they are, and loading them before a provider registers, so that a box
+//! with only the NVIDIA driver and `make setup GPU=1` needs no
+//! `LD_LIBRARY_PATH`.
+//!
+//! Folders are searched in this order: `TADSR_EDGE_GPU_LIBS` (folders
+//! separated by `:`), the folders the set-up recorded in
+//! `<cache>/gpu-libs.path`, the `nvidia/*/lib` and `tensorrt_libs` folders
+//! beside the ONNX Runtime package in use, those of `python3`'s `nvidia`
+//! package. A library in none of them is left to the system loader (a
+//! CUDA toolkit in `/usr/local/cuda`, JetPack). Loading a library by its
+//! full path makes the providers' later `dlopen` of the same soname find it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+
+/// Environment variable: extra folders holding the GPU libraries, `:`-separated.
+pub const GPU_LIBS_ENV: &str = "TADSR_EDGE_GPU_LIBS";
+
+/// File in the set-up cache listing the GPU library folders, one per line.
+pub const GPU_LIBS_RECORD: &str = "gpu-libs.path";
+
+/// One library a provider needs, by soname.
+#[derive(Debug, Clone, Copy)]
+pub struct Needed {
+    pub soname: &'static str,
+    /// What it is, for messages ("cuDNN 9").
+    pub what: &'static str,
+    /// Whether the provider fails without it (cuFFT and NVRTC are opened
+    /// only by some operators).
+    pub required: bool,
+}
+
+const fn needed(soname: &'static str, what: &'static str, required: bool) -> Needed {
+    Needed {
+        soname,
+        what,
+        required,
+    }
+}
+
+/// What the CUDA provider of onnxruntime-gpu 1.31 opens, in load order
+/// (a library's dependencies first).
+pub const CUDA_NEEDS: &[Needed] = &[
+    needed("libcudart.so.13", "the CUDA 13 runtime", true),
+    needed("libcublasLt.so.13", "cuBLASLt 13", true),
+    needed("libcublas.so.13", "cuBLAS 13", true),
+    needed("libcurand.so.10", "cuRAND 10", true),
+    needed("libcufft.so.12", "cuFFT 12", false),
+    needed("libnvrtc.so.13", "NVRTC 13", false),
+    needed("libcudnn_graph.so.9", "cuDNN 9", true),
+    needed("libcudnn_engines_precompiled.so.9", "cuDNN 9", true),
+    needed("libcudnn_engines_runtime_compiled.so.9", "cuDNN 9", true),
+    needed("libcudnn_heuristic.so.9", "cuDNN 9", true),
+    needed("libcudnn_ops.so.9", "cuDNN 9", true),
+    needed("libcudnn_cnn.so.9", "cuDNN 9", true),
+    needed("libcudnn_adv.so.9", "cuDNN 9", true),
+    needed("libcudnn.so.9", "cuDNN 9", true),
+];
+
+/// What the TensorRT provider opens beyond the CUDA provider's libraries.
+pub const TENSORRT_NEEDS: &[Needed] = &[
+    needed("libnvinfer.so.10", "TensorRT 10", true),
+    needed("libnvinfer_plugin.so.10", "TensorRT 10 plugins", false),
+    needed("libnvonnxparser.so.10", "TensorRT 10 ONNX parser", true),
+];
+
+/// How one library was (or was not) loaded.
+#[derive(Debug, Clone, Serialize)]
+pub struct LoadedLibrary {
+    pub soname: &'static str,
+    /// The file loaded, or `None` when the system loader found it by name.
+    pub path: Option<PathBuf>,
+}
+
+/// The outcome of loading one provider's libraries.
+#[derive(Debug, Clone, Serialize)]
+pub struct LibraryReport {
+    pub loaded: Vec<LoadedLibrary>,
+    /// Why the provider cannot load, naming the first missing library.
+    pub missing: Option<String>,
+}
+
+/// The folders searched, in order (existing folders only, no repeats).
+pub fn search_folders(ort_library: Option<&Path>) -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    if let Some(value) = std::env::var_os(GPU_LIBS_ENV) {
+        folders.extend(std::env::split_paths(&value));
+    }
+    if let Some(cache) = super::discovery::cache_dir() {
+        if let Ok(text) = std::fs::read_to_string(cache.join(GPU_LIBS_RECORD)) {
+            folders.extend(
+                text.lines()
+                    .filter(|l| !l.trim().is_empty())
+                    .map(PathBuf::from),
+            );
+        }
+    }
+    // <site-packages>/onnxruntime/capi/libonnxruntime.so.X -> <site-packages>
+    if let Some(site_packages) = ort_library.and_then(|lib| lib.parent()?.parent()?.parent()) {
+        folders.extend(wheel_library_folders(site_packages));
+    }
+    for site_packages in python_site_packages() {
+        folders.extend(wheel_library_folders(&site_packages));
+    }
+    let mut unique: Vec<PathBuf> = Vec::new();
+    for folder in folders {
+        if folder.is_dir() && !unique.contains(&folder) {
+            unique.push(folder);
+        }
+    }
+    unique
+}
+
+/// NVIDIA's wheels' library folders below a site-packages folder:
+/// `nvidia/<name>/lib` (CUDA 12 layout and cuDNN), `nvidia/cu13/lib`
+/// (CUDA 13 layout) and `tensorrt_libs` (TensorRT's libs wheel).
+pub fn wheel_library_folders(site_packages: &Path) -> Vec<PathBuf> {
+    let mut folders = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(site_packages.join("nvidia")) {
+        let mut packages: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+        packages.sort();
+        for package in packages {
+            for sub in ["lib", "lib64"] {
+                let folder = package.join(sub);
+                if folder.is_dir() {
+                    folders.push(folder);
+                }
+            }
+        }
+    }
+    let tensorrt = site_packages.join("tensorrt_libs");
+    if tensorrt.is_dir() {
+        folders.push(tensorrt);
+    }
+    folders
+}
+
+/// The site-packages folders of `python3`'s `nvidia` and `tensorrt_libs`
+/// packages, asked once per process (a GPU box with PyTorch has them).
+fn python_site_packages() -> Vec<PathBuf> {
+    static FOUND: OnceLock<Vec<PathBuf>> = OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            const PROBE: &str = "import site, sys\nprint('\\n'.join(site.getsitepackages() + [site.getusersitepackages()]))";
+            let Ok(output) = Command::new("python3")
+                .args(["-c", PROBE])
+                .stderr(std::process::Stdio::null())
+                .output()
+            else {
+                return Vec::new();
+            };
+            if !output.status.success() {
+                return Vec::new();
+            }
+            String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(PathBuf::from)
+                .filter(|p| p.join("nvidia").is_dir() || p.join("tensorrt_libs").is_dir())
+                .collect()
+        })
+        .clone()
+}
+
+/// The first folder holding `soname`.
+pub fn find_in(folders: &[PathBuf], soname: &str) -> Option<PathBuf> {
+    folders
+        .iter()
+        .map(|folder| folder.join(soname))
+        .find(|path| path.is_file())
+}
+
+/// Loads `needs` in order from `folders` (else by soname through the system
+/// loader). Stops at the first required library that cannot be loaded and
+/// says which, where it looked, and how to get it.
+pub fn load(needs: &[Needed], folders: &[PathBuf]) -> LibraryReport {
+    let mut loaded = Vec::new();
+    for need in needs {
+        let found = find_in(folders, need.soname);
+        let result = match &found {
+            Some(path) => open_library(path.as_os_str()),
+            None => open_library(std::ffi::OsStr::new(need.soname)),
+        };
+        match result {
+            Ok(()) => loaded.push(LoadedLibrary {
+                soname: need.soname,
+                path: found,
+            }),
+            Err(reason) if need.required => {
+                return LibraryReport {
+                    loaded,
+                    missing: Some(missing_message(need, found.as_deref(), &reason, folders)),
+                }
+            }
+            Err(_) => {}
+        }
+    }
+    LibraryReport {
+        loaded,
+        missing: None,
+    }
+}
+
+fn missing_message(
+    need: &Needed,
+    found: Option<&Path>,
+    reason: &str,
+    folders: &[PathBuf],
+) -> String {
+    match found {
+        Some(path) => format!(
+            "{} ({}) at {} does not load: {reason}",
+            need.soname,
+            need.what,
+            path.display()
+        ),
+        None => {
+            let looked = if folders.is_empty() {
+                "no GPU library folders found".to_string()
+            } else {
+                folders
+                    .iter()
+                    .map(|f| f.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            format!(
+                "{} not found ({} is needed; looked in: {looked}, and the system loader's path); \
+                 run `make setup GPU=1`, or set {GPU_LIBS_ENV} to the folder holding it",
+                need.soname, need.what
+            )
+        }
+    }
+}
+
+/// `dlopen`s a library for the life of the process.
+fn open_library(name: &std::ffi::OsStr) -> Result<(), String> {
+    // SAFETY: loading a shared library runs its initialisers; these are
+    // NVIDIA's CUDA libraries, loaded exactly as ONNX Runtime would.
+    match unsafe { libloading::Library::new(name) } {
+        Ok(library) => {
+            std::mem::forget(library);
+            Ok(())
+        }
+        Err(error) => Err(error.to_string()),
+    }
+}
+
+/// Loads the CUDA provider's libraries once per process.
+pub fn load_cuda(ort_library: Option<&Path>) -> &'static LibraryReport {
+    static REPORT: OnceLock<LibraryReport> = OnceLock::new();
+    REPORT.get_or_init(|| load(CUDA_NEEDS, &search_folders(ort_library)))
+}
+
+/// Loads the TensorRT provider's own libraries once per process (the CUDA
+/// ones come from [`load_cuda`]).
+pub fn load_tensorrt(ort_library: Option<&Path>) -> &'static LibraryReport {
+    static REPORT: OnceLock<LibraryReport> = OnceLock::new();
+    REPORT.get_or_init(|| load(TENSORRT_NEEDS, &search_folders(ort_library)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_without_cudnn_gives_the_cudnn_reason() {
+        let folder = tempfile::tempdir().unwrap();
+        // Only fake cuDNN-less content: nothing loadable at all, so the first
+        // required library that is absent everywhere decides the message.
+        let needs = [needed("libcudnn_tadsr_test_absent.so.9", "cuDNN 9", true)];
+        let report = load(&needs, &[folder.path().to_path_buf()]);
+        let reason = report.missing.expect("missing");
+        assert!(
+            reason.starts_with("libcudnn_tadsr_test_absent.so.9 not found (cuDNN 9 is needed"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains(&folder.path().display().to_string()),
+            "{reason}"
+        );
+        assert!(reason.contains("make setup GPU=1"), "{reason}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_library_says_it_does_not_load() {
+        let folder = tempfile::tempdir().unwrap();
+        std::fs::write(folder.path().join("libcudnn_fake.so.9"), b"not an ELF file").unwrap();
+        let needs = [needed("libcudnn_fake.so.9", "cuDNN 9", true)];
+        let report = load(&needs, &[folder.path().to_path_buf()]);
+        let reason = report.missing.expect("missing");
+        assert!(reason.contains("does not load"), "{reason}");
+    }
+
+    #[test]
+    fn optional_libraries_do_not_stop_loading() {
+        let needs = [
+            needed("libtadsr_optional_absent.so.1", "something optional", false),
+            needed("libc.so.6", "the C library", true),
+        ];
+        let report = load(&needs, &[]);
+        assert!(report.missing.is_none(), "{:?}", report.missing);
+        assert_eq!(report.loaded.len(), 1);
+        assert_eq!(report.loaded[0].soname, "libc.so.6");
+        assert!(
+            report.loaded[0].path.is_none(),
+            "found by the system loader"
+        );
+    }
+
+    #[test]
+    fn wheel_layouts_are_found() {
+        let root = tempfile::tempdir().unwrap();
+        let sp = root.path();
+        for folder in [
+            "nvidia/cu13/lib",
+            "nvidia/cudnn/lib",
+            "nvidia/nothing_here",
+            "tensorrt_libs",
+        ] {
+            std::fs::create_dir_all(sp.join(folder)).unwrap();
+        }
+        let folders = wheel_library_folders(sp);
+        assert_eq!(
+            folders,
+            vec![
+                sp.join("nvidia/cu13/lib"),
+                sp.join("nvidia/cudnn/lib"),
+                sp.join("tensorrt_libs")
+            ]
+        );
+        std::fs::write(sp.join("nvidia/cudnn/lib/libcudnn.so.9"), b"").unwrap();
+        assert_eq!(
+            find_in(&folders, "libcudnn.so.9"),
+            Some(sp.join("nvidia/cudnn/lib/libcudnn.so.9"))
+        );
+        assert_eq!(find_in(&folders, "libcublas.so.13"), None);
+    }
+}
