@@ -3,6 +3,9 @@
 # clone (${XDG_CACHE_HOME:-~/.cache}/tadsr-edge):
 #   - ONNX Runtime's shared library from the pinned PyPI wheel
 #     (onnxruntime, or onnxruntime-gpu with GPU=1), keyed by version;
+#   - with GPU=1, the CUDA 13 / cuDNN 9 / TensorRT 10 libraries from NVIDIA's
+#     PyPI wheels (scripts/gpu-requirements.txt), keyed by that file's hash;
+#     their folders are recorded in gpu-libs.path, where the binary looks;
 #   - the export package's Python venv, keyed by export/requirements.txt's hash
 #     (skipped with RUNTIME_ONLY=1: the demo needs no torch);
 #   - rustfmt and clippy when rustup can add them.
@@ -40,6 +43,23 @@ if [ ! -f "$ort_dir/.complete" ] || [ ! -f "$ort_lib" ]; then
 fi
 echo "$ort_lib" > "$CACHE/onnxruntime.path"
 log "ONNX Runtime: $ort_lib"
+
+# --- GPU libraries (GPU=1): CUDA 13, cuDNN 9, TensorRT 10 from PyPI -----------
+if [ "$GPU" = 1 ]; then
+  gpu_req=$ROOT/scripts/gpu-requirements.txt
+  gpu_dir=$CACHE/gpu-libs-$(sha256sum "$gpu_req" | cut -c1-16)
+  if [ ! -f "$gpu_dir/.complete" ]; then
+    log "installing the CUDA 13, cuDNN 9 and TensorRT 10 libraries into $gpu_dir (~4 GB once)"
+    rm -rf "$gpu_dir"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target "$gpu_dir" -r "$gpu_req" >&2
+    touch "$gpu_dir/.complete"
+  fi
+  # One library folder per line: nvidia/<package>/lib and tensorrt_libs.
+  find "$gpu_dir/nvidia" -mindepth 2 -maxdepth 2 -type d -name lib | sort > "$CACHE/gpu-libs.path"
+  [ -d "$gpu_dir/tensorrt_libs" ] && echo "$gpu_dir/tensorrt_libs" >> "$CACHE/gpu-libs.path"
+  log "GPU libraries: $(tr '\n' ' ' < "$CACHE/gpu-libs.path")"
+fi
 
 # --- Python venv for export/ -------------------------------------------------
 setup_export_venv() {

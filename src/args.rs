@@ -111,6 +111,9 @@ pub struct GpuArgs {
     /// Allow TF32 tensor-core math for fp32 graphs on CUDA (faster; results move by ~1e-3).
     #[arg(long)]
     pub tf32: bool,
+    /// How cuDNN picks convolution algorithms on CUDA (heuristic: no search; exhaustive: benchmark each shape first).
+    #[arg(long, value_enum, default_value_t = ConvSearchArg::Heuristic)]
+    pub cudnn_conv_search: ConvSearchArg,
     /// TensorRT fp16 kernels.
     #[arg(long, value_enum, default_value_t = OnOff::On, value_name = "on|off")]
     pub trt_fp16: OnOff,
@@ -129,9 +132,21 @@ impl GpuArgs {
     pub fn apply(&self, config: &mut tadsr_edge::pipeline::PipelineConfig) {
         config.device_id = self.device_id();
         config.tf32 = self.tf32;
+        config.conv_search = match self.cudnn_conv_search {
+            ConvSearchArg::Heuristic => tadsr_edge::runtime::ConvSearch::Heuristic,
+            ConvSearchArg::Exhaustive => tadsr_edge::runtime::ConvSearch::Exhaustive,
+            ConvSearchArg::Default => tadsr_edge::runtime::ConvSearch::Default,
+        };
         config.tensorrt.fp16 = self.trt_fp16 == OnOff::On;
         config.tensorrt.workspace_bytes = self.trt_workspace_mib << 20;
     }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConvSearchArg {
+    Heuristic,
+    Exhaustive,
+    Default,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

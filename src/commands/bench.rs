@@ -52,6 +52,8 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.threads = args.threads;
     args.gpu.apply(&mut config);
     config.tile_px = args.tile;
+    config.largest_side_px = args.size;
+    config.notify = |notice| eprintln!("note: {notice}");
     config.verify_hashes = false;
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
@@ -130,6 +132,9 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
                 "runs": args.runs,
                 "warmup": args.warmup,
                 "threads": args.threads,
+                "device": args.gpu.device_id(),
+                "tf32": args.gpu.tf32,
+                "cudnn_conv_search": format!("{:?}", args.gpu.cudnn_conv_search).to_lowercase(),
                 "provider": providers,
                 "session_creation_ms": session_ms,
                 "stages_ms": stages_json,

@@ -37,10 +37,7 @@ fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
     }
     options.tile_px = args.tile;
     options.tile_overlap_px = args.tile_overlap;
-    options.tiling = match args.tiling {
-        TilingArg::Staged => TilingMode::Staged,
-        TilingArg::Latent => TilingMode::Latent,
-    };
+    options.tiling = tiling_mode(args.tiling);
     if let Some(color_fix) = args.color_fix {
         options.color_fix = match color_fix {
             ColorFixArg::Adain => ColorFix::Adain,
@@ -88,6 +85,27 @@ impl Progress for TileBar {
             bar.inc(1);
         }
     }
+}
+
+fn tiling_mode(tiling: TilingArg) -> TilingMode {
+    match tiling {
+        TilingArg::Staged => TilingMode::Staged,
+        TilingArg::Latent => TilingMode::Latent,
+    }
+}
+
+/// The longest side of the largest image the run will send the networks
+/// (TensorRT profiles), from the inputs' headers; bundle defaults assumed
+/// 4x and 512 where not given. Unreadable inputs are skipped (they fail
+/// later with their own message).
+fn largest_model_side(jobs: &[(PathBuf, Vec<PathBuf>)], args: &RunArgs) -> u32 {
+    let (upscale, process_size) = (args.upscale.unwrap_or(4), args.process_size.unwrap_or(512));
+    jobs.iter()
+        .filter_map(|(input, _)| image::image_dimensions(input).ok())
+        .filter_map(|(w, h)| size_plan::plan_sizes(w, h, upscale, process_size).ok())
+        .map(|plan| plan.model.0.max(plan.model.1))
+        .max()
+        .unwrap_or(0)
 }
 
 /// The signal number that stopped the run, 0 while none came.
@@ -296,6 +314,13 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     config.threads = args.threads;
     config.prompt_embeds = args.prompt_embeds.clone();
     config.tile_px = args.tile;
+    config.tiling = tiling_mode(args.tiling);
+    if matches!(args.provider, ProviderArg::Auto | ProviderArg::Tensorrt) {
+        config.largest_side_px = largest_model_side(&jobs, args);
+    }
+    if !args.quiet {
+        config.notify = |notice| eprintln!("note: {notice}");
+    }
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
     pipeline.set_cancel_flag(&INTERRUPTED);

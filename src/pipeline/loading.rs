@@ -1,15 +1,16 @@
 //! What `Pipeline::load` reads from a bundle: the noise schedule, the
 //! prompt embedding, and one session per component (provider fallback,
-//! TensorRT profile shapes), each checked against the manifest's ports.
+//! TensorRT profiles and engine caches), each checked against the manifest's ports.
 
 use std::path::Path;
 
+use super::gpu_plan;
 use super::stages::Stage;
 use super::{PipelineConfig, ProviderChoice};
-use crate::bundle::{component, port, Bundle};
+use crate::bundle::{component, Bundle};
 use crate::error::{Error, Result};
 use crate::npy;
-use crate::runtime::{ModelSession, Provider, Runtime, SessionOptions, TensorRtOptions};
+use crate::runtime::{cache_dir, ModelSession, Provider, Runtime, SessionOptions, TensorRtOptions};
 use crate::schedule::NoiseSchedule;
 
 /// Most training timesteps a bundle's schedule may have (the models use 1000).
@@ -96,12 +97,91 @@ pub(super) fn load_prompt_embeds(
     ))
 }
 
+/// The largest side TensorRT profiles admit when the run did not say.
+const DEFAULT_LARGEST_SIDE_PX: usize = 2048;
+
+/// TensorRT's settings for one graph: the profile of what the run sends
+/// ([`gpu_plan`]) and its own engine cache folder under `<cache>/trt/`.
+fn tensorrt_options(
+    bundle: &Bundle,
+    component: &str,
+    config: &PipelineConfig,
+    prompt_shape: [usize; 3],
+) -> TensorRtOptions {
+    let sides = gpu_plan::stage_sides(
+        config.tile_px as usize,
+        config.tiling,
+        match config.largest_side_px {
+            0 => DEFAULT_LARGEST_SIDE_PX,
+            side => side as usize,
+        },
+        false,
+    );
+    let range = match component {
+        component::UNET => sides.unet,
+        component::VAE_ENCODER | component::VAE_ENCODER_TILED => sides.encoder,
+        _ => sides.decoder,
+    };
+    let profile = gpu_plan::profile_shapes(
+        component,
+        range,
+        bundle.manifest().latent_channels,
+        prompt_shape,
+    );
+    let cache_dir = cache_dir().map(|cache| {
+        gpu_plan::engine_cache_dir(
+            &cache.join("trt"),
+            component,
+            bundle.component(component),
+            &profile,
+            config.tensorrt.fp16,
+        )
+    });
+    TensorRtOptions {
+        profile: Some(profile),
+        cache_dir,
+        ..config.tensorrt.clone()
+    }
+}
+
+/// Says on the notice channel when TensorRT is about to build an engine (no
+/// engine in the graph's cache folder yet): that takes minutes for the
+/// SD-size UNet. Returns when the build started.
+fn announce_engine_build(
+    component: &str,
+    options: &TensorRtOptions,
+    notify: fn(&str),
+) -> Option<std::time::Instant> {
+    let folder = options.cache_dir.as_ref()?;
+    let cached = std::fs::read_dir(folder).ok().is_some_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.file_name().to_string_lossy().ends_with(".engine"))
+    });
+    if cached {
+        return None;
+    }
+    if let Err(error) = std::fs::create_dir_all(folder) {
+        notify(&format!(
+            "warning: cannot create the TensorRT cache {}: {error}; engines will be rebuilt every run",
+            folder.display()
+        ));
+    }
+    let shapes = options.profile.as_ref().map_or("", |p| p.2.as_str());
+    notify(&format!(
+        "building the TensorRT engine for {component} (up to {shapes}); this can take minutes, once: it is cached in {}",
+        folder.display()
+    ));
+    Some(std::time::Instant::now())
+}
+
 pub(super) fn open_stage(
     runtime: &Runtime,
     bundle: &Bundle,
     path: &Path,
     component: &str,
     config: &PipelineConfig,
+    prompt_shape: [usize; 3],
     fallbacks: &mut Vec<String>,
 ) -> Result<Stage> {
     let candidates: Vec<Provider> = match config.provider {
@@ -125,18 +205,30 @@ pub(super) fn open_stage(
                 });
             }
         }
+        let tensorrt = if provider == Provider::TensorRt {
+            tensorrt_options(bundle, component, config, prompt_shape)
+        } else {
+            config.tensorrt.clone()
+        };
         let options = SessionOptions {
             provider,
             device_id: config.device_id,
             threads: config.threads,
             tf32: config.tf32,
-            tensorrt: TensorRtOptions {
-                profile: trt_profile(component, config.tile_px, bundle),
-                ..config.tensorrt.clone()
-            },
+            conv_search: config.conv_search,
+            tensorrt,
             ..SessionOptions::default()
         };
-        match runtime.session(path, &options) {
+        let engine_build = (provider == Provider::TensorRt)
+            .then(|| announce_engine_build(component, &options.tensorrt, config.notify));
+        let opened = runtime.session(path, &options);
+        if let (Some(Some(start)), Ok(_)) = (engine_build, &opened) {
+            (config.notify)(&format!(
+                "TensorRT engine for {component} built in {:.1} s",
+                start.elapsed().as_secs_f64()
+            ));
+        }
+        match opened {
             Ok(session) => return Ok(Stage { session, provider }),
             Err(error) if config.provider == ProviderChoice::Auto && provider != Provider::Cpu => {
                 fallbacks.push(format!("{component}: {provider} failed: {error}"));
@@ -146,34 +238,6 @@ pub(super) fn open_stage(
         }
     }
     Err(last_error.unwrap_or_else(|| Error::Ort(format!("{component}: no provider could open it"))))
-}
-
-/// TensorRT profile shapes for a stage: from 64 px up to the tile size, the
-/// tile size being the shape built for.
-fn trt_profile(name: &str, tile_px: u32, bundle: &Bundle) -> Option<(String, String, String)> {
-    let tile = tile_px.max(64) as usize;
-    let channels = bundle.manifest().latent_channels;
-    let tokens = bundle.manifest().prompt.shape[1];
-    let dim = bundle.manifest().prompt.shape[2];
-    let (image, timestep, latent, prompt) = (
-        port::IMAGE,
-        port::TIMESTEP,
-        port::LATENT,
-        port::ENCODER_HIDDEN_STATES,
-    );
-    let shape = |side_px: usize| {
-        let cells = side_px / 8;
-        match name {
-            component::VAE_ENCODER | component::VAE_ENCODER_TILED => {
-                format!("{image}:1x3x{side_px}x{side_px},{timestep}:1")
-            }
-            component::UNET => format!(
-                "{latent}:1x{channels}x{cells}x{cells},{timestep}:1,{prompt}:1x{tokens}x{dim}"
-            ),
-            _ => format!("{latent}:1x{channels}x{cells}x{cells}"),
-        }
-    };
-    Some((shape(64), shape(tile), shape(tile)))
 }
 
 pub(super) fn check_session_ports(

@@ -7,6 +7,7 @@
 //! loop they share, [`shared_stats`] the GroupNorm statistics shared across
 //! tiles, [`loading`] what `Pipeline::load` reads from the bundle.
 
+mod gpu_plan;
 mod loading;
 mod shared_stats;
 mod stages;
@@ -27,7 +28,7 @@ use crate::error::{Error, Result};
 use crate::image::io::InputImage;
 use crate::image::size_plan;
 use crate::image::tensor;
-use crate::runtime::{Provider, Runtime, TensorRtOptions};
+use crate::runtime::{ConvSearch, Provider, Runtime, TensorRtOptions};
 use crate::schedule::{self, NoiseSchedule};
 use crate::tiling::TilePlan;
 
@@ -63,10 +64,19 @@ pub struct PipelineConfig {
     pub prompt_embeds: Option<PathBuf>,
     /// Tile size in pixels the sessions will mostly see (TensorRT profiles).
     pub tile_px: u32,
+    /// How the run tiles (TensorRT profiles).
+    pub tiling: TilingMode,
+    /// Longest side of the largest model input the run will send, in
+    /// pixels (TensorRT profiles of untiled stages); 0: unknown, 2048.
+    pub largest_side_px: u32,
+    /// Where notices go (TensorRT engine builds); the CLI prints them on stderr.
+    pub notify: fn(&str),
     /// Check every file's sha256 on load.
     pub verify_hashes: bool,
     /// Allow TF32 math for fp32 graphs on CUDA (`--tf32`).
     pub tf32: bool,
+    /// cuDNN's convolution algorithm choice (`--cudnn-conv-search`).
+    pub conv_search: ConvSearch,
     /// TensorRT's fp16, workspace and cache settings (profiles are made per stage).
     pub tensorrt: TensorRtOptions,
 }
@@ -82,8 +92,12 @@ impl PipelineConfig {
             threads: 0,
             prompt_embeds: None,
             tile_px: 512,
+            tiling: TilingMode::Staged,
+            largest_side_px: 0,
+            notify: |_| {},
             verify_hashes: true,
             tf32: false,
+            conv_search: ConvSearch::default(),
             tensorrt: TensorRtOptions::default(),
         }
     }
@@ -229,7 +243,15 @@ impl Pipeline {
         let mut fallbacks = Vec::new();
         let mut open = |component: &str| -> Result<Stage> {
             let path = bundle.resolve(&bundle.component(component).file)?;
-            open_stage(runtime, &bundle, &path, component, config, &mut fallbacks)
+            open_stage(
+                runtime,
+                &bundle,
+                &path,
+                component,
+                config,
+                prompt_shape,
+                &mut fallbacks,
+            )
         };
         let encoder = open(component::VAE_ENCODER)?;
         let unet = open(component::UNET)?;

@@ -27,11 +27,15 @@ use crate::error::{Error, Result};
 
 pub use discovery::{cache_dir, locate_library, LibraryLocation, LibrarySource, ORT_PATH_ENV};
 pub use probe::ProviderStatus;
-pub use providers::{Provider, SessionOptions, TensorRtOptions};
+pub use providers::{ConvSearch, Provider, SessionOptions, TensorRtOptions};
 pub use session::{DType, InputTensor, ModelSession, OutputTensor, PortInfo};
 
 use discovery::library_version_from_name;
 use providers::register_provider;
+
+/// Environment variable: a folder where ONNX Runtime writes each
+/// session's profile (per-node kernel times and providers) when it ends.
+pub const PROFILE_ENV: &str = "TADSR_EDGE_ORT_PROFILE";
 
 /// The process-wide ONNX Runtime: the loaded library and its environment.
 pub struct Runtime {
@@ -225,6 +229,22 @@ impl Runtime {
             builder = builder.with_memory_pattern(options.memory_pattern)?;
             if options.threads > 0 {
                 builder = builder.with_intra_threads(options.threads)?;
+            }
+            if let Some(prefix) = std::env::var_os(PROFILE_ENV).filter(|v| !v.is_empty()) {
+                // ONNX Runtime's per-node profile (kernel times, provider of
+                // each node), written when the session ends.
+                let stem = model
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("graph");
+                let parent = model
+                    .parent()
+                    .and_then(|p| p.file_name())
+                    .and_then(|s| s.to_str())
+                    .unwrap_or("");
+                let mut path = std::path::PathBuf::from(prefix);
+                path.push(format!("{parent}-{stem}"));
+                builder = builder.with_profiling(path)?;
             }
             register_provider(&mut builder, options)?;
             builder.commit_from_file(model)
