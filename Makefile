@@ -30,7 +30,7 @@ test: setup
 	cargo build --release --locked
 	cargo test --release --locked
 	$(PY) -m pytest -q export/tests
-	$(PY) -m ruff check export scripts tests/fixtures
+	$(PY) -m ruff check export scripts tests/fixtures src/runtime
 	cargo clippy --release --locked --all-targets -- -D warnings
 	cargo fmt --all -- --check
 

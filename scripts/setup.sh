@@ -51,8 +51,16 @@ if [ "$GPU" = 1 ]; then
   if [ ! -f "$gpu_dir/.complete" ]; then
     log "installing the CUDA 13, cuDNN 9 and TensorRT 10 libraries into $gpu_dir (~4 GB once)"
     rm -rf "$gpu_dir"
+    # CUDA and cuDNN first: the CUDA provider needs only these.
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps \
-      --target "$gpu_dir" -r "$gpu_req" >&2
+      --target "$gpu_dir" -r <(grep -v '^tensorrt' "$gpu_req") >&2
+    # TensorRT 10's libs wheel on PyPI is a stub that fetches the real wheel
+    # from pypi.nvidia.com while installing: where that fails, CUDA still works.
+    if ! "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps \
+      --target "$gpu_dir" -r <(grep '^tensorrt' "$gpu_req") >&2; then
+      log "warning: the TensorRT 10 libraries could not be installed (they come from pypi.nvidia.com);"
+      log "         the cuda provider works, tensorrt will say libnvinfer.so.10 is missing"
+    fi
     touch "$gpu_dir/.complete"
   fi
   # One library folder per line: nvidia/<package>/lib and tensorrt_libs.

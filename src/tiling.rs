@@ -460,6 +460,39 @@ fn add_weighted_row(sums: &mut [f32], values: &[f32], weights: &[f32]) {
     }
 }
 
+/// `tile` `[C, h, w]` grown to `[C, height, width]` (each at least as
+/// large) by repeating its last row and column: how a tile smaller than
+/// the network's fixed tile shape is sent on a GPU.
+pub fn pad_replicate(tile: &Array3<f32>, height: usize, width: usize) -> Array3<f32> {
+    let (channels, h, w) = tile.dim();
+    assert!(
+        h > 0 && w > 0 && height >= h && width >= w,
+        "padding only grows a tile"
+    );
+    Array3::from_shape_fn((channels, height, width), |(c, y, x)| {
+        tile[[c, y.min(h - 1), x.min(w - 1)]]
+    })
+}
+
+/// The top-left `[C, height, width]` of a `[C, H, W]` buffer (C order), as
+/// a new buffer: a padded tile's output cut back to the tile.
+pub fn crop_top_left(
+    data: &[f32],
+    channels: usize,
+    (full_h, full_w): (usize, usize),
+    (height, width): (usize, usize),
+) -> Vec<f32> {
+    assert!(height <= full_h && width <= full_w && data.len() == channels * full_h * full_w);
+    let mut out = Vec::with_capacity(channels * height * width);
+    for c in 0..channels {
+        for y in 0..height {
+            let start = (c * full_h + y) * full_w;
+            out.extend_from_slice(&data[start..start + width]);
+        }
+    }
+    out
+}
+
 /// Copies the `[C, rect]` window out of a `[C, H, W]` array (C order).
 pub fn extract_tile(source: ArrayView3<'_, f32>, rect: TileRect) -> Array3<f32> {
     source
@@ -475,6 +508,24 @@ pub fn extract_tile(source: ArrayView3<'_, f32>, rect: TileRect) -> Array3<f32> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn padding_repeats_the_last_row_and_column_and_cropping_undoes_it() {
+        let tile = Array3::from_shape_fn((2, 2, 3), |(c, y, x)| (c * 100 + y * 10 + x) as f32);
+        let padded = pad_replicate(&tile, 4, 5);
+        assert_eq!(padded.dim(), (2, 4, 5));
+        assert_eq!(padded[[1, 3, 4]], 112.0, "bottom-right repeats the corner");
+        assert_eq!(padded[[0, 3, 1]], 11.0, "rows below repeat the last row");
+        assert_eq!(
+            padded[[0, 1, 4]],
+            12.0,
+            "columns right repeat the last column"
+        );
+        let cropped = crop_top_left(padded.as_slice().unwrap(), 2, (4, 5), (2, 3));
+        assert_eq!(cropped, tile.as_slice().unwrap());
+        // no padding: the same tile
+        assert_eq!(pad_replicate(&tile, 2, 3), tile);
+    }
 
     #[test]
     fn balanced_plans_use_the_fewest_smallest_tiles() {

@@ -229,3 +229,58 @@ fn a_closed_stdout_is_a_normal_end() {
     ends_normally_into_a_closed_pipe(&["info", "--model", &tiny()]);
     ends_normally_into_a_closed_pipe(&["--help"]);
 }
+
+#[test]
+fn golden_reports_every_case_against_the_pytorch_references() {
+    let cases: Vec<Value> = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/tiny/golden/cases.json")).unwrap(),
+    )
+    .unwrap();
+    let report = json(&tadsr(&["golden", "--model", &tiny(), "--json"]));
+    assert_eq!(report["passed"], true, "{report}");
+    assert_eq!(report["provider"]["unet"], "cpu");
+    let results = report["cases"].as_array().expect("cases");
+    let names: Vec<&Value> = results.iter().map(|r| &r["name"]).collect();
+    let expected: Vec<&Value> = cases.iter().map(|c| &c["name"]).collect();
+    assert_eq!(names, expected, "every case, in order");
+    let bound = report["max_abs_error_bound"].as_f64().unwrap();
+    assert!((bound - 1e-4).abs() < 1e-9, "the CPU bound is 1e-4: {bound}");
+    let worst = results
+        .iter()
+        .map(|r| r["max_abs_error"].as_f64().unwrap())
+        .fold(0.0, f64::max);
+    assert!(worst > 0.0 && worst <= bound, "worst {worst}");
+    assert_eq!(report["worst_max_abs_error"].as_f64().unwrap(), worst);
+}
+
+#[test]
+fn golden_fails_cases_outside_a_tighter_bound_and_names_them() {
+    let output = tadsr(&["golden", "--model", &tiny(), "--max-abs-error", "1e-9"]);
+    assert_eq!(output.status.code(), Some(1), "cases over the bound fail the command");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("error: golden case square_t100 is outside the bounds"),
+        "{stderr}"
+    );
+    assert!(stdout(&output).contains("0 of 11 cases within bounds"), "{}", stdout(&output));
+}
+
+#[test]
+fn golden_on_a_provider_that_cannot_run_here_is_a_clear_error() {
+    if json(&tadsr(&["info", "--json"]))["providers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|p| p["name"] == "cuda" && p["usable"] == true)
+    {
+        return; // a GPU machine: nothing to refuse
+    }
+    let output = tadsr(&["golden", "--model", &tiny(), "--provider", "cuda"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("execution provider cuda is not usable here:"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}

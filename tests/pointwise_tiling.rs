@@ -119,6 +119,43 @@ fn worst_ulps(untiled: &[f32], tiled: &[f32]) -> f32 {
 }
 
 #[test]
+fn fixed_gpu_tile_shapes_give_the_untiled_output_on_a_pointwise_graph() {
+    // What GPU providers do: every tile at the requested shape, the last one
+    // flush with the edge, sides smaller than a tile padded by repetition and
+    // cut back. Forced here on the CPU, where the result must not change.
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = pointwise_bundle(dir.path(), "pointwise/vae_decoder.onnx");
+    let mut config = PipelineConfig::new(&bundle);
+    config.provider = ProviderChoice::Only(Provider::Cpu);
+    config.fixed_tiles = Some(true);
+    let mut pipeline = Pipeline::load(&config).unwrap();
+    for (width, height) in [(200, 136), (424, 328)] {
+        let untiled = run(
+            &mut pipeline,
+            width,
+            height,
+            &options(0, 0, TilingMode::Staged),
+        );
+        // 512: both sides padded; 256 with 200x136: one padded tile; 256
+        // with 424x328: flush last tiles; 96: many tiles, no padding
+        for (tile_px, overlap_px) in [(512, 64), (256, 64), (96, 24)] {
+            let tiled = run(
+                &mut pipeline,
+                width,
+                height,
+                &options(tile_px, overlap_px, TilingMode::Staged),
+            );
+            let ulps = worst_ulps(&untiled, &tiled);
+            eprintln!("fixed {width}x{height} --tile {tile_px}: {ulps} ulps");
+            assert!(
+                ulps <= BLEND_ULPS,
+                "fixed tiles {width}x{height}, tile {tile_px}: {ulps} ulps off untiled"
+            );
+        }
+    }
+}
+
+#[test]
 fn staged_tiles_give_the_untiled_output_on_a_pointwise_graph() {
     let dir = tempfile::tempdir().unwrap();
     let mut pipeline = load(&pointwise_bundle(dir.path(), "pointwise/vae_decoder.onnx")).unwrap();

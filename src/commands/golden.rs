@@ -49,8 +49,11 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
     let failed: Vec<&CaseResult> = results
         .iter()
         .filter(|r| {
-            max_abs_error.is_some_and(|bound| !(r.max_abs_error <= bound))
-                || args.min_psnr.is_some_and(|db| !(r.psnr_db >= db))
+            // NaN fails both bounds
+            max_abs_error.is_some_and(|bound| r.max_abs_error.is_nan() || r.max_abs_error > bound)
+                || args
+                    .min_psnr
+                    .is_some_and(|db| r.psnr_db.is_nan() || r.psnr_db < db)
         })
         .collect();
     let worst = results

@@ -115,7 +115,7 @@ fn tensorrt_options(
             0 => DEFAULT_LARGEST_SIDE_PX,
             side => side as usize,
         },
-        false,
+        true,
     );
     let range = match component {
         component::UNET => sides.unet,

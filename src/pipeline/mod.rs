@@ -71,6 +71,9 @@ pub struct PipelineConfig {
     pub largest_side_px: u32,
     /// Where notices go (TensorRT engine builds); the CLI prints them on stderr.
     pub notify: fn(&str),
+    /// Staged tiles of one fixed shape (Some(true)) or balanced (Some(false));
+    /// None: fixed exactly when a stage runs on a GPU provider.
+    pub fixed_tiles: Option<bool>,
     /// Check every file's sha256 on load.
     pub verify_hashes: bool,
     /// Allow TF32 math for fp32 graphs on CUDA (`--tf32`).
@@ -95,6 +98,7 @@ impl PipelineConfig {
             tiling: TilingMode::Staged,
             largest_side_px: 0,
             notify: |_| {},
+            fixed_tiles: None,
             verify_hashes: true,
             tf32: false,
             conv_search: ConvSearch::default(),
@@ -230,6 +234,10 @@ pub struct Pipeline {
     /// Provider attempts that failed under `auto`, for the user to see.
     fallbacks: Vec<String>,
     cancel: Option<&'static AtomicBool>,
+    /// [`PipelineConfig::fixed_tiles`].
+    fixed_tiles: Option<bool>,
+    /// The current run's fixed tile shape on GPUs ([`Pipeline::network_tile_for`]).
+    network_tile: Option<(usize, usize)>,
 }
 
 impl Pipeline {
@@ -273,6 +281,8 @@ impl Pipeline {
             prompt_shape,
             fallbacks,
             cancel: None,
+            fixed_tiles: config.fixed_tiles,
+            network_tile: None,
         })
     }
 
@@ -372,10 +382,38 @@ impl Pipeline {
             (tile_px, TilingMode::Staged) => {
                 let tile = tile_px as usize / 8;
                 let overlap = options.tile_overlap_px as usize / 8;
-                let staged = TilePlan::balanced(latent_h, latent_w, tile, overlap)?;
+                let staged = if self.fixed_tile_shapes() {
+                    TilePlan::new(latent_h, latent_w, tile, overlap)?
+                } else {
+                    TilePlan::balanced(latent_h, latent_w, tile, overlap)?
+                };
                 [staged.clone(), staged.clone(), staged]
             }
         })
+    }
+
+    /// Whether staged tiles keep one shape: on GPU providers every tile is
+    /// the requested tile (the last one flush with the edge; an image
+    /// smaller than a tile padded up to it), so one cuDNN plan or TensorRT
+    /// engine serves every image. On the CPU, balanced tiles (less work).
+    fn fixed_tile_shapes(&self) -> bool {
+        self.fixed_tiles.unwrap_or_else(|| {
+            [
+                self.encoder.provider,
+                self.unet.provider,
+                self.decoder.provider,
+            ]
+            .iter()
+            .any(|p| *p != Provider::Cpu)
+        })
+    }
+
+    /// The shape every staged tile is sent at, in latent cells (see
+    /// [`Pipeline::fixed_tile_shapes`]); None: tiles as planned.
+    fn network_tile_for(&self, options: &RunOptions) -> Option<(usize, usize)> {
+        let tile = options.tile_px as usize / 8;
+        (tile > 0 && options.tiling == TilingMode::Staged && self.fixed_tile_shapes())
+            .then_some((tile, tile))
     }
 
     /// Steps 5-11 of the spec on image U: `model_input` is NCHW [1,3,H,W] in
@@ -397,6 +435,7 @@ impl Pipeline {
             )));
         }
         let [encoder_plan, unet_plan, decoder_plan] = self.plans(height, width, options)?;
+        self.network_tile = self.network_tile_for(options);
         let mut timings = StageTimings::default();
         let image = model_input.index_axis(Axis(0), 0);
 

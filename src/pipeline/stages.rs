@@ -104,6 +104,7 @@ impl Pipeline {
             weights: &weights,
             cancel: self.cancel,
             progress,
+            network_tile: self.network_tile,
         };
         let mut moments = tiles.run(&mut timings.encoder, &mut timings.blend, |shape, tile| {
             let inputs = [
@@ -151,6 +152,7 @@ impl Pipeline {
             weights: &weights,
             cancel: self.cancel,
             progress,
+            network_tile: self.network_tile,
         };
         let mut residual = tiles.run(&mut timings.unet, &mut timings.blend, |shape, tile| {
             unet.session.run(
@@ -200,6 +202,7 @@ impl Pipeline {
             weights: &weights,
             cancel: self.cancel,
             progress,
+            network_tile: self.network_tile,
         };
         let mut image = tiles.run(&mut timings.decoder, &mut timings.blend, |shape, tile| {
             let inputs = [(port::LATENT, InputTensor::Float { shape, data: tile })];

@@ -31,6 +31,10 @@ pub(super) struct TileRun<'a> {
     pub(super) weights: &'a [f32],
     pub(super) cancel: Option<&'static AtomicBool>,
     pub(super) progress: &'a dyn Progress,
+    /// The shape (in plan cells) every tile is sent at, smaller tiles padded
+    /// by repetition and their outputs cut back: one shape for GPU
+    /// providers (one engine, one cuDNN plan). None: tiles as they are.
+    pub(super) network_tile: Option<(usize, usize)>,
 }
 
 impl TileRun<'_> {
@@ -56,12 +60,35 @@ impl TileRun<'_> {
             }
             let start = Instant::now();
             let source_rect = rect.scaled_up(self.source_scale);
-            let tile = tiling::extract_tile(self.source, source_rect);
-            let shape = [1, tile.dim().0, source_rect.height, source_rect.width];
+            let mut tile = tiling::extract_tile(self.source, source_rect);
+            let padded = self
+                .network_tile
+                .map(|(h, w)| (h.max(rect.height), w.max(rect.width)))
+                .filter(|&(h, w)| (h, w) != (rect.height, rect.width));
+            if let Some((h, w)) = padded {
+                tile = tiling::pad_replicate(&tile, h * self.source_scale, w * self.source_scale);
+            }
+            let (_, tile_h, tile_w) = tile.dim();
+            let shape = [1, tile.dim().0, tile_h, tile_w];
             *blend_ms += millis_since(start);
             let start = Instant::now();
-            let outputs = run_tile(&shape, tile.as_slice().expect("standard layout"))?;
+            let mut outputs = run_tile(&shape, tile.as_slice().expect("standard layout"))?;
             *network_ms += millis_since(start);
+            if let Some((h, w)) = padded {
+                let scale = self.output_scale;
+                for (output, &channels) in outputs.iter_mut().zip(self.output_channels) {
+                    let full = (h * scale, w * scale);
+                    if output.data.len() != channels * full.0 * full.1 {
+                        return Err(Error::Ort(format!(
+                            "a graph returned shape {:?} for a padded tile, expected [1, {channels}, {}, {}]",
+                            output.shape, full.0, full.1
+                        )));
+                    }
+                    let kept = (rect.height * scale, rect.width * scale);
+                    output.data = tiling::crop_top_left(&output.data, channels, full, kept);
+                    output.shape = vec![1, channels, kept.0, kept.1];
+                }
+            }
             for output in &outputs {
                 check_finite(self.stage, self.provider, &output.data)?;
             }

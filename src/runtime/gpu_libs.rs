@@ -175,12 +175,26 @@ pub fn find_in(folders: &[PathBuf], soname: &str) -> Option<PathBuf> {
 }
 
 /// Loads `needs` in order from `folders` (else by soname through the system
-/// loader). Stops at the first required library that cannot be loaded and
-/// says which, where it looked, and how to get it.
+/// loader). First every required library is located, so that a missing one
+/// is named (a folder without cuDNN gives the cuDNN reason) before any is
+/// loaded; then they are loaded in order, stopping at the first that fails.
 pub fn load(needs: &[Needed], folders: &[PathBuf]) -> LibraryReport {
+    let located: Vec<Option<PathBuf>> = needs
+        .iter()
+        .map(|need| find_in(folders, need.soname))
+        .collect();
+    for (need, found) in needs.iter().zip(&located) {
+        if need.required && found.is_none() {
+            if let Err(reason) = open_library(std::ffi::OsStr::new(need.soname)) {
+                return LibraryReport {
+                    loaded: Vec::new(),
+                    missing: Some(missing_message(need, None, &reason, folders)),
+                };
+            }
+        }
+    }
     let mut loaded = Vec::new();
-    for need in needs {
-        let found = find_in(folders, need.soname);
+    for (need, found) in needs.iter().zip(located) {
         let result = match &found {
             Some(path) => open_library(path.as_os_str()),
             None => open_library(std::ffi::OsStr::new(need.soname)),
@@ -269,14 +283,21 @@ mod tests {
 
     #[test]
     fn a_folder_without_cudnn_gives_the_cudnn_reason() {
+        // Every CUDA library the provider needs is there (as files), cuDNN is not.
         let folder = tempfile::tempdir().unwrap();
-        // Only fake cuDNN-less content: nothing loadable at all, so the first
-        // required library that is absent everywhere decides the message.
-        let needs = [needed("libcudnn_tadsr_test_absent.so.9", "cuDNN 9", true)];
-        let report = load(&needs, &[folder.path().to_path_buf()]);
+        for need in CUDA_NEEDS
+            .iter()
+            .filter(|n| !n.soname.starts_with("libcudnn"))
+        {
+            std::fs::write(folder.path().join(need.soname), b"").unwrap();
+        }
+        if open_library(std::ffi::OsStr::new("libcudnn_graph.so.9")).is_ok() {
+            return; // a system-wide cuDNN would be found by the loader: nothing to check here
+        }
+        let report = load(CUDA_NEEDS, &[folder.path().to_path_buf()]);
         let reason = report.missing.expect("missing");
         assert!(
-            reason.starts_with("libcudnn_tadsr_test_absent.so.9 not found (cuDNN 9 is needed"),
+            reason.starts_with("libcudnn_graph.so.9 not found (cuDNN 9 is needed"),
             "{reason}"
         );
         assert!(
@@ -284,6 +305,10 @@ mod tests {
             "{reason}"
         );
         assert!(reason.contains("make setup GPU=1"), "{reason}");
+        assert!(
+            report.loaded.is_empty(),
+            "nothing is loaded before all are found"
+        );
     }
 
     #[test]
