@@ -15,7 +15,7 @@ pub enum Error {
     OrtNotFound { searched: String },
 
     /// A library file was found but could not be loaded.
-    #[error("cannot load ONNX Runtime from {path}: {reason}; point ORT_DYLIB_PATH / --ort-lib at a libonnxruntime.so 1.31 or newer")]
+    #[error("cannot load ONNX Runtime from {path}: {reason}; point ORT_DYLIB_PATH / --ort-lib at a libonnxruntime.so 1.17 or newer")]
     OrtLoad { path: PathBuf, reason: String },
 
     /// Something ONNX Runtime returned is not what the graph promised

@@ -244,7 +244,10 @@ fn golden_reports_every_case_against_the_pytorch_references() {
     let expected: Vec<&Value> = cases.iter().map(|c| &c["name"]).collect();
     assert_eq!(names, expected, "every case, in order");
     let bound = report["max_abs_error_bound"].as_f64().unwrap();
-    assert!((bound - 1e-4).abs() < 1e-9, "the CPU bound is 1e-4: {bound}");
+    assert!(
+        (bound - 1e-4).abs() < 1e-9,
+        "the CPU bound is 1e-4: {bound}"
+    );
     let worst = results
         .iter()
         .map(|r| r["max_abs_error"].as_f64().unwrap())
@@ -256,13 +259,21 @@ fn golden_reports_every_case_against_the_pytorch_references() {
 #[test]
 fn golden_fails_cases_outside_a_tighter_bound_and_names_them() {
     let output = tadsr(&["golden", "--model", &tiny(), "--max-abs-error", "1e-9"]);
-    assert_eq!(output.status.code(), Some(1), "cases over the bound fail the command");
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "cases over the bound fail the command"
+    );
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(
         stderr.contains("error: golden case square_t100 is outside the bounds"),
         "{stderr}"
     );
-    assert!(stdout(&output).contains("0 of 11 cases within bounds"), "{}", stdout(&output));
+    assert!(
+        stdout(&output).contains("0 of 11 cases within bounds"),
+        "{}",
+        stdout(&output)
+    );
 }
 
 #[test]

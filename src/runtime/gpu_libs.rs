@@ -1,5 +1,6 @@
 //! The GPU libraries ONNX Runtime's CUDA and TensorRT providers open
-//! (CUDA 13 runtime, cuBLAS, cuRAND, cuFFT, cuDNN 9, TensorRT 10): where
+//! (the CUDA runtime, cuBLAS, cuRAND, cuFFT, cuDNN 9, TensorRT; the
+//! versions each provider was built against, read from it): where
 //! they are, and loading them before a provider registers, so that a box
 //! with only the NVIDIA driver and `make setup GPU=1` needs no
 //! `LD_LIBRARY_PATH`.
@@ -25,54 +26,120 @@ pub const GPU_LIBS_ENV: &str = "TADSR_EDGE_GPU_LIBS";
 pub const GPU_LIBS_RECORD: &str = "gpu-libs.path";
 
 /// One library a provider needs, by soname.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Needed {
-    pub soname: &'static str,
+    pub soname: String,
     /// What it is, for messages ("cuDNN 9").
-    pub what: &'static str,
+    pub what: String,
     /// Whether the provider fails without it (cuFFT and NVRTC are opened
     /// only by some operators).
     pub required: bool,
 }
 
-const fn needed(soname: &'static str, what: &'static str, required: bool) -> Needed {
+fn needed(soname: &str, what: &str, required: bool) -> Needed {
     Needed {
-        soname,
-        what,
+        soname: soname.to_string(),
+        what: what.to_string(),
         required,
     }
 }
 
-/// What the CUDA provider of onnxruntime-gpu 1.31 opens, in load order
-/// (a library's dependencies first).
-pub const CUDA_NEEDS: &[Needed] = &[
-    needed("libcudart.so.13", "the CUDA 13 runtime", true),
-    needed("libcublasLt.so.13", "cuBLASLt 13", true),
-    needed("libcublas.so.13", "cuBLAS 13", true),
-    needed("libcurand.so.10", "cuRAND 10", true),
-    needed("libcufft.so.12", "cuFFT 12", false),
-    needed("libnvrtc.so.13", "NVRTC 13", false),
-    needed("libcudnn_graph.so.9", "cuDNN 9", true),
-    needed("libcudnn_engines_precompiled.so.9", "cuDNN 9", true),
-    needed("libcudnn_engines_runtime_compiled.so.9", "cuDNN 9", true),
-    needed("libcudnn_heuristic.so.9", "cuDNN 9", true),
-    needed("libcudnn_ops.so.9", "cuDNN 9", true),
-    needed("libcudnn_cnn.so.9", "cuDNN 9", true),
-    needed("libcudnn_adv.so.9", "cuDNN 9", true),
-    needed("libcudnn.so.9", "cuDNN 9", true),
-];
+/// The major version in a soname: 13 for `libcudart.so.13`.
+fn soname_major(soname: &str) -> Option<u32> {
+    soname
+        .rsplit_once(".so.")?
+        .1
+        .split('.')
+        .next()?
+        .parse()
+        .ok()
+}
 
-/// What the TensorRT provider opens beyond the CUDA provider's libraries.
-pub const TENSORRT_NEEDS: &[Needed] = &[
-    needed("libnvinfer.so.10", "TensorRT 10", true),
-    needed("libnvinfer_plugin.so.10", "TensorRT 10 plugins", false),
-    needed("libnvonnxparser.so.10", "TensorRT 10 ONNX parser", true),
-];
+/// What the CUDA provider opens, in load order (a library's dependencies
+/// first). The CUDA runtime, cuBLAS(Lt) and cuRAND sonames are read from
+/// the provider library's own `DT_NEEDED` when it can be read (so a CUDA 12
+/// build asks for CUDA 12); else those of onnxruntime-gpu 1.31 (CUDA 13).
+/// cuFFT and NVRTC follow the CUDA major; cuDNN 9 (opened at run time).
+pub fn cuda_needs(provider_library: Option<&Path>) -> Vec<Needed> {
+    let linked = provider_library
+        .and_then(super::elf::needed_libraries)
+        .unwrap_or_default();
+    let pick = |family: &str, default: &str| {
+        linked
+            .iter()
+            .find(|n| {
+                n.strip_prefix(family)
+                    .is_some_and(|rest| rest.starts_with(".so."))
+            })
+            .cloned()
+            .unwrap_or_else(|| default.to_string())
+    };
+    let cudart = pick("libcudart", "libcudart.so.13");
+    let cuda_major = soname_major(&cudart).unwrap_or(13);
+    let mut needs = vec![
+        needed(&cudart, &format!("the CUDA {cuda_major} runtime"), true),
+        needed(
+            &pick("libcublasLt", &format!("libcublasLt.so.{cuda_major}")),
+            "cuBLASLt",
+            true,
+        ),
+        needed(
+            &pick("libcublas", &format!("libcublas.so.{cuda_major}")),
+            "cuBLAS",
+            true,
+        ),
+        needed(&pick("libcurand", "libcurand.so.10"), "cuRAND", true),
+        // cuFFT's soname major is the CUDA major minus one (CUDA 13: libcufft.so.12)
+        needed(
+            &format!("libcufft.so.{}", cuda_major.saturating_sub(1)),
+            "cuFFT",
+            false,
+        ),
+        needed(&format!("libnvrtc.so.{cuda_major}"), "NVRTC", false),
+    ];
+    for part in [
+        "libcudnn_graph",
+        "libcudnn_engines_precompiled",
+        "libcudnn_engines_runtime_compiled",
+        "libcudnn_heuristic",
+        "libcudnn_ops",
+        "libcudnn_cnn",
+        "libcudnn_adv",
+        "libcudnn",
+    ] {
+        needs.push(needed(&format!("{part}.so.9"), "cuDNN 9", true));
+    }
+    needs
+}
+
+/// What the TensorRT provider opens beyond the CUDA provider's libraries:
+/// its `DT_NEEDED` TensorRT libraries, else TensorRT 10's.
+pub fn tensorrt_needs(provider_library: Option<&Path>) -> Vec<Needed> {
+    let linked = provider_library
+        .and_then(super::elf::needed_libraries)
+        .unwrap_or_default();
+    let mut needs: Vec<Needed> = linked
+        .iter()
+        .filter(|n| n.starts_with("libnvinfer") || n.starts_with("libnvonnxparser"))
+        .map(|n| {
+            let major = soname_major(n).map_or(String::new(), |m| format!(" {m}"));
+            needed(n, &format!("TensorRT{major}"), true)
+        })
+        .collect();
+    if needs.is_empty() {
+        needs = vec![
+            needed("libnvinfer.so.10", "TensorRT 10", true),
+            needed("libnvinfer_plugin.so.10", "TensorRT 10 plugins", false),
+            needed("libnvonnxparser.so.10", "TensorRT 10 ONNX parser", true),
+        ];
+    }
+    needs
+}
 
 /// How one library was (or was not) loaded.
 #[derive(Debug, Clone, Serialize)]
 pub struct LoadedLibrary {
-    pub soname: &'static str,
+    pub soname: String,
     /// The file loaded, or `None` when the system loader found it by name.
     pub path: Option<PathBuf>,
 }
@@ -181,11 +248,11 @@ pub fn find_in(folders: &[PathBuf], soname: &str) -> Option<PathBuf> {
 pub fn load(needs: &[Needed], folders: &[PathBuf]) -> LibraryReport {
     let located: Vec<Option<PathBuf>> = needs
         .iter()
-        .map(|need| find_in(folders, need.soname))
+        .map(|need| find_in(folders, &need.soname))
         .collect();
     for (need, found) in needs.iter().zip(&located) {
         if need.required && found.is_none() {
-            if let Err(reason) = open_library(std::ffi::OsStr::new(need.soname)) {
+            if let Err(reason) = open_library(std::ffi::OsStr::new(&need.soname)) {
                 return LibraryReport {
                     loaded: Vec::new(),
                     missing: Some(missing_message(need, None, &reason, folders)),
@@ -197,11 +264,11 @@ pub fn load(needs: &[Needed], folders: &[PathBuf]) -> LibraryReport {
     for (need, found) in needs.iter().zip(located) {
         let result = match &found {
             Some(path) => open_library(path.as_os_str()),
-            None => open_library(std::ffi::OsStr::new(need.soname)),
+            None => open_library(std::ffi::OsStr::new(&need.soname)),
         };
         match result {
             Ok(()) => loaded.push(LoadedLibrary {
-                soname: need.soname,
+                soname: need.soname.clone(),
                 path: found,
             }),
             Err(reason) if need.required => {
@@ -264,17 +331,31 @@ fn open_library(name: &std::ffi::OsStr) -> Result<(), String> {
     }
 }
 
+/// The provider library beside libonnxruntime (`libonnxruntime_providers_<name>.so`).
+fn provider_library(ort_library: Option<&Path>, name: &str) -> Option<PathBuf> {
+    let path = ort_library?
+        .parent()?
+        .join(format!("libonnxruntime_providers_{name}.so"));
+    path.is_file().then_some(path)
+}
+
 /// Loads the CUDA provider's libraries once per process.
 pub fn load_cuda(ort_library: Option<&Path>) -> &'static LibraryReport {
     static REPORT: OnceLock<LibraryReport> = OnceLock::new();
-    REPORT.get_or_init(|| load(CUDA_NEEDS, &search_folders(ort_library)))
+    REPORT.get_or_init(|| {
+        let needs = cuda_needs(provider_library(ort_library, "cuda").as_deref());
+        load(&needs, &search_folders(ort_library))
+    })
 }
 
 /// Loads the TensorRT provider's own libraries once per process (the CUDA
 /// ones come from [`load_cuda`]).
 pub fn load_tensorrt(ort_library: Option<&Path>) -> &'static LibraryReport {
     static REPORT: OnceLock<LibraryReport> = OnceLock::new();
-    REPORT.get_or_init(|| load(TENSORRT_NEEDS, &search_folders(ort_library)))
+    REPORT.get_or_init(|| {
+        let needs = tensorrt_needs(provider_library(ort_library, "tensorrt").as_deref());
+        load(&needs, &search_folders(ort_library))
+    })
 }
 
 #[cfg(test)]
@@ -285,16 +366,14 @@ mod tests {
     fn a_folder_without_cudnn_gives_the_cudnn_reason() {
         // Every CUDA library the provider needs is there (as files), cuDNN is not.
         let folder = tempfile::tempdir().unwrap();
-        for need in CUDA_NEEDS
-            .iter()
-            .filter(|n| !n.soname.starts_with("libcudnn"))
-        {
-            std::fs::write(folder.path().join(need.soname), b"").unwrap();
+        let needs = cuda_needs(None);
+        for need in needs.iter().filter(|n| !n.soname.starts_with("libcudnn")) {
+            std::fs::write(folder.path().join(&need.soname), b"").unwrap();
         }
         if open_library(std::ffi::OsStr::new("libcudnn_graph.so.9")).is_ok() {
             return; // a system-wide cuDNN would be found by the loader: nothing to check here
         }
-        let report = load(CUDA_NEEDS, &[folder.path().to_path_buf()]);
+        let report = load(&needs, &[folder.path().to_path_buf()]);
         let reason = report.missing.expect("missing");
         assert!(
             reason.starts_with("libcudnn_graph.so.9 not found (cuDNN 9 is needed"),
@@ -335,6 +414,27 @@ mod tests {
             report.loaded[0].path.is_none(),
             "found by the system loader"
         );
+    }
+
+    #[test]
+    fn needs_follow_the_cuda_the_provider_was_built_against() {
+        let cuda13 = cuda_needs(None);
+        assert_eq!(cuda13[0].soname, "libcudart.so.13");
+        assert!(cuda13
+            .iter()
+            .any(|n| n.soname == "libcufft.so.12" && !n.required));
+        assert!(cuda13
+            .iter()
+            .any(|n| n.soname == "libcudnn.so.9" && n.required));
+        assert_eq!(soname_major("libcudart.so.12"), Some(12));
+        assert_eq!(soname_major("libnvinfer.so.10.13.0"), Some(10));
+        assert_eq!(soname_major("libfoo.so"), None);
+        // a file that is not a library: the defaults
+        let dir = tempfile::tempdir().unwrap();
+        let fake = dir.path().join("libonnxruntime_providers_cuda.so");
+        std::fs::write(&fake, b"nothing").unwrap();
+        assert_eq!(cuda_needs(Some(&fake)), cuda13);
+        assert_eq!(tensorrt_needs(Some(&fake))[0].soname, "libnvinfer.so.10");
     }
 
     #[test]

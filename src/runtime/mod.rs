@@ -7,6 +7,7 @@
 //! Runtime's own log is quieted (`ORT_LOG`) is the binary's decision.
 
 pub mod discovery;
+pub mod elf;
 pub mod gpu_info;
 pub mod gpu_libs;
 pub mod probe;
