@@ -11,7 +11,7 @@ use tadsr_edge::image::io::InputImage;
 use tadsr_edge::image::resample::{self, ResampleFilter};
 use tadsr_edge::image::write;
 use tadsr_edge::pipeline::{
-    NoProgress, Pipeline, PipelineConfig, RunOptions, SpentIn, StageTimings, TilingMode,
+    NoProgress, Pipeline, PipelineConfig, RunOptions, ShapeHint, SpentIn, StageTimings, TilingMode,
 };
 use tadsr_edge::stats::{self, Summary};
 
@@ -51,8 +51,11 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.provider = provider_choice(args.provider);
     config.threads = args.threads;
     args.gpu.apply(&mut config);
-    config.tile_px = args.tile;
-    config.largest_side_px = args.size;
+    config.shapes = ShapeHint {
+        tile_px: args.tile,
+        tiling: TilingMode::Staged,
+        largest_side_px: args.size,
+    };
     config.notify = |notice| eprintln!("note: {notice}");
     config.verify_hashes = false;
     let load_start = Instant::now();

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use serde_json::json;
 
 use tadsr_edge::golden::{read_cases, run_case, CaseResult};
-use tadsr_edge::pipeline::{Pipeline, PipelineConfig, ProviderChoice};
+use tadsr_edge::pipeline::{Pipeline, PipelineConfig, ProviderChoice, ShapeHint, TilingMode};
 use tadsr_edge::runtime::Provider;
 
 use super::{print_line, provider_choice, Outcome};
@@ -30,7 +30,12 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
     config.ort_lib = ort_lib.map(Path::to_path_buf);
     config.provider = provider_choice(args.provider);
     config.threads = args.threads;
-    config.tile_px = 0;
+    // golden cases run untiled (tadsr_edge::golden::run_case)
+    config.shapes = ShapeHint {
+        tile_px: 0,
+        tiling: TilingMode::Staged,
+        largest_side_px: 0,
+    };
     args.gpu.apply(&mut config);
     let mut pipeline = Pipeline::load(&config)?;
     let on_cpu = config.provider == ProviderChoice::Only(Provider::Cpu);

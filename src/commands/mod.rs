@@ -6,6 +6,7 @@ pub mod bench;
 pub mod golden;
 pub mod info;
 pub mod run;
+pub mod signals;
 
 use std::io::Write as _;
 use std::path::PathBuf;

@@ -3,26 +3,26 @@
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 use tadsr_edge::image::io::{self as image_io, InputLimits};
 use tadsr_edge::image::size_plan;
 use tadsr_edge::image::write;
 use tadsr_edge::naming::{self, shown, shown_os, OutputTarget, Verdict};
-use tadsr_edge::pipeline::{ColorFix, Pipeline, PipelineConfig, Progress, RunOptions, TilingMode};
+use tadsr_edge::pipeline::{
+    ColorFix, Pipeline, PipelineConfig, Progress, RunOptions, ShapeHint, TilingMode,
+};
 use tadsr_edge::runtime::Provider;
 use tadsr_edge::Error;
 
+use super::signals::{install_signal_handlers, interrupted, INTERRUPTED};
 use super::{default_model_dir, escape_controls, print_line, provider_choice, ExitNow, Outcome};
 use crate::args::{ColorFixArg, ProviderArg, RunArgs, TilingArg, MAX_PROCESS_SIZE};
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
 fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
     let mut options = RunOptions::from_bundle(pipeline.bundle());
@@ -106,62 +106,6 @@ fn largest_model_side(jobs: &[(PathBuf, Vec<PathBuf>)], args: &RunArgs) -> u32 {
         .map(|plan| plan.model.0.max(plan.model.1))
         .max()
         .unwrap_or(0)
-}
-
-/// The signal number that stopped the run, 0 while none came.
-static SIGNAL: AtomicI32 = AtomicI32::new(0);
-/// Signals received so far.
-static SIGNALS_SEEN: AtomicUsize = AtomicUsize::new(0);
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        SIGINT => "SIGINT",
-        SIGTERM => "SIGTERM",
-        SIGHUP => "SIGHUP",
-        _ => "a signal",
-    }
-}
-
-/// SIGINT, SIGTERM and SIGHUP: the first sets the cancel flag (in the signal
-/// handler itself, so the run stops at the next tile however busy it is) and
-/// the batch ends cleanly: outputs written so far are complete, the one
-/// being computed is dropped. A second one stops the process at once, after
-/// removing the temporary file of a write in progress.
-fn install_signal_handlers(exit_now: ExitNow) -> anyhow::Result<()> {
-    for signal in [SIGINT, SIGTERM, SIGHUP] {
-        // SAFETY: the closure only touches atomics, which is async-signal-safe.
-        unsafe {
-            signal_hook::low_level::register(signal, move || {
-                let _ = SIGNAL.compare_exchange(0, signal, Ordering::SeqCst, Ordering::SeqCst);
-                SIGNALS_SEEN.fetch_add(1, Ordering::SeqCst);
-                INTERRUPTED.store(true, Ordering::SeqCst);
-            })
-        }
-        .context("cannot install the signal handlers")?;
-    }
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])
-        .context("cannot install the signal handlers")?;
-    std::thread::Builder::new()
-        .name("signals".into())
-        .spawn(move || {
-            for _ in signals.forever() {
-                if SIGNALS_SEEN.load(Ordering::SeqCst) >= 2 {
-                    let removed = write::remove_temporary_files();
-                    let signal = SIGNAL.load(Ordering::SeqCst);
-                    eprintln!(
-                        "error: stopped at once by a second signal; outputs already written are complete{}",
-                        if removed > 0 {
-                            ", the one being written was removed"
-                        } else {
-                            ""
-                        }
-                    );
-                    exit_now(Outcome::Interrupted(signal));
-                }
-            }
-        })
-        .context("cannot start the signal thread")?;
-    Ok(())
 }
 
 /// A path as it goes into a `--json` line: the name itself when it is
@@ -313,11 +257,14 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     args.gpu.apply(&mut config);
     config.threads = args.threads;
     config.prompt_embeds = args.prompt_embeds.clone();
-    config.tile_px = args.tile;
-    config.tiling = tiling_mode(args.tiling);
-    if matches!(args.provider, ProviderArg::Auto | ProviderArg::Tensorrt) {
-        config.largest_side_px = largest_model_side(&jobs, args);
-    }
+    config.shapes = ShapeHint {
+        tile_px: args.tile,
+        tiling: tiling_mode(args.tiling),
+        largest_side_px: match args.provider {
+            ProviderArg::Auto | ProviderArg::Tensorrt => largest_model_side(&jobs, args),
+            _ => 0,
+        },
+    };
     if !args.quiet {
         config.notify = |notice| eprintln!("note: {notice}");
     }
@@ -488,21 +435,4 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     } else {
         Outcome::Done
     })
-}
-
-/// After a first signal: the message and the outcome.
-fn interrupted() -> Option<Outcome> {
-    if !INTERRUPTED.load(Ordering::SeqCst) {
-        return None;
-    }
-    let signal = SIGNAL.load(Ordering::SeqCst);
-    eprintln!(
-        "error: interrupted by {}; outputs already written are complete, nothing partial was left",
-        signal_name(signal)
-    );
-    Some(Outcome::Interrupted(if signal == 0 {
-        SIGINT
-    } else {
-        signal
-    }))
 }

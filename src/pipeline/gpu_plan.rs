@@ -1,7 +1,9 @@
 //! What a run will send each stage, known before its sessions open:
 //! TensorRT's optimisation profiles (min, opt, max shapes) and the engine
 //! cache folder they are built into. Pure functions of the run's tile
-//! setting, tiling mode, largest image and prompt.
+//! setting, tiling mode, largest image and prompt. Here rather than in
+//! `runtime/`: they are made of the pipeline's tiling modes and the
+//! bundle's port names, which `runtime/` does not know.
 
 use std::path::{Path, PathBuf};
 

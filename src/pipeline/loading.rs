@@ -10,7 +10,7 @@ use super::{PipelineConfig, ProviderChoice};
 use crate::bundle::{component, Bundle};
 use crate::error::{Error, Result};
 use crate::npy;
-use crate::runtime::{cache_dir, ModelSession, Provider, Runtime, SessionOptions, TensorRtOptions};
+use crate::runtime::{cache_dir, Provider, Runtime, SessionOptions, TensorRtOptions};
 use crate::schedule::NoiseSchedule;
 
 /// Most training timesteps a bundle's schedule may have (the models use 1000).
@@ -109,9 +109,9 @@ fn tensorrt_options(
     prompt_shape: [usize; 3],
 ) -> TensorRtOptions {
     let sides = gpu_plan::stage_sides(
-        config.tile_px as usize,
-        config.tiling,
-        match config.largest_side_px {
+        config.shapes.tile_px as usize,
+        config.shapes.tiling,
+        match config.shapes.largest_side_px {
             0 => DEFAULT_LARGEST_SIDE_PX,
             side => side as usize,
         },
@@ -238,37 +238,4 @@ pub(super) fn open_stage(
         }
     }
     Err(last_error.unwrap_or_else(|| Error::Ort(format!("{component}: no provider could open it"))))
-}
-
-pub(super) fn check_session_ports(
-    bundle: &Bundle,
-    component: &str,
-    session: &ModelSession,
-) -> Result<()> {
-    let spec = bundle.component(component);
-    for (direction, expected, actual) in [
-        ("input", &spec.inputs, session.inputs()),
-        ("output", &spec.outputs, session.outputs()),
-    ] {
-        for port in expected {
-            let found = actual.iter().find(|p| p.name == port.name).ok_or_else(|| {
-                Error::bundle(
-                    bundle.root(),
-                    format!("{component} graph has no {direction} {:?}", port.name),
-                )
-            })?;
-            if found.dtype.name() != port.dtype.as_str() {
-                return Err(Error::bundle(
-                    bundle.root(),
-                    format!(
-                        "{component} {direction} {:?} is {} in the graph but {} in the manifest",
-                        port.name,
-                        found.dtype.name(),
-                        port.dtype
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
 }

@@ -9,11 +9,11 @@
 
 mod gpu_plan;
 mod loading;
+mod options;
 mod shared_stats;
 mod stages;
 mod tile_run;
 
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::time::Instant;
 
@@ -23,12 +23,12 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::bundle::{component, Bundle};
+use crate::bundle::{check_graph_ports, component, Bundle};
 use crate::error::{Error, Result};
 use crate::image::io::InputImage;
 use crate::image::size_plan;
 use crate::image::tensor;
-use crate::runtime::{ConvSearch, Provider, Runtime, TensorRtOptions};
+use crate::runtime::{Provider, Runtime};
 use crate::schedule::{self, NoiseSchedule};
 use crate::tiling::TilePlan;
 
@@ -36,155 +36,12 @@ pub use crate::image::colorfix::ColorFix;
 pub use crate::image::postprocess::{finish_image, psnr};
 pub use crate::image::prepare::{prepare, Prepared};
 pub use loading::{noise_schedule, MAX_TRAIN_TIMESTEPS};
+pub use options::{PipelineConfig, ProviderChoice, RunOptions, ShapeHint, TilingMode};
 pub use stages::{SpentIn, StageTimings};
 
-use loading::{check_session_ports, load_prompt_embeds, open_stage};
+use loading::{load_prompt_embeds, open_stage};
 use shared_stats::{open_tiled_stage, TiledStage};
 use stages::{millis_since, Stage};
-
-/// Which execution provider to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ProviderChoice {
-    /// TensorRT, then CUDA, then CPU: the first that works, per stage.
-    Auto,
-    /// Exactly this one; an error if it cannot be used.
-    Only(Provider),
-}
-
-/// How a pipeline is built.
-#[derive(Debug, Clone)]
-pub struct PipelineConfig {
-    pub model_dir: PathBuf,
-    pub ort_lib: Option<PathBuf>,
-    pub provider: ProviderChoice,
-    pub device_id: i32,
-    /// Intra-op threads per session; 0 = one per core.
-    pub threads: usize,
-    /// Replaces the bundle's default prompt embedding ([1, 77, D] .npy).
-    pub prompt_embeds: Option<PathBuf>,
-    /// Tile size in pixels the sessions will mostly see (TensorRT profiles).
-    pub tile_px: u32,
-    /// How the run tiles (TensorRT profiles).
-    pub tiling: TilingMode,
-    /// Longest side of the largest model input the run will send, in
-    /// pixels (TensorRT profiles of untiled stages); 0: unknown, 2048.
-    pub largest_side_px: u32,
-    /// Where notices go (TensorRT engine builds); the CLI prints them on stderr.
-    pub notify: fn(&str),
-    /// Staged tiles of one fixed shape (Some(true)) or balanced (Some(false));
-    /// None: fixed exactly when a stage runs on a GPU provider.
-    pub fixed_tiles: Option<bool>,
-    /// Check every file's sha256 on load.
-    pub verify_hashes: bool,
-    /// Allow TF32 math for fp32 graphs on CUDA (`--tf32`).
-    pub tf32: bool,
-    /// cuDNN's convolution algorithm choice (`--cudnn-conv-search`).
-    pub conv_search: ConvSearch,
-    /// TensorRT's fp16, workspace and cache settings (profiles are made per stage).
-    pub tensorrt: TensorRtOptions,
-}
-
-impl PipelineConfig {
-    /// Defaults for a bundle folder: auto provider, all cores, 512 px tiles.
-    pub fn new(model_dir: impl Into<PathBuf>) -> Self {
-        PipelineConfig {
-            model_dir: model_dir.into(),
-            ort_lib: None,
-            provider: ProviderChoice::Auto,
-            device_id: 0,
-            threads: 0,
-            prompt_embeds: None,
-            tile_px: 512,
-            tiling: TilingMode::Staged,
-            largest_side_px: 0,
-            notify: |_| {},
-            fixed_tiles: None,
-            verify_hashes: true,
-            tf32: false,
-            conv_search: ConvSearch::default(),
-            tensorrt: TensorRtOptions::default(),
-        }
-    }
-}
-
-/// How tiles are used.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TilingMode {
-    /// Encoder over pixel tiles, UNet over latent tiles, decoder over latent
-    /// tiles with a feathered pixel blend: bounded memory for any size.
-    Staged,
-    /// Only the UNet, exactly as the authors do (96-latent tiles, overlap 32,
-    /// their Gaussian weights, when the latent exceeds 96x96).
-    Latent,
-}
-
-/// Options of one upscaling run.
-#[derive(Debug, Clone)]
-pub struct RunOptions {
-    /// Timesteps (each gives one output); the authors' default is 500.
-    pub timesteps: Vec<u32>,
-    pub upscale: u32,
-    /// Minimum-size rule: inputs whose short side is below
-    /// `process_size / upscale` are enlarged first; 0 turns the rule off.
-    pub process_size: u32,
-    /// Largest pixel tile side; 0 = no tiling. Tiles are balanced: the
-    /// fewest that cover the image, each as small as the overlap allows.
-    pub tile_px: u32,
-    pub tile_overlap_px: u32,
-    pub tiling: TilingMode,
-    pub color_fix: ColorFix,
-    /// None: the posterior mean; Some(seed): a reproducible sample.
-    pub seed: Option<u64>,
-}
-
-impl RunOptions {
-    /// The bundle's defaults, untiled, posterior mean.
-    pub fn from_bundle(bundle: &Bundle) -> RunOptions {
-        let defaults = &bundle.manifest().defaults;
-        RunOptions {
-            timesteps: vec![defaults.timestep],
-            upscale: defaults.upscale,
-            process_size: defaults.process_size,
-            tile_px: 0,
-            tile_overlap_px: 64,
-            tiling: TilingMode::Staged,
-            color_fix: defaults.color_fix,
-            seed: None,
-        }
-    }
-
-    /// Checks every option; timesteps against the bundle's `schedule`.
-    pub fn check(&self, schedule: &NoiseSchedule) -> Result<()> {
-        let invalid = |m: String| Err(Error::InvalidOption(m));
-        if self.timesteps.is_empty() {
-            return invalid("at least one timestep is needed".into());
-        }
-        for &timestep in &self.timesteps {
-            if let Err(error) = schedule.validate_timestep(i64::from(timestep)) {
-                return invalid(error.to_string());
-            }
-        }
-        if !(1..=16).contains(&self.upscale) {
-            return invalid(format!("upscale {} is outside 1..16", self.upscale));
-        }
-        if self.tile_px != 0 {
-            if self.tile_px < 64 || !self.tile_px.is_multiple_of(8) {
-                return invalid(format!(
-                    "--tile {} must be 0 or a multiple of 8 of at least 64",
-                    self.tile_px
-                ));
-            }
-            if !self.tile_overlap_px.is_multiple_of(8) || self.tile_overlap_px * 2 > self.tile_px {
-                return invalid(format!(
-                    "--tile-overlap {} must be a multiple of 8 and at most half the tile",
-                    self.tile_overlap_px
-                ));
-            }
-        }
-        Ok(())
-    }
-}
 
 /// Where each stage runs.
 #[derive(Debug, Clone, Serialize)]
@@ -236,6 +93,8 @@ pub struct Pipeline {
     cancel: Option<&'static AtomicBool>,
     /// [`PipelineConfig::fixed_tiles`].
     fixed_tiles: Option<bool>,
+    /// What the TensorRT engines were built for.
+    shapes: ShapeHint,
     /// The current run's fixed tile shape on GPUs ([`Pipeline::network_tile_for`]).
     network_tile: Option<(usize, usize)>,
 }
@@ -264,9 +123,24 @@ impl Pipeline {
         let encoder = open(component::VAE_ENCODER)?;
         let unet = open(component::UNET)?;
         let decoder = open(component::VAE_DECODER)?;
-        check_session_ports(&bundle, component::VAE_ENCODER, &encoder.session)?;
-        check_session_ports(&bundle, component::UNET, &unet.session)?;
-        check_session_ports(&bundle, component::VAE_DECODER, &decoder.session)?;
+        check_graph_ports(
+            &bundle,
+            component::VAE_ENCODER,
+            encoder.session.inputs(),
+            encoder.session.outputs(),
+        )?;
+        check_graph_ports(
+            &bundle,
+            component::UNET,
+            unet.session.inputs(),
+            unet.session.outputs(),
+        )?;
+        check_graph_ports(
+            &bundle,
+            component::VAE_DECODER,
+            decoder.session.inputs(),
+            decoder.session.outputs(),
+        )?;
         let encoder_tiled = open_tiled_stage(&mut open, &bundle, component::VAE_ENCODER_TILED)?;
         let decoder_tiled = open_tiled_stage(&mut open, &bundle, component::VAE_DECODER_TILED)?;
         Ok(Pipeline {
@@ -282,6 +156,7 @@ impl Pipeline {
             fallbacks,
             cancel: None,
             fixed_tiles: config.fixed_tiles,
+            shapes: config.shapes,
             network_tile: None,
         })
     }
@@ -392,6 +267,15 @@ impl Pipeline {
         })
     }
 
+    fn on_tensorrt(&self) -> bool {
+        [
+            self.encoder.provider,
+            self.unet.provider,
+            self.decoder.provider,
+        ]
+        .contains(&Provider::TensorRt)
+    }
+
     /// Whether staged tiles keep one shape: on GPU providers every tile is
     /// the requested tile (the last one flush with the edge; an image
     /// smaller than a tile padded up to it), so one cuDNN plan or TensorRT
@@ -428,6 +312,9 @@ impl Pipeline {
         progress: &dyn Progress,
     ) -> Result<(Array3<f32>, StageTimings)> {
         options.check(&self.schedule)?;
+        if self.on_tensorrt() {
+            self.shapes.check(options)?;
+        }
         let (height, width) = (model_input.shape()[2], model_input.shape()[3]);
         if height % 8 != 0 || width % 8 != 0 || height == 0 || width == 0 {
             return Err(Error::InvalidOption(format!(

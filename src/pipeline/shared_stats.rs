@@ -7,9 +7,9 @@ use std::time::Instant;
 
 use ndarray::{Array3, ArrayView3};
 
-use super::loading::check_session_ports;
 use super::stages::{millis_since, Stage, StageTimings};
 use super::Pipeline;
+use crate::bundle::check_graph_ports;
 use crate::bundle::port;
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
@@ -226,7 +226,12 @@ pub(super) fn open_tiled_stage(
         _ => return Err(shape_error()),
     };
     let stage = open(component)?;
-    check_session_ports(bundle, component, &stage.session)?;
+    check_graph_ports(
+        bundle,
+        component,
+        stage.session.inputs(),
+        stage.session.outputs(),
+    )?;
     for name in TILED_STATS_INPUTS {
         if !stage.session.inputs().iter().any(|port| port.name == name) {
             return Err(Error::bundle(

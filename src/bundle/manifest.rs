@@ -1,0 +1,257 @@
+//! `manifest.json` as types: every field with a closed set of values is an
+//! enum (an unknown value is refused by name when the manifest is read), the
+//! component and port names are constants. See docs/bundle-format.md and
+//! docs/manifest.schema.json (tests/manifest_schema.rs keeps them agreeing).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::colorfix::ColorFix;
+
+/// The manifest format version this build reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A manifest field with a closed set of values: parsed into an enum, an
+/// unknown value refused when the manifest is read, with the field's name
+/// and the values allowed.
+macro_rules! closed_set {
+    ($(#[$doc:meta])* $name:ident in $field:literal {
+        $($(#[$variant_doc:meta])* $variant:ident = $text:literal),+ $(,)?
+    }) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_doc])* $variant),+
+        }
+
+        impl $name {
+            /// Every value, in the order the format lists them.
+            pub const ALL: &'static [$name] = &[$($name::$variant),+];
+
+            /// The name the manifest uses.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text),+
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                formatter.write_str(self.as_str())
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(text: &str) -> std::result::Result<Self, String> {
+                $name::ALL
+                    .iter()
+                    .copied()
+                    .find(|value| value.as_str() == text)
+                    .ok_or_else(|| {
+                        let allowed: Vec<&str> = $name::ALL.iter().map(|v| v.as_str()).collect();
+                        format!("{} is {text:?}, expected one of {}", $field, allowed.join(", "))
+                    })
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> std::result::Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.as_str())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> std::result::Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+closed_set! {
+    /// `precision`: how the graphs' weights are stored.
+    Precision in "precision" {
+        Fp32 = "fp32",
+        Fp16 = "fp16",
+        /// int8 QDQ graphs (export/quantize.py) whose float ports stay float32.
+        Int8Qdq = "int8-qdq",
+    }
+}
+
+impl Precision {
+    /// The element type of the graphs' float ports.
+    pub fn float_dtype(self) -> TensorDType {
+        match self {
+            Precision::Fp32 | Precision::Int8Qdq => TensorDType::Float32,
+            Precision::Fp16 => TensorDType::Float16,
+        }
+    }
+}
+
+closed_set! {
+    /// A port's or the prompt embedding's `dtype`.
+    TensorDType in "dtype" {
+        Float32 = "float32",
+        Float16 = "float16",
+        Int64 = "int64",
+    }
+}
+
+closed_set! {
+    /// `vae_decoder.latent_input`: whether the decoder graph divides by the
+    /// scaling factor itself.
+    LatentInput in "latent_input" {
+        Scaled = "scaled",
+        Unscaled = "unscaled",
+    }
+}
+
+closed_set! {
+    /// `schedule.type`: the DDPM beta schedule.
+    ScheduleType in "schedule.type" {
+        ScaledLinear = "scaled_linear",
+        Linear = "linear",
+        SquaredcosCapV2 = "squaredcos_cap_v2",
+        Sigmoid = "sigmoid",
+        /// The checkpoint lists its betas.
+        TrainedBetas = "trained_betas",
+    }
+}
+
+closed_set! {
+    /// A port's `layout` (docs/manifest.schema.json).
+    PortLayout in "layout" {
+        /// Images and latents.
+        Nchw = "NCHW",
+        /// The timestep.
+        N = "N",
+        /// (batch, tokens, width): encoder_hidden_states, last_hidden_state.
+        Nld = "NLD",
+        /// input_ids.
+        Nl = "NL",
+        /// (layer, group): GroupNorm statistics.
+        Kg = "KG",
+        /// group_norm_fixed.
+        Scalar = "1",
+    }
+}
+
+/// A port shape's named (dynamic) dimensions.
+pub const NAMED_DIMS: [&str; 5] = ["batch", "height", "width", "latent_height", "latent_width"];
+
+/// Component names: the graphs a bundle holds.
+pub mod component {
+    pub const VAE_ENCODER: &str = "vae_encoder";
+    pub const UNET: &str = "unet";
+    pub const VAE_DECODER: &str = "vae_decoder";
+    /// Optional: the encoder taking shared GroupNorm statistics.
+    pub const VAE_ENCODER_TILED: &str = "vae_encoder_tiled";
+    /// Optional: the decoder taking shared GroupNorm statistics.
+    pub const VAE_DECODER_TILED: &str = "vae_decoder_tiled";
+}
+
+/// Port names: the graphs' inputs and outputs.
+pub mod port {
+    pub const IMAGE: &str = "image";
+    pub const TIMESTEP: &str = "timestep";
+    pub const LATENT: &str = "latent";
+    pub const LATENT_MEAN: &str = "latent_mean";
+    pub const LATENT_LOGVAR: &str = "latent_logvar";
+    pub const ENCODER_HIDDEN_STATES: &str = "encoder_hidden_states";
+    pub const RESIDUAL: &str = "residual";
+    pub const GROUP_NORM_MEAN: &str = "group_norm_mean";
+    pub const GROUP_NORM_VAR: &str = "group_norm_var";
+    pub const GROUP_NORM_FIXED: &str = "group_norm_fixed";
+    pub const GROUP_NORM_MEAN_OUT: &str = "group_norm_mean_out";
+    pub const GROUP_NORM_VAR_OUT: &str = "group_norm_var_out";
+}
+
+/// One graph input or output as the manifest describes it.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PortSpec {
+    pub name: String,
+    pub dtype: TensorDType,
+    #[serde(default)]
+    pub shape: Vec<serde_json::Value>,
+    #[serde(default)]
+    pub layout: Option<PortLayout>,
+}
+
+/// A file of the bundle with its hash.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct HashedFile {
+    pub file: String,
+    pub sha256: String,
+}
+
+/// One ONNX graph of the bundle.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ComponentSpec {
+    pub file: String,
+    pub sha256: String,
+    #[serde(default)]
+    pub external_data: Vec<HashedFile>,
+    pub inputs: Vec<PortSpec>,
+    pub outputs: Vec<PortSpec>,
+    /// Decoder only: `scaled` (the graph divides by the scaling factor) or `unscaled`.
+    #[serde(default)]
+    pub latent_input: Option<LatentInput>,
+}
+
+/// The noise schedule.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct ScheduleSpec {
+    #[serde(rename = "type")]
+    pub kind: ScheduleType,
+    pub beta_start: f64,
+    pub beta_end: f64,
+    pub num_train_timesteps: usize,
+    #[serde(default)]
+    pub alphas_cumprod: Vec<f64>,
+}
+
+/// The authors' defaults, as exported.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Defaults {
+    pub timestep: u32,
+    pub upscale: u32,
+    pub process_size: u32,
+    pub color_fix: ColorFix,
+}
+
+/// The default prompt embedding.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct PromptSpec {
+    pub embeds_file: String,
+    pub sha256: String,
+    pub shape: Vec<usize>,
+    pub dtype: TensorDType,
+    #[serde(default)]
+    pub text: Option<String>,
+}
+
+/// `manifest.json`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct Manifest {
+    pub format: String,
+    pub format_version: u32,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub precision: Precision,
+    pub components: BTreeMap<String, ComponentSpec>,
+    pub latent_channels: usize,
+    pub vae_scale_factor: usize,
+    pub scaling_factor: f32,
+    #[serde(default)]
+    pub cross_attention_dim: Option<usize>,
+    pub schedule: ScheduleSpec,
+    pub defaults: Defaults,
+    pub prompt: PromptSpec,
+    #[serde(default)]
+    pub provenance: serde_json::Value,
+}
