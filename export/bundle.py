@@ -67,14 +67,16 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_bundle(out)
-    specs = component_specs(dtype, models.cross_attention_dim)
+    latent_channels = models.latent_channels
+    specs = component_specs(dtype, models.cross_attention_dim, latent_channels)
 
     components = {}
     for component in ("vae_encoder", "unet", "vae_decoder"):
         started = time.time()
         module = _graph_module(models, component, dtype)
         rel = f"{component}/model.onnx"
-        data_files = export_graph(module, trace_inputs(component, dtype, models.cross_attention_dim),
+        data_files = export_graph(module, trace_inputs(component, dtype, models.cross_attention_dim,
+                                                       latent_channels=latent_channels),
                                   specs[component], out / rel)
         extra = {"latent_input": "scaled"} if component == "vae_decoder" else None
         components[component] = component_entry(out, rel, data_files, specs[component], extra)
@@ -118,6 +120,7 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
         prompt_shape=embeds.shape,
         prompt_text=models.prompt_text,
         source=models.source,
+        latent_channels=latent_channels,
     )
     write_manifest(out, manifest)
     if verify:
@@ -136,7 +139,7 @@ def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, late
     h, w = latent_hw
     image = torch.rand(1, 3, 8 * h, 8 * w, generator=gen) * 2 - 1
     t = torch.tensor([321], dtype=torch.int64)
-    latent = torch.randn(1, 4, h, w, generator=gen)
+    latent = torch.randn(1, models.latent_channels, h, w, generator=gen)
     ehs = torch.randn(1, 77, models.cross_attention_dim, generator=gen)
     errors = {}
     sess = ort_session(bundle / "vae_encoder/model.onnx")

@@ -86,7 +86,8 @@ def _dynamic_axes(spec: Dict[str, List[Dict]]) -> Dict[str, Dict[int, str]]:
     return axes
 
 
-def trace_inputs(component: str, float_dtype: torch.dtype, cross_attention_dim: int, seed: int = 0):
+def trace_inputs(component: str, float_dtype: torch.dtype, cross_attention_dim: int, seed: int = 0,
+                 latent_channels: int = 4):
     gen = torch.Generator().manual_seed(seed)
     if component == "vae_encoder":
         h, w = TRACE_ENCODER_LATENT_HW
@@ -94,12 +95,12 @@ def trace_inputs(component: str, float_dtype: torch.dtype, cross_attention_dim: 
         return (image.to(float_dtype), torch.tensor([500], dtype=torch.int64))
     if component == "unet":
         h, w = TRACE_LATENT_HW
-        latent = torch.randn(1, 4, h, w, generator=gen)
+        latent = torch.randn(1, latent_channels, h, w, generator=gen)
         ehs = torch.randn(1, 77, cross_attention_dim, generator=gen)
         return (latent.to(float_dtype), torch.tensor([500], dtype=torch.int64), ehs.to(float_dtype))
     if component == "vae_decoder":
         h, w = TRACE_DECODER_LATENT_HW
-        return (torch.randn(1, 4, h, w, generator=gen).to(float_dtype),)
+        return (torch.randn(1, latent_channels, h, w, generator=gen).to(float_dtype),)
     raise ValueError(component)
 
 

@@ -205,10 +205,11 @@ def tiled_graphs(models, dtype: torch.dtype = torch.float32) -> Dict[str, nn.Mod
     return {name: (graph.to(dtype) if dtype != torch.float32 else graph).eval() for name, graph in graphs.items()}
 
 
-def trace_inputs(component: str, graph: nn.Module, float_dtype: torch.dtype, seed: int = 0) -> Tuple:
+def trace_inputs(component: str, graph: nn.Module, float_dtype: torch.dtype, seed: int = 0,
+                 latent_channels: int = 4) -> Tuple:
     from .onnx_export import trace_inputs as main_trace_inputs
 
-    main = main_trace_inputs(component.replace("_tiled", ""), float_dtype, 32, seed)
+    main = main_trace_inputs(component.replace("_tiled", ""), float_dtype, 32, seed, latent_channels)
     return tuple(main) + no_stats(graph)
 
 
@@ -221,11 +222,13 @@ def export_tiled_vae(models, out: Path, dtype: torch.dtype) -> Dict[str, Dict]:
     enc, dec = graphs["vae_encoder_tiled"], graphs["vae_decoder_tiled"]
     if enc.groups != dec.groups:
         raise ValueError(f"encoder and decoder GroupNorms differ in groups ({enc.groups} vs {dec.groups})")
-    specs = tiled_specs(dtype, enc.layers, dec.layers, enc.groups)
+    latent_channels = int(models.vae.config.latent_channels)
+    specs = tiled_specs(dtype, enc.layers, dec.layers, enc.groups, latent_channels)
     entries = {}
     for component, graph in graphs.items():
         rel = TILED_COMPONENTS[component]
-        data_files = export_graph(graph, trace_inputs(component, graph, dtype), specs[component], out / rel)
+        data_files = export_graph(graph, trace_inputs(component, graph, dtype, latent_channels=latent_channels),
+                                  specs[component], out / rel)
         extra = {"latent_input": "scaled"} if component == "vae_decoder_tiled" else {}
         extra["group_norm"] = {"layers": graph.layers, "groups": graph.groups}
         entries[component] = component_entry(out, rel, data_files, specs[component], extra)

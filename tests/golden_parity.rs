@@ -172,6 +172,25 @@ fn whole_pipeline_from_the_input_file_matches_pytorch() {
 }
 
 #[test]
+fn constants_held_in_an_io_binding_give_the_same_result() {
+    // What GPU providers do with the prompt embedding and the timestep
+    // (bound once, not sent per tile), forced here on the CPU provider.
+    let mut config = PipelineConfig::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"));
+    config.provider = ProviderChoice::Only(Provider::Cpu);
+    config.io_binding = Some(true);
+    let mut pipeline = Pipeline::load(&config).expect("models/tiny loads");
+    // every timestep, so rebinding a changed constant is exercised too
+    for case in cases() {
+        let upscaled = image::open(golden_dir().join(&case.upscaled))
+            .unwrap()
+            .to_rgb8();
+        let model_input = tensor::rgb8_to_model_input(&upscaled);
+        let source = tensor::rgb8_to_unit_planes(&upscaled);
+        check_against_reference(&mut pipeline, &case, &model_input, &source, "I/O binding");
+    }
+}
+
+#[test]
 fn our_resize_equals_pillow_on_the_golden_inputs() {
     for case in cases() {
         let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();

@@ -217,6 +217,7 @@ pub(super) fn open_stage(
             tf32: config.tf32,
             conv_search: config.conv_search,
             tensorrt,
+            io_binding: config.io_binding,
             ..SessionOptions::default()
         };
         let engine_build = (provider == Provider::TensorRt)

@@ -39,6 +39,9 @@ pub struct PipelineConfig {
     pub shapes: ShapeHint,
     /// Where notices go (TensorRT engine builds); the CLI prints them on stderr.
     pub notify: fn(&str),
+    /// Constant inputs (prompt, timestep) held in an I/O binding: Some
+    /// forces it on or off; None: on GPU providers only.
+    pub io_binding: Option<bool>,
     /// Staged tiles of one fixed shape (Some(true)) or balanced (Some(false));
     /// None: fixed exactly when a stage runs on a GPU provider.
     pub fixed_tiles: Option<bool>,
@@ -64,6 +67,7 @@ impl PipelineConfig {
             prompt_embeds: None,
             shapes: ShapeHint::default(),
             notify: |_| {},
+            io_binding: None,
             fixed_tiles: None,
             verify_hashes: true,
             tf32: false,

@@ -154,25 +154,25 @@ impl Pipeline {
             progress,
             network_tile: self.network_tile,
         };
+        // the prompt embedding and the timestep are the same for every tile:
+        // set once (on a GPU, copied to the device once)
+        unet.session.set_constant(
+            port::TIMESTEP,
+            InputTensor::Int64 {
+                shape: &[1],
+                data: &timestep_tensor,
+            },
+        )?;
+        unet.session.set_constant(
+            port::ENCODER_HIDDEN_STATES,
+            InputTensor::Float {
+                shape: &prompt_shape,
+                data: prompt_embeds,
+            },
+        )?;
         let mut residual = tiles.run(&mut timings.unet, &mut timings.blend, |shape, tile| {
             unet.session.run(
-                &[
-                    (port::LATENT, InputTensor::Float { shape, data: tile }),
-                    (
-                        port::TIMESTEP,
-                        InputTensor::Int64 {
-                            shape: &[1],
-                            data: &timestep_tensor,
-                        },
-                    ),
-                    (
-                        port::ENCODER_HIDDEN_STATES,
-                        InputTensor::Float {
-                            shape: &prompt_shape,
-                            data: prompt_embeds,
-                        },
-                    ),
-                ],
+                &[(port::LATENT, InputTensor::Float { shape, data: tile })],
                 &[port::RESIDUAL],
             )
         })?;

@@ -251,7 +251,13 @@ impl Runtime {
             builder.commit_from_file(model)
         };
         let session = build().map_err(|source| session_error(options.provider, model, source))?;
-        ModelSession::new(session, model)
+        ModelSession::new(
+            session,
+            model,
+            options
+                .io_binding
+                .unwrap_or(options.provider != Provider::Cpu),
+        )
     }
 }
 

@@ -99,6 +99,9 @@ pub struct SessionOptions {
     pub cpu_arena: bool,
     /// ONNX Runtime's memory pattern planning (per input shape).
     pub memory_pattern: bool,
+    /// Hold constant inputs in an I/O binding (copied to the device once);
+    /// None: on GPU providers only.
+    pub io_binding: Option<bool>,
 }
 
 impl Default for SessionOptions {
@@ -112,6 +115,7 @@ impl Default for SessionOptions {
             tensorrt: TensorRtOptions::default(),
             cpu_arena: env_flag("TADSR_EDGE_CPU_ARENA", true),
             memory_pattern: env_flag("TADSR_EDGE_MEMORY_PATTERN", true),
+            io_binding: None,
         }
     }
 }

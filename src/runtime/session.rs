@@ -1,12 +1,16 @@
 //! One open ONNX graph: its ports, and runs on borrowed views (`TensorRef`,
-//! no copies of f32 data; fp16 graphs get a converted buffer).
+//! no copies of f32 data; fp16 graphs get a converted buffer). Inputs that
+//! stay the same over many runs (the prompt embedding, the timestep) are
+//! set once as constants: on a GPU provider they are bound with ONNX
+//! Runtime's I/O binding, which copies them to the device once, not per tile.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 
 use half::f16;
-use ort::session::{Session, SessionInputValue};
-use ort::value::{TensorElementType, TensorRef, ValueType};
+use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
+use ort::session::{IoBinding, Session, SessionInputValue, SessionOutputs};
+use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::{Error, Result};
 
@@ -53,12 +57,31 @@ pub struct OutputTensor {
     pub data: Vec<f32>,
 }
 
+/// An input that keeps its value over many runs, owned.
+#[derive(Debug, Clone, PartialEq)]
+enum ConstantData {
+    Float(Vec<f32>),
+    Int64(Vec<i64>),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+struct Constant {
+    name: String,
+    shape: Vec<usize>,
+    data: ConstantData,
+}
+
 /// One open ONNX graph.
 pub struct ModelSession {
     session: Session,
     inputs: Vec<PortInfo>,
     outputs: Vec<PortInfo>,
     model: PathBuf,
+    /// Inputs set once ([`ModelSession::set_constant`]).
+    constants: Vec<Constant>,
+    /// GPU providers: the I/O binding holding the constants on the device
+    /// (None on the CPU, where a plain run borrows them without a copy).
+    binding: Option<IoBinding>,
 }
 
 fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
@@ -86,7 +109,7 @@ fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
 }
 
 impl ModelSession {
-    pub(super) fn new(session: Session, model: &Path) -> Result<Self> {
+    pub(super) fn new(session: Session, model: &Path, use_binding: bool) -> Result<Self> {
         let inputs = session
             .inputs()
             .iter()
@@ -97,11 +120,72 @@ impl ModelSession {
             .iter()
             .map(|o| port_info(o.name(), o.dtype()))
             .collect();
+        let binding = if use_binding {
+            Some(session.create_binding().map_err(|source| Error::OrtIn {
+                path: model.to_path_buf(),
+                source,
+            })?)
+        } else {
+            None
+        };
         Ok(ModelSession {
             session,
             inputs,
             outputs,
             model: model.to_path_buf(),
+            constants: Vec::new(),
+            binding,
+        })
+    }
+
+    /// Whether constants are held on the device by an I/O binding.
+    pub fn uses_binding(&self) -> bool {
+        self.binding.is_some()
+    }
+
+    /// Sets an input that every following [`ModelSession::run`] gets without
+    /// naming it. Setting the same value again does nothing (no new copy to
+    /// the device).
+    pub fn set_constant(&mut self, name: &str, tensor: InputTensor<'_>) -> Result<()> {
+        let constant = match tensor {
+            InputTensor::Float { shape, data } => Constant {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                data: ConstantData::Float(data.to_vec()),
+            },
+            InputTensor::Int64 { shape, data } => Constant {
+                name: name.to_string(),
+                shape: shape.to_vec(),
+                data: ConstantData::Int64(data.to_vec()),
+            },
+        };
+        if self.constants.contains(&constant) {
+            return Ok(());
+        }
+        if self.binding.is_some() {
+            let value = self.owned_value(&constant)?;
+            let path = self.model.clone();
+            if let Some(binding) = self.binding.as_mut() {
+                binding
+                    .bind_input(constant.name.as_str(), &value)
+                    .map_err(|source| Error::OrtIn { path, source })?;
+            }
+        }
+        self.constants.retain(|c| c.name != constant.name);
+        self.constants.push(constant);
+        Ok(())
+    }
+
+    /// A constant as an owned tensor of the graph's element type.
+    fn owned_value(&self, constant: &Constant) -> Result<DynValue> {
+        let shape = constant.shape.clone();
+        Ok(match &constant.data {
+            ConstantData::Float(data) if self.input_dtype(&constant.name)? == DType::Float16 => {
+                let half: Vec<f16> = data.iter().map(|v| f16::from_f32(*v)).collect();
+                Tensor::from_array((shape, half))?.into_dyn()
+            }
+            ConstantData::Float(data) => Tensor::from_array((shape, data.clone()))?.into_dyn(),
+            ConstantData::Int64(data) => Tensor::from_array((shape, data.clone()))?.into_dyn(),
         })
     }
 
@@ -123,7 +207,8 @@ impl ModelSession {
             .ok_or_else(|| Error::Ort(format!("{}: no input named {name}", self.model.display())))
     }
 
-    /// Runs the graph on named inputs and returns the named outputs, in order.
+    /// Runs the graph on named inputs (and the constants) and returns the
+    /// named outputs, in order.
     pub fn run(
         &mut self,
         inputs: &[(&str, InputTensor<'_>)],
@@ -139,8 +224,11 @@ impl ModelSession {
             }
             wants_half.push(half);
         }
+        if self.binding.is_some() {
+            return self.run_bound(inputs, &wants_half, half_buffers, output_names);
+        }
         let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(inputs.len());
+            Vec::with_capacity(inputs.len() + self.constants.len());
         let mut half_iter = half_buffers.iter();
         for ((name, tensor), half) in inputs.iter().zip(wants_half) {
             let value: SessionInputValue<'_> = match tensor {
@@ -159,28 +247,119 @@ impl ModelSession {
             values.push((Cow::Borrowed(*name), value));
         }
         let model = self.model.display().to_string();
-        let outputs = self.session.run(values).map_err(|source| Error::OrtIn {
+        let fail = |source| Error::OrtIn {
             path: self.model.clone(),
             source,
-        })?;
-        output_names
-            .iter()
-            .map(|name| {
-                let value = outputs
-                    .get(*name)
-                    .ok_or_else(|| Error::Ort(format!("{model}: no output named {name}")))?;
-                if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
-                    return Ok(OutputTensor {
-                        shape: shape.iter().map(|d| *d as usize).collect(),
-                        data: data.to_vec(),
-                    });
+        };
+        let mut constant_half: Vec<Vec<f16>> = Vec::new();
+        for constant in &self.constants {
+            if let ConstantData::Float(data) = &constant.data {
+                if self.input_dtype(&constant.name)? == DType::Float16 {
+                    constant_half.push(data.iter().map(|v| f16::from_f32(*v)).collect());
                 }
-                let (shape, data) = value.try_extract_tensor::<f16>()?;
-                Ok(OutputTensor {
-                    shape: shape.iter().map(|d| *d as usize).collect(),
-                    data: data.iter().map(|v| v.to_f32()).collect(),
-                })
-            })
-            .collect()
+            }
+        }
+        let mut constant_half = constant_half.iter();
+        for constant in &self.constants {
+            let shape = constant.shape.clone();
+            let value: SessionInputValue<'_> = match &constant.data {
+                ConstantData::Float(data) => {
+                    if self.input_dtype(&constant.name)? == DType::Float16 {
+                        let buffer = constant_half.next().expect("one buffer per fp16 constant");
+                        TensorRef::from_array_view((shape, buffer.as_slice()))?.into()
+                    } else {
+                        TensorRef::from_array_view((shape, data.as_slice()))?.into()
+                    }
+                }
+                ConstantData::Int64(data) => {
+                    TensorRef::from_array_view((shape, data.as_slice()))?.into()
+                }
+            };
+            values.push((Cow::Borrowed(constant.name.as_str()), value));
+        }
+        let outputs = self.session.run(values).map_err(fail)?;
+
+        extract_outputs(&model, &outputs, output_names)
     }
+
+    /// [`ModelSession::run`] through the I/O binding: the constants are
+    /// bound already; the per-run inputs are bound now as owned tensors
+    /// (ort rc.15 deadlocks binding a borrowed one: the clone in
+    /// `bind_input` re-takes a lock it holds), the outputs to host memory.
+    fn run_bound(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        wants_half: &[bool],
+        half_buffers: Vec<Vec<f16>>,
+        output_names: &[&str],
+    ) -> Result<Vec<OutputTensor>> {
+        let model = self.model.display().to_string();
+        let path = self.model.clone();
+        let fail = |source| Error::OrtIn {
+            path: path.clone(),
+            source,
+        };
+        let binding = self.binding.as_mut().expect("called with a binding");
+        let mut half_buffers = half_buffers.into_iter();
+        for ((name, tensor), &half) in inputs.iter().zip(wants_half) {
+            let owned: DynValue = match tensor {
+                InputTensor::Float { shape, .. } if half => {
+                    let buffer = half_buffers.next().expect("one buffer per fp16 input");
+                    Tensor::from_array((shape.to_vec(), buffer))
+                        .map_err(fail)?
+                        .into_dyn()
+                }
+                InputTensor::Float { shape, data } => {
+                    Tensor::from_array((shape.to_vec(), data.to_vec()))
+                        .map_err(fail)?
+                        .into_dyn()
+                }
+                InputTensor::Int64 { shape, data } => {
+                    Tensor::from_array((shape.to_vec(), data.to_vec()))
+                        .map_err(fail)?
+                        .into_dyn()
+                }
+            };
+            binding.bind_input(*name, &owned).map_err(fail)?;
+        }
+        let host = MemoryInfo::new(
+            AllocationDevice::CPU,
+            0,
+            AllocatorType::Device,
+            MemoryType::Default,
+        )
+        .map_err(fail)?;
+        for name in output_names {
+            binding.bind_output_to_device(*name, &host).map_err(fail)?;
+        }
+        let outputs = self.session.run_binding(binding).map_err(fail)?;
+        extract_outputs(&model, &outputs, output_names)
+    }
+}
+
+/// The named outputs as f32 (fp16 outputs widened), in order.
+fn extract_outputs(
+    model: &str,
+    outputs: &SessionOutputs<'_>,
+    output_names: &[&str],
+) -> Result<Vec<OutputTensor>> {
+    output_names
+        .iter()
+        .map(|name| {
+            let value = outputs
+                .get(*name)
+                .ok_or_else(|| Error::Ort(format!("{model}: no output named {name}")))?;
+            if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
+                return Ok(OutputTensor {
+                    shape: shape.iter().map(|d| *d as usize).collect(),
+                    data: data.to_vec(),
+                });
+            }
+            let (shape, data) = value.try_extract_tensor::<f16>()?;
+            Ok(OutputTensor {
+                shape: shape.iter().map(|d| *d as usize).collect(),
+                data: data.iter().map(|v| v.to_f32()).collect(),
+            })
+        })
+        .collect()
 }
