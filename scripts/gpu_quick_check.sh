@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# A short re-check on a lent GPU box (about 2 minutes, against gpu_check.sh's 6): the probe,
+# the golden cases of models/tiny on CUDA, an sd21 fp16 export and its 512 untiled and
+# 2048 --tile 512 benches. Needs what scripts/gpu_payload.sh prepares (the last call carries
+# .device/chunk5, .device/payload and .device/whl after the other chunks). Writes each
+# result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
+set -uo pipefail
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+  echo "SKIP: no NVIDIA GPU here (nvidia-smi finds none)"
+  exit 0
+fi
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+bash scripts/gpu_reassemble.sh >/dev/null || { echo reassemble failed; exit 1; }
+export ORT_DYLIB_PATH=/tmp/ortpayload/onnxruntime/capi/libonnxruntime.so.1.31.1
+BIN=.device/payload/tadsr-edge
+date +%T
+timeout 30 "$BIN" info > "$OUT/info.txt" 2>&1; head -4 "$OUT/info.txt"
+timeout 60 "$BIN" golden --model models/tiny --provider cuda --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda.json')); print('worst', r['worst_max_abs_error'], 'passed', r['passed'])"
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
+b() { timeout 60 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1))"; }
+echo "--- 512 untiled"; b --size 512 --tile 0 --runs 10 --warmup 3
+echo "--- 2048 tile 512"; b --size 2048 --tile 512 --runs 2 --warmup 1
+date +%T
