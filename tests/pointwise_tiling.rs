@@ -118,6 +118,33 @@ fn worst_ulps(untiled: &[f32], tiled: &[f32]) -> f32 {
         .fold(0.0, f32::max)
 }
 
+/// Staged tiling of `pipeline` against its untiled output, for each size
+/// and (tile, overlap): within [`BLEND_ULPS`].
+fn assert_staged_tiles_match_untiled(
+    pipeline: &mut Pipeline,
+    label: &str,
+    sizes: &[(u32, u32)],
+    tiles: &[(u32, u32)],
+) {
+    for &(width, height) in sizes {
+        let untiled = run(pipeline, width, height, &options(0, 0, TilingMode::Staged));
+        for &(tile_px, overlap_px) in tiles {
+            let tiled = run(
+                pipeline,
+                width,
+                height,
+                &options(tile_px, overlap_px, TilingMode::Staged),
+            );
+            let ulps = worst_ulps(&untiled, &tiled);
+            eprintln!("{label} {width}x{height} --tile {tile_px} --tile-overlap {overlap_px}: {ulps} ulps");
+            assert!(
+                ulps <= BLEND_ULPS,
+                "{label} {width}x{height}, tile {tile_px}, overlap {overlap_px}: {ulps} ulps off untiled"
+            );
+        }
+    }
+}
+
 #[test]
 fn fixed_gpu_tile_shapes_give_the_untiled_output_on_a_pointwise_graph() {
     // What GPU providers do: every tile at the requested shape, the last one
@@ -129,30 +156,14 @@ fn fixed_gpu_tile_shapes_give_the_untiled_output_on_a_pointwise_graph() {
     config.provider = ProviderChoice::Only(Provider::Cpu);
     config.fixed_tiles = Some(true);
     let mut pipeline = Pipeline::load(&config).unwrap();
-    for (width, height) in [(200, 136), (424, 328)] {
-        let untiled = run(
-            &mut pipeline,
-            width,
-            height,
-            &options(0, 0, TilingMode::Staged),
-        );
-        // 512: both sides padded; 256 with 200x136: one padded tile; 256
-        // with 424x328: flush last tiles; 96: many tiles, no padding
-        for (tile_px, overlap_px) in [(512, 64), (256, 64), (96, 24)] {
-            let tiled = run(
-                &mut pipeline,
-                width,
-                height,
-                &options(tile_px, overlap_px, TilingMode::Staged),
-            );
-            let ulps = worst_ulps(&untiled, &tiled);
-            eprintln!("fixed {width}x{height} --tile {tile_px}: {ulps} ulps");
-            assert!(
-                ulps <= BLEND_ULPS,
-                "fixed tiles {width}x{height}, tile {tile_px}: {ulps} ulps off untiled"
-            );
-        }
-    }
+    // 512: both sides padded; 256 with 200x136: one padded tile; 256
+    // with 424x328: flush last tiles; 96: many tiles, no padding
+    assert_staged_tiles_match_untiled(
+        &mut pipeline,
+        "fixed tiles",
+        &[(200, 136), (424, 328)],
+        &[(512, 64), (256, 64), (96, 24)],
+    );
 }
 
 #[test]
@@ -160,28 +171,12 @@ fn staged_tiles_give_the_untiled_output_on_a_pointwise_graph() {
     let dir = tempfile::tempdir().unwrap();
     let mut pipeline = load(&pointwise_bundle(dir.path(), "pointwise/vae_decoder.onnx")).unwrap();
     // sides that are not multiples of the tile, overlaps of 1 to 8 latent cells
-    for (width, height) in [(200, 136), (424, 328)] {
-        let untiled = run(
-            &mut pipeline,
-            width,
-            height,
-            &options(0, 0, TilingMode::Staged),
-        );
-        for (tile_px, overlap_px) in [(64, 8), (64, 32), (96, 24), (128, 64), (256, 64)] {
-            let tiled = run(
-                &mut pipeline,
-                width,
-                height,
-                &options(tile_px, overlap_px, TilingMode::Staged),
-            );
-            let ulps = worst_ulps(&untiled, &tiled);
-            eprintln!("{width}x{height} --tile {tile_px} --tile-overlap {overlap_px}: {ulps} ulps");
-            assert!(
-                ulps <= BLEND_ULPS,
-                "{width}x{height}, tile {tile_px}, overlap {overlap_px}: {ulps} ulps off untiled"
-            );
-        }
-    }
+    assert_staged_tiles_match_untiled(
+        &mut pipeline,
+        "balanced tiles",
+        &[(200, 136), (424, 328)],
+        &[(64, 8), (64, 32), (96, 24), (128, 64), (256, 64)],
+    );
 }
 
 #[test]
