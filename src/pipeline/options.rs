@@ -144,8 +144,10 @@ pub struct RunOptions {
     /// Minimum-size rule: inputs whose short side is below
     /// `process_size / upscale` are enlarged first; 0 turns the rule off.
     pub process_size: u32,
-    /// Largest pixel tile side; 0 = no tiling. Tiles are balanced: the
-    /// fewest that cover the image, each as small as the overlap allows.
+    /// Largest pixel tile side; 0 = no tiling. On the CPU tiles are
+    /// balanced: the fewest that cover the image, each as small as the
+    /// overlap allows; on GPU providers every tile is exactly this size
+    /// (see `Pipeline::fixed_tile_shapes`).
     pub tile_px: u32,
     pub tile_overlap_px: u32,
     pub tiling: TilingMode,
