@@ -1,6 +1,6 @@
-//! The model bundle: `manifest.json` parsed ([`manifest`]), validated and
+//! The model bundle: `manifest.json` parsed (`manifest.rs`), validated and
 //! hash-checked, every path kept inside the bundle's folder, and the opened
-//! graphs' ports checked against it ([`ports`]). See docs/bundle-format.md.
+//! graphs' ports checked against it (`ports.rs`). See docs/bundle-format.md.
 
 mod manifest;
 mod ports;
