@@ -49,7 +49,7 @@ if [ "$GPU" = 1 ]; then
   gpu_req=$ROOT/scripts/gpu-requirements.txt
   gpu_dir=$CACHE/gpu-libs-$(sha256sum "$gpu_req" | cut -c1-16)
   if [ ! -f "$gpu_dir/.complete" ]; then
-    log "installing the CUDA 13, cuDNN 9 and TensorRT 10 libraries into $gpu_dir (~4 GB once)"
+    log "installing the CUDA 13, cuDNN 9 and TensorRT 10 libraries into $gpu_dir (CUDA + cuDNN: 1.1 GB download, once)"
     rm -rf "$gpu_dir"
     # CUDA and cuDNN first: the CUDA provider needs only these.
     "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps \

@@ -115,7 +115,8 @@ fn tensorrt_options(
             0 => DEFAULT_LARGEST_SIDE_PX,
             side => side as usize,
         },
-        true,
+        // TensorRT is a GPU provider: fixed tiles unless the caller said otherwise
+        config.fixed_tiles.unwrap_or(true),
     );
     let range = match component {
         component::UNET => sides.unet,
