@@ -74,9 +74,12 @@ def _unet_config(block_out_channels, heads, cross_attention_dim, norm_num_groups
     }
 
 
-def _vae_config(block_out_channels, norm_num_groups, sample_size, latent_channels=LATENT_CHANNELS):
-    # The init arguments of the authors' TimeAwareAutoencoderKL (time_vae/config.json).
-    return {
+def _vae_config(block_out_channels, norm_num_groups, sample_size, latent_channels=LATENT_CHANNELS,
+                trainable_extras=False):
+    # The init arguments of the authors' TimeAwareAutoencoderKL (time_vae/config.json), plus
+    # latent_time_scale and patch_shortcuts (ours, off for their checkpoints; see TimeAwareAutoencoderKL).
+    extra = {"latent_time_scale": True, "patch_shortcuts": True} if trainable_extras else {}
+    return {**extra,
         "in_channels": 3,
         "out_channels": 3,
         "down_block_types": list(_VAE_DOWN),
@@ -125,8 +128,8 @@ CONFIGS: Dict[str, ModelConfig] = {
     # VAE (32, 64, 96, 96): 0.49 s for 3.7 M; VAE (16, 32, 64, 64): 0.27 s for 1.7 M.
     "nano": ModelConfig(
         name="nano",
-        vae=_vae_config((24, 48, 96, 96), 8, 128, latent_channels=8),
-        unet=_unet_config((32, 64, 96, 96), (1, 2, 3, 3), 32, 8, 16, latent_channels=8),
+        vae=_vae_config((24, 48, 96, 96), 8, 128, latent_channels=16, trainable_extras=True),
+        unet=_unet_config((32, 64, 96, 96), (1, 2, 3, 3), 32, 8, 16, latent_channels=16),
     ),
     "sd21": ModelConfig(
         name="sd21",
@@ -283,6 +286,8 @@ class TimeAwareAutoencoderKL(ModelMixin, ConfigMixin, PeftAdapterMixin):
         scaling_factor: float = SCALING_FACTOR,
         force_upcast: bool = True,
         time_scale_shift: str = "scale_shift",
+        latent_time_scale: bool = False,
+        patch_shortcuts: bool = False,
     ):
         super().__init__()
         if time_scale_shift != "scale_shift":
@@ -308,16 +313,69 @@ class TimeAwareAutoencoderKL(ModelMixin, ConfigMixin, PeftAdapterMixin):
         )
         self.quant_conv = nn.Conv2d(2 * latent_channels, 2 * latent_channels, 1)
         self.post_quant_conv = nn.Conv2d(latent_channels, latent_channels, 1)
+        # Two additions of ours, not in the authors' time_vae (both off by default, so their checkpoints
+        # load unchanged); the trained "nano" (export/train.py) uses both:
+        # * latent_time_scale: the posterior mean is multiplied by sqrt(alphas_cumprod[t]), which makes the
+        #   encoder's latent the signal part of a noisy latent at t (z_t = sqrt(acp) * z_0 + ...). Then
+        #   x0 = z / sqrt(acp[t]) - eps needs only a small eps at every t, instead of
+        #   eps ~ z * (1 / sqrt(acp[t]) - 1), a 14x range that a GroupNorm-terminated UNet learns slowly.
+        # * patch_shortcuts: linear space-to-channel shortcuts around the encoder and the decoder (as in
+        #   DC-AE, Chen et al. 2024), see PatchShortcuts.
+        self.mean_scale = alphas_cumprod().sqrt() if latent_time_scale else None
+        factor = 2 ** (len(block_out_channels) - 1)
+        self.shortcuts = PatchShortcuts(in_channels, latent_channels, factor) if patch_shortcuts else None
 
     def encode_moments(self, image: torch.Tensor, timestep: torch.Tensor):
         """Posterior mean and clamped log-variance (raw latents, not scaled)."""
-        moments = self.quant_conv(self.encoder(image, timestep))
-        mean, logvar = torch.chunk(moments, 2, dim=1)
-        return mean, torch.clamp(logvar, -30.0, 20.0)
+        mean, logvar = torch.chunk(self.quant_conv(self.encoder(image, timestep)), 2, dim=1)
+        return finish_encode(mean, logvar, image, timestep, self.mean_scale, self.shortcuts)
 
     def decode_raw(self, latent: torch.Tensor) -> torch.Tensor:
         """Decoder on an unscaled latent (x0 / scaling_factor); output not clamped."""
-        return self.decoder(self.post_quant_conv(latent))
+        return finish_decode(self.decoder(self.post_quant_conv(latent)), latent, self.shortcuts)
+
+
+class PatchShortcuts(nn.Module):
+    """Linear paths between ``factor`` x ``factor`` pixel blocks and latent cells.
+
+    ``encode``: pixel-unshuffle the image into ``3 * factor^2`` channels per latent cell, then a 1x1 conv
+    to the latent channels (added to the encoder's mean). ``decode``: a 1x1 conv from the latent to
+    ``3 * factor^2`` channels, pixel-shuffled back to an image (added to the decoder's output). Started
+    from a PCA of training patches (export/train.py), the VAE begins as a good linear autoencoder and
+    its deep paths learn what a linear map cannot, which is what lets a small VAE train on a CPU. Both are
+    local to one block, so tiles aligned to latent cells see exactly what the whole image does.
+    """
+
+    def __init__(self, image_channels: int, latent_channels: int, factor: int):
+        super().__init__()
+        self.factor = factor
+        self.encode_proj = nn.Conv2d(image_channels * factor * factor, latent_channels, 1)
+        self.decode_proj = nn.Conv2d(latent_channels, image_channels * factor * factor, 1)
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        return self.encode_proj(torch.nn.functional.pixel_unshuffle(image, self.factor))
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.pixel_shuffle(self.decode_proj(latent), self.factor)
+
+
+def finish_encode(mean: torch.Tensor, logvar: torch.Tensor, image: torch.Tensor, timestep: torch.Tensor,
+                  mean_scale: Optional[torch.Tensor], shortcuts: Optional[PatchShortcuts]):
+    """quant_conv's output, split -> mean, log-variance clamped to [-30, 20] (spec step 7).
+
+    With ``patch_shortcuts`` the shortcut of ``image`` is added to the mean; with ``latent_time_scale``
+    (``mean_scale``: a [1000] table indexed by ``timestep``) the mean is then multiplied by it.
+    """
+    if shortcuts is not None:
+        mean = mean + shortcuts.encode(image)
+    if mean_scale is not None:
+        mean = mean * mean_scale.to(mean.dtype)[timestep].reshape(-1, 1, 1, 1)
+    return mean, torch.clamp(logvar, -30.0, 20.0)
+
+
+def finish_decode(decoded: torch.Tensor, latent: torch.Tensor, shortcuts: Optional[PatchShortcuts]):
+    """The decoder's output plus, with ``patch_shortcuts``, the shortcut of ``latent`` (unscaled)."""
+    return decoded if shortcuts is None else decoded + shortcuts.decode(latent)
 
 
 # ---------------------------------------------------------------------------

@@ -41,7 +41,7 @@ from typing import Dict, List, Optional, Tuple
 import torch
 from torch import nn
 
-from .model import TimeAwareAutoencoderKL
+from .model import TimeAwareAutoencoderKL, finish_decode, finish_encode
 from .precise_norm import rowwise_group_stats
 
 
@@ -134,6 +134,8 @@ class TiledVaeEncoderGraph(nn.Module):
         super().__init__()
         self.encoder = copy.deepcopy(vae.encoder)
         self.quant_conv = copy.deepcopy(vae.quant_conv)
+        self.mean_scale = vae.mean_scale
+        self.shortcuts = copy.deepcopy(vae.shortcuts)
         self.context, self.groups = install_shared_stats(self.encoder)
         self.layers = self.context.layers
 
@@ -142,7 +144,8 @@ class TiledVaeEncoderGraph(nn.Module):
         moments = self.quant_conv(self.encoder(image, timestep))
         mean, logvar = torch.chunk(moments, 2, dim=1)
         stats_mean, stats_var = self.context.end()
-        return mean, torch.clamp(logvar, -30.0, 20.0), stats_mean, stats_var
+        mean, logvar = finish_encode(mean, logvar, image, timestep, self.mean_scale, self.shortcuts)
+        return mean, logvar, stats_mean, stats_var
 
 
 class TiledVaeDecoderGraph(nn.Module):
@@ -152,13 +155,15 @@ class TiledVaeDecoderGraph(nn.Module):
         super().__init__()
         self.decoder = copy.deepcopy(vae.decoder)
         self.post_quant_conv = copy.deepcopy(vae.post_quant_conv)
+        self.shortcuts = copy.deepcopy(vae.shortcuts)
         self.scaling_factor = float(scaling_factor if scaling_factor is not None else vae.config.scaling_factor)
         self.context, self.groups = install_shared_stats(self.decoder)
         self.layers = self.context.layers
 
     def forward(self, latent, group_norm_mean, group_norm_var, group_norm_fixed):
         self.context.begin(group_norm_mean, group_norm_var, group_norm_fixed)
-        image = self.decoder(self.post_quant_conv(latent / self.scaling_factor))
+        unscaled = latent / self.scaling_factor
+        image = finish_decode(self.decoder(self.post_quant_conv(unscaled)), unscaled, self.shortcuts)
         stats_mean, stats_var = self.context.end()
         return image, stats_mean, stats_var
 

@@ -98,7 +98,8 @@ def upscale_like_runtime(lr: np.ndarray) -> np.ndarray:
 class PhotoCrops:
     """Random HR crops of the training photos (held in memory as uint8), paired with degraded inputs."""
 
-    def __init__(self, files: List[Path], crop: int):
+    def __init__(self, files: List[Path], crop: int, clean_prob: float = 0.0):
+        self.clean_prob = clean_prob
         if crop % 8:
             raise ValueError(f"--crop must be a multiple of 8, not {crop}")
         self.crop = crop
@@ -115,7 +116,7 @@ class PhotoCrops:
         self.megapixels = float(areas.sum() / 1e6)
 
     def sample(self, rng: np.random.Generator):
-        from .degrade import degrade
+        from .degrade import clean_downscale, degrade
 
         image = self.images[int(rng.choice(len(self.images), p=self.weights))]
         h, w = image.shape[:2]
@@ -125,7 +126,8 @@ class PhotoCrops:
         if rng.random() < 0.5:
             hr = hr[:, ::-1]
         hr = np.ascontiguousarray(np.rot90(hr, int(rng.integers(0, 4))))
-        return hr, upscale_like_runtime(degrade(hr, rng, UPSCALE))
+        lr = clean_downscale(hr, UPSCALE) if rng.random() < self.clean_prob else degrade(hr, rng, UPSCALE)
+        return hr, upscale_like_runtime(lr)
 
 
 class RandomCrops:
@@ -178,6 +180,10 @@ def new_state(config: str, seed: int, lr: float, weight_decay: float = 0.0) -> T
     unet = build_unet(cfg)
     use_plain_attention(vae)
     use_plain_attention(unet)
+    # eps starts at 0 (x0 = the encoder's latent): training begins as a plain autoencoder, and the UNet
+    # learns a correction (with the VAE's latent_time_scale, x0 = z / sqrt(acp[t]) is t-free)
+    torch.nn.init.zeros_(unet.conv_out.weight)
+    torch.nn.init.zeros_(unet.conv_out.bias)
     vae.train()
     unet.train()
     params = list(vae.parameters()) + list(unet.parameters())
@@ -186,6 +192,48 @@ def new_state(config: str, seed: int, lr: float, weight_decay: float = 0.0) -> T
     ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
     rng = np.random.Generator(np.random.PCG64(seed))
     return TrainState(config, seed, vae, unet, ema_vae, ema_unet, optimizer, rng, synthetic_prompt_embeds(cfg, seed))
+
+
+@torch.no_grad()
+def init_from_data(state: TrainState, data, crops: int = 48) -> Dict[str, float]:
+    """Start the VAE as the best rank-``latent_channels`` linear autoencoder of blocks, from training data.
+
+    On ``crops`` random training pairs (their own generator, seeded from the run's seed), fit the linear
+    least-squares map from each 8x8 block of the upscaled input U to the same block of the original,
+    and keep its top principal directions (reduced-rank regression): the patch shortcuts get those, and
+    the deep paths' last layers (the mean half of quant_conv, the decoder's conv_out) start at zero, so
+    the first output is that linear prediction. Returns its PSNR on the fitting data.
+    """
+    shortcuts = state.vae.shortcuts
+    if shortcuts is None:
+        return {}
+    rng = np.random.Generator(np.random.PCG64(state.seed + 7919))
+    hr, up = make_batch(data, rng, crops)
+    f = shortcuts.factor
+    to_blocks = lambda x: F.pixel_unshuffle(x, f).permute(0, 2, 3, 1).reshape(-1, x.shape[1] * f * f)  # noqa: E731
+    u, h = to_blocks(up).double(), to_blocks(hr).double()
+    u_mean, h_mean = u.mean(0), h.mean(0)
+    full = torch.linalg.lstsq(u - u_mean, h - h_mean).solution  # [192, 192]
+    fitted = (u - u_mean) @ full
+    rank = shortcuts.encode_proj.out_channels
+    directions = torch.linalg.svd(fitted, full_matrices=False).Vh[:rank].T  # [192, rank]
+    encode = full @ directions  # block of U -> latent
+    shortcuts.encode_proj.weight.copy_(encode.T.reshape(rank, -1, 1, 1).float())
+    shortcuts.encode_proj.bias.copy_((-u_mean @ encode).float())
+    shortcuts.decode_proj.weight.copy_(directions.reshape(-1, rank, 1, 1).float())
+    shortcuts.decode_proj.bias.copy_(h_mean.float())
+    latent_channels = rank
+    state.vae.quant_conv.weight[:latent_channels].zero_()
+    state.vae.quant_conv.bias[:latent_channels].zero_()
+    state.vae.quant_conv.bias[latent_channels:].fill_(-8.0)  # log-variance below the -6 penalty from the start
+    torch.nn.init.zeros_(state.vae.decoder.conv_out.weight)
+    torch.nn.init.zeros_(state.vae.decoder.conv_out.bias)
+    for ema, model in ((state.ema_vae, state.vae), (state.ema_unet, state.unet)):
+        ema.load_state_dict(model.state_dict())
+    predicted = ((u - u_mean) @ encode) @ directions.T + h_mean
+    mse = float(((predicted.clamp(-1, 1) - h) ** 2).mean()) / 4.0  # [-1,1] -> [0,1]
+    bicubic_mse = float(((u - h) ** 2).mean()) / 4.0
+    return {"linear_psnr": 10 * math.log10(1 / mse), "bicubic_psnr": 10 * math.log10(1 / bicubic_mse)}
 
 
 def save_checkpoint(state: TrainState, path: Path, recipe: Dict) -> None:
@@ -278,7 +326,8 @@ def models_from_checkpoint(path: Path, ema: bool = True) -> TadsrModels:
     )
 
 
-def export_checkpoint(path: Path, out: Path, name: Optional[str] = None, verify: bool = True) -> Dict:
+def export_checkpoint(path: Path, out: Path, name: Optional[str] = None, verify: bool = True,
+                      measure_memory: bool = True, precision: str = "fp32") -> Dict:
     from .bundle import export_bundle
     from .manifest import read_manifest, write_manifest
 
@@ -289,7 +338,8 @@ def export_checkpoint(path: Path, out: Path, name: Optional[str] = None, verify:
                    "weights": "ema"})
     models = models_from_checkpoint(path)
     out = Path(out)
-    export_bundle(models, out, precision="fp32", name=name or blob["config"], verify=verify)
+    export_bundle(models, out, precision=precision, name=name or blob["config"], verify=verify,
+                  measure_memory=measure_memory)
     manifest = read_manifest(out)
     manifest["provenance"]["training"] = json.dumps(recipe, sort_keys=True)
     write_manifest(out, manifest)
@@ -334,6 +384,9 @@ def main(argv=None) -> int:
     parser.add_argument("--t-min", type=int, default=1)
     parser.add_argument("--t-max", type=int, default=999)
     parser.add_argument("--edge-weight", type=float, default=0.5)
+    parser.add_argument("--clean-prob", type=float, default=0.5,
+                        help="share of LR inputs made by a clean bicubic downscale instead of the "
+                             "real-world degradations (default 0.5)")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--log-every", type=int, default=10)
@@ -341,12 +394,17 @@ def main(argv=None) -> int:
     parser.add_argument("--export-to", default="models/nano", help="bundle folder written at the end")
     parser.add_argument("--no-export", action="store_true")
     parser.add_argument("--no-verify", action="store_true", help="skip the export's ONNX Runtime check")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the export's memory measurement (the manifest's memory)")
     parser.add_argument("--export-only", metavar="CHECKPOINT", help="export this checkpoint and exit")
+    parser.add_argument("--precision", choices=["fp32", "fp16"], default="fp32",
+                        help="float type of the exported graphs (default fp32)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(max(1, args.threads))
     if args.export_only:
-        export_checkpoint(Path(args.export_only), Path(args.export_to), verify=not args.no_verify)
+        export_checkpoint(Path(args.export_only), Path(args.export_to), verify=not args.no_verify,
+                          measure_memory=not args.no_memory, precision=args.precision)
         return 0
 
     if args.crop % 8 or args.crop < 16:
@@ -368,12 +426,22 @@ def main(argv=None) -> int:
 
         if not (photos / "sources.json").is_file():
             parser.error(f"{photos}/sources.json not found: run scripts/gather_photos.sh first (or --random-data)")
-        data = PhotoCrops(split_files(photos, "train"), args.crop)
+        data = PhotoCrops(split_files(photos, "train"), args.crop, args.clean_prob)
     recipe = {"crop": args.crop, "batch": args.batch, "lr": args.lr, "warmup": args.warmup, "steps": args.steps,
               "t_range": [args.t_min, args.t_max], "edge_weight": args.edge_weight, "ema": args.ema,
+              "clean_prob": args.clean_prob,
+              "model": {"vae": get_config(args.config).vae,
+                        "unet_blocks": get_config(args.config).unet["block_out_channels"]},
+              "init": "patch shortcuts from a reduced-rank regression of 8x8 blocks (init_from_data); "
+                      "deep paths' last layers and the UNet's conv_out at zero",
               "loss": "L1 + edge_weight * L1(finite differences) + 1e-3 * relu(logvar + 6), in [-1, 1]",
               "optimizer": "AdamW(0.9, 0.99), grad clip 1.0, warmup then cosine to 10% when --steps is given",
               "threads": args.threads, "data": data_recipe(photos)}
+    if state.step == 0:
+        fit = init_from_data(state, data)
+        if fit:
+            print(f"linear start (patch shortcuts from {48} crops): {fit['linear_psnr']:.2f} dB against the "
+                  f"originals; the upscaled inputs: {fit['bicubic_psnr']:.2f} dB", flush=True)
     n_params = sum(p.numel() for p in state.vae.parameters()) + sum(p.numel() for p in state.unet.parameters())
     print(f"{args.config}: {n_params / 1e6:.2f} M parameters; data: "
           f"{'random' if photos is None else f'{len(data.images)} photos, {data.megapixels:.1f} MP'}; "
@@ -445,7 +513,8 @@ def main(argv=None) -> int:
         print(f"interrupted: run the same command to resume, or --export-only {ckpt}", flush=True)
         return 130
     if not args.no_export:
-        export_checkpoint(ckpt, Path(args.export_to), verify=not args.no_verify)
+        export_checkpoint(ckpt, Path(args.export_to), verify=not args.no_verify,
+                          measure_memory=not args.no_memory, precision=args.precision)
     return 0
 
 

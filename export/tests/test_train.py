@@ -10,16 +10,66 @@ import torch
 from PIL import Image
 
 from export import train as T
-from export.model import alphas_cumprod, get_config
+from export.model import TimeAwareAutoencoderKL, alphas_cumprod, get_config
 
 
-def test_nano_config_has_8_latent_channels():
+def test_nano_config_has_16_latent_channels_and_our_two_vae_additions():
     cfg = get_config("nano")
-    assert cfg.latent_channels == 8
-    assert cfg.unet["in_channels"] == cfg.unet["out_channels"] == 8
-    # the committed configs are untouched
-    assert get_config("tiny").latent_channels == 4 and get_config("tiny").unet["in_channels"] == 4
-    assert get_config("sd21").latent_channels == 4
+    assert cfg.latent_channels == 16
+    assert cfg.unet["in_channels"] == cfg.unet["out_channels"] == 16
+    assert cfg.vae["latent_time_scale"] and cfg.vae["patch_shortcuts"]
+    # the committed configs are untouched (the authors' time_vae has neither addition)
+    for name in ("tiny", "sd21"):
+        assert get_config(name).latent_channels == 4 and get_config(name).unet["in_channels"] == 4
+        assert "latent_time_scale" not in get_config(name).vae and "patch_shortcuts" not in get_config(name).vae
+
+
+def _tiny_vae(**extras) -> TimeAwareAutoencoderKL:
+    torch.manual_seed(0)
+    return TimeAwareAutoencoderKL(**{**get_config("tiny").vae, **extras}).eval()
+
+
+def test_latent_time_scale_multiplies_the_mean_by_sqrt_alphas_cumprod():
+    plain, scaled = _tiny_vae(), _tiny_vae(latent_time_scale=True)
+    scaled.load_state_dict(plain.state_dict())  # no new parameters
+    image = torch.rand(1, 3, 32, 48) * 2 - 1
+    acp = alphas_cumprod()
+    with torch.no_grad():
+        for t in (1, 500, 999):
+            mean, logvar = plain.encode_moments(image, torch.tensor([t]))
+            mean_t, logvar_t = scaled.encode_moments(image, torch.tensor([t]))
+            torch.testing.assert_close(mean_t, mean * acp[t].sqrt(), rtol=1e-6, atol=1e-7)
+            torch.testing.assert_close(logvar_t, logvar)
+
+
+def test_patch_shortcuts_are_local_to_8x8_blocks():
+    """Tiles aligned to latent cells see exactly what the whole image does (both directions)."""
+    vae = _tiny_vae(patch_shortcuts=True)
+    image = torch.rand(1, 3, 48, 64) * 2 - 1
+    with torch.no_grad():
+        whole = vae.shortcuts.encode(image)
+        part = vae.shortcuts.encode(image[..., 16:40, 8:56])
+        torch.testing.assert_close(part, whole[..., 2:5, 1:7])
+        latent = torch.randn(1, 4, 6, 8)
+        torch.testing.assert_close(vae.shortcuts.decode(latent[..., 1:4, 2:6]),
+                                   vae.shortcuts.decode(latent)[..., 8:32, 16:48])
+
+
+def test_init_from_data_starts_at_the_linear_block_prediction():
+    torch.set_num_threads(1)
+    state = T.new_state("nano", seed=1, lr=1e-3)
+    fit = T.init_from_data(state, T.RandomCrops(32), crops=8)
+    assert math.isfinite(fit["linear_psnr"]) and math.isfinite(fit["bicubic_psnr"])
+    _, up = T.make_batch(T.RandomCrops(32), np.random.default_rng(5), 2)
+    shortcuts = state.vae.shortcuts
+    with torch.no_grad():
+        y, _ = T.one_step(state.vae, state.unet, alphas_cumprod(), up, torch.tensor([10, 900]), state.embeds)
+        linear = shortcuts.decode(shortcuts.encode(up))
+    # deep paths and the UNet's output start at zero: the whole pipeline is the linear map, at every t
+    torch.testing.assert_close(y, linear, rtol=1e-4, atol=1e-4)
+    for ema, model in ((state.ema_vae, state.vae), (state.ema_unet, state.unet)):
+        for a, b in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+            assert torch.equal(a, b)
 
 
 def test_one_step_is_the_reference_path(tiny_models):
