@@ -41,6 +41,8 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tiled-vae", action="store_true",
                         help="leave out vae_encoder/tiled.onnx and vae_decoder/tiled.onnx (the VAE with shared "
                              "GroupNorm statistics; without them tiled runs normalize each tile by itself)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip measuring each graph's memory (the manifest's memory, used by --tile auto)")
     args = parser.parse_args(argv)
 
     import torch
@@ -77,7 +79,8 @@ def main(argv=None) -> int:
     from .bundle import export_bundle
 
     export_bundle(models, Path(args.out), precision=args.precision, name=name, text_encoder=args.text_encoder,
-                  verify=not args.no_verify, tiled_vae=not args.no_tiled_vae)
+                  verify=not args.no_verify, tiled_vae=not args.no_tiled_vae,
+                  measure_memory=not args.no_memory)
     if args.golden:
         from .golden import write_golden
 

@@ -55,11 +55,13 @@ def _graph_module(models: TadsrModels, component: str, dtype: torch.dtype):
 
 def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name: Optional[str] = None,
                   text_encoder: bool = False, verify: bool = True, quiet: bool = False,
-                  tiled_vae: bool = True) -> Dict:
+                  tiled_vae: bool = True, measure_memory: bool = True) -> Dict:
     """Export the graphs, the prompt embedding and the manifest into ``out``. Returns the manifest.
 
     ``tiled_vae``: also write the optional VAE graphs with shared GroupNorm
     statistics (vae_encoder/tiled.onnx, vae_decoder/tiled.onnx) for tiled runs.
+    ``measure_memory``: measure each graph's memory with ONNX Runtime and record
+    it in the manifest's ``memory`` (export/memory.py; a few seconds for tiny).
     """
     if precision not in FLOAT_DTYPES:
         raise ValueError(f"precision must be one of {sorted(FLOAT_DTYPES)}, not {precision!r}")
@@ -127,6 +129,14 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
         errors = verify_against_torch(models, out, precision)
         for comp, err in errors.items():
             _log(f"  check {comp}: max abs error vs PyTorch {err:.2e}", quiet)
+    if measure_memory:
+        from .memory import memory_lines, record_bundle_memory
+
+        started = time.time()
+        manifest["memory"] = record_bundle_memory(out, quiet=True)
+        for line in memory_lines(manifest["memory"]):
+            _log(f"  memory {line}", quiet)
+        _log(f"  memory measured in {time.time() - started:.1f} s", quiet)
     return manifest
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -115,10 +116,15 @@ def validate_manifest(manifest: Dict) -> None:
 
 
 def write_manifest(bundle: Path, manifest: Dict) -> Path:
-    """Writes ``BUNDLE/manifest.json`` after checking it against the schema (nothing is written if it fails)."""
+    """Writes ``BUNDLE/manifest.json`` after checking it against the schema (nothing is written if it fails).
+
+    Atomically: a reader sees the old file or the new one, never a part of it.
+    """
     validate_manifest(manifest)
     path = Path(bundle) / MANIFEST_NAME
-    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 

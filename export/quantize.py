@@ -117,8 +117,13 @@ def quantize_graph(src: Path, dst: Path, feeds: List[Dict[str, np.ndarray]], kee
 
 def quantize_bundle(bundle: Path, out: Path, calibration_images: Sequence[Path],
                     components: Sequence[str] = COMPONENTS, keep_fp32: Optional[str] = None,
-                    timesteps: Sequence[int] = (500,), threads: int = 2, quiet: bool = False) -> Dict:
-    """Write ``out``: ``bundle`` with the chosen graphs int8-quantized. Returns the new manifest."""
+                    timesteps: Sequence[int] = (500,), threads: int = 2, quiet: bool = False,
+                    measure_memory: bool = True) -> Dict:
+    """Write ``out``: ``bundle`` with the chosen graphs int8-quantized. Returns the new manifest.
+
+    The fp32 bundle's ``memory`` figures do not hold for the int8 graphs: they are left out, and
+    measured afresh when ``measure_memory`` (export/memory.py).
+    """
     bundle, out = Path(bundle), Path(out)
     manifest = read_manifest(bundle)
     if manifest["precision"] != "fp32":
@@ -139,6 +144,7 @@ def quantize_bundle(bundle: Path, out: Path, calibration_images: Sequence[Path],
         shutil.rmtree(out)
     out.mkdir(parents=True)
     new = json.loads(json.dumps(manifest))
+    new.pop("memory", None)
     info = {"method": "onnxruntime.quantization static QDQ, per-channel int8 weights, uint8 activations, MinMax",
             "keep_fp32": keep_fp32, "timesteps": [int(t) for t in timesteps],
             "calibration_images": [Path(p).name for p in calibration_images], "components": {}}
@@ -182,6 +188,13 @@ def quantize_bundle(bundle: Path, out: Path, calibration_images: Sequence[Path],
     new["name"] = f"{manifest['name']}-int8"
     new["quantization"] = info
     write_manifest(out, new)
+    if measure_memory:
+        from .memory import memory_lines, record_bundle_memory
+
+        new["memory"] = record_bundle_memory(out, quiet=True)
+        if not quiet:
+            for line in memory_lines(new["memory"]):
+                print(f"  memory {line}", flush=True)
     return new
 
 
@@ -203,6 +216,8 @@ def main(argv=None) -> int:
     parser.add_argument("--keep-fp32", help="regex of Conv node names to keep in float, e.g. 'upsamplers|conv_out'")
     parser.add_argument("--timesteps", default="500", help="comma-separated calibration timesteps (default 500)")
     parser.add_argument("--report", help="image to measure PSNR of the result against the fp32 bundle on")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip measuring the new graphs' memory (the manifest's memory, used by --tile auto)")
     args = parser.parse_args(argv)
 
     src = Path(args.calibration_images)
@@ -212,7 +227,8 @@ def main(argv=None) -> int:
     if unknown:
         parser.error(f"unknown components {sorted(unknown)}; choose from {COMPONENTS}")
     timesteps = [int(t) for t in args.timesteps.split(",")]
-    quantize_bundle(Path(args.bundle), Path(args.out), images, components, args.keep_fp32, timesteps)
+    quantize_bundle(Path(args.bundle), Path(args.out), images, components, args.keep_fp32, timesteps,
+                    measure_memory=not args.no_memory)
     if args.report:
         x = calibration_inputs([Path(args.report)])[0]
         print(f"PSNR vs fp32 on {args.report}: {compare(Path(args.bundle), Path(args.out), x):.2f} dB", flush=True)

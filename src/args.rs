@@ -22,6 +22,31 @@ pub fn usable_cpus() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
+/// `--tile`: `auto` (tile only when the image does not fit the memory
+/// budget) or a side in pixels (0: no tiling).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileArg {
+    Auto,
+    Px(u32),
+}
+
+fn parse_tile(text: &str) -> Result<TileArg, String> {
+    if text.eq_ignore_ascii_case("auto") {
+        return Ok(TileArg::Auto);
+    }
+    let side: u32 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is neither auto nor a whole number of pixels"))?;
+    if side > MAX_TILE {
+        return Err(format!("{side} is over the largest tile, {MAX_TILE}"));
+    }
+    Ok(TileArg::Px(side))
+}
+
+fn parse_max_memory(text: &str) -> Result<u64, String> {
+    tadsr_edge::system_memory::parse_size(text)
+}
+
 /// `--threads`: 0 (one per core) up to [`THREADS_PER_CPU`] x the usable CPUs.
 fn parse_threads(text: &str) -> Result<usize, String> {
     let threads: usize = text
@@ -200,7 +225,7 @@ pub struct RunArgs {
     /// Output file (one input) or folder (created if missing).
     #[arg(short = 'o', long = "output", value_name = "OUT")]
     pub output: PathBuf,
-    /// Model bundle folder [default: models/tadsr if present, else models/tiny].
+    /// Model bundle folder [default: models/tadsr if present, else models/nano, else models/tiny].
     #[arg(long, short = 'm', value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Timestep(s) 0..999 (the bundle's schedule): small = faithful, large = more generated detail. Several give several outputs.
@@ -217,9 +242,12 @@ pub struct RunArgs {
     /// Inputs whose short side is below process-size/upscale are enlarged first; 0 = off, at most 8192 [default: the bundle's, 512].
     #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_PROCESS_SIZE as i64))]
     pub process_size: Option<u32>,
-    /// Largest tile side in output pixels (0, or a multiple of 8 from 64 to 16384); 0 = no tiling. Tiles are balanced: the fewest that cover the image, all of one shape.
-    #[arg(long, default_value_t = 512, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
-    pub tile: u32,
+    /// auto: no tiles when the image fits the memory budget (--max-memory, else what the machine has free), else the largest tile that fits. Or a tile side in output pixels (0 = no tiling; a multiple of 8 from 64 to 16384). Tiles are balanced: the fewest that cover the image, all of one shape.
+    #[arg(long, default_value = "auto", value_name = "auto|PX", value_parser = parse_tile)]
+    pub tile: TileArg,
+    /// Memory a run may plan for with --tile auto, e.g. 6G or 800M [default: the machine's available memory less 10%, or 80% of the GPU's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_memory)]
+    pub max_memory: Option<u64>,
     /// Overlap between tiles in output pixels (multiple of 8, at most half the tile).
     #[arg(long, default_value_t = 64, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
     pub tile_overlap: u32,
@@ -277,7 +305,7 @@ pub enum ProviderArg {
 
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Model bundle folder [default: models/tadsr if present, else models/tiny].
+    /// Model bundle folder [default: models/tadsr if present, else models/nano, else models/tiny].
     #[arg(long, short = 'm', value_name = "DIR")]
     pub model: Option<PathBuf>,
     /// Output side in pixels (the input is size/upscale, square).

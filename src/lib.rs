@@ -18,6 +18,8 @@ pub mod pipeline;
 pub mod runtime;
 pub mod schedule;
 pub mod stats;
+pub mod system_memory;
+pub mod tile_budget;
 pub mod tiling;
 
 pub use error::{Error, Result};

@@ -36,7 +36,8 @@ def fresh_tiny_bundle(tmp_path_factory, tiny_models):
     from export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("tiny_fp32")
-    export_bundle(tiny_models, out, precision="fp32", name="tiny", verify=False, quiet=True)
+    export_bundle(tiny_models, out, precision="fp32", name="tiny", verify=False, quiet=True,
+                  measure_memory=False)
     return out
 
 
@@ -45,7 +46,8 @@ def fresh_tiny_fp16_bundle(tmp_path_factory, tiny_models):
     from export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("tiny_fp16")
-    export_bundle(tiny_models, out, precision="fp16", name="tiny-fp16", verify=False, quiet=True)
+    export_bundle(tiny_models, out, precision="fp16", name="tiny-fp16", verify=False, quiet=True,
+                  measure_memory=False)
     return out
 
 

@@ -31,7 +31,8 @@ def text_bundle(text_models, tmp_path_factory):
     from export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp("bundle_text")
-    export_bundle(text_models, out, precision="fp32", text_encoder=True, verify=False, quiet=True)
+    export_bundle(text_models, out, precision="fp32", text_encoder=True, verify=False, quiet=True,
+                  measure_memory=False)
     return out
 
 

@@ -235,6 +235,29 @@ pub struct PromptSpec {
     pub text: Option<String>,
 }
 
+/// One graph's measured memory (`memory.components.<name>`): the bytes its
+/// session holds once created (`weights_bytes`), and the peak bytes more
+/// while it runs on an image of `pixels` (upscaled) pixels, measured at a
+/// few sizes (`activations`: `[pixels, bytes]` pairs, pixels increasing).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StageMemory {
+    pub weights_bytes: u64,
+    pub activations: Vec<(u64, u64)>,
+}
+
+/// `memory`: what the exporter measured (export/memory.py), used by
+/// `--tile auto`.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct MemoryFigures {
+    pub measured_with: String,
+    #[serde(default)]
+    pub output_sides_px: Vec<u32>,
+    #[serde(default)]
+    pub import_bytes: u64,
+    pub components: BTreeMap<String, StageMemory>,
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Manifest {
@@ -254,4 +277,7 @@ pub struct Manifest {
     pub prompt: PromptSpec,
     #[serde(default)]
     pub provenance: serde_json::Value,
+    /// Measured memory of the graphs; None in bundles exported before it.
+    #[serde(default)]
+    pub memory: Option<MemoryFigures>,
 }

@@ -7,6 +7,7 @@ pub mod golden;
 pub mod info;
 pub mod run;
 pub mod signals;
+pub mod tile_policy;
 
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -67,12 +68,11 @@ pub fn escape_controls(text: &str) -> String {
 
 /// The model folder when `--model` is not given.
 pub fn default_model_dir() -> PathBuf {
-    let real = PathBuf::from("models/tadsr");
-    if real.join("manifest.json").is_file() {
-        real
-    } else {
-        PathBuf::from("models/tiny")
-    }
+    ["models/tadsr", "models/nano"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|dir| dir.join("manifest.json").is_file())
+        .unwrap_or_else(|| PathBuf::from("models/tiny"))
 }
 
 /// `--provider` as the library's choice.

@@ -10,6 +10,7 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use tadsr_edge::bundle::{Bundle, Manifest};
 use tadsr_edge::image::io::{self as image_io, InputLimits};
 use tadsr_edge::image::size_plan;
 use tadsr_edge::image::write;
@@ -21,8 +22,9 @@ use tadsr_edge::runtime::Provider;
 use tadsr_edge::Error;
 
 use super::signals::{install_signal_handlers, interrupted, INTERRUPTED};
+use super::tile_policy::TilePolicy;
 use super::{default_model_dir, escape_controls, print_line, provider_choice, ExitNow, Outcome};
-use crate::args::{ColorFixArg, ProviderArg, RunArgs, TilingArg, MAX_PROCESS_SIZE};
+use crate::args::{ColorFixArg, ProviderArg, RunArgs, TileArg, TilingArg, MAX_PROCESS_SIZE};
 
 fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
     let mut options = RunOptions::from_bundle(pipeline.bundle());
@@ -35,7 +37,11 @@ fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
     if let Some(process_size) = args.process_size {
         options.process_size = process_size;
     }
-    options.tile_px = args.tile;
+    // per image under --tile auto (see TilePolicy)
+    options.tile_px = match args.tile {
+        TileArg::Px(side) => side,
+        TileArg::Auto => 0,
+    };
     options.tile_overlap_px = args.tile_overlap;
     options.tiling = tiling_mode(args.tiling);
     if let Some(color_fix) = args.color_fix {
@@ -106,6 +112,26 @@ fn largest_model_side(jobs: &[(PathBuf, Vec<PathBuf>)], args: &RunArgs) -> u32 {
         .map(|plan| plan.model.0.max(plan.model.1))
         .max()
         .unwrap_or(0)
+}
+
+/// The size of the largest image (by pixels) the run will send the
+/// networks, from the inputs' headers, with the bundle's defaults where the
+/// command line gives none; None when no header is readable.
+fn largest_model_size(
+    jobs: &[(PathBuf, Vec<PathBuf>)],
+    args: &RunArgs,
+    manifest: Option<&Manifest>,
+) -> Option<(u32, u32)> {
+    let defaults = manifest.map(|m| (m.defaults.upscale, m.defaults.process_size));
+    let (upscale, process_size) = (
+        args.upscale.or(defaults.map(|d| d.0)).unwrap_or(4),
+        args.process_size.or(defaults.map(|d| d.1)).unwrap_or(512),
+    );
+    jobs.iter()
+        .filter_map(|(input, _)| image::image_dimensions(input).ok())
+        .filter_map(|(w, h)| size_plan::plan_sizes(w, h, upscale, process_size).ok())
+        .map(|plan| plan.model)
+        .max_by_key(|(w, h)| u64::from(*w) * u64::from(*h))
 }
 
 /// A path as it goes into a `--json` line: the name itself when it is
@@ -257,8 +283,17 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     args.gpu.apply(&mut config);
     config.threads = args.threads;
     config.prompt_embeds = args.prompt_embeds.clone();
+    // The manifest alone (cheap) for --tile auto's memory figures; a bundle
+    // that cannot be read fails in Pipeline::load with its own message.
+    let manifest = Bundle::open_with(&model_dir, false)
+        .ok()
+        .map(|bundle| bundle.manifest().clone());
+    let tiling = tiling_mode(args.tiling);
+    let mut tile_policy = TilePolicy::new(args.tile, args.max_memory, manifest.as_ref(), tiling);
+    let engine_decision = largest_model_size(&jobs, args, manifest.as_ref())
+        .map(|(width, height)| tile_policy.for_image(width, height));
     config.shapes = ShapeHint {
-        tile_px: args.tile,
+        tile_px: engine_decision.as_ref().map_or(0, |d| d.tile_px),
         tiling: tiling_mode(args.tiling),
         largest_side_px: match args.provider {
             ProviderArg::Auto | ProviderArg::Tensorrt => largest_model_side(&jobs, args),
@@ -272,6 +307,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let mut pipeline = Pipeline::load(&config)?;
     pipeline.set_cancel_flag(&INTERRUPTED);
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    tile_policy.after_load(&pipeline, args.gpu.device.unwrap_or(0), engine_decision);
     check_bundle_defaults(args, &pipeline)?;
     let options = run_options(args, &pipeline);
     // Options are checked once, before any work, as usage errors.
@@ -325,6 +361,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         inputs.iter().filter_map(|i| naming::inode(i)).collect();
     let mut written: std::collections::HashMap<(u64, u64), PathBuf> = Default::default();
     let show_bars = !args.quiet && std::io::stderr().is_terminal();
+    let mut last_tile_note = String::new();
     let total = jobs.len();
     for (index, (input, output_paths)) in jobs.iter().enumerate() {
         if INTERRUPTED.load(Ordering::SeqCst) {
@@ -347,8 +384,25 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         }
         let image = decoded.image;
         let read_ms = read_start.elapsed().as_secs_f64() * 1e3;
+        let (model_w, model_h) = size_plan::plan_sizes(
+            image.width,
+            image.height,
+            options.upscale,
+            options.process_size,
+        )
+        .map_or((image.width, image.height), |plan| plan.model);
+        let tile = tile_policy.for_image(model_w, model_h);
+        if tile_policy.is_auto() && !args.quiet {
+            let note = tile.describe();
+            if note != last_tile_note {
+                eprintln!("tiling: {note}");
+                last_tile_note = note;
+            }
+        }
+        let mut image_options = options.clone();
+        image_options.tile_px = tile.tile_px;
         let bar = TileBar::new(show_bars, &shown_os(input.file_name().unwrap_or_default()));
-        let result = pipeline.upscale(&image, &options, &bar);
+        let result = pipeline.upscale(&image, &image_options, &bar);
         bar.finish();
         let outputs = match result {
             Ok(outputs) => outputs,
@@ -410,6 +464,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
                     "output_size": [upscaled.image.width(), upscaled.image.height()],
                     "timestep": upscaled.timestep,
                     "provider": providers,
+                    "tile": tile,
                     "ms": ms,
                 }))?;
             } else if !args.quiet {

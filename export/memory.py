@@ -1,0 +1,280 @@
+"""Measure how much memory each graph of a bundle needs, and record it in its manifest.
+
+    python -m export.memory --bundle DIR [--sides 256,512,768] [--dry-run]
+
+For each of vae_encoder, unet and vae_decoder, and each output side S of
+``--sides`` (two or more increasing multiples of 8; a square S x S image, so an
+S/8 x S/8 latent), one fresh Python process imports numpy and onnxruntime,
+creates an InferenceSession (CPUExecutionProvider, 1 intra-op thread,
+ORT_ENABLE_ALL, arena on) and reads its peak RSS (Linux: ``VmHWM``, see
+``_peak_rss``; elsewhere ``ru_maxrss``): ``created_peak(S)``; it then runs the
+graph once on seeded random inputs of that size and reads the peak again:
+``run_peak(S)``. One more process only imports numpy and onnxruntime:
+``import_peak``. With sides S1 < S2 < ... each component gets
+
+    weights_bytes = max(0, created_peak(S1) - import_peak)
+    activations   = [[S1*S1, max(0, run_peak(S1) - created_peak(S1))],
+                     [S2*S2, max(0, run_peak(S2) - created_peak(S2))], ...]
+
+that is the measured points [pixels, bytes] themselves (integers, pixels
+strictly increasing), not a fit: self-attention over the latent (the VAE's mid
+block, the UNet's transformer blocks) makes activation memory grow faster than
+the pixel count (models/tiny's decoder, run peak at 256/384/512/768/1024 px:
+112/151/222/803/2306 MB), so a straight line through two sides underestimates
+beyond them. "Pixels" are those of the S x S image the pipeline processes (the
+upscaled image), for all three graphs, the UNet's (S/8)^2 latent included.
+
+The figures land in the manifest under ``memory`` (``measured_with``,
+``output_sides_px``: the sides, ``import_bytes``: import_peak, ``components``;
+docs/bundle-format.md). The runtime's ``--tile auto`` reads them: for an image
+(or tile) of P pixels it interpolates each graph's activation bytes linearly
+between the points, takes the first point's bytes below the first point, and
+beyond the last point scales the last point's bytes by (P / P_last)^2
+(attention's quadratic growth; conservative); it sums the three graphs (ONNX
+Runtime's CPU arena keeps each session's peak), adds their weights_bytes and
+62 bytes per pixel of pipeline buffers, and compares that with the memory
+budget. ``--dry-run`` prints the figures only.
+
+The probe processes run ``python -m export.memory --probe ...``; this module
+imports only the standard library at the top, so that they hold numpy and
+onnxruntime and nothing else of note.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+MAIN_COMPONENTS = ("vae_encoder", "unet", "vae_decoder")
+DEFAULT_SIDES = (256, 512, 768)
+VAE_SCALE = 8
+SEED = 0
+TIMESTEP = 500
+PROBE_TIMEOUT_S = 1800
+REPO = Path(__file__).resolve().parent.parent
+MEASURED_WITH = ("onnxruntime {version}, CPUExecutionProvider, 1 intra-op thread, ORT_ENABLE_ALL; "
+                 "peak RSS ({rss}) of one process per measurement")
+
+
+# ---------------------------------------------------------------------------
+# The probe (runs in its own process)
+# ---------------------------------------------------------------------------
+
+
+def _peak_rss() -> tuple:
+    """(peak resident set size of this process in bytes, where it was read).
+
+    Linux: ``VmHWM`` of /proc/self/status, the high-water mark of this process's own address space.
+    Not ``ru_maxrss`` there: Linux carries the parent's resident size over fork and exec into the
+    child's ``ru_maxrss``, so a probe started from a big process (seen: ~980 MB, a pytest run
+    holding PyTorch and the tiny model) reads the parent's size, not its own. In a process started
+    from a small one the two agree (49.4 vs 49.3 MB after importing numpy and onnxruntime).
+    Elsewhere ``ru_maxrss`` (bytes on macOS).
+    """
+    try:
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024, "VmHWM"  # kB
+    except OSError:
+        pass
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (int(peak) if sys.platform == "darwin" else int(peak) * 1024), "ru_maxrss"
+
+
+def _probe(spec: Optional[Dict]) -> Dict:
+    """In a fresh process: import numpy and onnxruntime; with ``spec``, create a session and run it once."""
+    import numpy as np
+    import onnxruntime as ort
+
+    peak, source = _peak_rss()
+    result = {"onnxruntime": ort.__version__, "rss": source, "import_peak": peak}
+    if spec is None:
+        return result
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(spec["file"], sess_options=opts, providers=["CPUExecutionProvider"])
+    result["created_peak"] = _peak_rss()[0]
+    rng = np.random.default_rng(spec.get("seed", SEED))
+    feeds = {}
+    for port in spec["inputs"]:
+        shape, dtype = port["shape"], np.dtype(port["dtype"])
+        if dtype.kind == "i":
+            feeds[port["name"]] = np.full(shape, spec.get("timestep", TIMESTEP), dtype=dtype)
+        elif port["name"] == "image":
+            feeds[port["name"]] = rng.uniform(-1.0, 1.0, size=shape).astype(dtype)
+        else:
+            feeds[port["name"]] = rng.standard_normal(size=shape).astype(dtype)
+    started = time.perf_counter()
+    session.run(None, feeds)
+    result["run_seconds"] = time.perf_counter() - started
+    result["run_peak"] = _peak_rss()[0]
+    return result
+
+
+# ---------------------------------------------------------------------------
+# Driving the probes
+# ---------------------------------------------------------------------------
+
+
+def concrete_shape(shape: Sequence, side: int) -> List[int]:
+    """A port's manifest shape with its named axes set for one S x S image (batch 1)."""
+    named = {"batch": 1, "height": side, "width": side,
+             "latent_height": side // VAE_SCALE, "latent_width": side // VAE_SCALE}
+    out = []
+    for dim in shape:
+        if isinstance(dim, int):
+            out.append(dim)
+        elif dim in named:
+            out.append(named[dim])
+        else:
+            raise ValueError(f"unknown axis {dim!r} in shape {list(shape)}")
+    return out
+
+
+def _run_probe(spec: Optional[Dict]) -> Dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = "1"
+    cmd = [sys.executable, "-m", "export.memory", "--probe", json.dumps(spec)]
+    proc = subprocess.run(cmd, cwd=str(REPO), env=env, capture_output=True, text=True, timeout=PROBE_TIMEOUT_S)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        what = "import" if spec is None else f"{Path(spec['file']).name} at {spec['side']} px"
+        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise RuntimeError(f"memory probe ({what}) failed with exit code {proc.returncode}: {tail}")
+    return json.loads(lines[-1])
+
+
+def probe_component(bundle: Path, entry: Dict, side: int) -> Dict:
+    """created_peak and run_peak (bytes) of one graph of ``bundle`` at an S x S image, in a fresh process."""
+    if side % VAE_SCALE:
+        raise ValueError(f"side must be a multiple of {VAE_SCALE}, not {side}")
+    inputs = [{"name": p["name"], "dtype": p["dtype"], "shape": concrete_shape(p["shape"], side)}
+              for p in entry["inputs"]]
+    return _run_probe({"file": str(Path(bundle) / entry["file"]), "side": side, "seed": SEED,
+                       "timestep": TIMESTEP, "inputs": inputs})
+
+
+def probe_import() -> Dict:
+    return _run_probe(None)
+
+
+def component_figures(import_peak: int, probes: Sequence[Dict], sides: Sequence[int]) -> Dict:
+    """weights_bytes and the activation points [[pixels, bytes], ...] from the probes at ``sides``."""
+    activations = [[side * side, int(max(0, probe["run_peak"] - probe["created_peak"]))]
+                   for side, probe in zip(sides, probes, strict=True)]
+    return {"weights_bytes": int(max(0, probes[0]["created_peak"] - import_peak)), "activations": activations}
+
+
+def _check_sides(sides: Sequence[int]) -> tuple:
+    sides = tuple(int(s) for s in sides)
+    if (len(sides) < 2 or sides[0] <= 0 or any(b <= a for a, b in zip(sides, sides[1:], strict=False))
+            or any(s % VAE_SCALE for s in sides)):
+        raise ValueError(f"sides must be two or more increasing multiples of {VAE_SCALE}, not {list(sides)}")
+    return sides
+
+
+def measure_bundle_memory(bundle: Path, sides: Sequence[int] = DEFAULT_SIDES, quiet: bool = False) -> Dict:
+    """The manifest's ``memory`` object for ``bundle`` (measured, not written)."""
+    from .manifest import read_manifest
+
+    bundle = Path(bundle)
+    sides = _check_sides(sides)
+    manifest = read_manifest(bundle)
+    base = probe_import()
+    components = {}
+    for name in MAIN_COMPONENTS:
+        entry = manifest["components"][name]
+        started = time.time()
+        probes = [probe_component(bundle, entry, side) for side in sides]
+        components[name] = component_figures(base["import_peak"], probes, sides)
+        if not quiet:
+            print(f"  {name}: measured in {time.time() - started:.1f} s", flush=True)
+    return {
+        "measured_with": MEASURED_WITH.format(version=base["onnxruntime"], rss=base["rss"]),
+        "output_sides_px": list(sides),
+        "import_bytes": int(base["import_peak"]),
+        "components": components,
+    }
+
+
+def record_bundle_memory(bundle: Path, sides: Sequence[int] = DEFAULT_SIDES, quiet: bool = False) -> Dict:
+    """Measure ``bundle`` and write the figures into its manifest.json (``memory``). Returns them."""
+    from .manifest import read_manifest, write_manifest
+
+    memory = measure_bundle_memory(bundle, sides, quiet)
+    manifest = read_manifest(bundle)  # read again: nothing else in it changes
+    manifest["memory"] = memory
+    write_manifest(bundle, manifest)
+    return memory
+
+
+def memory_lines(memory: Dict) -> List[str]:
+    """One line per component: weights MB, then the activations MB at each measured side."""
+    return [f"{name}: weights {c['weights_bytes'] / 1e6:.1f} MB; activations "
+            + ", ".join(f"{int(round(p ** 0.5))} px: {b / 1e6:.0f} MB" for p, b in c["activations"])
+            for name, c in memory["components"].items()]
+
+
+# ---------------------------------------------------------------------------
+# CLI
+# ---------------------------------------------------------------------------
+
+
+def _parse_sides(text: str) -> tuple:
+    try:
+        return _check_sides([int(s) for s in text.split(",") if s.strip()])
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def main(argv=None) -> int:
+    if argv is None:
+        argv = sys.argv[1:]
+    if argv[:1] == ["--probe"]:  # internal: one measurement in this fresh process
+        spec = json.loads(argv[1]) if len(argv) > 1 else None
+        print(json.dumps(_probe(spec)), flush=True)
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m export.memory", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bundle", required=True, help="bundle folder (its manifest.json is updated)")
+    parser.add_argument("--sides", type=_parse_sides, default=DEFAULT_SIDES,
+                        help="the output sides in pixels to measure at (default 256,512,768)")
+    parser.add_argument("--dry-run", action="store_true", help="print the figures, leave manifest.json alone")
+    args = parser.parse_args(argv)
+
+    from .manifest import MANIFEST_NAME
+
+    bundle = Path(args.bundle)
+    if not (bundle / MANIFEST_NAME).is_file():
+        print(f"error: {bundle / MANIFEST_NAME} not found (not a bundle folder)", file=sys.stderr)
+        return 2
+    started = time.time()
+    try:
+        if args.dry_run:
+            memory = measure_bundle_memory(bundle, args.sides, quiet=True)
+        else:
+            memory = record_bundle_memory(bundle, args.sides, quiet=True)
+    except (RuntimeError, KeyError, ValueError, subprocess.TimeoutExpired) as err:
+        print(f"error: {err}".splitlines()[0], file=sys.stderr)
+        return 1
+    for line in memory_lines(memory):
+        print(f"  {line}", flush=True)
+    print(f"import {memory['import_bytes'] / 1e6:.1f} MB; measured in {time.time() - started:.1f} s"
+          + ("" if args.dry_run else f"; wrote {bundle / MANIFEST_NAME}"), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

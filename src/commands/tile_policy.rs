@@ -1,0 +1,103 @@
+//! `run --tile`: a fixed side, or `auto` decided per image from the
+//! bundle's measured memory figures and the memory budget (see
+//! `tadsr_edge::tile_budget`).
+
+use tadsr_edge::bundle::Manifest;
+use tadsr_edge::pipeline::{Pipeline, TilingMode};
+use tadsr_edge::runtime::{gpu_info, Provider};
+use tadsr_edge::system_memory;
+use tadsr_edge::tile_budget::{self, Budget, CostModel, TileDecision};
+
+use crate::args::TileArg;
+
+/// How each image's tile is chosen.
+pub struct TilePolicy {
+    requested: Option<u32>,
+    cost: Option<CostModel>,
+    budget: Budget,
+    given_budget: bool,
+    tiling: TilingMode,
+    /// TensorRT engines are built for one tile: the decision for the run's
+    /// largest image, kept for every image.
+    pinned: Option<TileDecision>,
+}
+
+impl TilePolicy {
+    /// Before loading: the host's budget (or `--max-memory`).
+    pub fn new(
+        tile: TileArg,
+        max_memory: Option<u64>,
+        manifest: Option<&Manifest>,
+        tiling: TilingMode,
+    ) -> Self {
+        let budget = match max_memory {
+            Some(bytes) => system_memory::given_budget(bytes),
+            None => system_memory::host_budget().unwrap_or(Budget {
+                bytes: 4 << 30,
+                source: "4 GiB assumed: /proc/meminfo is unreadable".into(),
+            }),
+        };
+        TilePolicy {
+            requested: match tile {
+                TileArg::Auto => None,
+                TileArg::Px(side) => Some(side),
+            },
+            cost: manifest.and_then(|m| CostModel::from_manifest(m.memory.as_ref())),
+            budget,
+            given_budget: max_memory.is_some(),
+            tiling,
+            pinned: None,
+        }
+    }
+
+    pub fn is_auto(&self) -> bool {
+        self.requested.is_none()
+    }
+
+    /// The tile for an image the networks see as `width` x `height`.
+    pub fn for_image(&self, width: u32, height: u32) -> TileDecision {
+        if let Some(side) = self.requested {
+            return TileDecision::requested(side);
+        }
+        if let Some(pinned) = &self.pinned {
+            return pinned.clone();
+        }
+        tile_budget::choose_tile(
+            self.cost.as_ref(),
+            self.tiling,
+            width,
+            height,
+            self.budget.clone(),
+        )
+    }
+
+    /// After loading: stages on a discrete GPU plan with its memory (unless
+    /// `--max-memory` was given); on TensorRT the tile the engines were
+    /// built for (`engine_tile_px`, from [`TilePolicy::for_image`] on the
+    /// largest image before loading) holds for the whole run.
+    pub fn after_load(
+        &mut self,
+        pipeline: &Pipeline,
+        device: u32,
+        engine_decision: Option<TileDecision>,
+    ) {
+        let providers = pipeline.providers();
+        let stages = [providers.vae_encoder, providers.unet, providers.vae_decoder];
+        if stages.contains(&Provider::TensorRt) {
+            self.pinned = engine_decision;
+            return;
+        }
+        if self.given_budget || stages.iter().all(|p| *p == Provider::Cpu) {
+            return;
+        }
+        let gpu = gpu_info::gpu_info(device as i32);
+        // Jetson: the GPU shares the host's memory, which the host budget already is.
+        if gpu.tegra_release.is_some() {
+            return;
+        }
+        if let Some(mib) = gpu.memory_mib {
+            let name = gpu.name.unwrap_or_else(|| format!("GPU {device}"));
+            self.budget = system_memory::device_budget(mib << 20, &name);
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! `--tile auto`: tile only when memory demands it.
+//!
+//! The peak memory of a run is estimated from figures the exporter measured
+//! for each graph of the bundle (`manifest.json` `memory`, see
+//! docs/bundle-format.md: the session's weights and its peak activations at
+//! a few image sizes, from ONNX Runtime's peak RSS) plus what the pipeline
+//! itself holds per pixel of the whole image ([`PIPELINE_BYTES_PER_PIXEL`]).
+//! Between measured sizes the activations are interpolated; beyond the
+//! largest they grow with the square of the pixels (self-attention over
+//! every latent cell holds a cells x cells matrix), which overestimates
+//! rather than under. An image whose untiled estimate fits the
+//! budget runs untiled, exactly as `--tile 0`; otherwise the largest tile
+//! (a multiple of [`TILE_STEP_PX`]) whose estimate fits. Everything here is
+//! pure: the budget comes in as a number (see [`crate::system_memory`]).
+
+use serde::Serialize;
+
+use crate::bundle::{component, MemoryFigures, StageMemory};
+use crate::pipeline::TilingMode;
+
+/// Bytes the pipeline holds per pixel of the (upscaled) image outside the
+/// networks, an upper bound counted from its whole-image buffers alive
+/// while decoding: the model input and the color-fix source as f32 (12 +
+/// 12), the decoder's blended output and its weights (12 + 4), a color-fix
+/// plane set (12), the upscaled 8/16-bit image and the output (up to 6 + 4);
+/// latent-sized buffers (1/64 per channel) left out. Measured on this
+/// project's 2-core machine (`/usr/bin/time -f %M tadsr-edge run --model
+/// models/tiny --tile 256 --threads 1`, noise inputs of 256, 512 and 768
+/// px): peak RSS 278, 348 and 614 MB, i.e. 22 B/px from 1024^2 to 2048^2
+/// outputs and 51 B/px from 2048^2 to 3072^2.
+pub const PIPELINE_BYTES_PER_PIXEL: u64 = 62;
+
+/// Auto tiles are multiples of this (output pixels).
+pub const TILE_STEP_PX: u32 = 64;
+
+/// The smallest tile `--tile auto` chooses.
+pub const MIN_AUTO_TILE_PX: u32 = 256;
+
+/// The tile `--tile auto` takes for a bundle without memory figures (the
+/// former default).
+pub const FALLBACK_TILE_PX: u32 = 512;
+
+/// The measured cost of the three stages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CostModel {
+    pub encoder: StageMemory,
+    pub unet: StageMemory,
+    pub decoder: StageMemory,
+}
+
+impl CostModel {
+    /// The figures of the three main graphs, or None when the manifest has
+    /// none (or lacks one of them).
+    pub fn from_manifest(memory: Option<&MemoryFigures>) -> Option<CostModel> {
+        let figures = &memory?.components;
+        let stage = |name: &str| {
+            figures
+                .get(name)
+                .filter(|s| !s.activations.is_empty())
+                .cloned()
+        };
+        Some(CostModel {
+            encoder: stage(component::VAE_ENCODER)?,
+            unet: stage(component::UNET)?,
+            decoder: stage(component::VAE_DECODER)?,
+        })
+    }
+
+    fn weights(&self) -> u64 {
+        self.encoder.weights_bytes + self.unet.weights_bytes + self.decoder.weights_bytes
+    }
+}
+
+/// A stage's activation bytes on `pixels`: the first measured point's
+/// below it, linear between points, and beyond the last point its bytes
+/// times `(pixels / last)^2`.
+pub fn activations(stage: &StageMemory, pixels: u64) -> u64 {
+    let points = &stage.activations;
+    let Some(&(first_px, first_bytes)) = points.first() else {
+        return 0;
+    };
+    if pixels <= first_px {
+        return first_bytes;
+    }
+    for pair in points.windows(2) {
+        let ((p0, b0), (p1, b1)) = (pair[0], pair[1]);
+        if pixels <= p1 && p1 > p0 {
+            let share = (pixels - p0) as f64 / (p1 - p0) as f64;
+            return (b0 as f64 + share * (b1 as f64 - b0 as f64))
+                .max(0.0)
+                .ceil() as u64;
+        }
+    }
+    let &(last_px, last_bytes) = points.last().expect("not empty");
+    let growth = pixels as f64 / last_px.max(1) as f64;
+    (last_bytes as f64 * growth * growth).ceil() as u64
+}
+
+/// Estimated peak bytes of one image of `width` x `height` (upscaled)
+/// pixels with tiles of `tile_px` (0: untiled): every graph's weights, every
+/// stage's activations on the largest piece it sees (summed: ONNX Runtime's
+/// CPU arena keeps each session's peak until the session ends, and the
+/// sessions live for the whole run), and the pipeline's whole-image buffers.
+pub fn peak_bytes(
+    model: &CostModel,
+    tiling: TilingMode,
+    width: u32,
+    height: u32,
+    tile_px: u32,
+) -> u64 {
+    let image = u64::from(width) * u64::from(height);
+    let tile = |side: u32| -> u64 {
+        let (w, h) = (width.min(side), height.min(side));
+        u64::from(w) * u64::from(h)
+    };
+    let (encoder_px, unet_px, decoder_px) = match (tile_px, tiling) {
+        (0, _) => (image, image, image),
+        // the authors' latent tiling: 96-cell UNet tiles, the VAE untiled
+        (_, TilingMode::Latent) => (image, tile(768), image),
+        (side, TilingMode::Staged) => (tile(side), tile(side), tile(side)),
+    };
+    let stages = activations(&model.encoder, encoder_px)
+        + activations(&model.unet, unet_px)
+        + activations(&model.decoder, decoder_px);
+    model.weights() + stages + PIPELINE_BYTES_PER_PIXEL * image
+}
+
+/// Where the budget came from (shown to the user).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Budget {
+    pub bytes: u64,
+    pub source: String,
+}
+
+/// Why a tile size was chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TileReason {
+    /// `--tile N` given.
+    Requested,
+    /// The untiled estimate fits the budget.
+    FitsUntiled,
+    /// The largest tile whose estimate fits.
+    LargestFittingTile,
+    /// Even the smallest auto tile is over the budget (the run goes on).
+    OverBudget,
+    /// The bundle has no memory figures.
+    NoMemoryFigures,
+}
+
+/// The tile a run uses and why.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TileDecision {
+    pub tile_px: u32,
+    pub reason: TileReason,
+    /// Estimated peak bytes with this tile (None without figures).
+    pub estimate_bytes: Option<u64>,
+    /// Estimated peak bytes untiled (None without figures).
+    pub untiled_bytes: Option<u64>,
+    pub budget: Option<Budget>,
+}
+
+impl TileDecision {
+    /// `--tile N`: kept as given.
+    pub fn requested(tile_px: u32) -> TileDecision {
+        TileDecision {
+            tile_px,
+            reason: TileReason::Requested,
+            estimate_bytes: None,
+            untiled_bytes: None,
+            budget: None,
+        }
+    }
+
+    /// One line for the user, e.g. `untiled: estimated 1.2 GiB of a 20.1 GiB budget (...)`.
+    pub fn describe(&self) -> String {
+        let plan = match self.tile_px {
+            0 => "untiled".to_string(),
+            side => format!("{side} px tiles"),
+        };
+        let budget = self
+            .budget
+            .as_ref()
+            .map(|b| format!("{} ({})", gib(b.bytes), b.source))
+            .unwrap_or_default();
+        let estimate = self.estimate_bytes.map(gib).unwrap_or_default();
+        let untiled = self.untiled_bytes.map(gib).unwrap_or_default();
+        match self.reason {
+            TileReason::Requested => format!("{plan} (--tile {})", self.tile_px),
+            TileReason::FitsUntiled => {
+                format!("{plan}: estimated peak {estimate} fits the budget {budget}")
+            }
+            TileReason::LargestFittingTile => format!(
+                "{plan}: untiled would need an estimated {untiled}, over the budget {budget}; \
+                 the largest tile that fits needs {estimate}"
+            ),
+            TileReason::OverBudget => format!(
+                "{plan}: even these need an estimated {estimate}, over the budget {budget}; \
+                 the run may run out of memory (give --tile, or free memory)"
+            ),
+            TileReason::NoMemoryFigures => format!(
+                "{plan}: the bundle's manifest.json has no memory figures \
+                 (add them with `python -m export.memory --bundle DIR`)"
+            ),
+        }
+    }
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.2} GiB", bytes as f64 / f64::from(1u32 << 30))
+}
+
+/// `--tile auto` for the largest image of a run (`width` x `height`
+/// upscaled pixels): untiled when it fits `budget`, else the largest tile
+/// (multiples of [`TILE_STEP_PX`], from the image's longer side down to
+/// [`MIN_AUTO_TILE_PX`]) that fits; the smallest if none does.
+pub fn choose_tile(
+    model: Option<&CostModel>,
+    tiling: TilingMode,
+    width: u32,
+    height: u32,
+    budget: Budget,
+) -> TileDecision {
+    let Some(model) = model else {
+        return TileDecision {
+            tile_px: FALLBACK_TILE_PX,
+            reason: TileReason::NoMemoryFigures,
+            estimate_bytes: None,
+            untiled_bytes: None,
+            budget: Some(budget),
+        };
+    };
+    let untiled = peak_bytes(model, tiling, width, height, 0);
+    let decision = |tile_px, reason, estimate| TileDecision {
+        tile_px,
+        reason,
+        estimate_bytes: Some(estimate),
+        untiled_bytes: Some(untiled),
+        budget: Some(budget.clone()),
+    };
+    if untiled <= budget.bytes {
+        return decision(0, TileReason::FitsUntiled, untiled);
+    }
+    if tiling == TilingMode::Latent {
+        // one tile size only: the authors'
+        let estimate = peak_bytes(model, tiling, width, height, 768);
+        let reason = if estimate <= budget.bytes {
+            TileReason::LargestFittingTile
+        } else {
+            TileReason::OverBudget
+        };
+        return decision(768, reason, estimate);
+    }
+    let longest = width.max(height).div_ceil(TILE_STEP_PX) * TILE_STEP_PX;
+    let mut side = longest.max(MIN_AUTO_TILE_PX);
+    loop {
+        let estimate = peak_bytes(model, tiling, width, height, side);
+        if estimate <= budget.bytes {
+            return decision(side, TileReason::LargestFittingTile, estimate);
+        }
+        if side <= MIN_AUTO_TILE_PX {
+            return decision(side, TileReason::OverBudget, estimate);
+        }
+        side = (side - TILE_STEP_PX).max(MIN_AUTO_TILE_PX);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Activations linear in pixels through two points (256^2 and 512^2).
+    fn stage(weights_mb: u64, fixed_mb: u64, bytes_per_pixel: u64) -> StageMemory {
+        let point = |px: u64| (px, (fixed_mb << 20) + bytes_per_pixel * px);
+        StageMemory {
+            weights_bytes: weights_mb << 20,
+            activations: vec![point(256 * 256), point(512 * 512)],
+        }
+    }
+
+    fn model() -> CostModel {
+        CostModel {
+            encoder: stage(100, 10, 2000),
+            unet: stage(1000, 20, 300),
+            decoder: stage(200, 10, 4000),
+        }
+    }
+
+    fn budget(mib: u64) -> Budget {
+        Budget {
+            bytes: mib << 20,
+            source: "test".into(),
+        }
+    }
+
+    #[test]
+    fn activations_interpolate_between_points_and_grow_quadratically_beyond() {
+        let stage = StageMemory {
+            weights_bytes: 0,
+            activations: vec![(100, 1000), (200, 3000), (400, 5000)],
+        };
+        assert_eq!(activations(&stage, 10), 1000);
+        assert_eq!(activations(&stage, 100), 1000);
+        assert_eq!(activations(&stage, 150), 2000);
+        assert_eq!(activations(&stage, 300), 4000);
+        assert_eq!(activations(&stage, 400), 5000);
+        assert_eq!(activations(&stage, 800), 20000);
+    }
+
+    #[test]
+    fn peak_counts_weights_every_stage_and_the_whole_image_buffers() {
+        let m = model();
+        let (image, tile) = (1024u64 * 1024, 512u64 * 512);
+        let stages = |px: u64| {
+            activations(&m.encoder, px) + activations(&m.unet, px) + activations(&m.decoder, px)
+        };
+        let want = (1300u64 << 20) + stages(image) + PIPELINE_BYTES_PER_PIXEL * image;
+        assert_eq!(peak_bytes(&m, TilingMode::Staged, 1024, 1024, 0), want);
+        // tiles bound the activations, not the whole-image buffers
+        let tiled = (1300u64 << 20) + stages(tile) + PIPELINE_BYTES_PER_PIXEL * image;
+        assert_eq!(
+            tiled,
+            (1340u64 << 20) + 6300 * tile + PIPELINE_BYTES_PER_PIXEL * image
+        );
+        assert_eq!(peak_bytes(&m, TilingMode::Staged, 1024, 1024, 512), tiled);
+        // a tile larger than the image costs what the image does
+        assert_eq!(
+            peak_bytes(&m, TilingMode::Staged, 300, 200, 512),
+            peak_bytes(&m, TilingMode::Staged, 300, 200, 0)
+        );
+    }
+
+    #[test]
+    fn latent_tiling_leaves_the_vae_untiled() {
+        let m = model();
+        let (image, unet_tile) = (2048u64 * 2048, 768u64 * 768);
+        let want = (1300u64 << 20)
+            + activations(&m.encoder, image)
+            + activations(&m.unet, unet_tile)
+            + activations(&m.decoder, image)
+            + PIPELINE_BYTES_PER_PIXEL * image;
+        assert_eq!(peak_bytes(&m, TilingMode::Latent, 2048, 2048, 768), want);
+    }
+
+    #[test]
+    fn an_image_that_fits_runs_untiled() {
+        let m = model();
+        let decision = choose_tile(Some(&m), TilingMode::Staged, 768, 512, budget(8 << 10));
+        assert_eq!(decision.tile_px, 0);
+        assert_eq!(decision.reason, TileReason::FitsUntiled);
+        assert!(decision.describe().starts_with("untiled: estimated peak"));
+    }
+
+    #[test]
+    fn the_largest_fitting_tile_is_chosen_and_one_step_larger_does_not_fit() {
+        let m = model();
+        let b = budget(3 << 10);
+        let decision = choose_tile(Some(&m), TilingMode::Staged, 4096, 4096, b.clone());
+        assert_eq!(decision.reason, TileReason::LargestFittingTile);
+        let side = decision.tile_px;
+        assert!(side.is_multiple_of(TILE_STEP_PX) && (MIN_AUTO_TILE_PX..4096).contains(&side));
+        assert!(peak_bytes(&m, TilingMode::Staged, 4096, 4096, side) <= b.bytes);
+        assert!(peak_bytes(&m, TilingMode::Staged, 4096, 4096, side + TILE_STEP_PX) > b.bytes);
+        assert_eq!(
+            decision.estimate_bytes,
+            Some(peak_bytes(&m, TilingMode::Staged, 4096, 4096, side))
+        );
+    }
+
+    #[test]
+    fn over_budget_takes_the_smallest_tile_and_says_so() {
+        let m = model();
+        let decision = choose_tile(Some(&m), TilingMode::Staged, 4096, 4096, budget(100));
+        assert_eq!(
+            (decision.tile_px, decision.reason),
+            (MIN_AUTO_TILE_PX, TileReason::OverBudget)
+        );
+        assert!(decision.describe().contains("over the budget"));
+    }
+
+    #[test]
+    fn without_figures_the_former_default_is_kept() {
+        let decision = choose_tile(None, TilingMode::Staged, 768, 512, budget(1 << 20));
+        assert_eq!(
+            (decision.tile_px, decision.reason),
+            (FALLBACK_TILE_PX, TileReason::NoMemoryFigures)
+        );
+        assert!(decision.describe().contains("python -m export.memory"));
+    }
+
+    #[test]
+    fn latent_mode_uses_the_authors_tiles_when_untiled_does_not_fit() {
+        let m = model();
+        let decision = choose_tile(Some(&m), TilingMode::Latent, 8192, 8192, budget(4 << 10));
+        assert_eq!(decision.tile_px, 768);
+    }
+}
