@@ -5,7 +5,7 @@ GPU ?= 0
 CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tadsr-edge
 VENV = $(CACHE)/venv-$(shell sha256sum export/requirements.txt | cut -c1-16)
 PY = $(VENV)/bin/python
-MODEL ?= models/tiny
+MODEL ?= models/nano
 BIN := target/release/tadsr-edge
 
 .PHONY: setup setup-runtime build demo test bench sd21 compare clean-out

@@ -58,14 +58,14 @@ def test_patch_shortcuts_are_local_to_8x8_blocks():
 def test_init_from_data_starts_at_the_linear_block_prediction():
     torch.set_num_threads(1)
     state = T.new_state("nano", seed=1, lr=1e-3)
-    fit = T.init_from_data(state, T.RandomCrops(32), crops=8)
+    fit = T.init_from_data(state, T.RandomCrops(32), crops=8, deep_scale=0.0)
     assert math.isfinite(fit["linear_psnr"]) and math.isfinite(fit["bicubic_psnr"])
     _, up = T.make_batch(T.RandomCrops(32), np.random.default_rng(5), 2)
     shortcuts = state.vae.shortcuts
     with torch.no_grad():
         y, _ = T.one_step(state.vae, state.unet, alphas_cumprod(), up, torch.tensor([10, 900]), state.embeds)
         linear = shortcuts.decode(shortcuts.encode(up))
-    # deep paths and the UNet's output start at zero: the whole pipeline is the linear map, at every t
+    # deep paths and the UNet's output at zero: the whole pipeline is the linear map, at every t
     torch.testing.assert_close(y, linear, rtol=1e-4, atol=1e-4)
     for ema, model in ((state.ema_vae, state.vae), (state.ema_unet, state.unet)):
         for a, b in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
@@ -121,3 +121,12 @@ def test_cli_random_data(tmp_path):
     assert len(lines) == 3  # 2 steps, then resumed for the third
     with pytest.raises(SystemExit):
         T.main(["--out", str(out), "--config", "tiny", "--crop", "12", "--random-data"])
+
+
+def test_init_from_data_keeps_the_deep_paths_small_but_alive():
+    torch.set_num_threads(1)
+    state = T.new_state("nano", seed=1, lr=1e-3)
+    before = state.vae.decoder.conv_out.weight.clone()
+    T.init_from_data(state, T.RandomCrops(32), crops=8)
+    torch.testing.assert_close(state.vae.decoder.conv_out.weight, before * 0.1)
+    assert float(state.unet.conv_out.weight.abs().mean()) > 0
