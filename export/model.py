@@ -122,8 +122,8 @@ CONFIGS: Dict[str, ModelConfig] = {
     # and wider below; the UNet runs on the 1/8 latent and is cheap, so it gets more width. 16 latent
     # channels instead of 4: the latent is 1/2 of the (4x-upscaled) input's side, so 4 channels hold only
     # a third of the input's values, 12 all of them; 16 leave room. Our two VAE additions
-    # (latent_time_scale, patch_shortcuts: see TimeAwareAutoencoderKL) are on. 8-group norms (24 is not divisible by 32),
-    # head width 32, cross-attention width 32 (the prompt is a fixed embedding).
+    # (latent_time_scale, patch_shortcuts: see TimeAwareAutoencoderKL) are on. 8-group norms (24 is not
+    # divisible by 32), head width 32, cross-attention width 32 (the prompt is a fixed embedding).
     # Measured 2026-11-27 on this project's 2-core machine, 1 thread, one 128x128 crop, forward + backward
     # of the whole one-step pipeline: 0.45 s (VAE 3.44 M + UNet 5.46 M = 8.9 M parameters). Against
     # VAE (32, 64, 96, 96): 0.49 s for 3.7 M; VAE (16, 32, 64, 64): 0.27 s for 1.7 M.
