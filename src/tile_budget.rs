@@ -15,7 +15,7 @@
 
 use serde::Serialize;
 
-use crate::bundle::{component, MemoryFigures, StageMemory};
+use crate::bundle::{component, Manifest, StageMemory};
 use crate::pipeline::TilingMode;
 
 /// Bytes the pipeline holds per pixel of the (upscaled) image outside the
@@ -46,28 +46,45 @@ pub struct CostModel {
     pub encoder: StageMemory,
     pub unet: StageMemory,
     pub decoder: StageMemory,
+    /// Weights of graphs the pipeline also opens: the tiled-VAE graphs
+    /// (loaded whenever the bundle has them), taken as the plain encoder's
+    /// and decoder's (the same weights; they are not measured apart).
+    pub extra_weights_bytes: u64,
 }
 
 impl CostModel {
     /// The figures of the three main graphs, or None when the manifest has
     /// none (or lacks one of them).
-    pub fn from_manifest(memory: Option<&MemoryFigures>) -> Option<CostModel> {
-        let figures = &memory?.components;
+    pub fn from_manifest(manifest: &Manifest) -> Option<CostModel> {
+        let figures = &manifest.memory.as_ref()?.components;
         let stage = |name: &str| {
             figures
                 .get(name)
                 .filter(|s| !s.activations.is_empty())
                 .cloned()
         };
+        let (encoder, unet, decoder) = (
+            stage(component::VAE_ENCODER)?,
+            stage(component::UNET)?,
+            stage(component::VAE_DECODER)?,
+        );
+        let has = |name: &str| manifest.components.contains_key(name);
+        let extra_weights_bytes = u64::from(has(component::VAE_ENCODER_TILED))
+            * encoder.weights_bytes
+            + u64::from(has(component::VAE_DECODER_TILED)) * decoder.weights_bytes;
         Some(CostModel {
-            encoder: stage(component::VAE_ENCODER)?,
-            unet: stage(component::UNET)?,
-            decoder: stage(component::VAE_DECODER)?,
+            encoder,
+            unet,
+            decoder,
+            extra_weights_bytes,
         })
     }
 
     fn weights(&self) -> u64 {
-        self.encoder.weights_bytes + self.unet.weights_bytes + self.decoder.weights_bytes
+        self.encoder.weights_bytes
+            + self.unet.weights_bytes
+            + self.decoder.weights_bytes
+            + self.extra_weights_bytes
     }
 }
 
@@ -283,6 +300,7 @@ mod tests {
             encoder: stage(100, 10, 2000),
             unet: stage(1000, 20, 300),
             decoder: stage(200, 10, 4000),
+            extra_weights_bytes: 0,
         }
     }
 
@@ -291,6 +309,29 @@ mod tests {
             bytes: mib << 20,
             source: "test".into(),
         }
+    }
+
+    #[test]
+    fn the_tiled_vae_graphs_weights_count_when_the_bundle_has_them() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/manifest.json");
+        let mut manifest: Manifest =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let with_tiled = CostModel::from_manifest(&manifest).expect("tiny has memory figures");
+        assert_eq!(
+            with_tiled.extra_weights_bytes,
+            with_tiled.encoder.weights_bytes + with_tiled.decoder.weights_bytes
+        );
+        manifest.components.remove(component::VAE_ENCODER_TILED);
+        manifest.components.remove(component::VAE_DECODER_TILED);
+        assert_eq!(
+            CostModel::from_manifest(&manifest)
+                .unwrap()
+                .extra_weights_bytes,
+            0
+        );
+        manifest.memory = None;
+        assert!(CostModel::from_manifest(&manifest).is_none());
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl TilePolicy {
                 TileArg::Auto => None,
                 TileArg::Px(side) => Some(side),
             },
-            cost: manifest.and_then(|m| CostModel::from_manifest(m.memory.as_ref())),
+            cost: manifest.and_then(CostModel::from_manifest),
             budget,
             given_budget: max_memory.is_some(),
             tiling,
