@@ -186,7 +186,7 @@ def main(argv=None) -> int:
             for path in big:
                 image = load(path)
                 h, w = image.shape[:2]
-                hr_side = min(4 * side // 4, h, w) // 32 * 32
+                hr_side = min(side, h, w) // 32 * 32
                 y0, x0 = (h - hr_side) // 2, (w - hr_side) // 2
                 lr = lr_of(image[y0:y0 + hr_side, x0:x0 + hr_side]).resize((side // 4, side // 4), Image.LANCZOS)
                 lr_path = work / f"tile-{side}-{path.stem}.png"
