@@ -78,7 +78,8 @@ def _vae_config(block_out_channels, norm_num_groups, sample_size, latent_channel
                 trainable_extras=False):
     # The init arguments of the authors' TimeAwareAutoencoderKL (time_vae/config.json), plus
     # latent_time_scale and patch_shortcuts (ours, off for their checkpoints; see TimeAwareAutoencoderKL).
-    extra = {"latent_time_scale": True, "patch_shortcuts": True} if trainable_extras else {}
+    extra = ({"latent_time_scale": True, "patch_shortcuts": True, "shortcut_decode_kernel": 3}
+             if trainable_extras else {})
     return {**extra,
         "in_channels": 3,
         "out_channels": 3,
@@ -289,6 +290,7 @@ class TimeAwareAutoencoderKL(ModelMixin, ConfigMixin, PeftAdapterMixin):
         time_scale_shift: str = "scale_shift",
         latent_time_scale: bool = False,
         patch_shortcuts: bool = False,
+        shortcut_decode_kernel: int = 1,
     ):
         super().__init__()
         if time_scale_shift != "scale_shift":
@@ -324,7 +326,8 @@ class TimeAwareAutoencoderKL(ModelMixin, ConfigMixin, PeftAdapterMixin):
         #   DC-AE, Chen et al. 2024), see PatchShortcuts.
         self.mean_scale = alphas_cumprod().sqrt() if latent_time_scale else None
         factor = 2 ** (len(block_out_channels) - 1)
-        self.shortcuts = PatchShortcuts(in_channels, latent_channels, factor) if patch_shortcuts else None
+        self.shortcuts = (PatchShortcuts(in_channels, latent_channels, factor, shortcut_decode_kernel)
+                          if patch_shortcuts else None)
 
     def encode_moments(self, image: torch.Tensor, timestep: torch.Tensor):
         """Posterior mean and clamped log-variance (raw latents, not scaled)."""
@@ -340,18 +343,25 @@ class PatchShortcuts(nn.Module):
     """Linear paths between ``factor`` x ``factor`` pixel blocks and latent cells.
 
     ``encode``: pixel-unshuffle the image into ``3 * factor^2`` channels per latent cell, then a 1x1 conv
-    to the latent channels (added to the encoder's mean). ``decode``: a 1x1 conv from the latent to
-    ``3 * factor^2`` channels, pixel-shuffled back to an image (added to the decoder's output). Started
-    from a PCA of training patches (export/train.py), the VAE begins as a good linear autoencoder and
-    its deep paths learn what a linear map cannot, which is what lets a small VAE train on a CPU. Both are
-    local to one block, so tiles aligned to latent cells see exactly what the whole image does.
+    to the latent channels (added to the encoder's mean). ``decode``: a ``decode_kernel`` x
+    ``decode_kernel`` conv from the latent to ``3 * factor^2`` channels, pixel-shuffled back to an image
+    (added to the decoder's output). Started from least-squares fits on training patches
+    (export/train.py), the VAE begins as a good linear upscaler and its deep paths learn what a linear
+    map cannot, which is what lets a small VAE train on a CPU. ``encode`` is local to one block, so
+    tiles aligned to latent cells see exactly what the whole image does; ``decode`` with a 3x3 kernel
+    reads the neighbouring cells too (measured on clean held-out photos, fitted linear maps: 1x1 32.52
+    dB, the same as bicubic; 3x3 32.82 dB, Lanczos's), which the tiles' overlap covers like the
+    decoder's own 3x3 convolutions.
     """
 
-    def __init__(self, image_channels: int, latent_channels: int, factor: int):
+    def __init__(self, image_channels: int, latent_channels: int, factor: int, decode_kernel: int = 1):
         super().__init__()
+        if decode_kernel < 1 or decode_kernel % 2 == 0:
+            raise ValueError(f"shortcut_decode_kernel must be odd and positive, not {decode_kernel}")
         self.factor = factor
         self.encode_proj = nn.Conv2d(image_channels * factor * factor, latent_channels, 1)
-        self.decode_proj = nn.Conv2d(latent_channels, image_channels * factor * factor, 1)
+        self.decode_proj = nn.Conv2d(latent_channels, image_channels * factor * factor, decode_kernel,
+                                     padding=decode_kernel // 2)
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.encode_proj(torch.nn.functional.pixel_unshuffle(image, self.factor))

@@ -42,8 +42,9 @@ def test_latent_time_scale_multiplies_the_mean_by_sqrt_alphas_cumprod():
             torch.testing.assert_close(logvar_t, logvar)
 
 
-def test_patch_shortcuts_are_local_to_8x8_blocks():
-    """Tiles aligned to latent cells see exactly what the whole image does (both directions)."""
+def test_patch_shortcuts_encode_blocks_and_decode_from_neighbouring_cells():
+    """encode: tiles aligned to latent cells see exactly what the whole image does. decode (3x3, nano's):
+    a tile's output equals the whole image's one latent cell away from the tile's edges."""
     vae = _tiny_vae(patch_shortcuts=True)
     image = torch.rand(1, 3, 48, 64) * 2 - 1
     with torch.no_grad():
@@ -53,6 +54,12 @@ def test_patch_shortcuts_are_local_to_8x8_blocks():
         latent = torch.randn(1, 4, 6, 8)
         torch.testing.assert_close(vae.shortcuts.decode(latent[..., 1:4, 2:6]),
                                    vae.shortcuts.decode(latent)[..., 8:32, 16:48])
+        wide = _tiny_vae(patch_shortcuts=True, shortcut_decode_kernel=3)
+        tile = wide.shortcuts.decode(latent[..., 1:5, 2:7])  # cells 1..4 x 2..6
+        full = wide.shortcuts.decode(latent)
+        torch.testing.assert_close(tile[..., 8:24, 8:32], full[..., 16:32, 24:48])  # interior cells 2..3 x 3..5
+        assert not torch.allclose(tile[..., :8, :], full[..., 8:16, 16:56])  # the edge row sees zero padding
+    assert get_config("nano").vae["shortcut_decode_kernel"] == 3
 
 
 def test_init_from_data_starts_at_the_linear_block_prediction():
