@@ -8,6 +8,10 @@
 #     their folders are recorded in gpu-libs.path, where the binary looks;
 #   - the export package's Python venv, keyed by export/requirements.txt's hash
 #     (skipped with RUNTIME_ONLY=1: the demo needs no torch);
+#   - a real Triton Inference Server (CPU, Python backend) for the tests of
+#     `tadsr-edge run --server`: the files of the wheel pinned in
+#     export/triton-requirements.txt, keyed by that file's hash (skipped with
+#     RUNTIME_ONLY=1; where it cannot be installed the tests that need it skip);
 #   - rustfmt and clippy when rustup can add them.
 # A second run finds everything in place and installs nothing.
 # Prints the venv's path on the last line of stdout (for the Makefile).
@@ -90,6 +94,32 @@ setup_export_venv() {
   log "Python venv: $venv"
 }
 
+# --- Triton Inference Server for the tests (export/triton_server.py) ----------
+# Only the wheel's files (--no-deps): tritonserver, its libraries, the Python
+# backend and its per-Python stubs. Started by export/triton_server.py, which
+# finds this folder by the same hash. A failed install (no network, another
+# platform) is not fatal: the tests that need a server skip, saying why.
+setup_triton() {
+  local req=$ROOT/export/triton-requirements.txt triton_dir
+  triton_dir=$CACHE/triton-$(sha256sum "$req" | cut -c1-16)
+  if [ ! -f "$triton_dir/.complete" ]; then
+    log "installing Triton Inference Server (the nvidia-pytriton wheel's files and numpy 1.26: 73 MB download, 225 MB on disk, once) into $triton_dir"
+    rm -rf "$triton_dir"
+    if "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-deps \
+        --target "$triton_dir" -r "$req" >&2 \
+      && [ -x "$triton_dir/pytriton/tritonserver/bin/tritonserver" ]; then
+      touch "$triton_dir/.complete"
+    else
+      rm -rf "$triton_dir"
+      log "warning: Triton Inference Server could not be installed into $triton_dir"
+      log "         (pip install -r $req failed: no network or not Linux x86_64?);"
+      log "         the tests that need a Triton server will skip"
+      return 0
+    fi
+  fi
+  log "Triton Inference Server: $triton_dir"
+}
+
 # --- Rust components (tests only: rustfmt and clippy) -------------------------
 setup_rust_components() {
   command -v rustup >/dev/null 2>&1 || return 0
@@ -105,6 +135,7 @@ setup_rust_components() {
 venv=""
 if [ "$RUNTIME_ONLY" != 1 ]; then
   setup_export_venv
+  setup_triton
   setup_rust_components
 fi
 

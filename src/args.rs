@@ -190,6 +190,35 @@ fn parse_workspace(text: &str) -> Result<usize, String> {
     Ok(mib)
 }
 
+/// Running the networks on a Triton Inference Server.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// Run the three networks on a Triton Inference Server (its KServe v2 HTTP endpoint, e.g. http://127.0.0.1:8000) serving the repository `python -m export.triton` wrote for this bundle; the rest runs here. --model still names the bundle (manifest, prompt).
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// With --server: images in flight at once (1..64), so one client keeps several server instances or GPUs busy.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub inflight: u32,
+    /// With --server: seconds one request may take (1..86400).
+    #[arg(long, default_value_t = 300, value_name = "S", value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub server_timeout: u64,
+    /// With --server: tries after the first on transient errors (connection refused, timeouts, HTTP 429/502/503/504), waiting 0.25 s, then twice as long each time (at most 5 s).
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=20))]
+    pub retries: u32,
+}
+
+impl ServerArgs {
+    /// The client's settings, when --server is given.
+    pub fn options(&self) -> Option<tadsr_edge::remote::ServerOptions> {
+        self.server.as_deref().map(|url| {
+            let mut options = tadsr_edge::remote::ServerOptions::new(url);
+            options.request_timeout = std::time::Duration::from_secs(self.server_timeout);
+            options.retries = self.retries;
+            options
+        })
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct GoldenArgs {
     /// Model bundle folder.
@@ -242,7 +271,7 @@ pub struct RunArgs {
     /// Inputs whose short side is below process-size/upscale are enlarged first; 0 = off, at most 8192 [default: the bundle's, 512].
     #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_PROCESS_SIZE as i64))]
     pub process_size: Option<u32>,
-    /// auto: no tiles when the image fits the memory budget (--max-memory, else what the machine has free), else the largest tile that fits. Or a tile side in output pixels (0 = no tiling; a multiple of 8 from 64 to 16384). Tiles are balanced: the fewest that cover the image, all of one shape.
+    /// auto: no tiles when the image fits the memory budget (--max-memory, else what the machine has free), else the largest tile that fits. Or a tile side in output pixels (0 = no tiling; a multiple of 8 from 64 to 16384). See --tile-shape.
     #[arg(long, default_value = "auto", value_name = "auto|PX", value_parser = parse_tile)]
     pub tile: TileArg,
     /// Memory a run may plan for with --tile auto, e.g. 6G or 800M [default: the machine's available memory less 10%, or 80% of the GPU's].
@@ -254,6 +283,9 @@ pub struct RunArgs {
     /// staged: encoder, UNet and decoder all tiled (bounded memory); latent: only the UNet, as the authors do.
     #[arg(long, value_enum, default_value_t = TilingArg::Staged)]
     pub tiling: TilingArg,
+    /// Staged tiles all of the tile's shape (fixed: one GPU engine or plan, batches on a server; edge tiles overlap more) or the fewest that cover the image (balanced); auto: fixed on GPUs and with --server, balanced on the CPU.
+    #[arg(long, value_enum, default_value_t = TileShapeArg::Auto)]
+    pub tile_shape: TileShapeArg,
     /// Color fix against the upscaled input [default: the bundle's, adain].
     #[arg(long, value_enum)]
     pub color_fix: Option<ColorFixArg>,
@@ -262,6 +294,8 @@ pub struct RunArgs {
     pub provider: ProviderArg,
     #[command(flatten)]
     pub gpu: GpuArgs,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// Sample the latent with this seed instead of taking the posterior mean.
     #[arg(long)]
     pub seed: Option<u64>,
@@ -280,6 +314,24 @@ pub struct RunArgs {
     /// One JSON line per output on stdout.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TileShapeArg {
+    Auto,
+    Fixed,
+    Balanced,
+}
+
+impl TileShapeArg {
+    /// [`tadsr_edge::pipeline::PipelineConfig::fixed_tiles`].
+    pub fn fixed_tiles(self) -> Option<bool> {
+        match self {
+            TileShapeArg::Auto => None,
+            TileShapeArg::Fixed => Some(true),
+            TileShapeArg::Balanced => Some(false),
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
@@ -323,6 +375,8 @@ pub struct BenchArgs {
     /// Unmeasured runs first.
     #[arg(long, default_value_t = 2)]
     pub warmup: usize,
+    #[command(flatten)]
+    pub remote: ServerArgs,
     /// Execution provider; auto tries tensorrt, cuda, cpu.
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,

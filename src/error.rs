@@ -95,6 +95,23 @@ pub enum Error {
         hint: &'static str,
     },
 
+    /// A Triton server (`--server`) answered but refused: a missing model,
+    /// a request the model does not take, a malformed response.
+    #[error("Triton server {url}: {reason}")]
+    Server { url: String, reason: String },
+
+    /// A Triton server could not be reached, or kept failing transiently,
+    /// over every retry. Ends a batch: every following input would fail
+    /// the same way.
+    #[error("Triton server {url} is unreachable ({what}: {reason}; {tries} tries over {seconds:.1} s): start it, or check --server")]
+    ServerUnreachable {
+        url: String,
+        what: String,
+        reason: String,
+        tries: u32,
+        seconds: f64,
+    },
+
     /// The run was interrupted (Ctrl-C).
     #[error("interrupted")]
     Interrupted,

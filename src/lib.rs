@@ -11,10 +11,12 @@
 pub mod bundle;
 pub mod error;
 pub mod golden;
+pub mod graph;
 pub mod image;
 pub mod naming;
 pub mod npy;
 pub mod pipeline;
+pub mod remote;
 pub mod runtime;
 pub mod schedule;
 pub mod stats;

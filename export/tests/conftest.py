@@ -57,3 +57,56 @@ def synthetic_checkpoint(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("checkpoint")
     return write_synthetic_checkpoint(out, config="tiny", seed=3, rank=4)
+
+
+# --- a real Triton Inference Server (export/triton_server.py) -------------------------------------------
+def start_triton_or_skip(repo: Path, **kwargs):
+    """A started ``TritonServer`` for ``repo``; skips the test, saying why, when no server can run here
+    (files not installed by ``make setup``, or the server itself does not start). A model of the repository
+    that fails to load is a failure, not a skip. The caller stops the server (``with`` or ``stop()``)."""
+    from export.triton_server import TritonNotInstalled, TritonServer, TritonUnavailable
+
+    try:
+        return TritonServer(repo, **kwargs)
+    except TritonNotInstalled as error:
+        pytest.skip(f"no Triton Inference Server here: {error}")
+    except TritonUnavailable as error:
+        if getattr(error, "model_failed", False):
+            pytest.fail(f"tritonserver started but a model of {repo} failed to load: {error}")
+        pytest.skip(f"Triton Inference Server cannot start here: {error}")
+
+
+@pytest.fixture(scope="session")
+def tiny_triton_repo(tmp_path_factory) -> Path:
+    """models/tiny's Python-variant Triton model repository (export.triton --variant python)."""
+    from export.triton import write_repository
+
+    out = tmp_path_factory.mktemp("tiny_triton") / "repo"
+    write_repository(REPO / "models" / "tiny", out, variant="python")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_triton(tiny_triton_repo):
+    """A tritonserver serving ``tiny_triton_repo`` on 127.0.0.1 for the whole session: ``.url``
+    ("http://127.0.0.1:PORT"), ``.process``, ``.log_path`` (kept beside the repository). Shared, so do
+    not kill it; start your own with ``start_triton_or_skip`` for tests of a server that dies."""
+    server = start_triton_or_skip(tiny_triton_repo, log_path=tiny_triton_repo.parent / "tritonserver.log")
+    with server:
+        yield server
+
+
+@pytest.fixture
+def start_triton():
+    """``start_triton(repo, **TritonServer_kwargs)`` -> a started server of the test's own (skips as
+    ``start_triton_or_skip`` does); every server it started is stopped after the test."""
+    servers = []
+
+    def start(repo: Path, **kwargs):
+        server = start_triton_or_skip(repo, **kwargs)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()

@@ -58,6 +58,12 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     };
     config.notify = |notice| eprintln!("note: {notice}");
     config.verify_hashes = false;
+    config.server = args.remote.options();
+    if config.server.is_none() && args.remote.inflight > 1 {
+        anyhow::bail!(tadsr_edge::Error::InvalidOption(
+            "--inflight needs --server (locally one image at a time uses every core)".into()
+        ));
+    }
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
@@ -79,6 +85,9 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         );
     }
     let input = bench_input(args.input.as_deref(), args.size / options.upscale)?;
+    if args.remote.server.is_some() {
+        return bench_inflight(args, &config, pipeline, &input, &options);
+    }
     let scratch = tempfile::tempdir().context("cannot create a scratch folder")?;
     let output_path = scratch.path().join("bench.png");
 
@@ -188,5 +197,94 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
             bytes as f64 / (1024.0 * 1024.0)
         ))?;
     }
+    Ok(Outcome::Done)
+}
+
+/// `bench --server URL [--inflight N]`: N images in flight at once, each
+/// worker with its own pipeline; latency per image and throughput over the
+/// measured runs (every worker runs `--runs` images after `--warmup`).
+fn bench_inflight(
+    args: &BenchArgs,
+    config: &PipelineConfig,
+    first: Pipeline,
+    input: &InputImage,
+    options: &RunOptions,
+) -> anyhow::Result<Outcome> {
+    let workers = args.remote.inflight as usize;
+    let mut pipelines = vec![first];
+    for _ in 1..workers {
+        pipelines.push(Pipeline::load(config)?);
+    }
+    let barrier = std::sync::Barrier::new(workers + 1);
+    let (latencies, wall_s) = std::thread::scope(|scope| -> anyhow::Result<(Vec<f64>, f64)> {
+        let handles: Vec<_> = pipelines
+            .iter_mut()
+            .map(|pipeline| {
+                let barrier = &barrier;
+                scope.spawn(move || -> anyhow::Result<Vec<f64>> {
+                    let warm = (0..args.warmup)
+                        .try_for_each(|_| pipeline.upscale(input, options, &NoProgress).map(drop));
+                    barrier.wait();
+                    warm?;
+                    (0..args.runs)
+                        .map(|_| {
+                            let start = Instant::now();
+                            pipeline.upscale(input, options, &NoProgress)?;
+                            Ok(start.elapsed().as_secs_f64() * 1e3)
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        barrier.wait();
+        let start = Instant::now();
+        let mut latencies = Vec::new();
+        for handle in handles {
+            let worker = handle
+                .join()
+                .map_err(|_| anyhow::anyhow!("a benchmark worker panicked"))?;
+            latencies.extend(worker?);
+        }
+        Ok((latencies, start.elapsed().as_secs_f64()))
+    })?;
+    let latency = stats::summarize(&latencies).context("--runs must be at least 1")?;
+    let images = latencies.len() as f64;
+    let images_per_minute = images / wall_s * 60.0;
+    let output_megapixels = f64::from(args.size) * f64::from(args.size) / 1e6;
+    let server = args.remote.server.as_deref().unwrap_or_default();
+    if args.json {
+        print_line(json!({
+            "model": config.model_dir,
+            "server": server,
+            "inflight": workers,
+            "size": args.size,
+            "tile": args.tile,
+            "runs": latencies.len(),
+            "warmup": args.warmup * workers,
+            "latency_ms": latency,
+            "wall_s": wall_s,
+            "images_per_minute": images_per_minute,
+            "output_megapixels_per_second": images * output_megapixels / wall_s,
+        }))?;
+        return Ok(Outcome::Done);
+    }
+    print_line(format_args!(
+        "tadsr-edge bench: {} on {server}, {}x{} output, tile {}, {} in flight, {} images after {} warm-up",
+        config.model_dir.display(),
+        args.size,
+        args.size,
+        args.tile,
+        workers,
+        latencies.len(),
+        args.warmup * workers
+    ))?;
+    print_line(format_args!(
+        "latency per image: p50 {:.1} ms, p95 {:.1} ms, min {:.1} ms",
+        latency.p50, latency.p95, latency.min
+    ))?;
+    print_line(format_args!(
+        "throughput: {images_per_minute:.1} images/minute ({:.3} output megapixels/s)",
+        images * output_megapixels / wall_s
+    ))?;
     Ok(Outcome::Done)
 }

@@ -1,9 +1,11 @@
 //! `tadsr-edge run`: the batch over inputs. One bad input prints one line
 //! and the batch goes on; every output is written atomically.
 
+use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::Context as _;
@@ -16,7 +18,7 @@ use tadsr_edge::image::size_plan;
 use tadsr_edge::image::write;
 use tadsr_edge::naming::{self, shown, shown_os, OutputTarget, Verdict};
 use tadsr_edge::pipeline::{
-    ColorFix, Pipeline, PipelineConfig, Progress, RunOptions, ShapeHint, TilingMode,
+    ColorFix, Pipeline, PipelineConfig, Progress, RunOptions, ShapeHint, StageProviders, TilingMode,
 };
 use tadsr_edge::runtime::Provider;
 use tadsr_edge::Error;
@@ -158,6 +160,13 @@ fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if args.remote.server.is_none() && args.remote.inflight > 1 {
+        return Err(Error::InvalidOption(format!(
+            "--inflight {} needs --server: locally the cores are shared by one image at a time (see --threads)",
+            args.remote.inflight
+        ))
+        .into());
+    }
     if let (Some(device), ProviderArg::Cpu) = (args.gpu.device, args.provider) {
         return Err(Error::InvalidOption(format!(
             "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
@@ -283,6 +292,8 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     args.gpu.apply(&mut config);
     config.threads = args.threads;
     config.prompt_embeds = args.prompt_embeds.clone();
+    config.server = args.remote.options();
+    config.fixed_tiles = args.tile_shape.fixed_tiles();
     // The manifest alone (cheap) for --tile auto's memory figures; a bundle
     // that cannot be read fails in Pipeline::load with its own message.
     let manifest = Bundle::open_with(&model_dir, false)
@@ -290,6 +301,9 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         .map(|bundle| bundle.manifest().clone());
     let tiling = tiling_mode(args.tiling);
     let mut tile_policy = TilePolicy::new(args.tile, args.max_memory, manifest.as_ref(), tiling);
+    if args.remote.server.is_some() {
+        tile_policy.assume_server_budget();
+    }
     let engine_decision = largest_model_size(&jobs, args, manifest.as_ref())
         .map(|(width, height)| tile_policy.for_image(width, height));
     config.shapes = ShapeHint {
@@ -346,37 +360,162 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         max_pixels: args.max_pixels,
         ..InputLimits::default()
     };
-    let size_check = |width: u32, height: u32| -> Result<(), String> {
-        let plan = size_plan::plan_sizes(width, height, options.upscale, options.process_size)
-            .map_err(|e| e.to_string())?;
-        size_plan::check_plan_bounds(
-            &plan,
-            options.upscale,
-            options.process_size,
-            args.max_pixels,
-        )
-        .map_err(|e| e.to_string())
+    let inflight = if args.remote.server.is_some() {
+        (args.remote.inflight as usize).min(jobs.len()).max(1)
+    } else {
+        1
     };
-    let input_inodes: std::collections::HashSet<(u64, u64)> =
-        inputs.iter().filter_map(|i| naming::inode(i)).collect();
-    let mut written: std::collections::HashMap<(u64, u64), PathBuf> = Default::default();
-    let show_bars = !args.quiet && std::io::stderr().is_terminal();
-    let mut last_tile_note = String::new();
-    let total = jobs.len();
-    for (index, (input, output_paths)) in jobs.iter().enumerate() {
-        if INTERRUPTED.load(Ordering::SeqCst) {
-            break;
+    let batch = Batch {
+        args,
+        options: &options,
+        limits,
+        tile_policy: &tile_policy,
+        providers,
+        input_inodes: inputs.iter().filter_map(|i| naming::inode(i)).collect(),
+        written: Mutex::new(Default::default()),
+        last_tile_note: Mutex::new(String::new()),
+        failed: AtomicUsize::new(failed),
+        next_job: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        fatal: Mutex::new(None),
+        unfinished: AtomicUsize::new(0),
+        show_bars: !args.quiet && inflight == 1 && std::io::stderr().is_terminal(),
+        jobs: &jobs,
+    };
+    if inflight == 1 {
+        batch.work(&mut pipeline);
+    } else {
+        // One pipeline per image in flight: with a server each holds only
+        // its connection and the prompt, the networks run there.
+        let mut pipelines = vec![pipeline];
+        for _ in 1..inflight {
+            let mut extra = Pipeline::load(&config)?;
+            extra.set_cancel_flag(&INTERRUPTED);
+            pipelines.push(extra);
         }
+        std::thread::scope(|scope| {
+            for pipeline in pipelines.iter_mut() {
+                let batch = &batch;
+                scope.spawn(move || batch.work(pipeline));
+            }
+        });
+    }
+    if let Some(error) = batch.fatal.lock().map_or(None, |mut fatal| fatal.take()) {
+        // Inputs taken but not finished by the stopped workers count too.
+        let started = batch.next_job.load(Ordering::SeqCst).min(jobs.len());
+        let left = jobs.len() - started + batch.unfinished.load(Ordering::SeqCst);
+        return Err(error.context(format!(
+            "the batch stopped with {left} of {} input(s) not processed",
+            jobs.len()
+        )));
+    }
+    let failed = batch.failed.load(Ordering::SeqCst);
+    if let Some(outcome) = interrupted() {
+        return Ok(outcome);
+    }
+    Ok(if failed > 0 {
+        Outcome::SomeInputsFailed
+    } else {
+        Outcome::Done
+    })
+}
+
+/// Why a worker stops taking inputs.
+enum Stop {
+    Interrupted,
+    /// Ends the batch: an unreachable server, stdout closed.
+    Fatal(anyhow::Error),
+}
+
+/// The batch's shared state: the jobs, what every worker reads, and what
+/// they update (counts, the outputs written so far) under locks.
+struct Batch<'a> {
+    args: &'a RunArgs,
+    options: &'a RunOptions,
+    limits: InputLimits,
+    tile_policy: &'a TilePolicy,
+    providers: StageProviders,
+    input_inodes: HashSet<(u64, u64)>,
+    written: Mutex<HashMap<(u64, u64), PathBuf>>,
+    last_tile_note: Mutex<String>,
+    failed: AtomicUsize,
+    next_job: AtomicUsize,
+    /// Set on a fatal error (an unreachable server): no new job starts.
+    stop: AtomicBool,
+    fatal: Mutex<Option<anyhow::Error>>,
+    /// Inputs a worker had taken when the batch stopped.
+    unfinished: AtomicUsize,
+    show_bars: bool,
+    jobs: &'a [(PathBuf, Vec<PathBuf>)],
+}
+
+impl Batch<'_> {
+    fn report(&self, input: &Path, reason: &str) {
+        eprintln!("error: {}: {}", shown(input), one_line(reason));
+        self.failed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// Takes jobs until none is left, the run is interrupted or stopped.
+    fn work(&self, pipeline: &mut Pipeline) {
+        loop {
+            if INTERRUPTED.load(Ordering::SeqCst) || self.stop.load(Ordering::SeqCst) {
+                return;
+            }
+            let index = self.next_job.fetch_add(1, Ordering::SeqCst);
+            let Some((input, output_paths)) = self.jobs.get(index) else {
+                return;
+            };
+            match self.process(pipeline, index, input, output_paths) {
+                Ok(()) => {}
+                Err(Stop::Interrupted) => return,
+                Err(Stop::Fatal(error)) => {
+                    self.stop.store(true, Ordering::SeqCst);
+                    self.unfinished.fetch_add(1, Ordering::SeqCst);
+                    if let Ok(mut fatal) = self.fatal.lock() {
+                        fatal.get_or_insert(error);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// One input: read, upscale, write each output. Per-input failures are
+    /// reported and counted here; the error returned ends the batch
+    /// (an interruption, an unreachable server).
+    fn process(
+        &self,
+        pipeline: &mut Pipeline,
+        index: usize,
+        input: &Path,
+        output_paths: &[PathBuf],
+    ) -> Result<(), Stop> {
+        let (args, options) = (self.args, self.options);
         if !args.quiet {
-            eprintln!("computing {}/{total} {}", index + 1, shown(input));
+            eprintln!(
+                "computing {}/{} {}",
+                index + 1,
+                self.jobs.len(),
+                shown(input)
+            );
         }
+        let size_check = |width: u32, height: u32| -> Result<(), String> {
+            let plan = size_plan::plan_sizes(width, height, options.upscale, options.process_size)
+                .map_err(|e| e.to_string())?;
+            size_plan::check_plan_bounds(
+                &plan,
+                options.upscale,
+                options.process_size,
+                args.max_pixels,
+            )
+            .map_err(|e| e.to_string())
+        };
         let read_start = Instant::now();
-        let decoded = match image_io::read_input_checked(input, &limits, &size_check) {
+        let decoded = match image_io::read_input_checked(input, &self.limits, &size_check) {
             Ok(decoded) => decoded,
             Err(error) => {
-                report(input, &error.to_string());
-                failed += 1;
-                continue;
+                self.report(input, &error.to_string());
+                return Ok(());
             }
         };
         for note in &decoded.notes {
@@ -391,34 +530,43 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             options.process_size,
         )
         .map_or((image.width, image.height), |plan| plan.model);
-        let tile = tile_policy.for_image(model_w, model_h);
-        if tile_policy.is_auto() && !args.quiet {
+        let tile = self.tile_policy.for_image(model_w, model_h);
+        if self.tile_policy.is_auto() && !args.quiet {
             let note = tile.describe();
-            if note != last_tile_note {
-                eprintln!("tiling: {note}");
-                last_tile_note = note;
+            if let Ok(mut last) = self.last_tile_note.lock() {
+                if *last != note {
+                    eprintln!("tiling: {note}");
+                    *last = note;
+                }
             }
         }
         let mut image_options = options.clone();
         image_options.tile_px = tile.tile_px;
-        let bar = TileBar::new(show_bars, &shown_os(input.file_name().unwrap_or_default()));
+        let bar = TileBar::new(
+            self.show_bars,
+            &shown_os(input.file_name().unwrap_or_default()),
+        );
         let result = pipeline.upscale(&image, &image_options, &bar);
         bar.finish();
         let outputs = match result {
             Ok(outputs) => outputs,
-            Err(Error::Interrupted) => break,
+            Err(Error::Interrupted) => return Err(Stop::Interrupted),
+            Err(error @ Error::ServerUnreachable { .. }) => return Err(Stop::Fatal(error.into())),
             Err(error) => {
-                report(input, &error.to_string());
-                failed += 1;
-                continue;
+                self.report(input, &error.to_string());
+                return Ok(());
             }
         };
         for (upscaled, output_path) in outputs.into_iter().zip(output_paths) {
-            // Checked again right before writing: the folder may have changed
-            // since the plan, and a case-insensitive file system makes two
-            // names one file.
+            // The clash check, the write and its record are one step for
+            // all workers: the folder may have changed since the plan, and
+            // a case-insensitive file system makes two names one file.
+            let Ok(mut written) = self.written.lock() else {
+                self.report(input, "internal error: a worker panicked; not written");
+                continue;
+            };
             if let Some(inode) = naming::inode(output_path) {
-                let clash = if input_inodes.contains(&inode) {
+                let clash = if self.input_inodes.contains(&inode) {
                     Some("is an input of this run".to_string())
                 } else {
                     written.get(&inode).map(|earlier| {
@@ -429,23 +577,24 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
                     })
                 };
                 if let Some(clash) = clash {
-                    report(
+                    drop(written);
+                    self.report(
                         input,
                         &format!("its output {} {clash}; not written", shown(output_path)),
                     );
-                    failed += 1;
                     continue;
                 }
             }
             let write_start = Instant::now();
             if let Err(error) = write::write_atomically(&upscaled.image, output_path) {
-                report(input, &error.to_string());
-                failed += 1;
+                drop(written);
+                self.report(input, &error.to_string());
                 continue;
             }
             if let Some(inode) = naming::inode(output_path) {
                 written.insert(inode, output_path.clone());
             }
+            drop(written);
             let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
             let timings = upscaled.timings;
             if args.json {
@@ -457,16 +606,17 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
                 }
                 ms.insert("write".into(), json!(write_ms));
                 ms.insert("total".into(), json!(timings.total() + write_ms));
-                print_line(json!({
+                let printed = print_line(json!({
                     "input": json_path(input),
                     "output": json_path(output_path),
                     "input_size": [image.width, image.height],
                     "output_size": [upscaled.image.width(), upscaled.image.height()],
                     "timestep": upscaled.timestep,
-                    "provider": providers,
+                    "provider": self.providers,
                     "tile": tile,
                     "ms": ms,
-                }))?;
+                }));
+                printed.map_err(Stop::Fatal)?;
             } else if !args.quiet {
                 eprintln!(
                     "{} -> {} ({}x{} -> {}x{}, t={}, {:.0} ms)",
@@ -481,13 +631,6 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
                 );
             }
         }
+        Ok(())
     }
-    if let Some(outcome) = interrupted() {
-        return Ok(outcome);
-    }
-    Ok(if failed > 0 {
-        Outcome::SomeInputsFailed
-    } else {
-        Outcome::Done
-    })
 }

@@ -10,6 +10,10 @@ use tadsr_edge::tile_budget::{self, Budget, CostModel, TileDecision};
 
 use crate::args::TileArg;
 
+/// What `--tile auto` plans for on a Triton server when `--max-memory`
+/// does not say: 8 GiB, an 8 GB Jetson's or a small GPU's worth.
+pub const SERVER_BUDGET_BYTES: u64 = 8 << 30;
+
 /// How each image's tile is chosen.
 pub struct TilePolicy {
     requested: Option<u32>,
@@ -47,6 +51,21 @@ impl TilePolicy {
             given_budget: max_memory.is_some(),
             tiling,
             pinned: None,
+        }
+    }
+
+    /// With `--server` and no `--max-memory`: the server's memory is not
+    /// known here, so `auto` plans for a server GPU of
+    /// [`SERVER_BUDGET_BYTES`].
+    pub fn assume_server_budget(&mut self) {
+        if !self.given_budget {
+            self.budget = Budget {
+                bytes: SERVER_BUDGET_BYTES,
+                source:
+                    "the server's memory, 8 GiB assumed (set --max-memory to what its GPU has free)"
+                        .into(),
+            };
+            self.given_budget = true;
         }
     }
 

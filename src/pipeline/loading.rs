@@ -231,7 +231,12 @@ pub(super) fn open_stage(
             ));
         }
         match opened {
-            Ok(session) => return Ok(Stage { session, provider }),
+            Ok(session) => {
+                return Ok(Stage {
+                    session: Box::new(session),
+                    provider,
+                })
+            }
             Err(error) if config.provider == ProviderChoice::Auto && provider != Provider::Cpu => {
                 fallbacks.push(format!("{component}: {provider} failed: {error}"));
                 last_error = Some(error);

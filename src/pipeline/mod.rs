@@ -28,6 +28,7 @@ use crate::error::{Error, Result};
 use crate::image::io::InputImage;
 use crate::image::size_plan;
 use crate::image::tensor;
+use crate::remote::Server;
 use crate::runtime::{Provider, Runtime};
 use crate::schedule::{self, NoiseSchedule};
 use crate::tiling::TilePlan;
@@ -75,6 +76,12 @@ impl Progress for NoProgress {
     fn step(&self) {}
 }
 
+/// Where the graphs run.
+enum Backend {
+    Local(&'static Runtime),
+    Server(Server),
+}
+
 /// A loaded bundle, ready to upscale images.
 pub struct Pipeline {
     bundle: Bundle,
@@ -102,23 +109,36 @@ pub struct Pipeline {
 impl Pipeline {
     /// Opens and validates the bundle and creates the three sessions.
     pub fn load(config: &PipelineConfig) -> Result<Pipeline> {
-        let runtime = Runtime::global(config.ort_lib.as_deref())?;
+        // With a server, the graphs run there: no ONNX Runtime is loaded here.
+        let backend = match &config.server {
+            Some(options) => Backend::Server(Server::connect(options.clone())?),
+            None => Backend::Local(Runtime::global(config.ort_lib.as_deref())?),
+        };
         let bundle = Bundle::open_with(&config.model_dir, config.verify_hashes)?;
         let schedule = noise_schedule(&bundle)?;
         let (prompt_embeds, prompt_shape) =
             load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
         let mut fallbacks = Vec::new();
         let mut open = |component: &str| -> Result<Stage> {
-            let path = bundle.resolve(&bundle.component(component).file)?;
-            open_stage(
-                runtime,
-                &bundle,
-                &path,
-                component,
-                config,
-                prompt_shape,
-                &mut fallbacks,
-            )
+            match &backend {
+                // Triton models are named like the manifest's components.
+                Backend::Server(server) => Ok(Stage {
+                    session: Box::new(server.model(component)?),
+                    provider: Provider::Triton,
+                }),
+                Backend::Local(runtime) => {
+                    let path = bundle.resolve(&bundle.component(component).file)?;
+                    open_stage(
+                        runtime,
+                        &bundle,
+                        &path,
+                        component,
+                        config,
+                        prompt_shape,
+                        &mut fallbacks,
+                    )
+                }
+            }
         };
         let encoder = open(component::VAE_ENCODER)?;
         let unet = open(component::UNET)?;

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::remote::ServerOptions;
 use crate::runtime::{ConvSearch, Provider, TensorRtOptions};
 use crate::schedule::NoiseSchedule;
 
@@ -53,6 +54,9 @@ pub struct PipelineConfig {
     pub conv_search: ConvSearch,
     /// TensorRT's fp16, workspace and cache settings (profiles are made per stage).
     pub tensorrt: TensorRtOptions,
+    /// Run the graphs on this Triton server instead of ONNX Runtime here
+    /// (`--server`); the bundle still gives the manifest and the prompt.
+    pub server: Option<ServerOptions>,
 }
 
 impl PipelineConfig {
@@ -73,6 +77,7 @@ impl PipelineConfig {
             tf32: false,
             conv_search: ConvSearch::default(),
             tensorrt: TensorRtOptions::default(),
+            server: None,
         }
     }
 }

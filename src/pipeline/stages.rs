@@ -11,7 +11,8 @@ use super::tile_run::TileRun;
 use super::{Pipeline, Progress};
 use crate::bundle::{component, port};
 use crate::error::Result;
-use crate::runtime::{InputTensor, ModelSession, Provider};
+use crate::graph::Graph;
+use crate::runtime::{InputTensor, Provider};
 use crate::tiling::{self, TilePlan};
 
 /// Where a timed stage's time goes.
@@ -72,7 +73,7 @@ pub(super) fn millis_since(start: Instant) -> f64 {
 }
 
 pub(super) struct Stage {
-    pub(super) session: ModelSession,
+    pub(super) session: Box<dyn Graph>,
     pub(super) provider: Provider,
 }
 

@@ -148,7 +148,8 @@ impl Runtime {
         if provider != Provider::Cpu {
             let compiled_in = match provider {
                 Provider::Cuda => ep::CUDA::is_available(),
-                _ => ep::TensorRT::is_available(),
+                Provider::Cpu | Provider::Triton => Ok(false),
+                Provider::TensorRt => ep::TensorRT::is_available(),
             };
             match compiled_in {
                 Ok(true) => {}

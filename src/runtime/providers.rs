@@ -15,6 +15,9 @@ pub enum Provider {
     Cpu,
     Cuda,
     TensorRt,
+    /// Not an ONNX Runtime provider: the stage runs on a Triton Inference
+    /// Server (`run --server`), wherever that server puts it.
+    Triton,
 }
 
 impl Provider {
@@ -24,6 +27,7 @@ impl Provider {
             Provider::Cpu => "cpu",
             Provider::Cuda => "cuda",
             Provider::TensorRt => "tensorrt",
+            Provider::Triton => "triton",
         }
     }
 
@@ -178,5 +182,8 @@ pub(super) fn register_provider(
             trt.build().error_on_failure().register(builder)?;
             cuda_provider(options).register(builder)
         }
+        Provider::Triton => Err(ort::Error::new(
+            "triton is not an ONNX Runtime provider (use run --server)",
+        )),
     }
 }

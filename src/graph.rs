@@ -1,0 +1,45 @@
+//! A network graph as the pipeline sees it: named inputs in, named outputs
+//! out. An ONNX Runtime session ([`crate::runtime::ModelSession`]) is one; a
+//! model on a Triton server ([`crate::remote::RemoteModel`]) is another.
+
+use crate::error::Result;
+use crate::runtime::{InputTensor, ModelSession, OutputTensor, PortInfo};
+
+/// One runnable graph.
+pub trait Graph: Send {
+    /// The graph's inputs.
+    fn inputs(&self) -> &[PortInfo];
+    /// The graph's outputs.
+    fn outputs(&self) -> &[PortInfo];
+    /// Sets an input that every following run gets without naming it.
+    fn set_constant(&mut self, name: &str, tensor: InputTensor<'_>) -> Result<()>;
+    /// Runs the graph on named inputs (and the constants); returns the
+    /// named outputs, in order.
+    fn run(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        output_names: &[&str],
+    ) -> Result<Vec<OutputTensor>>;
+}
+
+impl Graph for ModelSession {
+    fn inputs(&self) -> &[PortInfo] {
+        ModelSession::inputs(self)
+    }
+
+    fn outputs(&self) -> &[PortInfo] {
+        ModelSession::outputs(self)
+    }
+
+    fn set_constant(&mut self, name: &str, tensor: InputTensor<'_>) -> Result<()> {
+        ModelSession::set_constant(self, name, tensor)
+    }
+
+    fn run(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        output_names: &[&str],
+    ) -> Result<Vec<OutputTensor>> {
+        ModelSession::run(self, inputs, output_names)
+    }
+}
