@@ -46,9 +46,10 @@ pub struct CostModel {
     pub encoder: StageMemory,
     pub unet: StageMemory,
     pub decoder: StageMemory,
-    /// Weights of graphs the pipeline also opens: the tiled-VAE graphs
-    /// (loaded whenever the bundle has them), taken as the plain encoder's
-    /// and decoder's (the same weights; they are not measured apart).
+    /// Weights of the tiled-VAE graphs, which the pipeline opens on the
+    /// first tiled image (staged tiling) when the bundle has them, taken as
+    /// the plain encoder's and decoder's (the same weights; they are not
+    /// measured apart).
     pub extra_weights_bytes: u64,
 }
 
@@ -80,11 +81,15 @@ impl CostModel {
         })
     }
 
-    fn weights(&self) -> u64 {
+    fn weights(&self, staged_tiles: bool) -> u64 {
         self.encoder.weights_bytes
             + self.unet.weights_bytes
             + self.decoder.weights_bytes
-            + self.extra_weights_bytes
+            + if staged_tiles {
+                self.extra_weights_bytes
+            } else {
+                0
+            }
     }
 }
 
@@ -139,7 +144,8 @@ pub fn peak_bytes(
     let stages = activations(&model.encoder, encoder_px)
         + activations(&model.unet, unet_px)
         + activations(&model.decoder, decoder_px);
-    model.weights() + stages + PIPELINE_BYTES_PER_PIXEL * image
+    let staged_tiles = tile_px > 0 && tiling == TilingMode::Staged;
+    model.weights(staged_tiles) + stages + PIPELINE_BYTES_PER_PIXEL * image
 }
 
 /// Where the budget came from (shown to the user).
@@ -332,6 +338,24 @@ mod tests {
         );
         manifest.memory = None;
         assert!(CostModel::from_manifest(&manifest).is_none());
+    }
+
+    #[test]
+    fn the_tiled_vae_graphs_weights_count_only_for_staged_tiles() {
+        let mut with_tiled = model();
+        with_tiled.extra_weights_bytes = 300 << 20;
+        let plain = model();
+        // untiled and the authors' latent tiling never open the tiled-VAE graphs
+        for (tiling, tile) in [(TilingMode::Staged, 0), (TilingMode::Latent, 512)] {
+            assert_eq!(
+                peak_bytes(&with_tiled, tiling, 2048, 2048, tile),
+                peak_bytes(&plain, tiling, 2048, 2048, tile)
+            );
+        }
+        assert_eq!(
+            peak_bytes(&with_tiled, TilingMode::Staged, 2048, 2048, 512),
+            peak_bytes(&plain, TilingMode::Staged, 2048, 2048, 512) + (300 << 20)
+        );
     }
 
     #[test]

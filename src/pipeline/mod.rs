@@ -76,6 +76,36 @@ impl Progress for NoProgress {
     fn step(&self) {}
 }
 
+/// Opens one component's graph where the graphs run.
+fn open_component(
+    backend: &Backend,
+    bundle: &Bundle,
+    config: &PipelineConfig,
+    prompt_shape: [usize; 3],
+    fallbacks: &mut Vec<String>,
+    component: &str,
+) -> Result<Stage> {
+    match backend {
+        // Triton models are named like the manifest's components.
+        Backend::Server(server) => Ok(Stage {
+            session: Box::new(server.model(component)?),
+            provider: Provider::Triton,
+        }),
+        Backend::Local(runtime) => {
+            let path = bundle.resolve(&bundle.component(component).file)?;
+            open_stage(
+                runtime,
+                bundle,
+                &path,
+                component,
+                config,
+                prompt_shape,
+                fallbacks,
+            )
+        }
+    }
+}
+
 /// Where the graphs run.
 enum Backend {
     Local(&'static Runtime),
@@ -90,8 +120,14 @@ pub struct Pipeline {
     decoder: Stage,
     /// Optional VAE graphs that take shared GroupNorm statistics: every tile
     /// of a tiled encode or decode is normalized alike (else per tile).
+    /// Opened on the first tiled image only ([`Pipeline::open_tiled_stages`]):
+    /// a run that tiles nothing never holds their weights.
     encoder_tiled: Option<TiledStage>,
     decoder_tiled: Option<TiledStage>,
+    tiled_opened: bool,
+    backend: Backend,
+    /// What the pipeline was loaded with (to open the tiled graphs later).
+    config: PipelineConfig,
     schedule: NoiseSchedule,
     prompt_embeds: Vec<f32>,
     prompt_shape: [usize; 3],
@@ -120,25 +156,14 @@ impl Pipeline {
             load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
         let mut fallbacks = Vec::new();
         let mut open = |component: &str| -> Result<Stage> {
-            match &backend {
-                // Triton models are named like the manifest's components.
-                Backend::Server(server) => Ok(Stage {
-                    session: Box::new(server.model(component)?),
-                    provider: Provider::Triton,
-                }),
-                Backend::Local(runtime) => {
-                    let path = bundle.resolve(&bundle.component(component).file)?;
-                    open_stage(
-                        runtime,
-                        &bundle,
-                        &path,
-                        component,
-                        config,
-                        prompt_shape,
-                        &mut fallbacks,
-                    )
-                }
-            }
+            open_component(
+                &backend,
+                &bundle,
+                config,
+                prompt_shape,
+                &mut fallbacks,
+                component,
+            )
         };
         let encoder = open(component::VAE_ENCODER)?;
         let unet = open(component::UNET)?;
@@ -161,15 +186,17 @@ impl Pipeline {
             decoder.session.inputs(),
             decoder.session.outputs(),
         )?;
-        let encoder_tiled = open_tiled_stage(&mut open, &bundle, component::VAE_ENCODER_TILED)?;
-        let decoder_tiled = open_tiled_stage(&mut open, &bundle, component::VAE_DECODER_TILED)?;
         Ok(Pipeline {
             bundle,
             encoder,
             unet,
             decoder,
-            encoder_tiled,
-            decoder_tiled,
+            // opened on the first image that is tiled (TiledGraphs::ensure)
+            encoder_tiled: None,
+            decoder_tiled: None,
+            tiled_opened: false,
+            backend,
+            config: config.clone(),
             schedule,
             prompt_embeds,
             prompt_shape,
@@ -257,6 +284,23 @@ impl Pipeline {
         Ok(outputs)
     }
 
+    /// Opens the bundle's tiled-VAE graphs (shared GroupNorm statistics),
+    /// once, when the first tiled image needs them.
+    fn open_tiled_stages(&mut self) -> Result<()> {
+        if self.tiled_opened {
+            return Ok(());
+        }
+        let (backend, bundle, config) = (&self.backend, &self.bundle, &self.config);
+        let (prompt_shape, fallbacks) = (self.prompt_shape, &mut self.fallbacks);
+        let mut open = |component: &str| -> Result<Stage> {
+            open_component(backend, bundle, config, prompt_shape, fallbacks, component)
+        };
+        self.encoder_tiled = open_tiled_stage(&mut open, bundle, component::VAE_ENCODER_TILED)?;
+        self.decoder_tiled = open_tiled_stage(&mut open, bundle, component::VAE_DECODER_TILED)?;
+        self.tiled_opened = true;
+        Ok(())
+    }
+
     fn steps_per_timestep(&self, height: usize, width: usize, options: &RunOptions) -> u64 {
         self.plans(height, width, options)
             .map(|plans| plans.iter().map(|plan| plan.len() as u64).sum())
@@ -342,6 +386,9 @@ impl Pipeline {
             )));
         }
         let [encoder_plan, unet_plan, decoder_plan] = self.plans(height, width, options)?;
+        if encoder_plan.len() > 1 || decoder_plan.len() > 1 {
+            self.open_tiled_stages()?;
+        }
         self.network_tile = self.network_tile_for(options);
         let mut timings = StageTimings::default();
         let image = model_input.index_axis(Axis(0), 0);
