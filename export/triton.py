@@ -35,6 +35,8 @@ from .manifest import read_manifest
 TRITON_DTYPES = {"float32": "TYPE_FP32", "float16": "TYPE_FP16", "int64": "TYPE_INT64", "int32": "TYPE_INT32"}
 VARIANTS = ("onnxruntime", "python")
 DEFAULT_QUEUE_DELAY_US = 2000
+# A model-level parameter holding the sha256 of the ONNX file, from the bundle's manifest.
+GRAPH_SHA256_KEY = "tadsr_graph_sha256"
 
 
 def _dims(shape: Sequence, batched: bool) -> List[int]:
@@ -72,6 +74,10 @@ def config_pbtxt(name: str, entry: Dict, variant: str, max_batch: int, instances
     lines.append("output [\n" + ",\n".join(_port(p, batched) for p in entry["outputs"]) + "\n]")
     if batched:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {DEFAULT_QUEUE_DELAY_US}\n}}")
+    if entry.get("sha256"):
+        # the client (tadsr-edge run --server) checks it against its bundle's manifest
+        value = f'{{ string_value: "{entry["sha256"]}" }}'
+        lines.append(f'parameters {{\n  key: "{GRAPH_SHA256_KEY}"\n  value: {value}\n}}')
     kind = "KIND_GPU" if variant == "onnxruntime" else "KIND_CPU"
     lines.append(f"instance_group [\n  {{\n    count: {instances}\n    kind: {kind}\n  }}\n]")
     if variant == "onnxruntime":

@@ -4,7 +4,7 @@ tritonserver, Python backend, models/tiny), started and stopped by the tests on 
 The binary is the one `make test` builds (target/release/tadsr-edge). Checked: a server run gives the
 local run's image (untiled and tiled), a batch with bad files ends as locally, a server killed mid-batch
 gives one clear error, exit 2 and no partial file, 8 clients at once all finish right, and a missing
-model or a server that is down is a one-line error.
+model, a server holding another bundle's graphs or a server that is down is a one-line error.
 """
 
 from __future__ import annotations
@@ -137,6 +137,16 @@ def test_eight_clients_at_once_all_finish_right(tiny_triton, photos, tmp_path):
         assert client.returncode == 0, stderr
     for i in range(8):
         assert_same_image(reference, tmp_path / f"c{i}.png")
+
+
+def test_a_server_holding_another_bundles_graphs_is_refused(tiny_triton, photos, tmp_path):
+    """The repository records each graph's sha256; a client whose bundle differs stops before any work."""
+    ran = tadsr("run", photos / "coffee.png", "-o", tmp_path / "out.png", "--model", REPO / "models" / "nano",
+                "-q", "--server", tiny_triton.url, timeout=60)
+    assert ran.returncode == 2, ran.stderr
+    lines = ran.stderr.strip().splitlines()
+    assert len(lines) == 1 and "serves another vae_encoder graph than the bundle's" in lines[0], ran.stderr
+    assert not (tmp_path / "out.png").exists()
 
 
 def test_missing_model_down_server_and_bad_url_are_one_line_errors(start_triton, tiny_triton_repo, photos,

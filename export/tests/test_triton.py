@@ -25,6 +25,8 @@ def test_repository_has_one_model_per_graph_with_the_manifest_ports(tmp_path, va
             (TINY / manifest["components"][name]["file"]).read_bytes()
         for port in manifest["components"][name]["inputs"] + manifest["components"][name]["outputs"]:
             assert f'name: "{port["name"]}"' in text
+        sha256 = manifest["components"][name]["sha256"]
+        assert f'key: "{T.GRAPH_SHA256_KEY}"' in text and f'string_value: "{sha256}"' in text
         if variant == "python":
             assert (tmp_path / "repo" / name / "1" / "model.py").is_file()
             assert "KIND_CPU" in text and "tensorrt" not in text

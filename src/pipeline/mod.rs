@@ -88,7 +88,7 @@ fn open_component(
     match backend {
         // Triton models are named like the manifest's components.
         Backend::Server(server) => Ok(Stage {
-            session: Box::new(server.model(component)?),
+            session: Box::new(server.model(component, &bundle.component(component).sha256)?),
             provider: Provider::Triton,
         }),
         Backend::Local(runtime) => {

@@ -279,6 +279,22 @@ pub fn parse_metadata(body: &[u8]) -> Result<ModelMetadata, String> {
     })
 }
 
+/// The model parameter `python -m export.triton` writes: the sha256 of the
+/// ONNX file the model serves, from the bundle's manifest.
+pub const GRAPH_SHA256_PARAMETER: &str = "tadsr_graph_sha256";
+
+/// The graph's sha256 from a model's configuration (`GET
+/// /v2/models/NAME/config`); None when the repository did not record it.
+pub fn config_graph_sha256(body: &[u8]) -> Option<String> {
+    let config: Value = serde_json::from_slice(body).ok()?;
+    config
+        .get("parameters")?
+        .get(GRAPH_SHA256_PARAMETER)?
+        .get("string_value")?
+        .as_str()
+        .map(str::to_string)
+}
+
 /// The shape to send for one of our tensors: a batched model whose port is
 /// one value per request (Triton's `dims: [1]`, `reshape: []`, our
 /// `timestep` of shape `[batch]`) takes `[batch, 1]`.
@@ -418,6 +434,15 @@ mod tests {
         );
         assert_eq!(error_text(b"plain\ntext"), "plain text");
         assert!(error_text(&vec![b'x'; 1000]).ends_with("..."));
+    }
+
+    #[test]
+    fn graph_sha256_is_read_from_the_model_config() {
+        let config =
+            br#"{"name":"unet","parameters":{"tadsr_graph_sha256":{"string_value":"ab12"}}}"#;
+        assert_eq!(config_graph_sha256(config).as_deref(), Some("ab12"));
+        assert_eq!(config_graph_sha256(br#"{"name":"unet"}"#), None);
+        assert_eq!(config_graph_sha256(b"not json"), None);
     }
 
     #[test]

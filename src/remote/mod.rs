@@ -206,8 +206,11 @@ impl Server {
         }
     }
 
-    /// Opens a model: its metadata must exist and the model must be ready.
-    pub fn model(&self, name: &str) -> Result<RemoteModel> {
+    /// Opens a model: its metadata must exist, the model must be ready, and
+    /// where its configuration records the graph's sha256 (repositories of
+    /// `python -m export.triton`), that must be `expected_sha256`: a server
+    /// loaded with another bundle's graphs is refused, not silently used.
+    pub fn model(&self, name: &str, expected_sha256: &str) -> Result<RemoteModel> {
         let metadata = self.with_retries(&format!("read model {name}"), || {
             let reply = self.get(&format!("/v2/models/{name}"))?;
             match reply.status {
@@ -231,6 +234,23 @@ impl Server {
                 "model {name:?} is not ready (see the server's log: it may have failed to load)"
             )));
         }
+        let served = self.with_retries(&format!("read model {name}'s config"), || {
+            let reply = self.get(&format!("/v2/models/{name}/config"))?;
+            Ok((reply.status == 200)
+                .then(|| kserve::config_graph_sha256(&reply.body))
+                .flatten())
+        })?;
+        if let Some(served) = served {
+            if !served.eq_ignore_ascii_case(expected_sha256) {
+                return Err(self.refused(format!(
+                    "serves another {name} graph than the bundle's (sha256 {} on the server, {} in manifest.json): \
+                     give --model the bundle the repository was written from, or write the repository again \
+                     with python -m export.triton --bundle MODEL",
+                    short(&served),
+                    short(expected_sha256)
+                )));
+            }
+        }
         let ports = |list: &[kserve::MetadataPort]| {
             list.iter()
                 .map(|p| PortInfo {
@@ -248,6 +268,11 @@ impl Server {
             constants: Vec::new(),
         })
     }
+}
+
+/// The first 12 characters of a hash, for messages.
+fn short(hash: &str) -> &str {
+    hash.get(..12).unwrap_or(hash)
 }
 
 #[derive(Debug, Clone, PartialEq)]
