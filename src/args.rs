@@ -208,6 +208,17 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
+    /// Options that only mean something with --server.
+    pub fn check(&self) -> Result<(), tadsr_edge::Error> {
+        if self.server.is_none() && self.inflight > 1 {
+            return Err(tadsr_edge::Error::InvalidOption(format!(
+                "--inflight {} needs --server: locally the cores are shared by one image at a time (see --threads)",
+                self.inflight
+            )));
+        }
+        Ok(())
+    }
+
     /// The client's settings, when --server is given.
     pub fn options(&self) -> Option<tadsr_edge::remote::ServerOptions> {
         self.server.as_deref().map(|url| {

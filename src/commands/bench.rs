@@ -59,11 +59,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.notify = |notice| eprintln!("note: {notice}");
     config.verify_hashes = false;
     config.server = args.remote.options();
-    if config.server.is_none() && args.remote.inflight > 1 {
-        anyhow::bail!(tadsr_edge::Error::InvalidOption(
-            "--inflight needs --server (locally one image at a time uses every core)".into()
-        ));
-    }
+    args.remote.check()?;
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;

@@ -160,13 +160,7 @@ fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    if args.remote.server.is_none() && args.remote.inflight > 1 {
-        return Err(Error::InvalidOption(format!(
-            "--inflight {} needs --server: locally the cores are shared by one image at a time (see --threads)",
-            args.remote.inflight
-        ))
-        .into());
-    }
+    args.remote.check()?;
     if let (Some(device), ProviderArg::Cpu) = (args.gpu.device, args.provider) {
         return Err(Error::InvalidOption(format!(
             "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
