@@ -51,6 +51,10 @@ pub struct CostModel {
     /// the plain encoder's and decoder's (the same weights; they are not
     /// measured apart).
     pub extra_weights_bytes: u64,
+    /// Whether each stage gives its activations back when its run ends
+    /// (ONNX Runtime's CPU arena shrunk after every run, the default on the
+    /// CPU): the peak is then the largest stage's, not their sum.
+    pub stages_release_memory: bool,
 }
 
 impl CostModel {
@@ -78,6 +82,7 @@ impl CostModel {
             unet,
             decoder,
             extra_weights_bytes,
+            stages_release_memory: false,
         })
     }
 
@@ -120,9 +125,10 @@ pub fn activations(stage: &StageMemory, pixels: u64) -> u64 {
 
 /// Estimated peak bytes of one image of `width` x `height` (upscaled)
 /// pixels with tiles of `tile_px` (0: untiled): every graph's weights, every
-/// stage's activations on the largest piece it sees (summed: ONNX Runtime's
-/// CPU arena keeps each session's peak until the session ends, and the
-/// sessions live for the whole run), and the pipeline's whole-image buffers.
+/// stage's activations on the largest piece it sees (the largest stage's
+/// when stages release their memory after each run, else summed: an arena
+/// that is not shrunk keeps each session's peak while the sessions live),
+/// and the pipeline's whole-image buffers.
 pub fn peak_bytes(
     model: &CostModel,
     tiling: TilingMode,
@@ -141,9 +147,16 @@ pub fn peak_bytes(
         (_, TilingMode::Latent) => (image, tile(768), image),
         (side, TilingMode::Staged) => (tile(side), tile(side), tile(side)),
     };
-    let stages = activations(&model.encoder, encoder_px)
-        + activations(&model.unet, unet_px)
-        + activations(&model.decoder, decoder_px);
+    let each = [
+        activations(&model.encoder, encoder_px),
+        activations(&model.unet, unet_px),
+        activations(&model.decoder, decoder_px),
+    ];
+    let stages = if model.stages_release_memory {
+        each.into_iter().max().unwrap_or(0)
+    } else {
+        each.into_iter().sum()
+    };
     let staged_tiles = tile_px > 0 && tiling == TilingMode::Staged;
     model.weights(staged_tiles) + stages + PIPELINE_BYTES_PER_PIXEL * image
 }
@@ -307,6 +320,7 @@ mod tests {
             unet: stage(1000, 20, 300),
             decoder: stage(200, 10, 4000),
             extra_weights_bytes: 0,
+            stages_release_memory: false,
         }
     }
 
@@ -393,6 +407,21 @@ mod tests {
             peak_bytes(&m, TilingMode::Staged, 300, 200, 512),
             peak_bytes(&m, TilingMode::Staged, 300, 200, 0)
         );
+    }
+
+    #[test]
+    fn stages_that_release_their_memory_count_the_largest_stage_only() {
+        let mut m = model();
+        m.stages_release_memory = true;
+        let image = 1024u64 * 1024;
+        let largest = activations(&m.encoder, image)
+            .max(activations(&m.unet, image))
+            .max(activations(&m.decoder, image));
+        assert_eq!(largest, activations(&m.decoder, image));
+        let want = (1300u64 << 20) + largest + PIPELINE_BYTES_PER_PIXEL * image;
+        assert_eq!(peak_bytes(&m, TilingMode::Staged, 1024, 1024, 0), want);
+        let held = model();
+        assert!(peak_bytes(&held, TilingMode::Staged, 1024, 1024, 0) > want);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use tadsr_edge::bundle::Manifest;
 use tadsr_edge::pipeline::{Pipeline, TilingMode};
-use tadsr_edge::runtime::{gpu_info, Provider};
+use tadsr_edge::runtime::{gpu_info, Provider, SessionOptions};
 use tadsr_edge::system_memory;
 use tadsr_edge::tile_budget::{self, Budget, CostModel, TileDecision};
 
@@ -46,7 +46,12 @@ impl TilePolicy {
                 TileArg::Auto => None,
                 TileArg::Px(side) => Some(side),
             },
-            cost: manifest.and_then(CostModel::from_manifest),
+            cost: manifest.and_then(CostModel::from_manifest).map(|mut cost| {
+                // until `after_load` knows better: every stage on the CPU
+                let cpu = SessionOptions::default();
+                cost.stages_release_memory = cpu.cpu_arena && cpu.shrink_cpu_arena;
+                cost
+            }),
             budget,
             given_budget: max_memory.is_some(),
             tiling,
@@ -66,6 +71,17 @@ impl TilePolicy {
                         .into(),
             };
             self.given_budget = true;
+        }
+        // the server's sessions keep their memory (an ONNX Runtime arena
+        // per model instance)
+        self.keep_stage_memory();
+    }
+
+    /// Stages whose memory is not given back after each run (GPU
+    /// providers, a server): their activations add up.
+    fn keep_stage_memory(&mut self) {
+        if let Some(cost) = self.cost.as_mut() {
+            cost.stages_release_memory = false;
         }
     }
 
@@ -102,6 +118,9 @@ impl TilePolicy {
     ) {
         let providers = pipeline.providers();
         let stages = [providers.vae_encoder, providers.unet, providers.vae_decoder];
+        if stages.iter().any(|p| *p != Provider::Cpu) {
+            self.keep_stage_memory();
+        }
         if stages.contains(&Provider::TensorRt) {
             self.pinned = engine_decision;
             return;

@@ -258,6 +258,7 @@ impl Runtime {
             options
                 .io_binding
                 .unwrap_or(options.provider != Provider::Cpu),
+            options.provider == Provider::Cpu && options.cpu_arena && options.shrink_cpu_arena,
         )
     }
 }

@@ -103,6 +103,9 @@ pub struct SessionOptions {
     pub cpu_arena: bool,
     /// ONNX Runtime's memory pattern planning (per input shape).
     pub memory_pattern: bool,
+    /// Return the CPU arena's free memory to the system after every run, so
+    /// that the sessions of a pipeline do not each hold their peak.
+    pub shrink_cpu_arena: bool,
     /// Hold constant inputs in an I/O binding (copied to the device once);
     /// None: on GPU providers only.
     pub io_binding: Option<bool>,
@@ -119,6 +122,7 @@ impl Default for SessionOptions {
             tensorrt: TensorRtOptions::default(),
             cpu_arena: env_flag("TADSR_EDGE_CPU_ARENA", true),
             memory_pattern: env_flag("TADSR_EDGE_MEMORY_PATTERN", true),
+            shrink_cpu_arena: env_flag("TADSR_EDGE_ARENA_SHRINK", true),
             io_binding: None,
         }
     }

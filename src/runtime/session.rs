@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use half::f16;
 use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
-use ort::session::{IoBinding, Session, SessionInputValue, SessionOutputs};
+use ort::session::{IoBinding, RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use crate::error::{Error, Result};
@@ -45,6 +45,7 @@ pub struct PortInfo {
 
 /// An input tensor handed to [`ModelSession::run`]. Float data is always f32
 /// on our side; fp16 graphs get it converted here.
+#[derive(Debug, Clone, Copy)]
 pub enum InputTensor<'a> {
     Float { shape: &'a [usize], data: &'a [f32] },
     Int64 { shape: &'a [usize], data: &'a [i64] },
@@ -82,6 +83,10 @@ pub struct ModelSession {
     /// GPU providers: the I/O binding holding the constants on the device
     /// (None on the CPU, where a plain run borrows them without a copy).
     binding: Option<IoBinding>,
+    /// Set when the CPU arena is returned to the system at the end of every
+    /// run (`memory.enable_memory_arena_shrinkage`): a stage's activations
+    /// are then not held while the next stage runs.
+    run_options: Option<RunOptions>,
 }
 
 fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
@@ -109,7 +114,12 @@ fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
 }
 
 impl ModelSession {
-    pub(super) fn new(session: Session, model: &Path, use_binding: bool) -> Result<Self> {
+    pub(super) fn new(
+        session: Session,
+        model: &Path,
+        use_binding: bool,
+        shrink_cpu_arena: bool,
+    ) -> Result<Self> {
         let inputs = session
             .inputs()
             .iter()
@@ -128,6 +138,19 @@ impl ModelSession {
         } else {
             None
         };
+        let run_options = if shrink_cpu_arena {
+            let fail = |source| Error::OrtIn {
+                path: model.to_path_buf(),
+                source,
+            };
+            let mut run_options = RunOptions::new().map_err(fail)?;
+            run_options
+                .set("memory.enable_memory_arena_shrinkage", "cpu:0")
+                .map_err(fail)?;
+            Some(run_options)
+        } else {
+            None
+        };
         Ok(ModelSession {
             session,
             inputs,
@@ -135,6 +158,7 @@ impl ModelSession {
             model: model.to_path_buf(),
             constants: Vec::new(),
             binding,
+            run_options,
         })
     }
 
@@ -277,8 +301,11 @@ impl ModelSession {
             };
             values.push((Cow::Borrowed(constant.name.as_str()), value));
         }
-        let outputs = self.session.run(values).map_err(fail)?;
-
+        let outputs = match &self.run_options {
+            Some(run_options) => self.session.run_with_options(values, run_options),
+            None => self.session.run(values),
+        }
+        .map_err(fail)?;
         extract_outputs(&model, &outputs, output_names)
     }
 
@@ -332,7 +359,11 @@ impl ModelSession {
         for name in output_names {
             binding.bind_output_to_device(*name, &host).map_err(fail)?;
         }
-        let outputs = self.session.run_binding(binding).map_err(fail)?;
+        let outputs = match &self.run_options {
+            Some(run_options) => self.session.run_binding_with_options(binding, run_options),
+            None => self.session.run_binding(binding),
+        }
+        .map_err(fail)?;
         extract_outputs(&model, &outputs, output_names)
     }
 }
