@@ -225,6 +225,7 @@ impl ServerArgs {
             let mut options = tadsr_edge::remote::ServerOptions::new(url);
             options.request_timeout = std::time::Duration::from_secs(self.server_timeout);
             options.retries = self.retries;
+            options.requests = tadsr_edge::remote::RequestSlots::new(self.inflight as usize);
             options
         })
     }

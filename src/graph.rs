@@ -20,6 +20,18 @@ pub trait Graph: Send {
         inputs: &[(&str, InputTensor<'_>)],
         output_names: &[&str],
     ) -> Result<Vec<OutputTensor>>;
+    /// Runs the graph once per entry of `runs` (the tiles of one group);
+    /// the outputs in the same order. One after another unless the graph
+    /// can have several runs in flight (a server).
+    fn run_group(
+        &mut self,
+        runs: &[Vec<(&str, InputTensor<'_>)>],
+        output_names: &[&str],
+    ) -> Result<Vec<Vec<OutputTensor>>> {
+        runs.iter()
+            .map(|inputs| self.run(inputs, output_names))
+            .collect()
+    }
 }
 
 impl Graph for ModelSession {

@@ -2,13 +2,14 @@
 tritonserver, Python backend, models/tiny), started and stopped by the tests on 127.0.0.1.
 
 The binary is the one `make test` builds (target/release/tadsr-edge). Checked: a server run gives the
-local run's image (untiled and tiled), a batch with bad files ends as locally, a server killed mid-batch
+local run's image (untiled and tiled; the tiles of one image in flight together), a batch with bad files ends as locally, a server killed mid-batch
 gives one clear error, exit 2 and no partial file, 8 clients at once all finish right, and a missing
 model, a server holding another bundle's graphs or a server that is down is a one-line error.
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import time
@@ -67,6 +68,26 @@ def test_server_run_gives_the_local_image(tiny_triton, photos, tmp_path, tiling)
     assert remote.returncode == 0, remote.stderr
     for name in ("coffee.png", "chelsea.png"):
         assert_same_image(tmp_path / "local" / name, tmp_path / "remote" / name)
+
+
+def test_tiles_of_one_image_are_in_flight_together_and_give_the_local_image(tiny_triton, tmp_path):
+    """One 1024^2 output in 256 px tiles (25 per stage): with --inflight 4 its tiles go 4 at a time
+    (the JSON line counts the requests that were in flight together), and the image is the local one."""
+    source = tmp_path / "big.png"
+    with Image.open(REPO / "examples" / "coffee.png") as image:
+        image.convert("RGB").resize((256, 256), Image.BICUBIC).save(source)
+    tiling = ["--tile", "256", "--tile-shape", "balanced", "--process-size", "0"]
+    local = tadsr("run", source, "-o", tmp_path / "local.png", "--model", TINY, "-q", *tiling)
+    assert local.returncode == 0, local.stderr
+    remote = tadsr("run", source, "-o", tmp_path / "remote.png", "--model", TINY, "--json", *tiling,
+                   "--server", tiny_triton.url, "--inflight", "4")
+    assert remote.returncode == 0, remote.stderr
+    report = json.loads(remote.stdout.splitlines()[0])
+    assert report["output_size"] == [1024, 1024]
+    assert report["tile"]["tile_px"] == 256
+    assert report["server"]["inflight"] == 4
+    assert report["server"]["requests_in_flight_peak"] == 4, report["server"]
+    assert_same_image(tmp_path / "local.png", tmp_path / "remote.png")
 
 
 def test_json_line_says_the_stages_ran_on_the_server(tiny_triton, photos, tmp_path):

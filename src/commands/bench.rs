@@ -248,6 +248,7 @@ fn bench_inflight(
     let images_per_minute = images / wall_s * 60.0;
     let output_megapixels = f64::from(args.size) * f64::from(args.size) / 1e6;
     let server = args.remote.server.as_deref().unwrap_or_default();
+    let peak_requests = config.server.as_ref().map_or(0, |s| s.requests.peak());
     if args.json {
         print_line(json!({
             "model": config.model_dir,
@@ -261,6 +262,7 @@ fn bench_inflight(
             "wall_s": wall_s,
             "images_per_minute": images_per_minute,
             "output_megapixels_per_second": images * output_megapixels / wall_s,
+            "requests_in_flight_peak": peak_requests,
         }))?;
         return Ok(Outcome::Done);
     }
@@ -279,7 +281,7 @@ fn bench_inflight(
         latency.p50, latency.p95, latency.min
     ))?;
     print_line(format_args!(
-        "throughput: {images_per_minute:.1} images/minute ({:.3} output megapixels/s)",
+        "throughput: {images_per_minute:.1} images/minute ({:.3} output megapixels/s); at most {peak_requests} request(s) in flight",
         images * output_megapixels / wall_s
     ))?;
     Ok(Outcome::Done)

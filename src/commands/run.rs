@@ -375,6 +375,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         unfinished: AtomicUsize::new(0),
         show_bars: !args.quiet && inflight == 1 && std::io::stderr().is_terminal(),
         jobs: &jobs,
+        server_requests: config.server.as_ref().map(|server| server.requests.clone()),
     };
     if inflight == 1 {
         batch.work(&mut pipeline);
@@ -441,6 +442,9 @@ struct Batch<'a> {
     unfinished: AtomicUsize,
     show_bars: bool,
     jobs: &'a [(PathBuf, Vec<PathBuf>)],
+    /// With --server: the batch's request slots (`--inflight`), for the
+    /// JSON line's count of requests in flight at once.
+    server_requests: Option<tadsr_edge::remote::RequestSlots>,
 }
 
 impl Batch<'_> {
@@ -600,7 +604,7 @@ impl Batch<'_> {
                 }
                 ms.insert("write".into(), json!(write_ms));
                 ms.insert("total".into(), json!(timings.total() + write_ms));
-                let printed = print_line(json!({
+                let mut line = json!({
                     "input": json_path(input),
                     "output": json_path(output_path),
                     "input_size": [image.width, image.height],
@@ -609,8 +613,16 @@ impl Batch<'_> {
                     "provider": self.providers,
                     "tile": tile,
                     "ms": ms,
-                }));
-                printed.map_err(Stop::Fatal)?;
+                });
+                if let (Some(requests), Some(url)) = (&self.server_requests, &args.remote.server) {
+                    // requests in flight at once so far in this batch (at most --inflight)
+                    line["server"] = json!({
+                        "url": url,
+                        "inflight": requests.capacity(),
+                        "requests_in_flight_peak": requests.peak(),
+                    });
+                }
+                print_line(line).map_err(Stop::Fatal)?;
             } else if !args.quiet {
                 eprintln!(
                     "{} -> {} ({}x{} -> {}x{}, t={}, {:.0} ms)",

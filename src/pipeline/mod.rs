@@ -140,6 +140,9 @@ pub struct Pipeline {
     shapes: ShapeHint,
     /// The current run's fixed tile shape on GPUs ([`Pipeline::network_tile_for`]).
     network_tile: Option<(usize, usize)>,
+    /// Tiles of one stage sent at once: with a server, `--inflight` (one
+    /// request each, in flight together); locally one.
+    tiles_in_flight: usize,
 }
 
 impl Pipeline {
@@ -205,6 +208,7 @@ impl Pipeline {
             fixed_tiles: config.fixed_tiles,
             shapes: config.shapes,
             network_tile: None,
+            tiles_in_flight: config.server.as_ref().map_or(1, |server| server.inflight()),
         })
     }
 

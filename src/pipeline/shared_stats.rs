@@ -132,6 +132,18 @@ impl TiledStage {
         stats: Option<&SharedStats>,
         output_names: &[&str],
     ) -> Result<Vec<OutputTensor>> {
+        let mut outputs = self.run_group(vec![inputs.to_vec()], stats, output_names)?;
+        Ok(outputs.pop().expect("one run"))
+    }
+
+    /// [`TiledStage::run`] once per entry of `runs` (the tiles of one
+    /// group), through [`Graph::run_group`].
+    pub(super) fn run_group(
+        &mut self,
+        runs: Vec<Vec<(&str, InputTensor<'_>)>>,
+        stats: Option<&SharedStats>,
+        output_names: &[&str],
+    ) -> Result<Vec<Vec<OutputTensor>>> {
         let shape = [self.layers, self.groups];
         let count = self.layers * self.groups;
         let (own_mean, own_var) = match stats {
@@ -142,24 +154,37 @@ impl TiledStage {
             Some(stats) => (&stats.mean, &stats.var, &[1.0]),
             None => (&own_mean, &own_var, &[0.0]),
         };
-        let mut all: Vec<(&str, InputTensor<'_>)> = inputs.into_iter().collect();
-        for (name, data) in TILED_STATS_INPUTS.into_iter().zip([mean, var]) {
-            all.push((
-                name,
+        let stats_inputs = [
+            (
+                TILED_STATS_INPUTS[0],
                 InputTensor::Float {
                     shape: &shape,
-                    data,
+                    data: mean,
                 },
-            ));
-        }
-        all.push((
-            TILED_STATS_INPUTS[2],
-            InputTensor::Float {
-                shape: &[1],
-                data: fixed,
-            },
-        ));
-        self.stage.session.run(&all, output_names)
+            ),
+            (
+                TILED_STATS_INPUTS[1],
+                InputTensor::Float {
+                    shape: &shape,
+                    data: var,
+                },
+            ),
+            (
+                TILED_STATS_INPUTS[2],
+                InputTensor::Float {
+                    shape: &[1],
+                    data: fixed,
+                },
+            ),
+        ];
+        let runs: Vec<Vec<(&str, InputTensor<'_>)>> = runs
+            .into_iter()
+            .map(|mut inputs| {
+                inputs.extend_from_slice(&stats_inputs);
+                inputs
+            })
+            .collect();
+        self.stage.session.run_group(&runs, output_names)
     }
 
     /// The statistics each GroupNorm computes on `inputs` (own statistics).

@@ -107,20 +107,32 @@ impl Pipeline {
             progress,
             network_tile: self.network_tile,
         };
-        let mut moments = tiles.run(&mut timings.encoder, &mut timings.blend, |shape, tile| {
-            let inputs = [
-                (port::IMAGE, InputTensor::Float { shape, data: tile }),
-                (
-                    port::TIMESTEP,
-                    InputTensor::Int64 {
-                        shape: &[1],
-                        data: &timestep_tensor,
-                    },
-                ),
-            ];
+        let group = self.tiles_in_flight;
+        let mut moments = tiles.run(group, &mut timings.encoder, &mut timings.blend, |tiles| {
+            let runs: Vec<_> = tiles
+                .iter()
+                .map(|tile| {
+                    vec![
+                        (
+                            port::IMAGE,
+                            InputTensor::Float {
+                                shape: &tile.shape,
+                                data: &tile.data,
+                            },
+                        ),
+                        (
+                            port::TIMESTEP,
+                            InputTensor::Int64 {
+                                shape: &[1],
+                                data: &timestep_tensor,
+                            },
+                        ),
+                    ]
+                })
+                .collect();
             match (&stats, encoder_tiled.as_mut()) {
-                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &output_names),
-                _ => encoder.session.run(&inputs, &output_names),
+                (Some(stats), Some(tiled)) => tiled.run_group(runs, Some(stats), &output_names),
+                _ => encoder.session.run_group(&runs, &output_names),
             }
         })?;
         let latent_logvar = moments.pop().expect("two outputs");
@@ -171,11 +183,21 @@ impl Pipeline {
                 data: prompt_embeds,
             },
         )?;
-        let mut residual = tiles.run(&mut timings.unet, &mut timings.blend, |shape, tile| {
-            unet.session.run(
-                &[(port::LATENT, InputTensor::Float { shape, data: tile })],
-                &[port::RESIDUAL],
-            )
+        let group = self.tiles_in_flight;
+        let mut residual = tiles.run(group, &mut timings.unet, &mut timings.blend, |tiles| {
+            let runs: Vec<_> = tiles
+                .iter()
+                .map(|tile| {
+                    vec![(
+                        port::LATENT,
+                        InputTensor::Float {
+                            shape: &tile.shape,
+                            data: &tile.data,
+                        },
+                    )]
+                })
+                .collect();
+            unet.session.run_group(&runs, &[port::RESIDUAL])
         })?;
         Ok(residual.pop().expect("one output"))
     }
@@ -205,11 +227,23 @@ impl Pipeline {
             progress,
             network_tile: self.network_tile,
         };
-        let mut image = tiles.run(&mut timings.decoder, &mut timings.blend, |shape, tile| {
-            let inputs = [(port::LATENT, InputTensor::Float { shape, data: tile })];
+        let group = self.tiles_in_flight;
+        let mut image = tiles.run(group, &mut timings.decoder, &mut timings.blend, |tiles| {
+            let runs: Vec<_> = tiles
+                .iter()
+                .map(|tile| {
+                    vec![(
+                        port::LATENT,
+                        InputTensor::Float {
+                            shape: &tile.shape,
+                            data: &tile.data,
+                        },
+                    )]
+                })
+                .collect();
             match (&stats, decoder_tiled.as_mut()) {
-                (Some(stats), Some(tiled)) => tiled.run(inputs, Some(stats), &[port::IMAGE]),
-                _ => decoder.session.run(&inputs, &[port::IMAGE]),
+                (Some(stats), Some(tiled)) => tiled.run_group(runs, Some(stats), &[port::IMAGE]),
+                _ => decoder.session.run_group(&runs, &[port::IMAGE]),
             }
         })?;
         Ok(image.pop().expect("one output"))

@@ -37,15 +37,26 @@ pub(super) struct TileRun<'a> {
     pub(super) network_tile: Option<(usize, usize)>,
 }
 
+/// One tile cut out of the source, as sent to the graph: `[1, C, h, w]`.
+pub(super) struct TileInput {
+    pub(super) shape: [usize; 4],
+    pub(super) data: Vec<f32>,
+}
+
 impl TileRun<'_> {
-    /// `run_tile(shape, data)` runs one `[1, C, h, w]` tile. Time in it goes
-    /// to `network_ms`, cutting and blending to `blend_ms`. A single tile's
-    /// outputs are returned as they are (exactly the untiled result).
+    /// `run_tiles(tiles)` runs the graph on up to `group` tiles (one
+    /// `[1, C, h, w]` run each; a server has them in flight at once) and
+    /// returns each tile's outputs in order. Time in it goes to
+    /// `network_ms`, cutting and blending to `blend_ms`. Tiles are blended
+    /// in plan order whatever the group, so the result does not depend on
+    /// it. A single tile's outputs are returned as they are (exactly the
+    /// untiled result).
     pub(super) fn run(
         &self,
+        group: usize,
         network_ms: &mut f64,
         blend_ms: &mut f64,
-        mut run_tile: impl FnMut(&[usize], &[f32]) -> Result<Vec<OutputTensor>>,
+        mut run_tiles: impl FnMut(&[TileInput]) -> Result<Vec<Vec<OutputTensor>>>,
     ) -> Result<Vec<Array3<f32>>> {
         let (height, width) = self.plan.area();
         let (out_h, out_w) = (height * self.output_scale, width * self.output_scale);
@@ -54,63 +65,102 @@ impl TileRun<'_> {
             .iter()
             .map(|&channels| TileAccumulator::new(channels, out_h, out_w))
             .collect();
-        for rect in self.plan.tiles() {
+        let rects: Vec<TileRect> = self.plan.tiles().collect();
+        for rects in rects.chunks(group.max(1)) {
             if self.cancel.is_some_and(|flag| flag.load(Ordering::Relaxed)) {
                 return Err(Error::Interrupted);
             }
             let start = Instant::now();
-            let source_rect = rect.scaled_up(self.source_scale);
-            let mut tile = tiling::extract_tile(self.source, source_rect);
-            let padded = self
-                .network_tile
-                .map(|(h, w)| (h.max(rect.height), w.max(rect.width)))
-                .filter(|&(h, w)| (h, w) != (rect.height, rect.width));
-            if let Some((h, w)) = padded {
-                tile = tiling::pad_replicate(&tile, h * self.source_scale, w * self.source_scale);
-            }
-            let (_, tile_h, tile_w) = tile.dim();
-            let shape = [1, tile.dim().0, tile_h, tile_w];
+            let (tiles, padding): (Vec<TileInput>, Vec<Option<(usize, usize)>>) =
+                rects.iter().map(|&rect| self.cut(rect)).unzip();
             *blend_ms += millis_since(start);
             let start = Instant::now();
-            let mut outputs = run_tile(&shape, tile.as_slice().expect("standard layout"))?;
+            let outputs = run_tiles(&tiles)?;
             *network_ms += millis_since(start);
-            if let Some((h, w)) = padded {
-                let scale = self.output_scale;
-                for (output, &channels) in outputs.iter_mut().zip(self.output_channels) {
-                    let full = (h * scale, w * scale);
-                    if output.data.len() != channels * full.0 * full.1 {
-                        return Err(Error::Ort(format!(
-                            "a graph returned shape {:?} for a padded tile, expected [1, {channels}, {}, {}]",
-                            output.shape, full.0, full.1
-                        )));
-                    }
-                    let kept = (rect.height * scale, rect.width * scale);
-                    output.data = tiling::crop_top_left(&output.data, channels, full, kept);
-                    output.shape = vec![1, channels, kept.0, kept.1];
+            drop(tiles);
+            if outputs.len() != rects.len() {
+                return Err(Error::Ort(format!(
+                    "{} returned {} results for {} tiles",
+                    self.stage,
+                    outputs.len(),
+                    rects.len()
+                )));
+            }
+            for ((&rect, padded), mut outputs) in rects.iter().zip(padding).zip(outputs) {
+                if let Some((h, w)) = padded {
+                    self.crop_padding(&mut outputs, rect, (h, w))?;
                 }
+                for output in &outputs {
+                    check_finite(self.stage, self.provider, &output.data)?;
+                }
+                self.progress.step();
+                if self.plan.is_single() {
+                    return outputs
+                        .into_iter()
+                        .zip(self.output_channels)
+                        .map(|(output, &channels)| into_chw(output, channels, out_h, out_w))
+                        .collect();
+                }
+                let start = Instant::now();
+                let output_rect = rect.scaled_up(self.output_scale);
+                for (sum, output) in sums.iter_mut().zip(&outputs) {
+                    add_tile(sum, output_rect, &output.data, self.weights)?;
+                }
+                *blend_ms += millis_since(start);
             }
-            for output in &outputs {
-                check_finite(self.stage, self.provider, &output.data)?;
-            }
-            self.progress.step();
-            if self.plan.is_single() {
-                return outputs
-                    .into_iter()
-                    .zip(self.output_channels)
-                    .map(|(output, &channels)| into_chw(output, channels, out_h, out_w))
-                    .collect();
-            }
-            let start = Instant::now();
-            let output_rect = rect.scaled_up(self.output_scale);
-            for (sum, output) in sums.iter_mut().zip(&outputs) {
-                add_tile(sum, output_rect, &output.data, self.weights)?;
-            }
-            *blend_ms += millis_since(start);
         }
         let start = Instant::now();
         let blended = sums.into_iter().map(finalize).collect();
         *blend_ms += millis_since(start);
         blended
+    }
+
+    /// The source under `rect`, padded by repetition to the network tile
+    /// shape when that is set and larger (the padded shape is returned).
+    fn cut(&self, rect: TileRect) -> (TileInput, Option<(usize, usize)>) {
+        let source_rect = rect.scaled_up(self.source_scale);
+        let mut tile = tiling::extract_tile(self.source, source_rect);
+        let padded = self
+            .network_tile
+            .map(|(h, w)| (h.max(rect.height), w.max(rect.width)))
+            .filter(|&(h, w)| (h, w) != (rect.height, rect.width));
+        if let Some((h, w)) = padded {
+            tile = tiling::pad_replicate(&tile, h * self.source_scale, w * self.source_scale);
+        }
+        let (channels, tile_h, tile_w) = tile.dim();
+        let data = if tile.is_standard_layout() {
+            tile.into_raw_vec_and_offset().0
+        } else {
+            tile.iter().copied().collect()
+        };
+        let input = TileInput {
+            shape: [1, channels, tile_h, tile_w],
+            data,
+        };
+        (input, padded)
+    }
+
+    /// Cuts a padded tile's outputs back to the tile (`padded` in plan cells).
+    fn crop_padding(
+        &self,
+        outputs: &mut [OutputTensor],
+        rect: TileRect,
+        padded: (usize, usize),
+    ) -> Result<()> {
+        let scale = self.output_scale;
+        for (output, &channels) in outputs.iter_mut().zip(self.output_channels) {
+            let full = (padded.0 * scale, padded.1 * scale);
+            if output.data.len() != channels * full.0 * full.1 {
+                return Err(Error::Ort(format!(
+                    "a graph returned shape {:?} for a padded tile, expected [1, {channels}, {}, {}]",
+                    output.shape, full.0, full.1
+                )));
+            }
+            let kept = (rect.height * scale, rect.width * scale);
+            output.data = tiling::crop_top_left(&output.data, channels, full, kept);
+            output.shape = vec![1, channels, kept.0, kept.1];
+        }
+        Ok(())
     }
 }
 

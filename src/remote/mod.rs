@@ -10,6 +10,8 @@
 
 pub mod kserve;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
@@ -29,6 +31,10 @@ pub struct ServerOptions {
     pub retries: u32,
     /// Wait before the first retry; doubled each time, capped at 5 s.
     pub first_backoff: Duration,
+    /// Most requests in flight at once (`--inflight`), shared by every
+    /// clone of these options: the pipelines of one batch together never
+    /// send more.
+    pub requests: RequestSlots,
 }
 
 impl ServerOptions {
@@ -40,7 +46,84 @@ impl ServerOptions {
             request_timeout: Duration::from_secs(300),
             retries: 5,
             first_backoff: Duration::from_millis(250),
+            requests: RequestSlots::new(1),
         }
+    }
+
+    /// Requests one image may have in flight: its tiles are sent this many
+    /// at a time.
+    pub fn inflight(&self) -> usize {
+        self.requests.capacity()
+    }
+}
+
+/// A counting semaphore: at most `capacity` holders at once. Clones share
+/// the count.
+#[derive(Debug, Clone)]
+pub struct RequestSlots {
+    capacity: usize,
+    state: Arc<SlotState>,
+}
+
+#[derive(Debug, Default)]
+struct SlotState {
+    taken: Mutex<usize>,
+    freed: Condvar,
+    /// Most slots ever taken at once.
+    peak: AtomicUsize,
+}
+
+/// One taken slot, given back when dropped.
+pub struct RequestSlot<'a> {
+    slots: &'a RequestSlots,
+}
+
+impl RequestSlots {
+    /// `capacity` slots (at least one).
+    pub fn new(capacity: usize) -> Self {
+        RequestSlots {
+            capacity: capacity.max(1),
+            state: Arc::new(SlotState::default()),
+        }
+    }
+
+    /// The number of slots.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Waits for a free slot and takes it.
+    pub fn take(&self) -> RequestSlot<'_> {
+        let mut taken = self.count();
+        while *taken >= self.capacity {
+            taken = self
+                .state
+                .freed
+                .wait(taken)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        *taken += 1;
+        self.state.peak.fetch_max(*taken, Ordering::Relaxed);
+        RequestSlot { slots: self }
+    }
+
+    /// Most slots taken at once so far (requests in flight together).
+    pub fn peak(&self) -> usize {
+        self.state.peak.load(Ordering::Relaxed)
+    }
+
+    fn count(&self) -> std::sync::MutexGuard<'_, usize> {
+        self.state
+            .taken
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Drop for RequestSlot<'_> {
+    fn drop(&mut self) {
+        *self.slots.count() -= 1;
+        self.slots.state.freed.notify_one();
     }
 }
 
@@ -158,6 +241,8 @@ impl Server {
     }
 
     fn post(&self, path: &str, body: &kserve::RequestBody) -> std::result::Result<Reply, Failure> {
+        // a slot per attempt: none is held while waiting to retry
+        let _slot = self.options.requests.take();
         self.reply(
             self.agent
                 .post(format!("{}{path}", self.options.url))
@@ -344,6 +429,52 @@ impl Graph for RemoteModel {
         inputs: &[(&str, InputTensor<'_>)],
         output_names: &[&str],
     ) -> Result<Vec<OutputTensor>> {
+        self.infer(inputs, output_names)
+    }
+
+    /// One request per run, all in flight at once (as many as the request
+    /// slots allow); the outputs in the order of `runs`. The first error
+    /// found in that order is returned.
+    fn run_group(
+        &mut self,
+        runs: &[Vec<(&str, InputTensor<'_>)>],
+        output_names: &[&str],
+    ) -> Result<Vec<Vec<OutputTensor>>> {
+        if runs.len() <= 1 {
+            return runs
+                .iter()
+                .map(|inputs| self.infer(inputs, output_names))
+                .collect();
+        }
+        let model = &*self;
+        std::thread::scope(|scope| {
+            let requests: Vec<_> = runs
+                .iter()
+                .map(|inputs| scope.spawn(move || model.infer(inputs, output_names)))
+                .collect();
+            requests
+                .into_iter()
+                .map(|request| {
+                    request.join().unwrap_or_else(|_| {
+                        Err(Error::Ort(format!(
+                            "a request to model {} failed unexpectedly",
+                            model.name
+                        )))
+                    })
+                })
+                .collect()
+        })
+    }
+}
+
+impl RemoteModel {
+    /// One inference request: `inputs` and the constants in, the named
+    /// outputs back, in order.
+    fn infer(
+        &self,
+        inputs: &[(&str, InputTensor<'_>)],
+        output_names: &[&str],
+    ) -> Result<Vec<OutputTensor>> {
         let mut wire = Vec::with_capacity(inputs.len() + self.constants.len());
         for (name, tensor) in inputs {
             wire.push(match tensor {
@@ -400,5 +531,38 @@ impl Graph for RemoteModel {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn request_slots_never_let_more_than_capacity_in_and_clones_share_them() {
+        let slots = RequestSlots::new(3);
+        let shared = slots.clone();
+        let inside = AtomicUsize::new(0);
+        let most_inside = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            for worker in 0..8 {
+                let slots = if worker % 2 == 0 { &slots } else { &shared };
+                let (inside, most_inside) = (&inside, &most_inside);
+                scope.spawn(move || {
+                    for _ in 0..4 {
+                        let _slot = slots.take();
+                        let now = inside.fetch_add(1, Ordering::SeqCst) + 1;
+                        most_inside.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(Duration::from_millis(5));
+                        inside.fetch_sub(1, Ordering::SeqCst);
+                    }
+                });
+            }
+        });
+        assert!(most_inside.load(Ordering::SeqCst) <= 3);
+        assert!(slots.peak() <= 3 && slots.peak() >= 1);
+        assert_eq!(*slots.count(), 0, "every slot given back");
+        assert_eq!(RequestSlots::new(0).capacity(), 1);
     }
 }
