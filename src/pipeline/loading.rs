@@ -176,6 +176,41 @@ fn announce_engine_build(
     Some(std::time::Instant::now())
 }
 
+/// Graphs at least this big (weights file included) get a notice when
+/// their optimized graph is first written to the cache.
+const CACHE_NOTICE_BYTES: u64 = 256 << 20;
+
+/// Says so when a big graph is about to be optimized and cached for the
+/// first time (a slower start, and a copy of its weights on disk).
+fn announce_graph_caching(
+    runtime: &Runtime,
+    path: &Path,
+    component: &str,
+    options: &SessionOptions,
+    notify: fn(&str),
+) {
+    let Some(entry) = runtime.graph_cache_entry(path, options) else {
+        return;
+    };
+    if entry.graph().is_some() {
+        return;
+    }
+    let size = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+    let weights = path.with_file_name(format!(
+        "{}.data",
+        path.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let bytes = size(path) + size(&weights);
+    if bytes >= CACHE_NOTICE_BYTES {
+        notify(&format!(
+            "optimizing {component} for this CPU once ({:.1} GB kept in {}; {}=0 turns this off)",
+            bytes as f64 / 1e9,
+            entry.folder.display(),
+            crate::runtime::graph_cache::GRAPH_CACHE_ENV
+        ));
+    }
+}
+
 pub(super) fn open_stage(
     runtime: &Runtime,
     bundle: &Bundle,
@@ -219,10 +254,12 @@ pub(super) fn open_stage(
             conv_search: config.conv_search,
             tensorrt,
             io_binding: config.io_binding,
+            graph_sha256: Some(bundle.component(component).sha256.clone()),
             ..SessionOptions::default()
         };
         let engine_build = (provider == Provider::TensorRt)
             .then(|| announce_engine_build(component, &options.tensorrt, config.notify));
+        announce_graph_caching(runtime, path, component, &options, config.notify);
         let opened = runtime.session(path, &options);
         if let (Some(Some(start)), Ok(_)) = (engine_build, &opened) {
             (config.notify)(&format!(

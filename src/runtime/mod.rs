@@ -10,6 +10,7 @@ pub mod discovery;
 pub mod elf;
 pub mod gpu_info;
 pub mod gpu_libs;
+pub mod graph_cache;
 pub mod probe;
 pub mod providers;
 pub mod session;
@@ -223,35 +224,105 @@ impl Runtime {
         Ok(data.to_vec())
     }
 
-    /// Opens one ONNX graph.
+    /// Where `model`'s optimized graph is cached, when the session would
+    /// use the cache (CPU provider, the manifest's sha256 known, the cache
+    /// on, a cache folder and the CPU identifiable).
+    pub fn graph_cache_entry(
+        &self,
+        model: &Path,
+        options: &SessionOptions,
+    ) -> Option<graph_cache::Entry> {
+        if options.provider != Provider::Cpu || !graph_cache::enabled() {
+            return None;
+        }
+        let sha256 = options.graph_sha256.as_deref()?;
+        graph_cache::Entry::for_graph(&cache_dir()?, model, sha256, &self.version)
+    }
+
+    /// Opens one ONNX graph. On the CPU, through the optimized-graph cache
+    /// ([`graph_cache`]): the cached graph when there is one, else the
+    /// bundle's, saving the optimized graph for next time. Any failure of
+    /// the cache falls back to opening the bundle's graph.
     pub fn session(&self, model: &Path, options: &SessionOptions) -> Result<ModelSession> {
-        let build = || -> std::result::Result<Session, ort::Error> {
-            let mut builder = Session::builder(&self.environment)?
-                .with_optimization_level(GraphOptimizationLevel::All)?;
-            builder = builder.with_memory_pattern(options.memory_pattern)?;
-            if options.threads > 0 {
-                builder = builder.with_intra_threads(options.threads)?;
+        if let Some(entry) = self.graph_cache_entry(model, options) {
+            if let Some(cached) = entry.graph() {
+                match self.build_session(model, &cached, options, Optimize::AlreadyDone) {
+                    Ok(session) => return self.model_session(session, model, options),
+                    Err(_) => entry.remove(),
+                }
+            } else if let Ok(partial) = entry.start() {
+                let target = partial.path().join(graph_cache::GRAPH_NAME);
+                let saving = Optimize::AllSavedTo(&target);
+                if let Ok(session) = self.build_session(model, model, options, saving) {
+                    if target.is_file() {
+                        let _ = entry.commit(partial);
+                    }
+                    return self.model_session(session, model, options);
+                }
             }
-            if let Some(prefix) = std::env::var_os(PROFILE_ENV).filter(|v| !v.is_empty()) {
-                // ONNX Runtime's per-node profile (kernel times, provider of
-                // each node), written when the session ends.
-                let stem = model
-                    .file_stem()
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("graph");
-                let parent = model
-                    .parent()
-                    .and_then(|p| p.file_name())
-                    .and_then(|s| s.to_str())
-                    .unwrap_or("");
-                let mut path = std::path::PathBuf::from(prefix);
-                path.push(format!("{parent}-{stem}"));
-                builder = builder.with_profiling(path)?;
-            }
-            register_provider(&mut builder, options)?;
-            builder.commit_from_file(model)
+        }
+        let session = self
+            .build_session(model, model, options, Optimize::All)
+            .map_err(|source| session_error(options.provider, model, source))?;
+        self.model_session(session, model, options)
+    }
+
+    /// A session on `graph` (the bundle's `model` or its cached optimized
+    /// graph).
+    fn build_session(
+        &self,
+        model: &Path,
+        graph: &Path,
+        options: &SessionOptions,
+        optimize: Optimize<'_>,
+    ) -> std::result::Result<Session, ort::Error> {
+        let level = match optimize {
+            Optimize::AlreadyDone => GraphOptimizationLevel::Disable,
+            Optimize::All | Optimize::AllSavedTo(_) => GraphOptimizationLevel::All,
         };
-        let session = build().map_err(|source| session_error(options.provider, model, source))?;
+        let mut builder = Session::builder(&self.environment)?.with_optimization_level(level)?;
+        if let Optimize::AllSavedTo(target) = optimize {
+            builder = builder
+                .with_optimized_model_path(target)?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_file_name",
+                    graph_cache::WEIGHTS_NAME,
+                )?
+                .with_config_entry(
+                    "session.optimized_model_external_initializers_min_size_in_bytes",
+                    "1024",
+                )?;
+        }
+        builder = builder.with_memory_pattern(options.memory_pattern)?;
+        if options.threads > 0 {
+            builder = builder.with_intra_threads(options.threads)?;
+        }
+        if let Some(prefix) = std::env::var_os(PROFILE_ENV).filter(|v| !v.is_empty()) {
+            // ONNX Runtime's per-node profile (kernel times, provider of
+            // each node), written when the session ends.
+            let stem = model
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or("graph");
+            let parent = model
+                .parent()
+                .and_then(|p| p.file_name())
+                .and_then(|s| s.to_str())
+                .unwrap_or("");
+            let mut path = std::path::PathBuf::from(prefix);
+            path.push(format!("{parent}-{stem}"));
+            builder = builder.with_profiling(path)?;
+        }
+        register_provider(&mut builder, options)?;
+        builder.commit_from_file(graph)
+    }
+
+    fn model_session(
+        &self,
+        session: Session,
+        model: &Path,
+        options: &SessionOptions,
+    ) -> Result<ModelSession> {
         ModelSession::new(
             session,
             model,
@@ -261,6 +332,17 @@ impl Runtime {
             options.provider == Provider::Cpu && options.cpu_arena && options.shrink_cpu_arena,
         )
     }
+}
+
+/// How a session optimizes its graph.
+#[derive(Clone, Copy)]
+enum Optimize<'a> {
+    /// Every ONNX Runtime optimization, on every open.
+    All,
+    /// Every optimization, and the optimized graph saved to this file.
+    AllSavedTo(&'a Path),
+    /// The graph is an optimized graph saved before: none.
+    AlreadyDone,
 }
 
 /// Whether ONNX Runtime refused the model file itself (unreadable, not an

@@ -109,6 +109,9 @@ pub struct SessionOptions {
     /// Hold constant inputs in an I/O binding (copied to the device once);
     /// None: on GPU providers only.
     pub io_binding: Option<bool>,
+    /// The graph's sha256 from the bundle manifest: with it, CPU sessions
+    /// keep their optimized graph in the cache ([`super::graph_cache`]).
+    pub graph_sha256: Option<String>,
 }
 
 impl Default for SessionOptions {
@@ -124,6 +127,7 @@ impl Default for SessionOptions {
             memory_pattern: env_flag("TADSR_EDGE_MEMORY_PATTERN", true),
             shrink_cpu_arena: env_flag("TADSR_EDGE_ARENA_SHRINK", true),
             io_binding: None,
+            graph_sha256: None,
         }
     }
 }
