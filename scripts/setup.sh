@@ -61,9 +61,10 @@ if [ "$GPU" = 1 ]; then
     # TensorRT 10's libs wheel on PyPI is a stub that fetches the real wheel
     # from pypi.nvidia.com while installing: where that fails, CUDA still works.
     if ! "$PYTHON" -m pip install --quiet --disable-pip-version-check --no-deps \
-      --target "$gpu_dir" -r <(grep '^tensorrt' "$gpu_req") >&2; then
-      log "warning: the TensorRT 10 libraries could not be installed (they come from pypi.nvidia.com);"
-      log "         the cuda provider works, tensorrt will say libnvinfer.so.10 is missing"
+      --target "$gpu_dir" -r <(grep '^tensorrt' "$gpu_req") > "$CACHE/tensorrt-install.log" 2>&1; then
+      log "warning: the TensorRT 10 libraries could not be installed (they come from pypi.nvidia.com;"
+      log "         pip's output: $CACHE/tensorrt-install.log); the cuda provider works, tensorrt will"
+      log "         say libnvinfer.so.10 is missing"
     fi
     touch "$gpu_dir/.complete"
   fi

@@ -80,6 +80,11 @@ pub fn explain_gpu_failure(message: &str, gpu: &GpuInfo) -> String {
     if lower.contains("no cuda-capable device") || lower.contains("cudaerrornodevice") {
         return format!("no CUDA GPU is visible ({message})");
     }
+    if lower.contains("libcuda.so") && lower.contains("cannot open shared object") {
+        return format!(
+            "the NVIDIA driver is not installed (libcuda.so.1 not found): the set-up brings CUDA's and cuDNN's libraries, the driver must come from the system ({message})"
+        );
+    }
     if lower.contains("invalid device ordinal") {
         return format!("there is no GPU with that --device number ({message})");
     }
@@ -130,6 +135,17 @@ mod tests {
         assert_eq!(&PROBE_GRAPH[..2], &[0x08, 0x08]);
         assert_eq!(probe_input().len(), 4 * 16 * 16);
         assert!(probe_input().iter().all(|v| (-1.0..=1.0).contains(v)));
+    }
+
+    #[test]
+    fn a_missing_driver_is_named_as_such() {
+        let message = "Failed to load library libonnxruntime_providers_cuda.so with error: libcuda.so.1: cannot open shared object file: No such file or directory";
+        let reason = explain_gpu_failure(message, &GpuInfo::default());
+        assert!(
+            reason.starts_with("the NVIDIA driver is not installed (libcuda.so.1 not found)"),
+            "{reason}"
+        );
+        assert!(reason.ends_with(&format!("({message})")), "{reason}");
     }
 
     #[test]
