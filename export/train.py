@@ -381,6 +381,22 @@ def export_checkpoint(path: Path, out: Path, name: Optional[str] = None, verify:
 # ---------------------------------------------------------------------------
 
 
+PHASE_KEYS = ("crop", "batch", "lr", "warmup", "steps", "t_range", "edge_weight", "ema", "clean_prob",
+              "shortcut_lr_scale", "threads")
+
+
+def earlier_phases(ckpt: Path, recipe: Dict, step: int) -> List[Dict]:
+    """The settings a resumed run had before ``step`` when they differ from this session's: the checkpoint's
+    own ``phases`` plus its last settings, ending at ``step``. A resume with the same settings adds none."""
+    blob = torch.load(ckpt, map_location="cpu", weights_only=False)
+    previous = dict(blob.get("recipe") or {})
+    phases = list(previous.get("phases") or [])
+    before = {k: previous.get(k) for k in PHASE_KEYS}
+    if before != {k: recipe.get(k) for k in PHASE_KEYS}:
+        phases.append({**before, "until_step": step})
+    return phases
+
+
 def data_recipe(photos: Optional[Path]) -> Dict:
     if photos is None:
         return {"kind": "random tensors"}
@@ -471,6 +487,8 @@ def main(argv=None) -> int:
               "loss": "L1 + edge_weight * L1(finite differences) + 1e-3 * relu(logvar + 6), in [-1, 1]",
               "optimizer": "AdamW(0.9, 0.99), grad clip 1.0, warmup then cosine to 10% when --steps is given",
               "threads": args.threads, "data": data_recipe(photos)}
+    if state.step > 0:
+        recipe["phases"] = earlier_phases(ckpt, recipe, state.step)
     if state.step == 0:
         fit = init_from_data(state, data, deep_scale=args.deep_init_scale)
         if fit:

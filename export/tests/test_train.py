@@ -137,3 +137,19 @@ def test_init_from_data_keeps_the_deep_paths_small_but_alive():
     T.init_from_data(state, T.RandomCrops(32), crops=8)
     torch.testing.assert_close(state.vae.decoder.conv_out.weight, before * 0.1)
     assert float(state.unet.conv_out.weight.detach().abs().mean()) > 0
+
+
+def test_a_resume_with_other_settings_records_the_earlier_phase(tmp_path):
+    ckpt = tmp_path / "last.pt"
+    first = {k: None for k in T.PHASE_KEYS} | {"clean_prob": 0.8, "steps": 2800, "lr": 6e-4}
+    torch.save({"recipe": first}, ckpt)
+    assert T.earlier_phases(ckpt, dict(first), 2800) == [], "same settings: no phase"
+    second = dict(first) | {"clean_prob": 1.0, "steps": 3330}
+    phases = T.earlier_phases(ckpt, second, 2800)
+    assert phases == [{**{k: first[k] for k in T.PHASE_KEYS}, "until_step": 2800}]
+    # a third session keeps the first phase and adds the second
+    torch.save({"recipe": {**second, "phases": phases}}, ckpt)
+    third = dict(second) | {"lr": 1e-4}
+    later = T.earlier_phases(ckpt, third, 3311)
+    assert [p["until_step"] for p in later] == [2800, 3311]
+    assert later[1]["clean_prob"] == 1.0
