@@ -15,7 +15,11 @@
 //! graph and its weights file (a graph edited in place is not the cached
 //! one). An entry is written in a temporary folder and renamed when
 //! complete; an entry that fails to open is removed and the graph opened
-//! from the bundle. `TADSR_EDGE_GRAPH_CACHE=0` turns the cache off.
+//! from the bundle. Each entry records the graph file it was made from
+//! (`source`): a new entry for the same file (a re-export, an edit)
+//! removes the older ones, so the cache holds one copy per graph file.
+//! `TADSR_EDGE_GRAPH_CACHE=0` turns the cache off; deleting the `graphs`
+//! folder clears it.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -25,6 +29,9 @@ use sha2::{Digest, Sha256};
 
 /// Environment variable: `0` or `false` turns the cache off.
 pub const GRAPH_CACHE_ENV: &str = "TADSR_EDGE_GRAPH_CACHE";
+
+/// The file in an entry naming the graph file it was made from.
+pub const SOURCE_NAME: &str = "source";
 
 /// The graph file's name inside an entry; its weights go next to it in
 /// [`WEIGHTS_NAME`].
@@ -119,6 +126,8 @@ pub fn key(
 pub struct Entry {
     /// `<cache>/graphs/<key>`.
     pub folder: PathBuf,
+    /// The bundle's graph file (absolute when it could be resolved).
+    pub source: PathBuf,
 }
 
 impl Entry {
@@ -144,6 +153,7 @@ impl Entry {
         );
         Some(Entry {
             folder: cache_root.join("graphs").join(key),
+            source: fs::canonicalize(model).unwrap_or_else(|_| model.to_path_buf()),
         })
     }
 
@@ -167,18 +177,41 @@ impl Entry {
     }
 
     /// Renames a written temporary folder to the entry (another process
-    /// that got there first wins; this one's copy is dropped).
+    /// that got there first wins; this one's copy is dropped), then removes
+    /// the older entries made from the same graph file.
     pub fn commit(&self, written: tempfile::TempDir) -> std::io::Result<()> {
+        fs::write(
+            written.path().join(SOURCE_NAME),
+            self.source.to_string_lossy().as_bytes(),
+        )?;
         let path = written.keep();
-        match fs::rename(&path, &self.folder) {
-            Ok(()) => Ok(()),
-            Err(error) => {
-                let _ = fs::remove_dir_all(&path);
-                if self.graph().is_some() {
-                    Ok(())
-                } else {
-                    Err(error)
-                }
+        if let Err(error) = fs::rename(&path, &self.folder) {
+            let _ = fs::remove_dir_all(&path);
+            if self.graph().is_none() {
+                return Err(error);
+            }
+        }
+        self.remove_older_copies();
+        Ok(())
+    }
+
+    /// Entries beside this one made from the same graph file.
+    fn remove_older_copies(&self) {
+        let (Some(parent), Some(own)) = (self.folder.parent(), self.folder.file_name()) else {
+            return;
+        };
+        let Ok(siblings) = fs::read_dir(parent) else {
+            return;
+        };
+        let source = self.source.to_string_lossy();
+        for sibling in siblings.flatten() {
+            let name = sibling.file_name();
+            if name == own || name.to_string_lossy().starts_with('.') {
+                continue;
+            }
+            let recorded = fs::read_to_string(sibling.path().join(SOURCE_NAME));
+            if recorded.is_ok_and(|recorded| recorded == source) {
+                let _ = fs::remove_dir_all(sibling.path());
             }
         }
     }
@@ -252,12 +285,27 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
-        // touching the graph makes another entry
+        // an entry of another graph file stays
+        let other_model = root.path().join("other.onnx");
+        fs::write(&other_model, b"another graph").unwrap();
+        let other = Entry::for_graph(root.path(), &other_model, "sha2", "1.32.0").unwrap();
+        let written = other.start().unwrap();
+        fs::write(written.path().join(GRAPH_NAME), b"other").unwrap();
+        other.commit(written).unwrap();
+        // editing the graph makes another entry, which replaces the first
         std::thread::sleep(std::time::Duration::from_millis(10));
         fs::write(&model, b"graph, edited").unwrap();
         let edited = Entry::for_graph(root.path(), &model, "sha", "1.32.0").unwrap();
         assert_ne!(edited, entry);
-        entry.remove();
-        assert!(entry.graph().is_none());
+        let written = edited.start().unwrap();
+        fs::write(written.path().join(GRAPH_NAME), b"edited").unwrap();
+        edited.commit(written).unwrap();
+        assert!(
+            entry.graph().is_none(),
+            "the older copy of the same file is gone"
+        );
+        assert!(edited.graph().is_some() && other.graph().is_some());
+        edited.remove();
+        assert!(edited.graph().is_none());
     }
 }
