@@ -219,7 +219,8 @@ def main(argv=None) -> int:
         header = "| output | photo | PSNR tiled vs untiled (dB) | seam tiled (raw / block-matched) | seam untiled |"
         rule = "| --- | --- | --- | --- | --- |"
         if args.torch_reference:
-            header += " PSNR tiled vs PyTorch untiled (dB) | PSNR untiled vs PyTorch untiled (dB) | seam PyTorch untiled |"
+            header += (" PSNR tiled vs PyTorch untiled (dB) | PSNR untiled vs PyTorch untiled (dB) |"
+                       " seam PyTorch untiled |")
             rule += " --- | --- | --- |"
         lines += ["## Tiling (`--tile 512 --tiling staged`, overlap 64) against `--tile 0`", "",
                   "Seam measures: raw / block-matched (see the script's docstring).", "", header, rule]

@@ -2,9 +2,10 @@
 tritonserver, Python backend, models/tiny), started and stopped by the tests on 127.0.0.1.
 
 The binary is the one `make test` builds (target/release/tadsr-edge). Checked: a server run gives the
-local run's image (untiled and tiled; the tiles of one image in flight together), a batch with bad files ends as locally, a server killed mid-batch
-gives one clear error, exit 2 and no partial file, 8 clients at once all finish right, and a missing
-model, a server holding another bundle's graphs or a server that is down is a one-line error.
+local run's image (untiled and tiled; the tiles of one image in flight together), a batch with bad files
+ends as locally, a server killed mid-batch gives one clear error, exit 2 and no partial file, 8 clients at
+once all finish right, and a missing model, a server holding another bundle's graphs or a server that is
+down is a one-line error.
 """
 
 from __future__ import annotations
