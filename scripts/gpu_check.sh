@@ -10,7 +10,8 @@
 # happens to the others; heavy steps are skipped ("skipped: deadline") when the overall deadline
 # nears:
 #   1. probe: nvidia-smi, the wheels, python3's torch/diffusers, `tadsr-edge --version`, `info --json`
-#   2. golden parity of models/tiny: cuda fp32 (TF32 off) <= 1e-3, cpu <= 1e-4, fp16 bundle on cuda psnr >= 35
+#   2. golden parity of models/tiny: cuda fp32 (TF32 off) <= 1e-3, cpu <= 1e-4, fp16 bundle on cuda psnr >= 35;
+#      `run --provider cuda` with the default --tile auto (the budget from the GPU's memory)
 #   3. python3 -m export --synthetic sd21 fp16 (then fp32 if time allows), timed
 #   4. tadsr-edge bench: 512 untiled, 2048 tile 512, per bundle (and --tf32 when the binary has it)
 #   5. PyTorch eager on the same GPU and weights: scripts/torch_gpu_bench.py (fp16, fp32; 512, 2048 latent-tiled)
@@ -202,6 +203,11 @@ if [[ -f $TINY_FP16/manifest.json ]]; then
 else
   not_run golden_cuda_fp16 "no fp16 tiny bundle"
 fi
+
+# --tile auto (run's default) on CUDA: its budget must come from the GPU's memory (the JSON line's
+# tile.budget.source names the GPU), and a photo that fits runs untiled (issue 11, item 1, on a GPU).
+step tile_auto_cuda 120 30 "$BIN" run examples/coffee.png -o "$WORK/tile-auto-cuda.png" --model models/tiny \
+  --provider cuda --json
 
 # 3.-5. sd21: export, tadsr-edge bench, PyTorch ------------------------------------------------
 # export_sd21 PRECISION DIR: export unless a complete bundle (manifest.json, written last) is there.
