@@ -145,6 +145,9 @@ pub struct GpuArgs {
     /// Most scratch memory a TensorRT engine build may use, in MiB.
     #[arg(long, default_value_t = tadsr_edge::runtime::providers::DEFAULT_TRT_WORKSPACE_MIB, value_name = "MIB", value_parser = parse_workspace)]
     pub trt_workspace_mib: usize,
+    /// Tiles of one shape run as one batch of up to N (the graphs have a batch axis): fewer, larger runs, for GPUs; 1 = one tile per run. Memory grows with N.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub tile_batch: u32,
 }
 
 impl GpuArgs {
@@ -164,6 +167,7 @@ impl GpuArgs {
         };
         config.tensorrt.fp16 = self.trt_fp16 == OnOff::On;
         config.tensorrt.workspace_bytes = self.trt_workspace_mib << 20;
+        config.tile_batch = self.tile_batch as usize;
     }
 }
 
@@ -208,8 +212,14 @@ pub struct ServerArgs {
 }
 
 impl ServerArgs {
-    /// Options that only mean something with --server.
-    pub fn check(&self) -> Result<(), tadsr_edge::Error> {
+    /// Options that only mean something with --server, and `--tile-batch`
+    /// (`tile_batch`), which means nothing with it.
+    pub fn check(&self, tile_batch: u32) -> Result<(), tadsr_edge::Error> {
+        if self.server.is_some() && tile_batch > 1 {
+            return Err(tadsr_edge::Error::InvalidOption(format!(
+                "--tile-batch {tile_batch} is for local runs: with --server the tiles go as separate requests (--inflight), which the server batches (dynamic batching)"
+            )));
+        }
         if self.server.is_none() && self.inflight > 1 {
             return Err(tadsr_edge::Error::InvalidOption(format!(
                 "--inflight {} needs --server: locally the cores are shared by one image at a time (see --threads)",

@@ -54,4 +54,12 @@ impl Graph for ModelSession {
     ) -> Result<Vec<OutputTensor>> {
         ModelSession::run(self, inputs, output_names)
     }
+
+    fn run_group(
+        &mut self,
+        runs: &[Vec<(&str, InputTensor<'_>)>],
+        output_names: &[&str],
+    ) -> Result<Vec<Vec<OutputTensor>>> {
+        ModelSession::run_group(self, runs, output_names)
+    }
 }

@@ -55,6 +55,9 @@ pub struct CostModel {
     /// (ONNX Runtime's CPU arena shrunk after every run, the default on the
     /// CPU): the peak is then the largest stage's, not their sum.
     pub stages_release_memory: bool,
+    /// Tiles run together as one batch (`--tile-batch`): a tiled stage
+    /// holds this many tiles' activations at once.
+    pub tile_batch: u64,
 }
 
 impl CostModel {
@@ -83,6 +86,7 @@ impl CostModel {
             decoder,
             extra_weights_bytes,
             stages_release_memory: false,
+            tile_batch: 1,
         })
     }
 
@@ -147,10 +151,18 @@ pub fn peak_bytes(
         (_, TilingMode::Latent) => (image, tile(768), image),
         (side, TilingMode::Staged) => (tile(side), tile(side), tile(side)),
     };
+    // a stage that runs in tiles holds `tile_batch` of them at once
+    let batched = |stage_px: u64| {
+        if stage_px < image {
+            model.tile_batch.max(1)
+        } else {
+            1
+        }
+    };
     let each = [
-        activations(&model.encoder, encoder_px),
-        activations(&model.unet, unet_px),
-        activations(&model.decoder, decoder_px),
+        activations(&model.encoder, encoder_px) * batched(encoder_px),
+        activations(&model.unet, unet_px) * batched(unet_px),
+        activations(&model.decoder, decoder_px) * batched(decoder_px),
     ];
     let stages = if model.stages_release_memory {
         each.into_iter().max().unwrap_or(0)
@@ -321,6 +333,7 @@ mod tests {
             decoder: stage(200, 10, 4000),
             extra_weights_bytes: 0,
             stages_release_memory: false,
+            tile_batch: 1,
         }
     }
 
@@ -422,6 +435,24 @@ mod tests {
         assert_eq!(peak_bytes(&m, TilingMode::Staged, 1024, 1024, 0), want);
         let held = model();
         assert!(peak_bytes(&held, TilingMode::Staged, 1024, 1024, 0) > want);
+    }
+
+    #[test]
+    fn a_tile_batch_multiplies_the_activations_of_tiled_stages_only() {
+        let mut m = model();
+        let tiled = peak_bytes(&m, TilingMode::Staged, 1024, 1024, 512);
+        let untiled = peak_bytes(&m, TilingMode::Staged, 1024, 1024, 0);
+        m.tile_batch = 4;
+        let tile = 512u64 * 512;
+        let stages = activations(&m.encoder, tile)
+            + activations(&m.unet, tile)
+            + activations(&m.decoder, tile);
+        assert_eq!(
+            peak_bytes(&m, TilingMode::Staged, 1024, 1024, 512),
+            tiled + 3 * stages
+        );
+        // untiled, a batch changes nothing
+        assert_eq!(peak_bytes(&m, TilingMode::Staged, 1024, 1024, 0), untiled);
     }
 
     #[test]

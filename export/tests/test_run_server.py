@@ -184,6 +184,7 @@ def test_missing_model_down_server_and_bad_url_are_one_line_errors(start_triton,
         (["--server", f"http://127.0.0.1:{free_port()}", "--retries", "1"], "unreachable"),
         (["--server", "https://example.invalid"], "http://HOST:PORT"),
         (["--inflight", "4"], "needs --server"),
+        (["--server", server.url, "--tile-batch", "2"], "--tile-batch 2 is for local runs"),
     ):
         ran = tadsr("run", photos / "coffee.png", "-o", tmp_path / "out.png", "--model", TINY, "-q", *extra,
                     timeout=60)

@@ -59,7 +59,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.notify = |notice| eprintln!("note: {notice}");
     config.verify_hashes = false;
     config.server = args.remote.options();
-    args.remote.check()?;
+    args.remote.check(args.gpu.tile_batch)?;
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;

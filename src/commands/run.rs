@@ -160,7 +160,7 @@ fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
-    args.remote.check()?;
+    args.remote.check(args.gpu.tile_batch)?;
     if let (Some(device), ProviderArg::Cpu) = (args.gpu.device, args.provider) {
         return Err(Error::InvalidOption(format!(
             "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
@@ -294,7 +294,13 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         .ok()
         .map(|bundle| bundle.manifest().clone());
     let tiling = tiling_mode(args.tiling);
-    let mut tile_policy = TilePolicy::new(args.tile, args.max_memory, manifest.as_ref(), tiling);
+    let mut tile_policy = TilePolicy::new(
+        args.tile,
+        args.max_memory,
+        manifest.as_ref(),
+        tiling,
+        args.gpu.tile_batch,
+    );
     if args.remote.server.is_some() {
         tile_policy.assume_server_budget();
     }

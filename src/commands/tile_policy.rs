@@ -33,6 +33,7 @@ impl TilePolicy {
         max_memory: Option<u64>,
         manifest: Option<&Manifest>,
         tiling: TilingMode,
+        tile_batch: u32,
     ) -> Self {
         let budget = match max_memory {
             Some(bytes) => system_memory::given_budget(bytes),
@@ -50,6 +51,7 @@ impl TilePolicy {
                 // until `after_load` knows better: every stage on the CPU
                 let cpu = SessionOptions::default();
                 cost.stages_release_memory = cpu.cpu_arena && cpu.shrink_cpu_arena;
+                cost.tile_batch = u64::from(tile_batch.max(1));
                 cost
             }),
             budget,

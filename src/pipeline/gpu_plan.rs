@@ -101,34 +101,53 @@ pub fn stage_sides(
 }
 
 /// TensorRT's `trt_profile_{min,opt,max}_shapes` for one graph: every
-/// input with its shape at the range's min, opt and max side.
+/// input with its shape at the range's min, opt and max side, one tile per
+/// run.
 pub fn profile_shapes(
     component_name: &str,
     sides: SideRange,
     latent_channels: usize,
     prompt_shape: [usize; 3],
 ) -> (String, String, String) {
-    let shape = |side_px: usize| {
+    batched_profile_shapes(component_name, sides, latent_channels, prompt_shape, 1)
+}
+
+/// [`profile_shapes`] for runs of up to `batch` tiles (`--tile-batch`):
+/// the batch axis from 1 (min: a group's last, smaller batch) to `batch`
+/// (opt and max).
+pub fn batched_profile_shapes(
+    component_name: &str,
+    sides: SideRange,
+    latent_channels: usize,
+    prompt_shape: [usize; 3],
+    batch: usize,
+) -> (String, String, String) {
+    let shape = |side_px: usize, n: usize| {
         let cells = side_px / 8;
         match component_name {
             component::VAE_ENCODER | component::VAE_ENCODER_TILED => format!(
-                "{}:1x3x{side_px}x{side_px},{}:1",
+                "{}:{n}x3x{side_px}x{side_px},{}:{n}",
                 port::IMAGE,
                 port::TIMESTEP
             ),
             component::UNET => format!(
-                "{}:1x{latent_channels}x{cells}x{cells},{}:1,{}:{}x{}x{}",
+                "{}:{n}x{latent_channels}x{cells}x{cells},{}:{n},{}:{}x{}x{}",
                 port::LATENT,
                 port::TIMESTEP,
                 port::ENCODER_HIDDEN_STATES,
-                prompt_shape[0],
+                prompt_shape[0] * n,
                 prompt_shape[1],
                 prompt_shape[2]
             ),
-            _ => format!("{}:1x{latent_channels}x{cells}x{cells}", port::LATENT),
+            _ => format!("{}:{n}x{latent_channels}x{cells}x{cells}", port::LATENT),
         }
     };
-    (shape(sides.min), shape(sides.opt), shape(sides.max))
+    let batch = batch.max(1);
+    (
+        shape(sides.min, 1),
+        shape(sides.opt, batch),
+        shape(sides.max, batch),
+    )
 }
 
 /// The engine and timing cache folder of one graph under `cache_root`
@@ -289,6 +308,30 @@ mod tests {
             [1, 77, 1024],
         );
         assert_eq!(max, "latent:1x4x64x64");
+    }
+
+    #[test]
+    fn a_tile_batch_widens_the_batch_axis_from_one_to_the_batch() {
+        let (min, opt, max) =
+            batched_profile_shapes(component::UNET, SideRange::fixed(512), 4, [1, 77, 1024], 4);
+        assert_eq!(
+            min,
+            "latent:1x4x64x64,timestep:1,encoder_hidden_states:1x77x1024"
+        );
+        assert_eq!(
+            opt,
+            "latent:4x4x64x64,timestep:4,encoder_hidden_states:4x77x1024"
+        );
+        assert_eq!(max, opt);
+        let (min, _, max) = batched_profile_shapes(
+            component::VAE_ENCODER,
+            SideRange::fixed(512),
+            4,
+            [1, 77, 1024],
+            2,
+        );
+        assert_eq!(min, "image:1x3x512x512,timestep:1");
+        assert_eq!(max, "image:2x3x512x512,timestep:2");
     }
 
     fn spec(sha: &str, data_sha: Option<&str>) -> ComponentSpec {

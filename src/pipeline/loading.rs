@@ -123,11 +123,12 @@ fn tensorrt_options(
         component::VAE_ENCODER | component::VAE_ENCODER_TILED => sides.encoder,
         _ => sides.decoder,
     };
-    let profile = gpu_plan::profile_shapes(
+    let profile = gpu_plan::batched_profile_shapes(
         component,
         range,
         bundle.manifest().latent_channels,
         prompt_shape,
+        config.tile_batch,
     );
     let cache_dir = cache_dir().map(|cache| {
         gpu_plan::engine_cache_dir(
@@ -255,6 +256,7 @@ pub(super) fn open_stage(
             tensorrt,
             io_binding: config.io_binding,
             graph_sha256: Some(bundle.component(component).sha256.clone()),
+            tile_batch: config.tile_batch,
             ..SessionOptions::default()
         };
         let engine_build = (provider == Provider::TensorRt)

@@ -140,8 +140,9 @@ pub struct Pipeline {
     shapes: ShapeHint,
     /// The current run's fixed tile shape on GPUs ([`Pipeline::network_tile_for`]).
     network_tile: Option<(usize, usize)>,
-    /// Tiles of one stage sent at once: with a server, `--inflight` (one
-    /// request each, in flight together); locally one.
+    /// Tiles of one stage handed to the graph at once: with a server,
+    /// `--inflight` (one request each, in flight together); locally
+    /// `--tile-batch` (one batched run).
     tiles_in_flight: usize,
 }
 
@@ -208,7 +209,10 @@ impl Pipeline {
             fixed_tiles: config.fixed_tiles,
             shapes: config.shapes,
             network_tile: None,
-            tiles_in_flight: config.server.as_ref().map_or(1, |server| server.inflight()),
+            tiles_in_flight: config
+                .server
+                .as_ref()
+                .map_or(config.tile_batch.max(1), |server| server.inflight()),
         })
     }
 

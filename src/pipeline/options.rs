@@ -57,6 +57,9 @@ pub struct PipelineConfig {
     /// Run the graphs on this Triton server instead of ONNX Runtime here
     /// (`--server`); the bundle still gives the manifest and the prompt.
     pub server: Option<ServerOptions>,
+    /// Tiles of one stage run as one batched run, up to this many
+    /// (`--tile-batch`; 1: one tile per run). Local sessions only.
+    pub tile_batch: usize,
 }
 
 impl PipelineConfig {
@@ -78,6 +81,7 @@ impl PipelineConfig {
             conv_search: ConvSearch::default(),
             tensorrt: TensorRtOptions::default(),
             server: None,
+            tile_batch: 1,
         }
     }
 }

@@ -6,6 +6,7 @@
 //! The library never changes the process environment: whether ONNX
 //! Runtime's own log is quieted (`ORT_LOG`) is the binary's decision.
 
+pub mod batch;
 pub mod discovery;
 pub mod elf;
 pub mod gpu_info;
@@ -330,6 +331,7 @@ impl Runtime {
                 .io_binding
                 .unwrap_or(options.provider != Provider::Cpu),
             options.provider == Provider::Cpu && options.cpu_arena && options.shrink_cpu_arena,
+            options.tile_batch,
         )
     }
 }

@@ -112,6 +112,9 @@ pub struct SessionOptions {
     /// The graph's sha256 from the bundle manifest: with it, CPU sessions
     /// keep their optimized graph in the cache ([`super::graph_cache`]).
     pub graph_sha256: Option<String>,
+    /// Tiles of one shape run together as one batch of up to this many
+    /// (`--tile-batch`; 1: one tile per run).
+    pub tile_batch: usize,
 }
 
 impl Default for SessionOptions {
@@ -128,6 +131,7 @@ impl Default for SessionOptions {
             shrink_cpu_arena: env_flag("TADSR_EDGE_ARENA_SHRINK", true),
             io_binding: None,
             graph_sha256: None,
+            tile_batch: 1,
         }
     }
 }

@@ -12,6 +12,7 @@ use ort::memory::{AllocationDevice, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::{IoBinding, RunOptions, Session, SessionInputValue, SessionOutputs};
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
+use super::batch;
 use crate::error::{Error, Result};
 
 /// Element type of a graph input or output, as the bundle manifest names it.
@@ -87,6 +88,10 @@ pub struct ModelSession {
     /// run (`memory.enable_memory_arena_shrinkage`): a stage's activations
     /// are then not held while the next stage runs.
     run_options: Option<RunOptions>,
+    /// Each input's name and whether its first axis is a dynamic batch.
+    batch_axis: Vec<(String, bool)>,
+    /// Runs of one group stacked into one batched run (`--tile-batch`).
+    tile_batch: usize,
 }
 
 fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
@@ -119,7 +124,19 @@ impl ModelSession {
         model: &Path,
         use_binding: bool,
         shrink_cpu_arena: bool,
+        tile_batch: usize,
     ) -> Result<Self> {
+        let batch_axis = session
+            .inputs()
+            .iter()
+            .map(|input| {
+                let batched = match input.dtype() {
+                    ValueType::Tensor { shape, .. } => shape.first().is_some_and(|d| *d < 0),
+                    _ => false,
+                };
+                (input.name().to_string(), batched)
+            })
+            .collect();
         let inputs = session
             .inputs()
             .iter()
@@ -159,6 +176,8 @@ impl ModelSession {
             constants: Vec::new(),
             binding,
             run_options,
+            batch_axis,
+            tile_batch: tile_batch.max(1),
         })
     }
 
@@ -238,6 +257,19 @@ impl ModelSession {
         inputs: &[(&str, InputTensor<'_>)],
         output_names: &[&str],
     ) -> Result<Vec<OutputTensor>> {
+        if self.binding.is_some() {
+            let (half_buffers, wants_half) = self.half_inputs(inputs)?;
+            return self.run_bound(inputs, &wants_half, half_buffers, output_names);
+        }
+        self.run_unbound(inputs, true, output_names)
+    }
+
+    /// fp16 copies of the float inputs the graph takes as fp16, and which
+    /// inputs they are.
+    fn half_inputs(
+        &self,
+        inputs: &[(&str, InputTensor<'_>)],
+    ) -> Result<(Vec<Vec<f16>>, Vec<bool>)> {
         let mut half_buffers: Vec<Vec<f16>> = Vec::new();
         let mut wants_half = Vec::with_capacity(inputs.len());
         for (name, tensor) in inputs {
@@ -248,11 +280,21 @@ impl ModelSession {
             }
             wants_half.push(half);
         }
-        if self.binding.is_some() {
-            return self.run_bound(inputs, &wants_half, half_buffers, output_names);
-        }
+        Ok((half_buffers, wants_half))
+    }
+
+    /// A plain run (no I/O binding) on borrowed inputs, plus the constants
+    /// when `with_constants`.
+    fn run_unbound(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        with_constants: bool,
+        output_names: &[&str],
+    ) -> Result<Vec<OutputTensor>> {
+        let (half_buffers, wants_half) = self.half_inputs(inputs)?;
+        let constants: &[Constant] = if with_constants { &self.constants } else { &[] };
         let mut values: Vec<(Cow<'_, str>, SessionInputValue<'_>)> =
-            Vec::with_capacity(inputs.len() + self.constants.len());
+            Vec::with_capacity(inputs.len() + constants.len());
         let mut half_iter = half_buffers.iter();
         for ((name, tensor), half) in inputs.iter().zip(wants_half) {
             let value: SessionInputValue<'_> = match tensor {
@@ -276,7 +318,7 @@ impl ModelSession {
             source,
         };
         let mut constant_half: Vec<Vec<f16>> = Vec::new();
-        for constant in &self.constants {
+        for constant in constants {
             if let ConstantData::Float(data) = &constant.data {
                 if self.input_dtype(&constant.name)? == DType::Float16 {
                     constant_half.push(data.iter().map(|v| f16::from_f32(*v)).collect());
@@ -284,7 +326,7 @@ impl ModelSession {
             }
         }
         let mut constant_half = constant_half.iter();
-        for constant in &self.constants {
+        for constant in constants {
             let shape = constant.shape.clone();
             let value: SessionInputValue<'_> = match &constant.data {
                 ConstantData::Float(data) => {
@@ -307,6 +349,129 @@ impl ModelSession {
         }
         .map_err(fail)?;
         extract_outputs(&model, &outputs, output_names)
+    }
+
+    /// Runs `runs` (the tiles of one group) as batches of up to
+    /// `tile_batch` runs each ([`super::batch`]); a group that cannot be
+    /// batched (other shapes, an input without a batch axis that differs)
+    /// runs one run at a time. Outputs in the order of `runs`.
+    pub fn run_group(
+        &mut self,
+        runs: &[Vec<(&str, InputTensor<'_>)>],
+        output_names: &[&str],
+    ) -> Result<Vec<Vec<OutputTensor>>> {
+        let mut results = Vec::with_capacity(runs.len());
+        for chunk in runs.chunks(self.tile_batch.max(1)) {
+            let batched = if chunk.len() > 1 {
+                self.run_batched(chunk, output_names)?
+            } else {
+                None
+            };
+            match batched {
+                Some(outputs) => results.extend(outputs),
+                None => {
+                    for inputs in chunk {
+                        results.push(self.run(inputs, output_names)?);
+                    }
+                }
+            }
+        }
+        Ok(results)
+    }
+
+    /// Whether the graph's input `name` has a dynamic first (batch) axis.
+    fn has_batch_axis(&self, name: &str) -> bool {
+        self.batch_axis
+            .iter()
+            .any(|(input, batched)| input == name && *batched)
+    }
+
+    /// One batched run of `chunk`, or None when it cannot be batched.
+    fn run_batched(
+        &mut self,
+        chunk: &[Vec<(&str, InputTensor<'_>)>],
+        output_names: &[&str],
+    ) -> Result<Option<Vec<Vec<OutputTensor>>>> {
+        let n = chunk.len();
+        let first = &chunk[0];
+        let same_names = chunk.iter().all(|inputs| {
+            inputs.len() == first.len() && inputs.iter().zip(first).all(|(a, b)| a.0 == b.0)
+        });
+        if !same_names {
+            return Ok(None);
+        }
+        let owned_data = |data: batch::Data<'_>| match data {
+            batch::Data::Float(values) => batch::Stacked::Float(values.to_vec()),
+            batch::Data::Int64(values) => batch::Stacked::Int64(values.to_vec()),
+        };
+        let mut owned: Vec<(String, Vec<usize>, batch::Stacked)> = Vec::new();
+        for (index, (name, _)) in first.iter().enumerate() {
+            let per_run: Vec<_> = chunk
+                .iter()
+                .map(|inputs| as_data(&inputs[index].1))
+                .collect();
+            if self.has_batch_axis(name) {
+                let Some((shape, data)) = batch::stack(&per_run) else {
+                    return Ok(None);
+                };
+                owned.push((name.to_string(), shape, data));
+            } else {
+                if !batch::all_equal(&per_run) {
+                    return Ok(None);
+                }
+                let (shape, data) = per_run[0];
+                owned.push((name.to_string(), shape.to_vec(), owned_data(data)));
+            }
+        }
+        for constant in &self.constants {
+            let data = match &constant.data {
+                ConstantData::Float(values) => batch::Data::Float(values),
+                ConstantData::Int64(values) => batch::Data::Int64(values),
+            };
+            if self.has_batch_axis(&constant.name) {
+                let Some((shape, data)) = batch::repeat(&constant.shape, data, n) else {
+                    return Ok(None);
+                };
+                owned.push((constant.name.clone(), shape, data));
+            } else {
+                owned.push((
+                    constant.name.clone(),
+                    constant.shape.clone(),
+                    owned_data(data),
+                ));
+            }
+        }
+        let inputs: Vec<(&str, InputTensor<'_>)> = owned
+            .iter()
+            .map(|(name, shape, data)| {
+                let tensor = match data {
+                    batch::Stacked::Float(values) => InputTensor::Float {
+                        shape,
+                        data: values,
+                    },
+                    batch::Stacked::Int64(values) => InputTensor::Int64 {
+                        shape,
+                        data: values,
+                    },
+                };
+                (name.as_str(), tensor)
+            })
+            .collect();
+        let outputs = self.run_unbound(&inputs, false, output_names)?;
+        let mut per_run: Vec<Vec<OutputTensor>> = (0..n).map(|_| Vec::new()).collect();
+        for output in outputs {
+            let parts = batch::split(&output.shape, &output.data, n).ok_or_else(|| {
+                Error::Ort(format!(
+                    "{}: a batched run of {n} tiles returned shape {:?}",
+                    self.model.display(),
+                    output.shape
+                ))
+            })?;
+            for (run, (shape, data)) in per_run.iter_mut().zip(parts) {
+                run.push(OutputTensor { shape, data });
+            }
+        }
+        Ok(Some(per_run))
     }
 
     /// [`ModelSession::run`] through the I/O binding: the constants are
@@ -365,6 +530,14 @@ impl ModelSession {
         }
         .map_err(fail)?;
         extract_outputs(&model, &outputs, output_names)
+    }
+}
+
+/// An input's shape and data as [`batch`] sees them.
+fn as_data<'a>(tensor: &InputTensor<'a>) -> (&'a [usize], batch::Data<'a>) {
+    match *tensor {
+        InputTensor::Float { shape, data } => (shape, batch::Data::Float(data)),
+        InputTensor::Int64 { shape, data } => (shape, batch::Data::Int64(data)),
     }
 }
 
