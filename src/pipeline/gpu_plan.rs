@@ -101,21 +101,10 @@ pub fn stage_sides(
 }
 
 /// TensorRT's `trt_profile_{min,opt,max}_shapes` for one graph: every
-/// input with its shape at the range's min, opt and max side, one tile per
-/// run.
+/// input with its shape at the range's min, opt and max side, for runs of
+/// up to `batch` tiles (`--tile-batch`): the batch axis from 1 (min: a
+/// group's last, smaller batch) to `batch` (opt and max).
 pub fn profile_shapes(
-    component_name: &str,
-    sides: SideRange,
-    latent_channels: usize,
-    prompt_shape: [usize; 3],
-) -> (String, String, String) {
-    batched_profile_shapes(component_name, sides, latent_channels, prompt_shape, 1)
-}
-
-/// [`profile_shapes`] for runs of up to `batch` tiles (`--tile-batch`):
-/// the batch axis from 1 (min: a group's last, smaller batch) to `batch`
-/// (opt and max).
-pub fn batched_profile_shapes(
     component_name: &str,
     sides: SideRange,
     latent_channels: usize,
@@ -281,6 +270,7 @@ mod tests {
             },
             4,
             [1, 12, 1024],
+            1,
         );
         assert_eq!(
             min,
@@ -299,6 +289,7 @@ mod tests {
             SideRange::fixed(512),
             4,
             [1, 77, 1024],
+            1,
         );
         assert_eq!(min, "image:1x3x512x512,timestep:1");
         let (_, _, max) = profile_shapes(
@@ -306,6 +297,7 @@ mod tests {
             SideRange::fixed(512),
             4,
             [1, 77, 1024],
+            1,
         );
         assert_eq!(max, "latent:1x4x64x64");
     }
@@ -313,7 +305,7 @@ mod tests {
     #[test]
     fn a_tile_batch_widens_the_batch_axis_from_one_to_the_batch() {
         let (min, opt, max) =
-            batched_profile_shapes(component::UNET, SideRange::fixed(512), 4, [1, 77, 1024], 4);
+            profile_shapes(component::UNET, SideRange::fixed(512), 4, [1, 77, 1024], 4);
         assert_eq!(
             min,
             "latent:1x4x64x64,timestep:1,encoder_hidden_states:1x77x1024"
@@ -323,7 +315,7 @@ mod tests {
             "latent:4x4x64x64,timestep:4,encoder_hidden_states:4x77x1024"
         );
         assert_eq!(max, opt);
-        let (min, _, max) = batched_profile_shapes(
+        let (min, _, max) = profile_shapes(
             component::VAE_ENCODER,
             SideRange::fixed(512),
             4,
@@ -348,7 +340,7 @@ mod tests {
     #[test]
     fn cache_folders_change_with_weights_shapes_and_precision() {
         let root = Path::new("/cache/trt");
-        let profile = profile_shapes(component::UNET, SideRange::fixed(512), 4, [1, 77, 1024]);
+        let profile = profile_shapes(component::UNET, SideRange::fixed(512), 4, [1, 77, 1024], 1);
         let base = engine_cache_dir(root, "unet", &spec("aa", Some("bb")), &profile, true);
         assert!(base.starts_with(root));
         assert!(base
@@ -370,7 +362,7 @@ mod tests {
                 root,
                 "unet",
                 &spec("aa", Some("bb")),
-                &profile_shapes(component::UNET, SideRange::fixed(256), 4, [1, 77, 1024]),
+                &profile_shapes(component::UNET, SideRange::fixed(256), 4, [1, 77, 1024], 1),
                 true,
             ),
         ];

@@ -123,7 +123,7 @@ fn tensorrt_options(
         component::VAE_ENCODER | component::VAE_ENCODER_TILED => sides.encoder,
         _ => sides.decoder,
     };
-    let profile = gpu_plan::batched_profile_shapes(
+    let profile = gpu_plan::profile_shapes(
         component,
         range,
         bundle.manifest().latent_channels,
