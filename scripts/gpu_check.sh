@@ -13,7 +13,8 @@
 #   2. golden parity of models/tiny: cuda fp32 (TF32 off) <= 1e-3, cpu <= 1e-4, fp16 bundle on cuda psnr >= 35;
 #      `run --provider cuda` with the default --tile auto (the budget from the GPU's memory)
 #   3. python3 -m export --synthetic sd21 fp16 (then fp32 if time allows), timed
-#   4. tadsr-edge bench: 512 untiled, 2048 tile 512, per bundle (and --tf32 when the binary has it)
+#   4. tadsr-edge bench: 512 untiled, 2048 tile 512, per bundle (and --tf32 when the binary has it);
+#      fp16 2048 with --tile-batch 4
 #   5. PyTorch eager on the same GPU and weights: scripts/torch_gpu_bench.py (fp16, fp32; 512, 2048 latent-tiled)
 #   6. $OUT/gpu_check.json: everything, and the tadsr-edge/PyTorch ratios at 512
 #
@@ -247,6 +248,13 @@ if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$BIN" bench --help 2>/dev/null | gr
     --tile 0 --runs 10 --warmup 3 --cudnn-conv-search exhaustive
 else
   not_run bench_fp16_exhaustive_512 "no fp16 bundle, or the binary's bench has no --cudnn-conv-search"
+fi
+# --tile-batch: the 2048 run's 512 px tiles in batches of 4 (compare with bench_fp16_2048).
+if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$BIN" bench --help 2>/dev/null | grep -q -- '--tile-batch'; then
+  step bench_fp16_2048_batch4 240 60 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 2048 \
+    --tile 512 --runs 3 --warmup 1 --tile-batch 4
+else
+  not_run bench_fp16_2048_batch4 "no fp16 bundle, or the binary's bench has no --tile-batch"
 fi
 step torch_bench 360 120 "$PYTHON" scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 \
   --precisions fp16,fp32 --size 512 --runs 10 --warmup 3 --input examples/coffee.png \
