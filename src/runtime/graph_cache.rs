@@ -30,6 +30,40 @@ use sha2::{Digest, Sha256};
 /// Environment variable: `0` or `false` turns the cache off.
 pub const GRAPH_CACHE_ENV: &str = "TADSR_EDGE_GRAPH_CACHE";
 
+/// Temporary folders are named `.partial-<pid>-<random>`.
+const PARTIAL_PREFIX: &str = ".partial-";
+
+/// Removes the temporary folders of processes that are gone (killed while
+/// writing an entry: a half-written graph can be gigabytes).
+fn remove_abandoned(graphs: &Path) {
+    let Ok(entries) = fs::read_dir(graphs) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_prefix(PARTIAL_PREFIX)
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        if !process_alive(pid) {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// Whether a process with this id exists (signal 0 probes without sending).
+fn process_alive(pid: i32) -> bool {
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let result = unsafe { libc::kill(pid, 0) };
+    result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
 /// The file in an entry naming the graph file it was made from.
 pub const SOURCE_NAME: &str = "source";
 
@@ -171,8 +205,9 @@ impl Entry {
             .parent()
             .ok_or_else(|| std::io::Error::other("cache entry without a parent folder"))?;
         fs::create_dir_all(parent)?;
+        remove_abandoned(parent);
         tempfile::Builder::new()
-            .prefix(".partial-")
+            .prefix(&format!("{PARTIAL_PREFIX}{}-", std::process::id()))
             .tempdir_in(parent)
     }
 
@@ -245,6 +280,23 @@ mod tests {
             "Features=fp asimd\nCPU implementer=0x41\nCPU part=0xd42"
         );
         assert_eq!(cpu_signature("nothing useful\n"), None);
+    }
+
+    #[test]
+    fn folders_left_by_dead_processes_are_removed_and_live_ones_kept() {
+        let graphs = tempfile::tempdir().unwrap();
+        let own = graphs
+            .path()
+            .join(format!("{PARTIAL_PREFIX}{}-abc", std::process::id()));
+        // pid_max is at most 2^22 on Linux: this one cannot exist
+        let dead = graphs.path().join(format!("{PARTIAL_PREFIX}99999999-abc"));
+        let entry = graphs.path().join("0123456789abcdef");
+        for folder in [&own, &dead, &entry] {
+            fs::create_dir_all(folder).unwrap();
+        }
+        remove_abandoned(graphs.path());
+        assert!(own.is_dir() && entry.is_dir());
+        assert!(!dead.exists());
     }
 
     #[test]
