@@ -385,9 +385,9 @@ pub struct BenchArgs {
     /// Output side in pixels (the input is size/upscale, square).
     #[arg(long, default_value_t = 512, value_name = "PX")]
     pub size: u32,
-    /// Tile side in output pixels; 0 = no tiling.
-    #[arg(long, default_value_t = 512, value_name = "PX")]
-    pub tile: u32,
+    /// Tile side in output pixels (0 = no tiling), or auto: what `run` would choose for this size (the machine's free memory, or the GPU's; a server: 8 GiB).
+    #[arg(long, default_value = "512", value_name = "auto|PX", value_parser = parse_tile)]
+    pub tile: TileArg,
     /// Overlap between tiles in output pixels.
     #[arg(long, default_value_t = 64, value_name = "PX")]
     pub tile_overlap: u32,

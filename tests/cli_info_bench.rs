@@ -177,6 +177,39 @@ fn bench_json_reports_consistent_timings() {
 }
 
 #[test]
+fn bench_tile_auto_decides_as_run_does() {
+    let bench = |tile: &str| {
+        json(&tadsr(&[
+            "bench",
+            "--model",
+            &tiny(),
+            "--provider",
+            "cpu",
+            "--size",
+            "128",
+            "--tile",
+            tile,
+            "--runs",
+            "1",
+            "--warmup",
+            "0",
+            "--threads",
+            "1",
+            "--json",
+        ]))
+    };
+    // 128 px fits any machine that runs the tests: untiled, and why
+    let auto = bench("auto");
+    assert_eq!(auto["tile"], 0, "{auto}");
+    assert_eq!(auto["tile_decision"]["reason"], "fits_untiled", "{auto}");
+    assert!(auto["tile_decision"]["budget"]["bytes"].as_u64().unwrap() > 0);
+    // a number keeps its meaning
+    let given = bench("128");
+    assert_eq!(given["tile"], 128);
+    assert_eq!(given["tile_decision"]["reason"], "requested");
+}
+
+#[test]
 fn bench_text_shows_the_stages() {
     let output = tadsr(&[
         "bench",

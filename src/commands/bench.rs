@@ -7,6 +7,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde_json::json;
 
+use tadsr_edge::bundle::Bundle;
 use tadsr_edge::image::io::InputImage;
 use tadsr_edge::image::resample::{self, ResampleFilter};
 use tadsr_edge::image::write;
@@ -15,6 +16,7 @@ use tadsr_edge::pipeline::{
 };
 use tadsr_edge::stats::{self, Summary};
 
+use super::tile_policy::TilePolicy;
 use super::{default_model_dir, print_line, provider_choice, Outcome};
 use crate::args::BenchArgs;
 
@@ -51,8 +53,23 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.provider = provider_choice(args.provider);
     config.threads = args.threads;
     args.gpu.apply(&mut config);
+    // --tile auto: decided as `run` decides it, for this size
+    let manifest = Bundle::open_with(&config.model_dir, false)
+        .ok()
+        .map(|bundle| bundle.manifest().clone());
+    let mut tile_policy = TilePolicy::new(
+        args.tile,
+        None,
+        manifest.as_ref(),
+        TilingMode::Staged,
+        args.gpu.tile_batch,
+    );
+    if args.remote.server.is_some() {
+        tile_policy.assume_server_budget();
+    }
+    let engine_decision = tile_policy.for_image(args.size, args.size);
     config.shapes = ShapeHint {
-        tile_px: args.tile,
+        tile_px: engine_decision.tile_px,
         tiling: TilingMode::Staged,
         largest_side_px: args.size,
     };
@@ -64,9 +81,18 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     let mut pipeline = Pipeline::load(&config)?;
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
 
+    tile_policy.after_load(
+        &pipeline,
+        args.gpu.device.unwrap_or(0),
+        Some(engine_decision),
+    );
+    let tile = tile_policy.for_image(args.size, args.size);
+    if tile_policy.is_auto() {
+        eprintln!("tiling: {}", tile.describe());
+    }
     let mut options = RunOptions::from_bundle(pipeline.bundle());
     options.process_size = 0;
-    options.tile_px = args.tile;
+    options.tile_px = tile.tile_px;
     options.tile_overlap_px = args.tile_overlap;
     options.tiling = TilingMode::Staged;
     if let Some(timestep) = args.timestep {
@@ -136,7 +162,8 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         print_line(json!({
                 "model": pipeline.bundle().root(),
                 "size": args.size,
-                "tile": args.tile,
+                "tile": options.tile_px,
+                "tile_decision": tile,
                 "runs": args.runs,
                 "warmup": args.warmup,
                 "threads": args.threads,
@@ -158,7 +185,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         pipeline.bundle().root().display(),
         args.size,
         args.size,
-        args.tile,
+        options.tile_px,
         args.runs,
         args.warmup,
         providers.vae_encoder,
@@ -255,7 +282,7 @@ fn bench_inflight(
             "server": server,
             "inflight": workers,
             "size": args.size,
-            "tile": args.tile,
+            "tile": options.tile_px,
             "runs": latencies.len(),
             "warmup": args.warmup * workers,
             "latency_ms": latency,
@@ -271,7 +298,7 @@ fn bench_inflight(
         config.model_dir.display(),
         args.size,
         args.size,
-        args.tile,
+        options.tile_px,
         workers,
         latencies.len(),
         args.warmup * workers
