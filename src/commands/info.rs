@@ -8,7 +8,7 @@ use serde_json::json;
 
 use tadsr_edge::bundle::Bundle;
 use tadsr_edge::runtime::gpu_info::GpuInfo;
-use tadsr_edge::runtime::{Provider, ProviderStatus, Runtime};
+use tadsr_edge::runtime::{cache_dir, graph_cache, Provider, ProviderStatus, Runtime};
 
 use super::{print_line, Outcome};
 use crate::args::InfoArgs;
@@ -36,6 +36,7 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
                 "library": runtime.library().path,
                 "found_by": runtime.library().source,
             },
+            "graph_cache": graph_cache_summary(),
             "device": device,
             "providers": statuses,
             "model": bundle_json,
@@ -55,6 +56,19 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
         .filter(|s| s.usable)
         .map(|s| s.name)
         .collect();
+    if let Some(cache) = graph_cache_summary() {
+        print_line(format_args!(
+            "optimized-graph cache: {} ({} graph(s), {:.2} GB{})",
+            cache.folder.display(),
+            cache.entries,
+            cache.bytes as f64 / 1e9,
+            if cache.enabled {
+                ""
+            } else {
+                "; off: TADSR_EDGE_GRAPH_CACHE=0"
+            }
+        ))?;
+    }
     print_line(format_args!("execution providers: {}", usable.join(", ")))?;
     for status in &statuses {
         if let Some(reason) = &status.reason {
@@ -151,4 +165,9 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
         d.timestep, d.upscale, d.process_size, d.color_fix
     ))?;
     Ok(())
+}
+
+/// The optimized-graph cache's folder and size (None without a cache folder).
+fn graph_cache_summary() -> Option<graph_cache::Summary> {
+    cache_dir().map(|root| graph_cache::summary(&root))
 }

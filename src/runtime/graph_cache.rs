@@ -17,7 +17,8 @@
 //! complete; an entry that fails to open is removed and the graph opened
 //! from the bundle. Each entry records the graph file it was made from
 //! (`source`): a new entry for the same file (a re-export, an edit)
-//! removes the older ones, so the cache holds one copy per graph file.
+//! removes the older ones, and the entries of graph files that are gone,
+//! so the cache holds one copy per existing graph file.
 //! `TADSR_EDGE_GRAPH_CACHE=0` turns the cache off; deleting the `graphs`
 //! folder clears it.
 
@@ -62,6 +63,38 @@ fn process_alive(pid: i32) -> bool {
     // SAFETY: kill with signal 0 only checks that the process exists.
     let result = unsafe { libc::kill(pid, 0) };
     result == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// What the cache holds now: its folder, complete entries and their bytes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    pub folder: PathBuf,
+    pub enabled: bool,
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+/// Counts the complete entries under `cache_root/graphs` and their size.
+pub fn summary(cache_root: &Path) -> Summary {
+    let folder = cache_root.join("graphs");
+    let (mut entries, mut bytes) = (0, 0);
+    for entry in fs::read_dir(&folder).into_iter().flatten().flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') || !path.join(GRAPH_NAME).is_file() {
+            continue;
+        }
+        entries += 1;
+        for file in fs::read_dir(&path).into_iter().flatten().flatten() {
+            bytes += file.metadata().map_or(0, |m| m.len());
+        }
+    }
+    Summary {
+        folder,
+        enabled: enabled(),
+        entries,
+        bytes,
+    }
 }
 
 /// The file in an entry naming the graph file it was made from.
@@ -230,7 +263,8 @@ impl Entry {
         Ok(())
     }
 
-    /// Entries beside this one made from the same graph file.
+    /// Entries beside this one made from the same graph file, or from a
+    /// graph file that no longer exists.
     fn remove_older_copies(&self) {
         let (Some(parent), Some(own)) = (self.folder.parent(), self.folder.file_name()) else {
             return;
@@ -244,8 +278,10 @@ impl Entry {
             if name == own || name.to_string_lossy().starts_with('.') {
                 continue;
             }
+            // the same graph file (an older copy), or one that is gone (a
+            // deleted bundle: its entry could never be used again)
             let recorded = fs::read_to_string(sibling.path().join(SOURCE_NAME));
-            if recorded.is_ok_and(|recorded| recorded == source) {
+            if recorded.is_ok_and(|recorded| recorded == source || !Path::new(&recorded).exists()) {
                 let _ = fs::remove_dir_all(sibling.path());
             }
         }
@@ -300,6 +336,23 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_counts_complete_entries_only() {
+        let root = tempfile::tempdir().unwrap();
+        let graphs = root.path().join("graphs");
+        fs::create_dir_all(graphs.join("aaaa")).unwrap();
+        fs::write(graphs.join("aaaa").join(GRAPH_NAME), [0u8; 100]).unwrap();
+        fs::write(graphs.join("aaaa").join(WEIGHTS_NAME), [0u8; 1000]).unwrap();
+        fs::create_dir_all(graphs.join("bbbb")).unwrap(); // no graph: incomplete
+        fs::create_dir_all(graphs.join(".partial-1-x")).unwrap();
+        fs::write(graphs.join(".partial-1-x").join(GRAPH_NAME), [0u8; 10]).unwrap();
+        let summary = summary(root.path());
+        assert_eq!((summary.entries, summary.bytes), (1, 1100));
+        assert_eq!(summary.folder, graphs);
+        let empty = super::summary(&root.path().join("nowhere"));
+        assert_eq!((empty.entries, empty.bytes), (0, 0));
+    }
+
+    #[test]
     fn every_part_of_the_key_changes_it() {
         let base = key("abc", "1.32.0", "cpu", "10@1", "20@2");
         assert_eq!(base.len(), 32);
@@ -337,6 +390,15 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(leftovers.len(), 1, "{leftovers:?}");
+        // an entry whose graph file was deleted goes with the next commit
+        let gone_model = root.path().join("gone.onnx");
+        fs::write(&gone_model, b"a graph deleted later").unwrap();
+        let gone = Entry::for_graph(root.path(), &gone_model, "sha3", "1.32.0").unwrap();
+        let written = gone.start().unwrap();
+        fs::write(written.path().join(GRAPH_NAME), b"gone").unwrap();
+        gone.commit(written).unwrap();
+        fs::remove_file(&gone_model).unwrap();
+        assert!(gone.graph().is_some());
         // an entry of another graph file stays
         let other_model = root.path().join("other.onnx");
         fs::write(&other_model, b"another graph").unwrap();
@@ -357,6 +419,7 @@ mod tests {
             "the older copy of the same file is gone"
         );
         assert!(edited.graph().is_some() && other.graph().is_some());
+        assert!(gone.graph().is_none(), "the deleted graph's entry is gone");
         edited.remove();
         assert!(edited.graph().is_none());
     }
