@@ -7,7 +7,7 @@ use std::time::Instant;
 use ndarray::{Array3, ArrayView3};
 use serde::Serialize;
 
-use super::tile_run::TileRun;
+use super::tile_run::{tile_runs, TileRun};
 use super::{Pipeline, Progress};
 use crate::bundle::{component, port};
 use crate::error::Result;
@@ -109,27 +109,11 @@ impl Pipeline {
         };
         let group = self.tiles_in_flight;
         let mut moments = tiles.run(group, &mut timings.encoder, &mut timings.blend, |tiles| {
-            let runs: Vec<_> = tiles
-                .iter()
-                .map(|tile| {
-                    vec![
-                        (
-                            port::IMAGE,
-                            InputTensor::Float {
-                                shape: &tile.shape,
-                                data: &tile.data,
-                            },
-                        ),
-                        (
-                            port::TIMESTEP,
-                            InputTensor::Int64 {
-                                shape: &[1],
-                                data: &timestep_tensor,
-                            },
-                        ),
-                    ]
-                })
-                .collect();
+            let timestep = InputTensor::Int64 {
+                shape: &[1],
+                data: &timestep_tensor,
+            };
+            let runs = tile_runs(tiles, port::IMAGE, &[(port::TIMESTEP, timestep)]);
             match (&stats, encoder_tiled.as_mut()) {
                 (Some(stats), Some(tiled)) => tiled.run_group(runs, Some(stats), &output_names),
                 _ => encoder.session.run_group(&runs, &output_names),
@@ -185,18 +169,7 @@ impl Pipeline {
         )?;
         let group = self.tiles_in_flight;
         let mut residual = tiles.run(group, &mut timings.unet, &mut timings.blend, |tiles| {
-            let runs: Vec<_> = tiles
-                .iter()
-                .map(|tile| {
-                    vec![(
-                        port::LATENT,
-                        InputTensor::Float {
-                            shape: &tile.shape,
-                            data: &tile.data,
-                        },
-                    )]
-                })
-                .collect();
+            let runs = tile_runs(tiles, port::LATENT, &[]);
             unet.session.run_group(&runs, &[port::RESIDUAL])
         })?;
         Ok(residual.pop().expect("one output"))
@@ -229,18 +202,7 @@ impl Pipeline {
         };
         let group = self.tiles_in_flight;
         let mut image = tiles.run(group, &mut timings.decoder, &mut timings.blend, |tiles| {
-            let runs: Vec<_> = tiles
-                .iter()
-                .map(|tile| {
-                    vec![(
-                        port::LATENT,
-                        InputTensor::Float {
-                            shape: &tile.shape,
-                            data: &tile.data,
-                        },
-                    )]
-                })
-                .collect();
+            let runs = tile_runs(tiles, port::LATENT, &[]);
             match (&stats, decoder_tiled.as_mut()) {
                 (Some(stats), Some(tiled)) => tiled.run_group(runs, Some(stats), &[port::IMAGE]),
                 _ => decoder.session.run_group(&runs, &[port::IMAGE]),

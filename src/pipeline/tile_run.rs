@@ -9,7 +9,7 @@ use ndarray::{Array3, ArrayView3};
 use super::stages::millis_since;
 use super::Progress;
 use crate::error::{Error, Result};
-use crate::runtime::{OutputTensor, Provider};
+use crate::runtime::{InputTensor, OutputTensor, Provider};
 use crate::tiling::{self, TileAccumulator, TilePlan, TileRect};
 
 /// One stage's tile loop: cut each tile of `plan` out of `source`, run it,
@@ -41,6 +41,36 @@ pub(super) struct TileRun<'a> {
 pub(super) struct TileInput {
     pub(super) shape: [usize; 4],
     pub(super) data: Vec<f32>,
+}
+
+impl TileInput {
+    /// This tile as the graph input `port`.
+    pub(super) fn as_input(&self, port: &'static str) -> (&'static str, InputTensor<'_>) {
+        (
+            port,
+            InputTensor::Float {
+                shape: &self.shape,
+                data: &self.data,
+            },
+        )
+    }
+}
+
+/// One run per tile: each tile as the input `port`, with `extra` inputs
+/// (the same for every tile).
+pub(super) fn tile_runs<'a>(
+    tiles: &'a [TileInput],
+    port: &'static str,
+    extra: &[(&'static str, InputTensor<'a>)],
+) -> Vec<Vec<(&'static str, InputTensor<'a>)>> {
+    tiles
+        .iter()
+        .map(|tile| {
+            let mut inputs = vec![tile.as_input(port)];
+            inputs.extend_from_slice(extra);
+            inputs
+        })
+        .collect()
 }
 
 impl TileRun<'_> {

@@ -28,28 +28,29 @@ pub fn stack(runs: &[(&[usize], Data<'_>)]) -> Option<(Vec<usize>, Stacked)> {
     let mut shape = first_shape.to_vec();
     shape[0] = runs.len();
     let stacked = match first_data {
-        Data::Float(_) => {
-            let mut all = Vec::new();
-            for (_, data) in runs {
-                let Data::Float(values) = data else {
-                    return None;
-                };
-                all.extend_from_slice(values);
-            }
-            Stacked::Float(all)
-        }
-        Data::Int64(_) => {
-            let mut all = Vec::new();
-            for (_, data) in runs {
-                let Data::Int64(values) = data else {
-                    return None;
-                };
-                all.extend_from_slice(values);
-            }
-            Stacked::Int64(all)
-        }
+        Data::Float(_) => Stacked::Float(concat(runs, |data| match data {
+            Data::Float(values) => Some(values),
+            Data::Int64(_) => None,
+        })?),
+        Data::Int64(_) => Stacked::Int64(concat(runs, |data| match data {
+            Data::Int64(values) => Some(values),
+            Data::Float(_) => None,
+        })?),
     };
     Some((shape, stacked))
+}
+
+/// Every run's values of one element type, in order (None when a run has
+/// the other type).
+fn concat<'a, T: Copy + 'a>(
+    runs: &[(&[usize], Data<'a>)],
+    values: impl Fn(Data<'a>) -> Option<&'a [T]>,
+) -> Option<Vec<T>> {
+    let mut all = Vec::new();
+    for (_, data) in runs {
+        all.extend_from_slice(values(*data)?);
+    }
+    Some(all)
 }
 
 /// A `[1, ...]` input repeated `n` times along the batch axis (a constant
