@@ -3,6 +3,11 @@
 //! stay the same over many runs (the prompt embedding, the timestep) are
 //! set once as constants: on a GPU provider they are bound with ONNX
 //! Runtime's I/O binding, which copies them to the device once, not per tile.
+//! A group of tile runs can go as one batched run ([`super::batch`]).
+//!
+//! Over 500 lines: one type's three run paths (plain, I/O-bound, batched)
+//! share its private state (session, constants, binding, run options);
+//! the pure batch arithmetic lives in `batch.rs`.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
