@@ -1,5 +1,10 @@
 //! `tadsr-edge run`: the batch over inputs. One bad input prints one line
 //! and the batch goes on; every output is written atomically.
+//!
+//! Over 500 lines: the command's checks before anything runs (inputs,
+//! outputs, options, the server) and the batch they feed (workers, fatal
+//! errors, each input's steps) read best together; no unit is reused
+//! elsewhere.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
