@@ -109,27 +109,35 @@ fn info_text_names_the_library_the_providers_and_the_bundle() {
     }
 }
 
-#[test]
-fn bench_json_reports_consistent_timings() {
-    let (size, runs) = (64u64, 2u64);
-    let report = json(&tadsr(&[
+/// `bench --model tiny --provider cpu --size SIZE --runs RUNS --warmup 0`
+/// plus `extra`.
+fn bench(size: &str, runs: &str, extra: &[&str]) -> Output {
+    let tiny = tiny();
+    let mut args = vec![
         "bench",
         "--model",
-        &tiny(),
+        &tiny,
         "--provider",
         "cpu",
         "--size",
-        &size.to_string(),
-        "--tile",
-        "0",
+        size,
         "--runs",
-        &runs.to_string(),
+        runs,
         "--warmup",
         "0",
-        "--threads",
-        "1",
-        "--json",
-    ]));
+    ];
+    args.extend_from_slice(extra);
+    tadsr(&args)
+}
+
+#[test]
+fn bench_json_reports_consistent_timings() {
+    let (size, runs) = (64u64, 2u64);
+    let report = json(&bench(
+        &size.to_string(),
+        &runs.to_string(),
+        &["--tile", "0", "--threads", "1", "--json"],
+    ));
     assert_eq!(report["size"], size);
     assert_eq!(report["runs"], runs);
     assert_eq!(report["tile"], 0);
@@ -178,52 +186,27 @@ fn bench_json_reports_consistent_timings() {
 
 #[test]
 fn bench_tile_auto_decides_as_run_does() {
-    let bench = |tile: &str| {
-        json(&tadsr(&[
-            "bench",
-            "--model",
-            &tiny(),
-            "--provider",
-            "cpu",
-            "--size",
+    let with_tile = |tile: &str| {
+        json(&bench(
             "128",
-            "--tile",
-            tile,
-            "--runs",
             "1",
-            "--warmup",
-            "0",
-            "--threads",
-            "1",
-            "--json",
-        ]))
+            &["--tile", tile, "--threads", "1", "--json"],
+        ))
     };
     // 128 px fits any machine that runs the tests: untiled, and why
-    let auto = bench("auto");
+    let auto = with_tile("auto");
     assert_eq!(auto["tile"], 0, "{auto}");
     assert_eq!(auto["tile_decision"]["reason"], "fits_untiled", "{auto}");
     assert!(auto["tile_decision"]["budget"]["bytes"].as_u64().unwrap() > 0);
     // a number keeps its meaning
-    let given = bench("128");
+    let given = with_tile("128");
     assert_eq!(given["tile"], 128);
     assert_eq!(given["tile_decision"]["reason"], "requested");
 }
 
 #[test]
 fn bench_text_shows_the_stages() {
-    let output = tadsr(&[
-        "bench",
-        "--model",
-        &tiny(),
-        "--provider",
-        "cpu",
-        "--size",
-        "64",
-        "--runs",
-        "1",
-        "--warmup",
-        "0",
-    ]);
+    let output = bench("64", "1", &[]);
     assert!(
         output.status.success(),
         "{}",

@@ -368,6 +368,13 @@ mod tests {
         }
     }
 
+    /// Writes `graph` into a new temporary folder of `entry` and commits it.
+    fn commit(entry: &Entry, graph: &[u8]) {
+        let written = entry.start().unwrap();
+        fs::write(written.path().join(GRAPH_NAME), graph).unwrap();
+        entry.commit(written).unwrap();
+    }
+
     #[test]
     fn an_entry_is_complete_only_after_commit_and_a_second_commit_keeps_the_first() {
         let root = tempfile::tempdir().unwrap();
@@ -381,9 +388,7 @@ mod tests {
         fs::write(first.path().join(GRAPH_NAME), b"first").unwrap();
         assert!(entry.graph().is_none(), "not visible before the rename");
         entry.commit(first).unwrap();
-        let second = entry.start().unwrap();
-        fs::write(second.path().join(GRAPH_NAME), b"second").unwrap();
-        entry.commit(second).unwrap();
+        commit(&entry, b"second");
         assert_eq!(fs::read(entry.graph().unwrap()).unwrap(), b"first");
         let leftovers: Vec<_> = fs::read_dir(entry.folder.parent().unwrap())
             .unwrap()
@@ -394,26 +399,20 @@ mod tests {
         let gone_model = root.path().join("gone.onnx");
         fs::write(&gone_model, b"a graph deleted later").unwrap();
         let gone = Entry::for_graph(root.path(), &gone_model, "sha3", "1.32.0").unwrap();
-        let written = gone.start().unwrap();
-        fs::write(written.path().join(GRAPH_NAME), b"gone").unwrap();
-        gone.commit(written).unwrap();
+        commit(&gone, b"gone");
         fs::remove_file(&gone_model).unwrap();
         assert!(gone.graph().is_some());
         // an entry of another graph file stays
         let other_model = root.path().join("other.onnx");
         fs::write(&other_model, b"another graph").unwrap();
         let other = Entry::for_graph(root.path(), &other_model, "sha2", "1.32.0").unwrap();
-        let written = other.start().unwrap();
-        fs::write(written.path().join(GRAPH_NAME), b"other").unwrap();
-        other.commit(written).unwrap();
+        commit(&other, b"other");
         // editing the graph makes another entry, which replaces the first
         std::thread::sleep(std::time::Duration::from_millis(10));
         fs::write(&model, b"graph, edited").unwrap();
         let edited = Entry::for_graph(root.path(), &model, "sha", "1.32.0").unwrap();
         assert_ne!(edited, entry);
-        let written = edited.start().unwrap();
-        fs::write(written.path().join(GRAPH_NAME), b"edited").unwrap();
-        edited.commit(written).unwrap();
+        commit(&edited, b"edited");
         assert!(
             entry.graph().is_none(),
             "the older copy of the same file is gone"
