@@ -1,11 +1,13 @@
 """Train a small TADSR ("nano") end to end on CPU and export it as a bundle.
 
-    python -m export.train --out runs/nano --photos data/photos --max-minutes 90 --threads 2 \\
+    python -m export.train --out runs/nano --photos data/photos --steps 4200 --max-minutes 72 \\
                            --export-to models/nano
     python -m export.train --out runs/nano --export-only runs/nano/last.pt --export-to models/nano
 
-One training step is exactly the runtime's inference path (spec steps 5-10),
-differentiated:
+A fresh run first fits the VAE's linear patch shortcuts by least squares (``init_from_data``) and trains
+the decoder shortcut's decode head alone on them (``pretrain_head``, ``--head-steps``), both at latent
+resolution and cheap; then every part is trained end to end. One end-to-end step is exactly the
+runtime's inference path (spec steps 5-10), differentiated:
 
 * target: an HR crop of a training photo (data/photos, ``export.photos``), random flips / 90-degree turns;
 * input: its LR made by ``export.degrade.degrade`` (Real-ESRGAN-style second-order degradations), quantized
@@ -186,11 +188,14 @@ def new_state(config: str, seed: int, lr: float, weight_decay: float = 0.0,
     use_plain_attention(unet)
     vae.train()
     unet.train()
-    shortcut_ids = {id(p) for p in vae.shortcuts.parameters()} if vae.shortcuts is not None else set()
-    deep = [p for p in list(vae.parameters()) + list(unet.parameters()) if id(p) not in shortcut_ids]
+    # the linear maps only: the shortcut's decode head is a deep path and learns at the full rate
+    linear = ([p for m in (vae.shortcuts.encode_proj, vae.shortcuts.decode_proj) for p in m.parameters()]
+              if vae.shortcuts is not None else [])
+    linear_ids = {id(p) for p in linear}
+    deep = [p for p in list(vae.parameters()) + list(unet.parameters()) if id(p) not in linear_ids]
     groups = [{"params": deep, "lr_scale": 1.0}]
-    if shortcut_ids:
-        groups.append({"params": list(vae.shortcuts.parameters()), "lr_scale": shortcut_lr_scale})
+    if linear:
+        groups.append({"params": linear, "lr_scale": shortcut_lr_scale})
     optimizer = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.99), weight_decay=weight_decay)
     ema_vae = copy.deepcopy(vae).eval().requires_grad_(False)
     ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
@@ -256,12 +261,63 @@ def init_from_data(state: TrainState, data, crops: int = 128, deep_scale: float 
     state.vae.decoder.conv_out.bias.zero_()
     state.unet.conv_out.weight.mul_(deep_scale)
     state.unet.conv_out.bias.zero_()
+    if shortcuts.decode_head is not None:  # a plain conv stack learns from zero (its last layer's gradient)
+        shortcuts.decode_head[-1].weight.zero_()
+        shortcuts.decode_head[-1].bias.zero_()
     for ema, model in ((state.ema_vae, state.vae), (state.ema_unet, state.unet)):
         ema.load_state_dict(model.state_dict())
     predicted = shortcuts.decode(shortcuts.encode(up)).double()
     mse = float(((predicted.clamp(-1, 1) - hr.double()) ** 2).mean()) / 4.0  # [-1,1] -> [0,1]
     bicubic_mse = float(((u - h) ** 2).mean()) / 4.0
     return {"linear_psnr": 10 * math.log10(1 / mse), "bicubic_psnr": 10 * math.log10(1 / bicubic_mse)}
+
+
+def pretrain_head(state: TrainState, data, steps: int, batch: int = 16, lr: float = 1e-3,
+                  edge_weight: float = 0.5, log=print) -> Dict[str, float]:
+    """Train the decoder shortcut's decode head (if the config has one) alone on the linear shortcuts.
+
+    Before the end-to-end steps, on clean crops (own generator, seeded from the run's seed), Adam at
+    ``lr``: ``y = shortcuts.decode(shortcuts.encode(U))`` with only the head's weights free, the run's
+    L1 + edge loss. Everything runs at latent resolution, so a step costs ~1/20 of an end-to-end one and
+    the head, the part of nano that adds detail (see model.py's nano), starts trained instead of at zero.
+    The deep paths are then trained with it end to end. Returns the last 100 steps' mean loss and seconds.
+    """
+    shortcuts = state.vae.shortcuts
+    if shortcuts is None or shortcuts.decode_head is None or steps <= 0:
+        return {}
+    rng = np.random.Generator(np.random.PCG64(state.seed + 104729))
+    head = list(shortcuts.decode_head.parameters())
+    optimizer = torch.optim.Adam(head, lr=lr)
+    linear = [p for m in (shortcuts.encode_proj, shortcuts.decode_proj) for p in m.parameters()]
+    for p in linear:
+        p.requires_grad_(False)
+    clean_prob = getattr(data, "clean_prob", None)
+    if clean_prob is not None:
+        data.clean_prob = 1.0
+    started, recent = time.time(), []
+    try:
+        for step in range(steps):
+            hr, up = make_batch(data, rng, batch)
+            with torch.no_grad():
+                latent = shortcuts.encode(up)
+            y = shortcuts.decode(latent)
+            loss = (y - hr).abs().mean() + edge_weight * edge_l1(y, hr)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            recent = (recent + [float(loss.detach())])[-100:]
+            if (step + 1) % 500 == 0 or step + 1 == steps:
+                log(f"decode head: step {step + 1}/{steps}, loss {np.mean(recent):.4f}, "
+                    f"{time.time() - started:.0f} s")
+    finally:
+        for p in linear:
+            p.requires_grad_(True)
+        if clean_prob is not None:
+            data.clean_prob = clean_prob
+    state.ema_vae.load_state_dict(state.vae.state_dict())
+    seconds = time.time() - started
+    state.seconds += seconds
+    return {"loss": float(np.mean(recent)), "seconds": seconds}
 
 
 def save_checkpoint(state: TrainState, path: Path, recipe: Dict) -> None:
@@ -278,9 +334,18 @@ def save_checkpoint(state: TrainState, path: Path, recipe: Dict) -> None:
     os.replace(tmp, path)
 
 
+def checkpoint_config(blob: Dict) -> str:
+    """The config a checkpoint was trained with. Runs from before nano v2 (2026-11-28) say "nano" and have
+    no decode head: they are "nano-v1"."""
+    name = blob["config"]
+    if name == "nano" and not any(".decode_head." in key for key in blob["vae"]):
+        return "nano-v1"
+    return name
+
+
 def load_checkpoint(path: Path, lr: float = 2e-4) -> TrainState:
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    state = new_state(blob["config"], int(blob["seed"]), lr)
+    state = new_state(checkpoint_config(blob), int(blob["seed"]), lr)
     state.vae.load_state_dict(blob["vae"])
     state.unet.load_state_dict(blob["unet"])
     state.ema_vae.load_state_dict(blob["ema_vae"])
@@ -339,7 +404,7 @@ def train_step(state: TrainState, hr: torch.Tensor, up: torch.Tensor, acp: torch
 
 def models_from_checkpoint(path: Path, ema: bool = True) -> TadsrModels:
     blob = torch.load(path, map_location="cpu", weights_only=False)
-    cfg = get_config(blob["config"])
+    cfg = get_config(checkpoint_config(blob))
     vae, unet = build_vae(cfg), build_unet(cfg)
     vae.load_state_dict(blob["ema_vae" if ema else "vae"])
     unet.load_state_dict(blob["ema_unet" if ema else "unet"])
@@ -348,7 +413,7 @@ def models_from_checkpoint(path: Path, ema: bool = True) -> TadsrModels:
     from .manifest import sha256_file
 
     return TadsrModels(
-        config_name=blob["config"], vae=vae.eval(), unet=unet.eval(), alphas_cumprod=alphas_cumprod(),
+        config_name=checkpoint_config(blob), vae=vae.eval(), unet=unet.eval(), alphas_cumprod=alphas_cumprod(),
         prompt_embeds=blob["embeds"].to(torch.float32), prompt_text=None,
         source={"kind": "checkpoint", "files": {Path(path).name: sha256_file(Path(path))}},
     )
@@ -361,7 +426,7 @@ def export_checkpoint(path: Path, out: Path, name: Optional[str] = None, verify:
 
     blob = torch.load(path, map_location="cpu", weights_only=False)
     recipe = dict(blob.get("recipe") or {})
-    recipe.update({"config": blob["config"], "seed": int(blob["seed"]), "steps": int(blob["step"]),
+    recipe.update({"config": checkpoint_config(blob), "seed": int(blob["seed"]), "steps": int(blob["step"]),
                    "train_seconds": round(float(blob["seconds"]), 1), "final_losses": blob.get("recent"),
                    "weights": "ema"})
     models = models_from_checkpoint(path)
@@ -418,24 +483,27 @@ def main(argv=None) -> int:
     parser.add_argument("--photos", default="data/photos", help="folder of export.photos (default data/photos)")
     parser.add_argument("--random-data", action="store_true", help="train on random tensors (tests)")
     parser.add_argument("--crop", type=int, default=128, help="HR crop side, a multiple of 8 (default 128)")
-    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--shortcut-lr-scale", type=float, default=0.1,
                         help="learning rate of the patch shortcuts relative to --lr (default 0.1)")
     parser.add_argument("--deep-init-scale", type=float, default=0.01,
                         help="the deep paths' last layers start at their random init times this "
                              "(default 0.01; see init_from_data)")
+    parser.add_argument("--head-steps", type=int, default=10000,
+                        help="steps of the decode head alone before the end-to-end ones, batch 16, clean "
+                             "crops (default 10000; see pretrain_head)")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--steps", type=int, help="stop after this many steps in all (also sets the cosine decay)")
     parser.add_argument("--max-minutes", type=float, help="stop this session after so many minutes of training")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads (default 2)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--t-min", type=int, default=1)
     parser.add_argument("--t-max", type=int, default=999)
     parser.add_argument("--edge-weight", type=float, default=0.5)
-    parser.add_argument("--clean-prob", type=float, default=0.5,
+    parser.add_argument("--clean-prob", type=float, default=0.8,
                         help="share of LR inputs made by a clean bicubic downscale instead of the "
-                             "real-world degradations (default 0.5)")
+                             "real-world degradations (default 0.8)")
     parser.add_argument("--ema", type=float, default=0.999, help="EMA decay of the exported weights")
     parser.add_argument("--save-every", type=int, default=200)
     parser.add_argument("--log-every", type=int, default=10)
@@ -483,7 +551,10 @@ def main(argv=None) -> int:
                         "unet_blocks": get_config(args.config).unet["block_out_channels"]},
               "init": "patch shortcuts fitted by least squares on 128 clean crops (encoder: reduced-rank "
                       "regression of 8x8 blocks; decoder: 3x3 latent cells -> block; init_from_data); "
-                      f"deep paths' last layers and the UNet's conv_out at {args.deep_init_scale}x their random init",
+                      f"deep paths' last layers and the UNet's conv_out at {args.deep_init_scale}x their random init; "
+                      f"then the shortcut's decode head (if any) alone for {args.head_steps} steps of 16 clean "
+                      "crops, Adam 1e-3 (pretrain_head)",
+              "head_steps": args.head_steps,
               "loss": "L1 + edge_weight * L1(finite differences) + 1e-3 * relu(logvar + 6), in [-1, 1]",
               "optimizer": "AdamW(0.9, 0.99), grad clip 1.0, warmup then cosine to 10% when --steps is given",
               "threads": args.threads, "data": data_recipe(photos)}
@@ -494,6 +565,10 @@ def main(argv=None) -> int:
         if fit:
             print(f"linear start (patch shortcuts from 128 clean crops): {fit['linear_psnr']:.2f} dB against the "
                   f"originals; the upscaled inputs: {fit['bicubic_psnr']:.2f} dB", flush=True)
+        head = pretrain_head(state, data, args.head_steps, edge_weight=args.edge_weight,
+                             log=lambda line: print(line, flush=True))
+        if head:
+            recipe["head_pretraining"] = {k: round(v, 5) for k, v in head.items()}
     n_params = sum(p.numel() for p in state.vae.parameters()) + sum(p.numel() for p in state.unet.parameters())
     print(f"{args.config}: {n_params / 1e6:.2f} M parameters; data: "
           f"{'random' if photos is None else f'{len(data.images)} photos, {data.megapixels:.1f} MP'}; "

@@ -62,6 +62,66 @@ def test_patch_shortcuts_encode_blocks_and_decode_from_neighbouring_cells():
     assert get_config("nano").vae["shortcut_decode_kernel"] == 3
 
 
+def test_decode_head_adds_to_the_linear_map_and_reaches_depth_plus_one_cells():
+    """nano's decode head: latent-resolution convolutions summed with the 3x3 linear map before the pixel
+    shuffle. A tile's output equals the whole image's (depth + 1) latent cells away from its edges."""
+    plain = _tiny_vae(patch_shortcuts=True, shortcut_decode_kernel=3)
+    headed = _tiny_vae(patch_shortcuts=True, shortcut_decode_kernel=3, shortcut_decode_head=(8, 2))
+    missing, unexpected = headed.load_state_dict(plain.state_dict(), strict=False)
+    assert not unexpected and missing and all(".decode_head." in key for key in missing)
+    torch.manual_seed(1)
+    latent = torch.randn(1, 4, 10, 12)
+    with torch.no_grad():
+        linear = plain.shortcuts.decode(latent)
+        whole = headed.shortcuts.decode(latent)
+        assert whole.shape == linear.shape == (1, 3, 80, 96)
+        assert not torch.allclose(whole, linear, atol=1e-3)  # a random head adds something
+        for p in headed.shortcuts.decode_head[-1].parameters():
+            p.zero_()
+        torch.testing.assert_close(headed.shortcuts.decode(latent), linear)  # a zero last layer adds nothing
+        for p in headed.shortcuts.decode_head[-1].parameters():
+            p.normal_(0, 0.1)
+        whole = headed.shortcuts.decode(latent)
+        tile = headed.shortcuts.decode(latent[..., 1:9, 2:11])  # cells 1..8 x 2..10
+        reach = 3  # 2 hidden layers + the last 3x3 convolution
+        torch.testing.assert_close(tile[..., reach * 8:-reach * 8, reach * 8:-reach * 8],
+                                   whole[..., (1 + reach) * 8:(9 - reach) * 8, (2 + reach) * 8:(11 - reach) * 8])
+        assert not torch.allclose(tile[..., (reach - 1) * 8:reach * 8, :],
+                                  whole[..., reach * 8:(1 + reach) * 8, 16:88])  # one cell nearer: padding shows
+    with pytest.raises(ValueError, match="shortcut_decode_head"):
+        _tiny_vae(patch_shortcuts=True, shortcut_decode_head=(0, 2))
+    assert get_config("nano").vae["shortcut_decode_head"] == [64, 4]
+    assert "shortcut_decode_head" not in get_config("nano-v1").vae
+
+
+def test_pretrain_head_moves_only_the_head_and_resets_the_ema():
+    torch.set_num_threads(1)
+    state = T.new_state("nano", seed=2, lr=1e-3)
+    data = T.RandomCrops(32)
+    T.init_from_data(state, data, crops=8)
+    shortcuts = state.vae.shortcuts
+    assert all(float(p.detach().abs().max()) == 0 for p in shortcuts.decode_head[-1].parameters())
+    others = {k: v.clone() for k, v in state.vae.state_dict().items() if ".decode_head." not in k}
+    result = T.pretrain_head(state, data, steps=3, batch=2)
+    assert math.isfinite(result["loss"]) and result["seconds"] > 0
+    assert float(shortcuts.decode_head[-1].weight.abs().max()) > 0
+    for key, value in state.vae.state_dict().items():
+        if key in others:
+            assert torch.equal(value, others[key]), key
+    assert all(p.requires_grad for p in shortcuts.parameters())
+    for a, b in zip(state.ema_vae.state_dict().values(), state.vae.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert T.pretrain_head(T.new_state("tiny", seed=0, lr=1e-3), data, steps=3) == {}  # no head: nothing
+
+
+def test_checkpoints_from_before_the_decode_head_load_as_nano_v1():
+    v1 = {"config": "nano", "vae": {"shortcuts.decode_proj.weight": None}}
+    v2 = {"config": "nano", "vae": {"shortcuts.decode_head.0.weight": None}}
+    assert T.checkpoint_config(v1) == "nano-v1"
+    assert T.checkpoint_config(v2) == "nano"
+    assert T.checkpoint_config({"config": "tiny", "vae": {}}) == "tiny"
+
+
 def test_init_from_data_starts_at_the_linear_block_prediction():
     torch.set_num_threads(1)
     state = T.new_state("nano", seed=1, lr=1e-3)
