@@ -1,10 +1,9 @@
 //! The trained `models/nano` against Pillow's bicubic on a held-out photo: a
 //! regression guard for the committed bundle and for the runtime's path
 //! (resize, encode, UNet, clean latent, decode, color fix, quantization).
-//! nano beats bicubic by less than issue 10's goal (+0.5 dB); this test
-//! holds it to the margin measured when it was committed, which a broken
-//! path or a random bundle misses by far (models/tiny, random weights,
-//! scores 15.1 dB on this fixture).
+//! This test holds nano to the margin measured when it was committed, which
+//! a broken path or a random bundle misses by far (models/tiny, random
+//! weights, scores 15.1 dB on this fixture).
 //! Fixture: tests/fixtures/heldout/ (scripts/make_heldout_fixture.py): a
 //! crop of a photo nano never trained on (`hr.png`), its clean 4x-down LR
 //! (`lr.png`), and Pillow's bicubic 4x-up of it (`bicubic.png`).
@@ -16,11 +15,11 @@ use std::path::PathBuf;
 use common::{path_str, repo, run_with_timeout};
 
 /// PSNR of nano minus PSNR of bicubic on this fixture, measured when the
-/// bundle was committed (2026-11-27 21:15 UTC, this project's 2-core
+/// bundle was committed (2026-11-28 01:47 UTC, this project's 2-core
 /// machine: `tadsr-edge run lr.png --model models/nano --process-size 0
-/// --tile 0`, 28.25 dB against bicubic's 27.95 dB; the nano before it
-/// scored 27.72).
-const MEASURED_GAIN_DB: f64 = 0.30;
+/// --tile 0`, 28.46 dB against bicubic's 27.95 dB; nano v1 before it scored
+/// 28.25).
+const MEASURED_GAIN_DB: f64 = 0.51;
 /// What the guard demands: the measured gain less 0.3 dB, room for fp32
 /// differences between CPUs (about 1e-5 before 8-bit rounding, far below
 /// 0.01 dB) and for a retrained nano that is no worse.
