@@ -560,6 +560,10 @@ def main(argv=None) -> int:
               "threads": args.threads, "data": data_recipe(photos)}
     if state.step > 0:
         recipe["phases"] = earlier_phases(ckpt, recipe, state.step)
+        earlier = torch.load(ckpt, map_location="cpu", weights_only=False).get("recipe") or {}
+        for key in ("head_steps", "head_pretraining"):  # what the fresh session did before step 0
+            if key in earlier:
+                recipe[key] = earlier[key]
     if state.step == 0:
         fit = init_from_data(state, data, deep_scale=args.deep_init_scale)
         if fit:
