@@ -24,7 +24,9 @@ encoder. The exported weights are an exponential moving average of the trained o
 
 Checkpoints (``<out>/last.pt``, written atomically every ``--save-every`` steps, at the end and on
 Ctrl-C) hold the weights, the EMA, the optimizer, the step and both random generators: running the same
-command again resumes where it stopped. ``<out>/log.jsonl`` gets one line per ``--log-every`` steps.
+command again resumes where it stopped (the first checkpoint comes after the decode head's steps and the
+first ``--save-every`` end-to-end steps: a run stopped before that starts over, seeded, the same way).
+``<out>/log.jsonl`` gets one line per ``--log-every`` steps.
 At the end (unless ``--no-export``) the EMA model is exported to ``--export-to`` with the bundle writer;
 the manifest's provenance says ``source: checkpoint`` (the schema's kinds) with the checkpoint's sha256,
 and ``provenance.training`` (a JSON string) plus ``training.json`` in the bundle hold the recipe.
