@@ -142,7 +142,8 @@ CONFIGS: Dict[str, ModelConfig] = {
     # v2 adds a decode head to the decoder's patch shortcut: convolutions at latent resolution whose
     # output is pixel-shuffled to 8x8 blocks (ESPCN-like, see PatchShortcuts), and narrows the VAE's
     # full-resolution stages so that a step costs less. Measured 2026-11-28 on this 2-core machine: the
-    # linear shortcuts plus a (64 wide, 4 deep) head alone, 6 minutes on clean crops, 33.38 dB on the held-out
+    # linear shortcuts plus a (64 wide, 4 deep) head alone (a throwaway script doing what export.train's
+    # pretrain_head does, L1 loss only), 6 minutes on clean crops, 33.38 dB on the held-out
     # photos against bicubic 32.52 and the linear shortcuts 32.68. One end-to-end training step, 2 threads,
     # 16 crops of 128 px: VAE widths (8, 16, 32, 64) 1.39 s, (16, 32, 64, 96) 1.79 s, v1's (24, 48, 96, 96)
     # 4.21 s; 8 crops with (8, 16, 32, 64): 0.87 s (6.9 M parameters in all, the UNet 5.46 M of them).
@@ -402,6 +403,10 @@ class PatchShortcuts(nn.Module):
                 layers += [nn.Conv2d(latent_channels if index == 0 else width, width, 3, padding=1), nn.SiLU()]
             layers.append(nn.Conv2d(width, block_channels, 3, padding=1))
             self.decode_head = nn.Sequential(*layers)
+
+    def linear_parameters(self) -> list:
+        """The two linear maps' weights and biases (not the decode head's)."""
+        return [p for m in (self.encode_proj, self.decode_proj) for p in m.parameters()]
 
     def encode(self, image: torch.Tensor) -> torch.Tensor:
         return self.encode_proj(torch.nn.functional.pixel_unshuffle(image, self.factor))

@@ -35,6 +35,7 @@ and ``provenance.training`` (a JSON string) plus ``training.json`` in the bundle
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import dataclasses
 import json
@@ -173,6 +174,7 @@ class TrainState:
     step: int = 0
     seconds: float = 0.0
     recent: Optional[Dict[str, float]] = None
+    recipe: Optional[Dict] = None  # the recipe a loaded checkpoint was saved with
 
 
 def new_state(config: str, seed: int, lr: float, weight_decay: float = 0.0,
@@ -191,8 +193,7 @@ def new_state(config: str, seed: int, lr: float, weight_decay: float = 0.0,
     vae.train()
     unet.train()
     # the linear maps only: the shortcut's decode head is a deep path and learns at the full rate
-    linear = ([p for m in (vae.shortcuts.encode_proj, vae.shortcuts.decode_proj) for p in m.parameters()]
-              if vae.shortcuts is not None else [])
+    linear = vae.shortcuts.linear_parameters() if vae.shortcuts is not None else []
     linear_ids = {id(p) for p in linear}
     deep = [p for p in list(vae.parameters()) + list(unet.parameters()) if id(p) not in linear_ids]
     groups = [{"params": deep, "lr_scale": 1.0}]
@@ -203,6 +204,19 @@ def new_state(config: str, seed: int, lr: float, weight_decay: float = 0.0,
     ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
     rng = np.random.Generator(np.random.PCG64(seed))
     return TrainState(config, seed, vae, unet, ema_vae, ema_unet, optimizer, rng, synthetic_prompt_embeds(cfg, seed))
+
+
+@contextlib.contextmanager
+def clean_inputs(data):
+    """Within: every LR input of ``data`` is the clean bicubic downscale (``PhotoCrops.clean_prob`` 1)."""
+    clean_prob = getattr(data, "clean_prob", None)
+    if clean_prob is not None:
+        data.clean_prob = 1.0
+    try:
+        yield data
+    finally:
+        if clean_prob is not None:
+            data.clean_prob = clean_prob
 
 
 @torch.no_grad()
@@ -227,14 +241,8 @@ def init_from_data(state: TrainState, data, crops: int = 128, deep_scale: float 
     if shortcuts is None:
         return {}
     rng = np.random.Generator(np.random.PCG64(state.seed + 7919))
-    clean_prob = getattr(data, "clean_prob", None)
-    if clean_prob is not None:
-        data.clean_prob = 1.0
-    try:
+    with clean_inputs(data):
         hr, up = make_batch(data, rng, crops)
-    finally:
-        if clean_prob is not None:
-            data.clean_prob = clean_prob
     f = shortcuts.factor
     to_blocks = lambda x: F.pixel_unshuffle(x, f).permute(0, 2, 3, 1).reshape(-1, x.shape[1] * f * f)  # noqa: E731
     u, h = to_blocks(up).double(), to_blocks(hr).double()
@@ -280,7 +288,8 @@ def pretrain_head(state: TrainState, data, steps: int, batch: int = 16, lr: floa
 
     Before the end-to-end steps, on clean crops (own generator, seeded from the run's seed), Adam at
     ``lr``: ``y = shortcuts.decode(shortcuts.encode(U))`` with only the head's weights free, the run's
-    L1 + edge loss. Everything runs at latent resolution, so a step costs ~1/20 of an end-to-end one and
+    L1 + edge loss. Everything runs at latent resolution, so a step of 16 crops costs 0.056 s against 1.39 s
+    end to end (measured 2026-11-28, 2 threads, this 2-core machine), and
     the head, the part of nano that adds detail (see model.py's nano), starts trained instead of at zero.
     The deep paths are then trained with it end to end. Returns the last 100 steps' mean loss and seconds.
     """
@@ -290,32 +299,28 @@ def pretrain_head(state: TrainState, data, steps: int, batch: int = 16, lr: floa
     rng = np.random.Generator(np.random.PCG64(state.seed + 104729))
     head = list(shortcuts.decode_head.parameters())
     optimizer = torch.optim.Adam(head, lr=lr)
-    linear = [p for m in (shortcuts.encode_proj, shortcuts.decode_proj) for p in m.parameters()]
+    linear = shortcuts.linear_parameters()
     for p in linear:
         p.requires_grad_(False)
-    clean_prob = getattr(data, "clean_prob", None)
-    if clean_prob is not None:
-        data.clean_prob = 1.0
     started, recent = time.time(), []
     try:
-        for step in range(steps):
-            hr, up = make_batch(data, rng, batch)
-            with torch.no_grad():
-                latent = shortcuts.encode(up)
-            y = shortcuts.decode(latent)
-            loss = (y - hr).abs().mean() + edge_weight * edge_l1(y, hr)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            recent = (recent + [float(loss.detach())])[-100:]
-            if (step + 1) % 500 == 0 or step + 1 == steps:
-                log(f"decode head: step {step + 1}/{steps}, loss {np.mean(recent):.4f}, "
-                    f"{time.time() - started:.0f} s")
+        with clean_inputs(data):
+            for step in range(steps):
+                hr, up = make_batch(data, rng, batch)
+                with torch.no_grad():
+                    latent = shortcuts.encode(up)
+                y = shortcuts.decode(latent)
+                loss = (y - hr).abs().mean() + edge_weight * edge_l1(y, hr)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                recent = (recent + [float(loss.detach())])[-100:]
+                if (step + 1) % 500 == 0 or step + 1 == steps:
+                    log(f"decode head: step {step + 1}/{steps}, loss {np.mean(recent):.4f}, "
+                        f"{time.time() - started:.0f} s")
     finally:
         for p in linear:
             p.requires_grad_(True)
-        if clean_prob is not None:
-            data.clean_prob = clean_prob
     state.ema_vae.load_state_dict(state.vae.state_dict())
     seconds = time.time() - started
     state.seconds += seconds
@@ -359,6 +364,7 @@ def load_checkpoint(path: Path, lr: float = 2e-4) -> TrainState:
     state.step = int(blob["step"])
     state.seconds = float(blob["seconds"])
     state.recent = blob.get("recent")
+    state.recipe = blob.get("recipe")
     return state
 
 
@@ -562,7 +568,7 @@ def main(argv=None) -> int:
               "threads": args.threads, "data": data_recipe(photos)}
     if state.step > 0:
         recipe["phases"] = earlier_phases(ckpt, recipe, state.step)
-        earlier = torch.load(ckpt, map_location="cpu", weights_only=False).get("recipe") or {}
+        earlier = state.recipe or {}
         for key in ("head_steps", "head_pretraining"):  # what the fresh session did before step 0
             if key in earlier:
                 recipe[key] = earlier[key]
