@@ -148,6 +148,9 @@ pub struct GpuArgs {
     /// Tiles of one shape run as one batch of up to N (the graphs have a batch axis): fewer, larger runs, for GPUs; 1 = one tile per run. Memory grows with N.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub tile_batch: u32,
+    /// Open the encoder, UNet and decoder for the run's one shape when every image (untiled) or every tile (fixed tiles) has it: ONNX Runtime then folds the graphs' shape arithmetic, which a GPU provider runs on the CPU between kernels. auto: on GPU providers.
+    #[arg(long, value_enum, default_value_t = StaticShapesArg::Auto)]
+    pub static_shapes: StaticShapesArg,
 }
 
 impl GpuArgs {
@@ -168,7 +171,19 @@ impl GpuArgs {
         config.tensorrt.fp16 = self.trt_fp16 == OnOff::On;
         config.tensorrt.workspace_bytes = self.trt_workspace_mib << 20;
         config.tile_batch = self.tile_batch as usize;
+        config.static_shapes = match self.static_shapes {
+            StaticShapesArg::Auto => tadsr_edge::pipeline::StaticShapes::Auto,
+            StaticShapesArg::On => tadsr_edge::pipeline::StaticShapes::On,
+            StaticShapesArg::Off => tadsr_edge::pipeline::StaticShapes::Off,
+        };
     }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StaticShapesArg {
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]

@@ -190,6 +190,61 @@ fn constants_held_in_an_io_binding_give_the_same_result() {
     }
 }
 
+/// Notices a pipeline gave (graphs reopened for another shape).
+static REOPEN_NOTICES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+#[test]
+fn graphs_opened_for_one_shape_match_pytorch_and_reopen_for_another() {
+    // What GPU providers do by default (--static-shapes auto), forced here
+    // on the CPU: the graphs opened for the wide case's size only.
+    let wide = (80u32, 144u32);
+    let mut config = PipelineConfig::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"));
+    config.provider = ProviderChoice::Only(Provider::Cpu);
+    config.static_shapes = pipeline::StaticShapes::On;
+    config.shapes.tile_px = 0;
+    config.shapes.exact_px = Some(wide);
+    config.notify = |notice| {
+        if notice.contains("reopening it for any shape") {
+            REOPEN_NOTICES.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    };
+    let mut pipeline = Pipeline::load(&config).expect("models/tiny loads");
+    let pinned = Some((wide.0 as usize, wide.1 as usize));
+    for (component, shape) in pipeline.fixed_shapes() {
+        assert_eq!(shape, pinned, "{component}");
+    }
+    let unet_latent = |pipeline: &Pipeline| {
+        pipeline.graph_inputs("unet").unwrap()[0].shape.clone()
+    };
+    // ONNX Runtime really took the overrides: the session reports fixed dims
+    assert_eq!(unet_latent(&pipeline), vec![1, 4, 10, 18]);
+    let mut ran = (0, 0);
+    // the wide cases first (the pinned shape), then the others (reopened)
+    let mut ordered = cases();
+    ordered.sort_by_key(|case| !case.name.starts_with("wide"));
+    for case in ordered {
+        let upscaled = image::open(golden_dir().join(&case.upscaled))
+            .unwrap()
+            .to_rgb8();
+        let model_input = tensor::rgb8_to_model_input(&upscaled);
+        let source = tensor::rgb8_to_unit_planes(&upscaled);
+        check_against_reference(&mut pipeline, &case, &model_input, &source, "static shapes");
+        if case.name.starts_with("wide") {
+            ran.0 += 1;
+            assert_eq!(pipeline.fixed_shapes()[1].1, pinned);
+        } else {
+            ran.1 += 1;
+            for (component, shape) in pipeline.fixed_shapes() {
+                assert_eq!(shape, None, "{component} reopened for any shape");
+            }
+        }
+    }
+    assert!(ran.0 >= 3 && ran.1 >= 3, "{ran:?}");
+    assert_eq!(unet_latent(&pipeline), vec![-1, 4, -1, -1]);
+    // one notice per graph, once
+    assert_eq!(REOPEN_NOTICES.load(std::sync::atomic::Ordering::SeqCst), 3);
+}
+
 #[test]
 fn our_resize_equals_pillow_on_the_golden_inputs() {
     for case in cases() {

@@ -72,6 +72,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         tile_px: engine_decision.tile_px,
         tiling: TilingMode::Staged,
         largest_side_px: args.size,
+        exact_px: Some((args.size, args.size)),
     };
     config.notify = |notice| eprintln!("note: {notice}");
     config.verify_hashes = false;
@@ -171,6 +172,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
                 "tf32": args.gpu.tf32,
                 "cudnn_conv_search": format!("{:?}", args.gpu.cudnn_conv_search).to_lowercase(),
                 "provider": providers,
+                "static_shapes": static_shapes_json(&pipeline),
                 "session_creation_ms": session_ms,
                 "stages_ms": stages_json,
                 "end_to_end_ms": total,
@@ -312,4 +314,15 @@ fn bench_inflight(
         images * output_megapixels / wall_s
     ))?;
     Ok(Outcome::Done)
+}
+
+/// Each main graph's fixed shape ([height, width] in pixels), null where
+/// it takes any shape (`--static-shapes`).
+fn static_shapes_json(pipeline: &Pipeline) -> serde_json::Value {
+    pipeline
+        .fixed_shapes()
+        .iter()
+        .map(|(name, shape)| (name.to_string(), json!(shape.map(|(h, w)| [h, w]))))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }

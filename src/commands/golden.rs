@@ -35,6 +35,8 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
         tile_px: 0,
         tiling: TilingMode::Staged,
         largest_side_px: 0,
+        // the cases have several sizes
+        exact_px: None,
     };
     args.gpu.apply(&mut config);
     let mut pipeline = Pipeline::load(&config)?;

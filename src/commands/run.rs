@@ -121,14 +121,13 @@ fn largest_model_side(jobs: &[(PathBuf, Vec<PathBuf>)], args: &RunArgs) -> u32 {
         .unwrap_or(0)
 }
 
-/// The size of the largest image (by pixels) the run will send the
-/// networks, from the inputs' headers, with the bundle's defaults where the
-/// command line gives none; None when no header is readable.
-fn largest_model_size(
+/// The model-input size (width, height) of every input whose header is
+/// readable, with the bundle's defaults where the command line gives none.
+fn model_sizes(
     jobs: &[(PathBuf, Vec<PathBuf>)],
     args: &RunArgs,
     manifest: Option<&Manifest>,
-) -> Option<(u32, u32)> {
+) -> Vec<(u32, u32)> {
     let defaults = manifest.map(|m| (m.defaults.upscale, m.defaults.process_size));
     let (upscale, process_size) = (
         args.upscale.or(defaults.map(|d| d.0)).unwrap_or(4),
@@ -138,7 +137,26 @@ fn largest_model_size(
         .filter_map(|(input, _)| image::image_dimensions(input).ok())
         .filter_map(|(w, h)| size_plan::plan_sizes(w, h, upscale, process_size).ok())
         .map(|plan| plan.model)
+        .collect()
+}
+
+/// The size of the largest image (by pixels) the run will send the
+/// networks ([`model_sizes`]); None when no header is readable.
+fn largest_model_size(sizes: &[(u32, u32)]) -> Option<(u32, u32)> {
+    sizes
+        .iter()
+        .copied()
         .max_by_key(|(w, h)| u64::from(*w) * u64::from(*h))
+}
+
+/// (height, width) when every input has the same model-input size (graphs
+/// may then be opened for it, `--static-shapes`); None otherwise. An input
+/// whose header cannot be read fails on its own before it reaches a graph.
+fn common_model_size(sizes: &[(u32, u32)]) -> Option<(u32, u32)> {
+    let (&(width, height), rest) = sizes.split_first()?;
+    rest.iter()
+        .all(|&size| size == (width, height))
+        .then_some((height, width))
 }
 
 /// A path as it goes into a `--json` line: the name itself when it is
@@ -309,7 +327,8 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     if args.remote.server.is_some() {
         tile_policy.assume_server_budget();
     }
-    let engine_decision = largest_model_size(&jobs, args, manifest.as_ref())
+    let sizes = model_sizes(&jobs, args, manifest.as_ref());
+    let engine_decision = largest_model_size(&sizes)
         .map(|(width, height)| tile_policy.for_image(width, height));
     config.shapes = ShapeHint {
         tile_px: engine_decision.as_ref().map_or(0, |d| d.tile_px),
@@ -318,6 +337,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             ProviderArg::Auto | ProviderArg::Tensorrt => largest_model_side(&jobs, args),
             _ => 0,
         },
+        exact_px: common_model_size(&sizes),
     };
     if !args.quiet {
         config.notify = |notice| eprintln!("note: {notice}");

@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use super::gpu_plan;
+use super::static_shapes;
 use super::stages::Stage;
 use super::{PipelineConfig, ProviderChoice};
 use crate::bundle::{component, Bundle};
@@ -212,6 +213,32 @@ fn announce_graph_caching(
     }
 }
 
+/// The one shape `component` is opened for on `provider`, if any: main
+/// graphs only ([`static_shapes`]), when `--static-shapes` applies there and
+/// every call of the runs has one shape. The tiled-VAE graphs also take a
+/// whole-image sample of another shape: never pinned.
+fn fixed_shape_for(
+    component: &str,
+    provider: Provider,
+    config: &PipelineConfig,
+) -> Option<(usize, usize)> {
+    let main = [component::VAE_ENCODER, component::UNET, component::VAE_DECODER];
+    let on_gpu = provider != Provider::Cpu;
+    if !main.contains(&component) || !config.static_shapes.applies(on_gpu) {
+        return None;
+    }
+    static_shapes::network_shape(
+        config.shapes.tile_px,
+        config.shapes.tiling,
+        // as Pipeline::fixed_tile_shapes decides it for a stage on `provider`
+        config.fixed_tiles.unwrap_or(on_gpu),
+        config.shapes.exact_px,
+    )
+}
+
+/// Opens one graph on the first usable provider. `pin_shape`: the graph
+/// may be opened for the runs' one shape ([`fixed_shape_for`]).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn open_stage(
     runtime: &Runtime,
     bundle: &Bundle,
@@ -220,6 +247,7 @@ pub(super) fn open_stage(
     config: &PipelineConfig,
     prompt_shape: [usize; 3],
     fallbacks: &mut Vec<String>,
+    pin_shape: bool,
 ) -> Result<Stage> {
     let candidates: Vec<Provider> = match config.provider {
         ProviderChoice::Auto => Provider::PREFERENCE.to_vec(),
@@ -247,6 +275,12 @@ pub(super) fn open_stage(
         } else {
             config.tensorrt.clone()
         };
+        let fixed_px = fixed_shape_for(component, provider, config).filter(|_| pin_shape);
+        // a --tile-batch group may end with fewer tiles: the batch stays free
+        let batch = (config.tile_batch <= 1).then_some(1);
+        let fixed_dims = fixed_px.map_or_else(Vec::new, |px| {
+            static_shapes::dimension_overrides(bundle.component(component), px, batch)
+        });
         let options = SessionOptions {
             provider,
             device_id: config.device_id,
@@ -257,6 +291,7 @@ pub(super) fn open_stage(
             io_binding: config.io_binding,
             graph_sha256: Some(bundle.component(component).sha256.clone()),
             tile_batch: config.tile_batch,
+            fixed_dims,
             ..SessionOptions::default()
         };
         let engine_build = (provider == Provider::TensorRt)
@@ -274,6 +309,7 @@ pub(super) fn open_stage(
                 return Ok(Stage {
                     session: Box::new(session),
                     provider,
+                    fixed_px,
                 })
             }
             Err(error) if config.provider == ProviderChoice::Auto && provider != Provider::Cpu => {

@@ -15,6 +15,7 @@ mod loading;
 mod options;
 mod shared_stats;
 mod stages;
+mod static_shapes;
 mod tile_run;
 
 use std::sync::atomic::AtomicBool;
@@ -42,6 +43,7 @@ pub use crate::image::prepare::{prepare, Prepared};
 pub use loading::{noise_schedule, MAX_TRAIN_TIMESTEPS};
 pub use options::{PipelineConfig, ProviderChoice, RunOptions, ShapeHint, TilingMode};
 pub use stages::{SpentIn, StageTimings};
+pub use static_shapes::StaticShapes;
 
 use loading::{load_prompt_embeds, open_stage};
 use shared_stats::{open_tiled_stage, TiledStage};
@@ -87,12 +89,14 @@ fn open_component(
     prompt_shape: [usize; 3],
     fallbacks: &mut Vec<String>,
     component: &str,
+    pin_shape: bool,
 ) -> Result<Stage> {
     match backend {
         // Triton models are named like the manifest's components.
         Backend::Server(server) => Ok(Stage {
             session: Box::new(server.model(component, &bundle.component(component).sha256)?),
             provider: Provider::Triton,
+            fixed_px: None,
         }),
         Backend::Local(runtime) => {
             let path = bundle.resolve(&bundle.component(component).file)?;
@@ -104,6 +108,7 @@ fn open_component(
                 config,
                 prompt_shape,
                 fallbacks,
+                pin_shape,
             )
         }
     }
@@ -170,6 +175,7 @@ impl Pipeline {
                 prompt_shape,
                 &mut fallbacks,
                 component,
+                true,
             )
         };
         let encoder = open(component::VAE_ENCODER)?;
@@ -304,7 +310,7 @@ impl Pipeline {
         let (backend, bundle, config) = (&self.backend, &self.bundle, &self.config);
         let (prompt_shape, fallbacks) = (self.prompt_shape, &mut self.fallbacks);
         let mut open = |component: &str| -> Result<Stage> {
-            open_component(backend, bundle, config, prompt_shape, fallbacks, component)
+            open_component(backend, bundle, config, prompt_shape, fallbacks, component, false)
         };
         self.encoder_tiled = open_tiled_stage(&mut open, bundle, component::VAE_ENCODER_TILED)?;
         self.decoder_tiled = open_tiled_stage(&mut open, bundle, component::VAE_DECODER_TILED)?;
@@ -375,6 +381,79 @@ impl Pipeline {
             .then_some((tile, tile))
     }
 
+    /// Reopens, for any shape, each main graph that was opened for one
+    /// shape ([`static_shapes`]) when this run sends it another (a `--tile
+    /// auto` choice or an image size the load did not foresee). Once per
+    /// graph; the old session is closed first, so memory never holds both.
+    fn unpin_other_shapes(
+        &mut self,
+        options: &RunOptions,
+        height: usize,
+        width: usize,
+    ) -> Result<()> {
+        let run_shape = static_shapes::network_shape(
+            options.tile_px,
+            options.tiling,
+            self.fixed_tile_shapes(),
+            Some((height as u32, width as u32)),
+        );
+        for component in [component::VAE_ENCODER, component::UNET, component::VAE_DECODER] {
+            let stage = match component {
+                component::VAE_ENCODER => &mut self.encoder,
+                component::UNET => &mut self.unet,
+                _ => &mut self.decoder,
+            };
+            let Some((fixed_h, fixed_w)) = stage.fixed_px else {
+                continue;
+            };
+            if run_shape == Some((fixed_h, fixed_w)) {
+                continue;
+            }
+            (self.config.notify)(&format!(
+                "{component} was opened for {fixed_w}x{fixed_h} inputs only (--static-shapes); this run sends other shapes: reopening it for any shape"
+            ));
+            *stage = Stage::closed(stage.provider);
+            let reopened = open_component(
+                &self.backend,
+                &self.bundle,
+                &self.config,
+                self.prompt_shape,
+                &mut self.fallbacks,
+                component,
+                false,
+            )?;
+            check_graph_ports(
+                &self.bundle,
+                component,
+                reopened.session.inputs(),
+                reopened.session.outputs(),
+            )?;
+            *stage = reopened;
+        }
+        Ok(())
+    }
+
+    /// The one shape (height, width in pixels) each main graph was opened
+    /// for, None for any shape ([`static_shapes`]).
+    pub fn fixed_shapes(&self) -> [(&'static str, Option<(usize, usize)>); 3] {
+        [
+            (component::VAE_ENCODER, self.encoder.fixed_px),
+            (component::UNET, self.unet.fixed_px),
+            (component::VAE_DECODER, self.decoder.fixed_px),
+        ]
+    }
+
+    /// The inputs of a main graph as its session reports them (shapes
+    /// included: -1 where free).
+    pub fn graph_inputs(&self, component: &str) -> Option<&[crate::runtime::PortInfo]> {
+        match component {
+            component::VAE_ENCODER => Some(self.encoder.session.inputs()),
+            component::UNET => Some(self.unet.session.inputs()),
+            component::VAE_DECODER => Some(self.decoder.session.inputs()),
+            _ => None,
+        }
+    }
+
     /// Steps 5-11 of the spec on image U: `model_input` is NCHW [1,3,H,W] in
     /// [-1,1], `source_planes` U as [3,H,W] in [0,1] (the color-fix source).
     /// Returns the color-fixed image as [3,H,W] in [0,1], unquantized.
@@ -401,6 +480,7 @@ impl Pipeline {
             self.open_tiled_stages()?;
         }
         self.network_tile = self.network_tile_for(options);
+        self.unpin_other_shapes(options, height, width)?;
         let mut timings = StageTimings::default();
         let image = model_input.index_axis(Axis(0), 0);
 

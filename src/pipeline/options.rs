@@ -10,6 +10,8 @@ use crate::bundle::Bundle;
 use crate::error::{Error, Result};
 use crate::remote::ServerOptions;
 use crate::runtime::{ConvSearch, Provider, TensorRtOptions};
+
+use super::static_shapes::StaticShapes;
 use crate::schedule::NoiseSchedule;
 
 pub use crate::image::colorfix::ColorFix;
@@ -60,6 +62,9 @@ pub struct PipelineConfig {
     /// Tiles of one stage run as one batched run, up to this many
     /// (`--tile-batch`; 1: one tile per run). Local sessions only.
     pub tile_batch: usize,
+    /// Main graphs opened for the runs' one shape (`--static-shapes`; see
+    /// [`super::static_shapes`]).
+    pub static_shapes: StaticShapes,
 }
 
 impl PipelineConfig {
@@ -82,6 +87,7 @@ impl PipelineConfig {
             tensorrt: TensorRtOptions::default(),
             server: None,
             tile_batch: 1,
+            static_shapes: StaticShapes::default(),
         }
     }
 }
@@ -97,6 +103,9 @@ pub struct ShapeHint {
     /// Longest side of the largest model input the runs will send, in
     /// pixels (untiled stages); 0: unknown, taken as 2048.
     pub largest_side_px: u32,
+    /// (height, width) in pixels of the model input of every image the
+    /// runs will send, when they all have one size; None: unknown or several.
+    pub exact_px: Option<(u32, u32)>,
 }
 
 impl Default for ShapeHint {
@@ -105,6 +114,7 @@ impl Default for ShapeHint {
             tile_px: 512,
             tiling: TilingMode::Staged,
             largest_side_px: 0,
+            exact_px: None,
         }
     }
 }
@@ -116,6 +126,7 @@ impl ShapeHint {
             tile_px: options.tile_px,
             tiling: options.tiling,
             largest_side_px,
+            exact_px: None,
         }
     }
 

@@ -75,6 +75,51 @@ pub(super) fn millis_since(start: Instant) -> f64 {
 pub(super) struct Stage {
     pub(super) session: Box<dyn Graph>,
     pub(super) provider: Provider,
+    /// The one shape (height, width in pixels) the graph was opened for
+    /// ([`super::static_shapes`]); None: any shape.
+    pub(super) fixed_px: Option<(usize, usize)>,
+}
+
+impl Stage {
+    /// A stage whose graph is closed (while it is reopened): every run fails.
+    pub(super) fn closed(provider: Provider) -> Stage {
+        Stage {
+            session: Box::new(ClosedGraph),
+            provider,
+            fixed_px: None,
+        }
+    }
+}
+
+/// A graph that was closed and could not be reopened.
+struct ClosedGraph;
+
+impl Graph for ClosedGraph {
+    fn inputs(&self) -> &[crate::runtime::PortInfo] {
+        &[]
+    }
+
+    fn outputs(&self) -> &[crate::runtime::PortInfo] {
+        &[]
+    }
+
+    fn set_constant(&mut self, _name: &str, _tensor: InputTensor<'_>) -> Result<()> {
+        Err(closed_error())
+    }
+
+    fn run(
+        &mut self,
+        _inputs: &[(&str, InputTensor<'_>)],
+        _output_names: &[&str],
+    ) -> Result<Vec<crate::runtime::OutputTensor>> {
+        Err(closed_error())
+    }
+}
+
+fn closed_error() -> crate::error::Error {
+    crate::error::Error::Ort(
+        "the graph was closed to be reopened for another shape, and reopening it failed (see the error before); load the model again".into(),
+    )
 }
 
 impl Pipeline {

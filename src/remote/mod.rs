@@ -272,6 +272,7 @@ impl Server {
                 .map(|p| PortInfo {
                     name: p.name.clone(),
                     dtype: p.dtype,
+                    shape: p.shape.clone(),
                 })
                 .collect()
         };

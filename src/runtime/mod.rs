@@ -233,7 +233,11 @@ impl Runtime {
         model: &Path,
         options: &SessionOptions,
     ) -> Option<graph_cache::Entry> {
-        if options.provider != Provider::Cpu || !graph_cache::enabled() {
+        // a graph pinned to one shape is optimized for it: not cached
+        if options.provider != Provider::Cpu
+            || !graph_cache::enabled()
+            || !options.fixed_dims.is_empty()
+        {
             return None;
         }
         let sha256 = options.graph_sha256.as_deref()?;
@@ -295,6 +299,9 @@ impl Runtime {
                 )?;
         }
         builder = builder.with_memory_pattern(options.memory_pattern)?;
+        for (name, size) in &options.fixed_dims {
+            builder = builder.with_dimension_override(name, *size)?;
+        }
         if options.threads > 0 {
             builder = builder.with_intra_threads(options.threads)?;
         }

@@ -115,6 +115,10 @@ pub struct SessionOptions {
     /// Tiles of one shape run together as one batch of up to this many
     /// (`--tile-batch`; 1: one tile per run).
     pub tile_batch: usize,
+    /// Named dimensions pinned at load (ONNX Runtime's free-dimension
+    /// overrides; see `pipeline::static_shapes`): the graph then accepts
+    /// only that shape.
+    pub fixed_dims: Vec<(String, i64)>,
 }
 
 impl Default for SessionOptions {
@@ -132,6 +136,7 @@ impl Default for SessionOptions {
             io_binding: None,
             graph_sha256: None,
             tile_batch: 1,
+            fixed_dims: Vec::new(),
         }
     }
 }

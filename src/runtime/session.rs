@@ -47,6 +47,9 @@ impl DType {
 pub struct PortInfo {
     pub name: String,
     pub dtype: DType,
+    /// Dimensions as the graph declares them, -1 for free ones (fixed by
+    /// dimension overrides where the session was opened with them).
+    pub shape: Vec<i64>,
 }
 
 /// An input tensor handed to [`ModelSession::run`]. Float data is always f32
@@ -100,6 +103,10 @@ pub struct ModelSession {
 }
 
 fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
+    let shape = match dtype {
+        ValueType::Tensor { shape, .. } => shape.iter().copied().collect(),
+        _ => Vec::new(),
+    };
     let dtype = match dtype {
         ValueType::Tensor { ty, .. } => match ty {
             TensorElementType::Float32 => DType::Float32,
@@ -120,6 +127,7 @@ fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
     PortInfo {
         name: name.to_string(),
         dtype,
+        shape,
     }
 }
 

@@ -1,0 +1,79 @@
+//! Graphs opened for one tile shape (`--static-shapes`, on by default on
+//! GPU providers), forced here on the CPU with fixed tiles as GPUs use
+//! them: every tile of every image goes through the pinned graphs, none is
+//! reopened, and the image is the one the free-shape graphs give.
+//! (Untiled against the PyTorch references: golden_parity.rs.)
+
+use std::path::Path;
+
+use tadsr_edge::image::tensor;
+use tadsr_edge::pipeline::{
+    ColorFix, NoProgress, Pipeline, PipelineConfig, ProviderChoice, RunOptions, StaticShapes,
+    TilingMode,
+};
+use tadsr_edge::runtime::Provider;
+
+const TILE_PX: u32 = 64;
+
+fn pipeline(static_shapes: StaticShapes) -> Pipeline {
+    let mut config = PipelineConfig::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"));
+    config.provider = ProviderChoice::Only(Provider::Cpu);
+    config.fixed_tiles = Some(true);
+    config.static_shapes = static_shapes;
+    config.shapes.tile_px = TILE_PX;
+    config.notify = |notice| panic!("no graph may be reopened: {notice}");
+    Pipeline::load(&config).expect("models/tiny loads")
+}
+
+fn options() -> RunOptions {
+    RunOptions {
+        timesteps: vec![500],
+        upscale: 4,
+        process_size: 0,
+        tile_px: TILE_PX,
+        tile_overlap_px: 16,
+        tiling: TilingMode::Staged,
+        color_fix: ColorFix::Adain,
+        seed: None,
+    }
+}
+
+#[test]
+fn fixed_tiles_run_through_graphs_pinned_to_the_tile() {
+    let mut pinned = pipeline(StaticShapes::On);
+    let mut free = pipeline(StaticShapes::Off);
+    let tile = Some((TILE_PX as usize, TILE_PX as usize));
+    for (component, shape) in pinned.fixed_shapes() {
+        assert_eq!(shape, tile, "{component}");
+    }
+    for (component, shape) in free.fixed_shapes() {
+        assert_eq!(shape, None, "{component}");
+    }
+    let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/golden");
+    // 144x80: several tiles, edge tiles padded; 64x64: one whole tile;
+    // 136x128: both sides between one and three tiles
+    for name in ["wide_upscaled.png", "square_upscaled.png", "small_upscaled.png"] {
+        let upscaled = image::open(golden.join(name)).unwrap().to_rgb8();
+        let model_input = tensor::rgb8_to_model_input(&upscaled);
+        let source = tensor::rgb8_to_unit_planes(&upscaled);
+        let run = |pipeline: &mut Pipeline| {
+            pipeline
+                .upscale_tensor(&model_input, &source, 500, &options(), &NoProgress)
+                .unwrap()
+                .0
+        };
+        let (ours, reference) = (run(&mut pinned), run(&mut free));
+        assert_eq!(ours.dim(), reference.dim(), "{name}");
+        let worst = ours
+            .iter()
+            .zip(reference.iter())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        // the same arithmetic; kernels chosen for a known shape may sum in
+        // another order: fp32 rounding, far below 1/255
+        assert!(worst <= 1e-5, "{name}: {worst:e}");
+        for (component, shape) in pinned.fixed_shapes() {
+            assert_eq!(shape, tile, "{name}: {component} still pinned");
+        }
+    }
+}
