@@ -2,9 +2,12 @@
 //! (encoder, UNet, decoder) has the same shape (fixed GPU tiles, or one
 //! image size untiled), the graph's named dimensions are pinned at load
 //! (ONNX Runtime's free-dimension overrides). ONNX Runtime then folds the
-//! graph's shape arithmetic (Shape, Gather, Unsqueeze, Concat: a third of
-//! the SD-size UNet's 3434 nodes after basic optimization, 2129 left),
-//! which on a GPU provider otherwise runs on the CPU between the kernels.
+//! graph's shape arithmetic (Shape, Gather, Unsqueeze, Concat), which on a
+//! GPU provider otherwise runs on the CPU between the kernels: the SD-size
+//! UNet has 3465 nodes after basic optimization, 2130 pinned to 512x512
+//! (docs/measurements/static-shapes-node-counts-2026-11-28.txt). On the
+//! CPU the pinned graphs were not measurably faster (nano, sd21 UNet at
+//! 256x256, within run-to-run noise), so `auto` leaves them free there.
 //! Pure functions here; `Pipeline` applies them and reopens a graph
 //! without them if a run brings another shape.
 
