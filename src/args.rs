@@ -151,12 +151,34 @@ pub struct GpuArgs {
     /// Open the encoder, UNet and decoder for the run's one shape when every image (untiled) or every tile (fixed tiles) has it: ONNX Runtime then folds the graphs' shape arithmetic, which a GPU provider runs on the CPU between kernels. auto: on GPU providers.
     #[arg(long, value_enum, default_value_t = StaticShapesArg::Auto)]
     pub static_shapes: StaticShapesArg,
+    /// A further CUDA provider setting, KEY=VALUE (repeatable), e.g. prefer_nhwc=1; for measurements. Known keys: prefer_nhwc, fuse_conv_bias, cudnn_conv_use_max_workspace, cudnn_conv1d_pad_to_nc1d, gpu_mem_limit, arena_extend_strategy, do_copy_in_default_stream, use_ep_level_unified_stream, enable_skip_layer_norm_strict_mode, sdpa_kernel, tunable_op_enable, tunable_op_tuning_enable, tunable_op_max_tuning_duration_ms. An error with --provider cpu.
+    #[arg(long = "cuda-option", value_name = "KEY=VALUE", value_parser = tadsr_edge::runtime::providers::parse_cuda_option)]
+    pub cuda_options: Vec<(String, String)>,
 }
 
 impl GpuArgs {
     /// The device number (0 when not given).
     pub fn device_id(&self) -> i32 {
         self.device.map_or(0, |d| d as i32)
+    }
+
+    /// Refuses GPU settings with `--provider cpu`, where they mean nothing.
+    pub fn check_provider(&self, cpu_only: bool) -> Result<(), tadsr_edge::error::Error> {
+        let invalid = |m: String| Err(tadsr_edge::error::Error::InvalidOption(m));
+        if !cpu_only {
+            return Ok(());
+        }
+        if let Some(device) = self.device {
+            return invalid(format!(
+                "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
+            ));
+        }
+        if let Some((key, value)) = self.cuda_options.first() {
+            return invalid(format!(
+                "--cuda-option {key}={value} is for --provider cuda or tensorrt; it means nothing with --provider cpu"
+            ));
+        }
+        Ok(())
     }
 
     /// Sets the pipeline's GPU options.
@@ -171,6 +193,7 @@ impl GpuArgs {
         config.tensorrt.fp16 = self.trt_fp16 == OnOff::On;
         config.tensorrt.workspace_bytes = self.trt_workspace_mib << 20;
         config.tile_batch = self.tile_batch as usize;
+        config.cuda_options = self.cuda_options.clone();
         config.static_shapes = match self.static_shapes {
             StaticShapesArg::Auto => tadsr_edge::pipeline::StaticShapes::Auto,
             StaticShapesArg::On => tadsr_edge::pipeline::StaticShapes::On,

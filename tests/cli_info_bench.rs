@@ -185,6 +185,49 @@ fn bench_json_reports_consistent_timings() {
 }
 
 #[test]
+fn bench_json_says_which_graphs_were_opened_for_one_shape() {
+    let report = |extra: &[&str]| {
+        let mut args = vec!["--tile", "0", "--threads", "1", "--json"];
+        args.extend_from_slice(extra);
+        json(&bench("64", "1", &args))
+    };
+    // auto: pinned on GPU providers only; this run is on the CPU
+    let auto = report(&[]);
+    for stage in ["vae_encoder", "unet", "vae_decoder"] {
+        assert_eq!(auto["static_shapes"][stage], Value::Null, "{stage}: {auto}");
+    }
+    assert_eq!(auto["cuda_options"], serde_json::json!([]));
+    let pinned = report(&["--static-shapes", "on"]);
+    for stage in ["vae_encoder", "unet", "vae_decoder"] {
+        assert_eq!(
+            pinned["static_shapes"][stage],
+            serde_json::json!([64, 64]),
+            "{stage}: {pinned}"
+        );
+    }
+}
+
+#[test]
+fn gpu_settings_with_the_cpu_provider_are_usage_errors() {
+    for extra in [
+        &["--cuda-option", "prefer_nhwc=1"][..],
+        &["--device", "0"][..],
+    ] {
+        let mut args = vec!["--tile", "0"];
+        args.extend_from_slice(extra);
+        let output = bench("64", "1", &args);
+        assert_eq!(output.status.code(), Some(2), "{extra:?}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--provider cpu"), "{stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+    }
+    // a setting tadsr-edge has its own flag for names the flag
+    let output = bench("64", "1", &["--cuda-option", "use_tf32=1"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--tf32"));
+}
+
+#[test]
 fn bench_tile_auto_decides_as_run_does() {
     let with_tile = |tile: &str| {
         json(&bench(

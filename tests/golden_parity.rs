@@ -213,9 +213,7 @@ fn graphs_opened_for_one_shape_match_pytorch_and_reopen_for_another() {
     for (component, shape) in pipeline.fixed_shapes() {
         assert_eq!(shape, pinned, "{component}");
     }
-    let unet_latent = |pipeline: &Pipeline| {
-        pipeline.graph_inputs("unet").unwrap()[0].shape.clone()
-    };
+    let unet_latent = |pipeline: &Pipeline| pipeline.graph_inputs("unet").unwrap()[0].shape.clone();
     // ONNX Runtime really took the overrides: the session reports fixed dims
     assert_eq!(unet_latent(&pipeline), vec![1, 4, 10, 18]);
     let mut ran = (0, 0);

@@ -52,7 +52,11 @@ fn fixed_tiles_run_through_graphs_pinned_to_the_tile() {
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/golden");
     // 144x80: several tiles, edge tiles padded; 64x64: one whole tile;
     // 136x128: both sides between one and three tiles
-    for name in ["wide_upscaled.png", "square_upscaled.png", "small_upscaled.png"] {
+    for name in [
+        "wide_upscaled.png",
+        "square_upscaled.png",
+        "small_upscaled.png",
+    ] {
         let upscaled = image::open(golden.join(name)).unwrap().to_rgb8();
         let model_input = tensor::rgb8_to_model_input(&upscaled);
         let source = tensor::rgb8_to_unit_planes(&upscaled);

@@ -78,6 +78,8 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.verify_hashes = false;
     config.server = args.remote.options();
     args.remote.check(args.gpu.tile_batch)?;
+    args.gpu
+        .check_provider(matches!(args.provider, crate::args::ProviderArg::Cpu))?;
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
@@ -171,6 +173,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
                 "device": args.gpu.device_id(),
                 "tf32": args.gpu.tf32,
                 "cudnn_conv_search": format!("{:?}", args.gpu.cudnn_conv_search).to_lowercase(),
+                "cuda_options": args.gpu.cuda_options.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                 "provider": providers,
                 "static_shapes": static_shapes_json(&pipeline),
                 "session_creation_ms": session_ms,

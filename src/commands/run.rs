@@ -184,12 +184,8 @@ fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
         .into());
     }
     args.remote.check(args.gpu.tile_batch)?;
-    if let (Some(device), ProviderArg::Cpu) = (args.gpu.device, args.provider) {
-        return Err(Error::InvalidOption(format!(
-            "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
-        ))
-        .into());
-    }
+    args.gpu
+        .check_provider(matches!(args.provider, ProviderArg::Cpu))?;
     Ok(())
 }
 
@@ -328,8 +324,8 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         tile_policy.assume_server_budget();
     }
     let sizes = model_sizes(&jobs, args, manifest.as_ref());
-    let engine_decision = largest_model_size(&sizes)
-        .map(|(width, height)| tile_policy.for_image(width, height));
+    let engine_decision =
+        largest_model_size(&sizes).map(|(width, height)| tile_policy.for_image(width, height));
     config.shapes = ShapeHint {
         tile_px: engine_decision.as_ref().map_or(0, |d| d.tile_px),
         tiling: tiling_mode(args.tiling),

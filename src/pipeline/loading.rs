@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use super::gpu_plan;
-use super::static_shapes;
 use super::stages::Stage;
+use super::static_shapes;
 use super::{PipelineConfig, ProviderChoice};
 use crate::bundle::{component, Bundle};
 use crate::error::{Error, Result};
@@ -222,7 +222,11 @@ fn fixed_shape_for(
     provider: Provider,
     config: &PipelineConfig,
 ) -> Option<(usize, usize)> {
-    let main = [component::VAE_ENCODER, component::UNET, component::VAE_DECODER];
+    let main = [
+        component::VAE_ENCODER,
+        component::UNET,
+        component::VAE_DECODER,
+    ];
     let on_gpu = provider != Provider::Cpu;
     if !main.contains(&component) || !config.static_shapes.applies(on_gpu) {
         return None;
@@ -292,6 +296,7 @@ pub(super) fn open_stage(
             graph_sha256: Some(bundle.component(component).sha256.clone()),
             tile_batch: config.tile_batch,
             fixed_dims,
+            cuda_options: config.cuda_options.clone(),
             ..SessionOptions::default()
         };
         let engine_build = (provider == Provider::TensorRt)

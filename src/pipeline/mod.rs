@@ -310,7 +310,15 @@ impl Pipeline {
         let (backend, bundle, config) = (&self.backend, &self.bundle, &self.config);
         let (prompt_shape, fallbacks) = (self.prompt_shape, &mut self.fallbacks);
         let mut open = |component: &str| -> Result<Stage> {
-            open_component(backend, bundle, config, prompt_shape, fallbacks, component, false)
+            open_component(
+                backend,
+                bundle,
+                config,
+                prompt_shape,
+                fallbacks,
+                component,
+                false,
+            )
         };
         self.encoder_tiled = open_tiled_stage(&mut open, bundle, component::VAE_ENCODER_TILED)?;
         self.decoder_tiled = open_tiled_stage(&mut open, bundle, component::VAE_DECODER_TILED)?;
@@ -397,7 +405,11 @@ impl Pipeline {
             self.fixed_tile_shapes(),
             Some((height as u32, width as u32)),
         );
-        for component in [component::VAE_ENCODER, component::UNET, component::VAE_DECODER] {
+        for component in [
+            component::VAE_ENCODER,
+            component::UNET,
+            component::VAE_DECODER,
+        ] {
             let stage = match component {
                 component::VAE_ENCODER => &mut self.encoder,
                 component::UNET => &mut self.unet,

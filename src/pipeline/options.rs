@@ -65,6 +65,8 @@ pub struct PipelineConfig {
     /// Main graphs opened for the runs' one shape (`--static-shapes`; see
     /// [`super::static_shapes`]).
     pub static_shapes: StaticShapes,
+    /// Further CUDA provider settings (`--cuda-option`).
+    pub cuda_options: Vec<(String, String)>,
 }
 
 impl PipelineConfig {
@@ -88,6 +90,7 @@ impl PipelineConfig {
             server: None,
             tile_batch: 1,
             static_shapes: StaticShapes::default(),
+            cuda_options: Vec::new(),
         }
     }
 }

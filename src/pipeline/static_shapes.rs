@@ -135,9 +135,15 @@ mod tests {
     #[test]
     fn overrides_pin_the_named_dimensions_the_inputs_use() {
         let unet = spec(serde_json::json!([
-            port("latent", serde_json::json!(["batch", 4, "latent_height", "latent_width"])),
+            port(
+                "latent",
+                serde_json::json!(["batch", 4, "latent_height", "latent_width"])
+            ),
             port("timestep", serde_json::json!(["batch"])),
-            port("encoder_hidden_states", serde_json::json!(["batch", 77, 1024])),
+            port(
+                "encoder_hidden_states",
+                serde_json::json!(["batch", 77, 1024])
+            ),
         ]));
         assert_eq!(
             dimension_overrides(&unet, (512, 768), Some(1)),

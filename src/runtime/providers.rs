@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use ort::ep;
+use ort::ep::{self, ArbitrarilyConfigurableExecutionProvider as _};
 use ort::session::builder::SessionBuilder;
 
 /// An execution provider the user can ask for.
@@ -119,6 +119,9 @@ pub struct SessionOptions {
     /// overrides; see `pipeline::static_shapes`): the graph then accepts
     /// only that shape.
     pub fixed_dims: Vec<(String, i64)>,
+    /// Further CUDA provider settings (`--cuda-option`, checked by
+    /// [`parse_cuda_option`]), for CUDA and for CUDA behind TensorRT.
+    pub cuda_options: Vec<(String, String)>,
 }
 
 impl Default for SessionOptions {
@@ -137,6 +140,7 @@ impl Default for SessionOptions {
             graph_sha256: None,
             tile_batch: 1,
             fixed_dims: Vec::new(),
+            cuda_options: Vec::new(),
         }
     }
 }
@@ -155,12 +159,102 @@ fn cuda_provider(options: &SessionOptions) -> ep::ExecutionProviderDispatch {
         ConvSearch::Exhaustive => ep::cuda::ConvAlgorithmSearch::Exhaustive,
         ConvSearch::Default => ep::cuda::ConvAlgorithmSearch::Default,
     };
-    ep::CUDA::default()
+    let mut cuda = ep::CUDA::default()
         .with_device_id(options.device_id)
         .with_tf32(options.tf32)
-        .with_conv_algorithm_search(search)
-        .build()
-        .error_on_failure()
+        .with_conv_algorithm_search(search);
+    for (key, value) in &options.cuda_options {
+        cuda = cuda.with_arbitrary_config(key, value);
+    }
+    cuda.build().error_on_failure()
+}
+
+/// CUDA provider settings `--cuda-option` passes on (ONNX Runtime 1.31's
+/// names), with what each does.
+pub const CUDA_OPTIONS: &[(&str, &str)] = &[
+    (
+        "prefer_nhwc",
+        "0|1: NHWC layout for convolutions and norms (tensor cores without transposes)",
+    ),
+    (
+        "fuse_conv_bias",
+        "0|1: the bias add fused into cuDNN convolutions",
+    ),
+    (
+        "cudnn_conv_use_max_workspace",
+        "0|1: let cuDNN take as much workspace as its fastest algorithm wants",
+    ),
+    (
+        "cudnn_conv1d_pad_to_nc1d",
+        "0|1: 1-D convolutions padded as [N,C,1,D]",
+    ),
+    ("gpu_mem_limit", "bytes the provider's arena may hold"),
+    (
+        "arena_extend_strategy",
+        "kNextPowerOfTwo|kSameAsRequested: how the arena grows",
+    ),
+    (
+        "do_copy_in_default_stream",
+        "0|1: copies in the compute stream",
+    ),
+    (
+        "use_ep_level_unified_stream",
+        "0|1: one stream for the provider",
+    ),
+    (
+        "enable_skip_layer_norm_strict_mode",
+        "0|1: exact SkipLayerNorm accumulation",
+    ),
+    (
+        "sdpa_kernel",
+        "attention kernels (flags) for fused attention nodes",
+    ),
+    ("tunable_op_enable", "0|1: tunable kernels"),
+    (
+        "tunable_op_tuning_enable",
+        "0|1: tune tunable kernels on first use",
+    ),
+    (
+        "tunable_op_max_tuning_duration_ms",
+        "most milliseconds one tuning may take",
+    ),
+];
+
+/// Checks one `--cuda-option KEY=VALUE`: a key from [`CUDA_OPTIONS`] (the
+/// settings tadsr-edge has its own flag for are refused with the flag's
+/// name) and a plain value.
+pub fn parse_cuda_option(text: &str) -> std::result::Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    let own_flag = match key {
+        "device_id" => Some("--device"),
+        "use_tf32" => Some("--tf32"),
+        "cudnn_conv_algo_search" => Some("--cudnn-conv-search"),
+        _ => None,
+    };
+    if let Some(flag) = own_flag {
+        return Err(format!("{key} is set with {flag}"));
+    }
+    if key == "enable_cuda_graph" {
+        return Err(
+            "enable_cuda_graph needs every input at a fixed device address; tadsr-edge sends tiles from host memory".into(),
+        );
+    }
+    if !CUDA_OPTIONS.iter().any(|(known, _)| *known == key) {
+        let known: Vec<&str> = CUDA_OPTIONS.iter().map(|(k, _)| *k).collect();
+        return Err(format!(
+            "unknown CUDA option {key:?}; known: {}",
+            known.join(", ")
+        ));
+    }
+    let plain = |c: char| c.is_ascii_alphanumeric() || "_.-|".contains(c);
+    if value.is_empty() || !value.chars().all(plain) {
+        return Err(format!(
+            "{key}: value {value:?} must be a plain word or number"
+        ));
+    }
+    Ok((key.to_string(), value.to_string()))
 }
 
 /// Registers the session's provider. TensorRT gets the CUDA provider
@@ -202,5 +296,28 @@ pub(super) fn register_provider(
         Provider::Triton => Err(ort::Error::new(
             "triton is not an ONNX Runtime provider (use run --server)",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cuda_options_are_known_keys_with_plain_values() {
+        assert_eq!(
+            parse_cuda_option("prefer_nhwc=1"),
+            Ok(("prefer_nhwc".to_string(), "1".to_string()))
+        );
+        assert!(parse_cuda_option("arena_extend_strategy=kSameAsRequested").is_ok());
+        let refused = |text: &str| parse_cuda_option(text).unwrap_err();
+        assert!(refused("prefer_nhwc").contains("KEY=VALUE"));
+        assert!(refused("use_tf32=1").contains("--tf32"));
+        assert!(refused("device_id=1").contains("--device"));
+        assert!(refused("cudnn_conv_algo_search=EXHAUSTIVE").contains("--cudnn-conv-search"));
+        assert!(refused("enable_cuda_graph=1").contains("fixed device address"));
+        assert!(refused("prefer_nchw=1").contains("unknown CUDA option"));
+        assert!(refused("prefer_nhwc=").contains("plain"));
+        assert!(refused("prefer_nhwc=1;rm").contains("plain"));
     }
 }
