@@ -11,11 +11,13 @@
 # nears:
 #   1. probe: nvidia-smi, the wheels, python3's torch/diffusers, `tadsr-edge --version`, `info --json`
 #   2. golden parity of models/tiny: cuda fp32 (TF32 off) <= 1e-3, cpu <= 1e-4, fp16 bundle on cuda psnr >= 35;
-#      `run --provider cuda` with the default --tile auto (the budget from the GPU's memory)
+#      `run --provider cuda` with the default --tile auto (the budget from the GPU's memory); the same
+#      image with --static-shapes on and off (within one 8-bit level: scripts/png_diff.py)
 #   3. python3 -m export --synthetic sd21 fp16 (then fp32 if time allows), timed
 #   4. tadsr-edge bench: 512 untiled, 2048 tile 512, per bundle (and --tf32 when the binary has it);
 #      fp16 2048 with --tile-batch 4
 #   5. PyTorch eager on the same GPU and weights: scripts/torch_gpu_bench.py (fp16, fp32; 512, 2048 latent-tiled)
+#   5b. A/B: --static-shapes off, --cuda-option prefer_nhwc=1 (sd21 fp16, 512 and 2048)
 #   6. $OUT/gpu_check.json: everything, and the tadsr-edge/PyTorch ratios at 512
 #
 # Env (defaults): OUT (./bench-results/gpu-check), BIN (.device/payload/tadsr-edge, else
@@ -210,6 +212,21 @@ fi
 step tile_auto_cuda 120 30 "$BIN" run examples/coffee.png -o "$WORK/tile-auto-cuda.png" --model models/tiny \
   --provider cuda --json
 
+# --static-shapes (auto: on for CUDA): the graphs pinned to the image's one size give the image the
+# free graphs give, within one 8-bit level (fp32 sums in another order).
+has_static=0
+"$BIN" bench --help 2>/dev/null | grep -q -- '--static-shapes' && has_static=1
+if [[ $has_static == 1 ]]; then
+  step static_shapes_cuda_on 120 30 "$BIN" run examples/coffee.png -o "$WORK/static-on.png" --model models/tiny \
+    --provider cuda --tile 0 --static-shapes on --json
+  step static_shapes_cuda_off 120 30 "$BIN" run examples/coffee.png -o "$WORK/static-off.png" --model models/tiny \
+    --provider cuda --tile 0 --static-shapes off --json
+  step static_shapes_cuda_same_image 60 10 "$PYTHON" scripts/png_diff.py "$WORK/static-on.png" \
+    "$WORK/static-off.png" --max-levels 1
+else
+  not_run static_shapes_cuda_on "the binary has no --static-shapes"
+fi
+
 # 3.-5. sd21: export, tadsr-edge bench, PyTorch ------------------------------------------------
 # export_sd21 PRECISION DIR: export unless a complete bundle (manifest.json, written last) is there.
 export_sd21() {
@@ -259,6 +276,19 @@ fi
 step torch_bench 360 120 "$PYTHON" scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 \
   --precisions fp16,fp32 --size 512 --runs 10 --warmup 3 --input examples/coffee.png \
   --tiled-size 2048 --tiled-runs 2 --tiled-warmup 1
+# A/B of the GPU settings on the same bundle (compare with bench_fp16_512 / bench_fp16_2048, which
+# run with today's defaults: static shapes on): the graphs free (the default before static shapes),
+# and NHWC convolutions.
+if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
+  step bench_fp16_512_static_off 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
+    --tile 0 --runs 10 --warmup 3 --static-shapes off
+  step bench_fp16_512_nhwc 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
+    --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
+  step bench_fp16_2048_static_off 240 60 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 2048 \
+    --tile 512 --runs 3 --warmup 1 --static-shapes off
+else
+  not_run bench_fp16_512_static_off "no fp16 bundle, or the binary has no --static-shapes"
+fi
 if [[ $FP32 == 1 ]]; then
   export_sd21 fp32 /tmp/sd21
   bench_bundle fp32 /tmp/sd21

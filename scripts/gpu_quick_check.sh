@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# A short re-check on a lent GPU box (about 2 minutes, against gpu_check.sh's 6): the probe,
+# A short re-check on a lent GPU box (about 3 minutes, against gpu_check.sh's 7): the probe,
 # the golden cases of models/tiny on CUDA, an sd21 fp16 export and its 512 untiled and
-# 2048 --tile 512 benches. Needs what scripts/gpu_payload.sh prepares (the last call carries
+# 2048 --tile 512 benches, each with today's defaults and with --static-shapes off (512 also
+# with --cuda-option prefer_nhwc=1). Needs what scripts/gpu_payload.sh prepares (the last call carries
 # .device/chunk5, .device/payload and .device/whl after the other chunks). Writes each
 # result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
 set -uo pipefail
@@ -19,6 +20,9 @@ timeout 60 "$BIN" golden --model models/tiny --provider cuda --json > "$OUT/gold
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
 b() { timeout 60 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1))"; }
-echo "--- 512 untiled"; b --size 512 --tile 0 --runs 10 --warmup 3
+echo "--- 512 untiled (defaults: static shapes on)"; b --size 512 --tile 0 --runs 10 --warmup 3
+echo "--- 512 untiled, --static-shapes off"; b --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
+echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
 echo "--- 2048 tile 512"; b --size 2048 --tile 512 --runs 2 --warmup 1
+echo "--- 2048 tile 512, --static-shapes off"; b --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
 date +%T
