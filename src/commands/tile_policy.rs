@@ -79,6 +79,29 @@ impl TilePolicy {
         self.keep_stage_memory();
     }
 
+    /// `--provider cuda` named: plan with the GPU's memory from the start
+    /// (as [`TilePolicy::after_load`] would), so the tile the graphs are
+    /// opened for (`--static-shapes`) is the one the images get.
+    pub fn assume_device_budget(&mut self, device: u32) {
+        if !self.given_budget {
+            self.keep_stage_memory();
+            self.use_device_budget(device);
+        }
+    }
+
+    /// The budget from discrete GPU `device`'s memory (a Jetson's GPU
+    /// shares the host's memory, which the host budget already is).
+    fn use_device_budget(&mut self, device: u32) {
+        let gpu = gpu_info::gpu_info(device as i32);
+        if gpu.tegra_release.is_some() {
+            return;
+        }
+        if let Some(mib) = gpu.memory_mib {
+            let name = gpu.name.unwrap_or_else(|| format!("GPU {device}"));
+            self.budget = system_memory::device_budget(mib << 20, &name);
+        }
+    }
+
     /// Stages whose memory is not given back after each run (GPU
     /// providers, a server): their activations add up.
     fn keep_stage_memory(&mut self) {
@@ -130,14 +153,6 @@ impl TilePolicy {
         if self.given_budget || stages.iter().all(|p| *p == Provider::Cpu) {
             return;
         }
-        let gpu = gpu_info::gpu_info(device as i32);
-        // Jetson: the GPU shares the host's memory, which the host budget already is.
-        if gpu.tegra_release.is_some() {
-            return;
-        }
-        if let Some(mib) = gpu.memory_mib {
-            let name = gpu.name.unwrap_or_else(|| format!("GPU {device}"));
-            self.budget = system_memory::device_budget(mib << 20, &name);
-        }
+        self.use_device_budget(device);
     }
 }
