@@ -12,12 +12,13 @@
 #   1. probe: nvidia-smi, the wheels, python3's torch/diffusers, `tadsr-edge --version`, `info --json`
 #   2. golden parity of models/tiny: cuda fp32 (TF32 off) <= 1e-3, cpu <= 1e-4, fp16 bundle on cuda psnr >= 35;
 #      `run --provider cuda` with the default --tile auto (the budget from the GPU's memory); the same
-#      image with --static-shapes on and off (within one 8-bit level: scripts/png_diff.py)
+#      image with --static-shapes on and off, and with --cuda-graph (within one 8-bit level:
+#      scripts/png_diff.py)
 #   3. python3 -m export --synthetic sd21 fp16 (then fp32 if time allows), timed
 #   4. tadsr-edge bench: 512 untiled, 2048 tile 512, per bundle (and --tf32 when the binary has it);
 #      fp16 2048 with --tile-batch 4
 #   5. PyTorch eager on the same GPU and weights: scripts/torch_gpu_bench.py (fp16, fp32; 512, 2048 latent-tiled)
-#   5b. A/B: --static-shapes off, --cuda-option prefer_nhwc=1 (sd21 fp16, 512 and 2048)
+#   5b. A/B: --static-shapes off, --cuda-option prefer_nhwc=1, --cuda-graph (sd21 fp16, 512 and 2048)
 #   6. $OUT/gpu_check.json: everything, and the tadsr-edge/PyTorch ratios at 512
 #
 # Env (defaults): OUT (./bench-results/gpu-check), BIN (.device/payload/tadsr-edge, else
@@ -223,6 +224,12 @@ if [[ $has_static == 1 ]]; then
     --provider cuda --tile 0 --static-shapes off --json
   step static_shapes_cuda_same_image 60 10 "$PYTHON" scripts/png_diff.py "$WORK/static-on.png" \
     "$WORK/static-off.png" --max-levels 1
+  # --cuda-graph: inputs and outputs in GPU memory at fixed addresses, the kernels replayed; the
+  # same image again (its JSON line says whether the graphs ran as CUDA graphs or were refused)
+  step cuda_graph_cuda_on 120 30 "$BIN" run examples/coffee.png -o "$WORK/cuda-graph.png" --model models/tiny \
+    --provider cuda --tile 0 --cuda-graph --json
+  step cuda_graph_cuda_same_image 60 10 "$PYTHON" scripts/png_diff.py "$WORK/cuda-graph.png" \
+    "$WORK/static-off.png" --max-levels 1
 else
   not_run static_shapes_cuda_on "the binary has no --static-shapes"
 fi
@@ -284,6 +291,10 @@ if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
     --tile 0 --runs 10 --warmup 3 --static-shapes off
   step bench_fp16_512_nhwc 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
     --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
+  step bench_fp16_512_cuda_graph 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
+    --tile 0 --runs 10 --warmup 3 --cuda-graph
+  step bench_fp16_2048_cuda_graph 240 60 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 2048 \
+    --tile 512 --runs 3 --warmup 1 --cuda-graph
   step bench_fp16_2048_static_off 240 60 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 2048 \
     --tile 512 --runs 3 --warmup 1 --static-shapes off
 else

@@ -2,7 +2,7 @@
 # A short re-check on a lent GPU box (about 3 minutes, against gpu_check.sh's 7): the probe,
 # the golden cases of models/tiny on CUDA, an sd21 fp16 export and its 512 untiled and
 # 2048 --tile 512 benches, each with today's defaults and with --static-shapes off (512 also
-# with --cuda-option prefer_nhwc=1). Needs what scripts/gpu_payload.sh prepares (the last call carries
+# with --cuda-option prefer_nhwc=1, both with --cuda-graph). Needs what scripts/gpu_payload.sh prepares (the last call carries
 # .device/chunk5, .device/payload and .device/whl after the other chunks). Writes each
 # result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
 set -uo pipefail
@@ -17,12 +17,17 @@ BIN=.device/payload/tadsr-edge
 date +%T
 timeout 30 "$BIN" info > "$OUT/info.txt" 2>&1; head -4 "$OUT/info.txt"
 timeout 60 "$BIN" golden --model models/tiny --provider cuda --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda.json')); print('worst', r['worst_max_abs_error'], 'passed', r['passed'])"
+timeout 60 "$BIN" run examples/coffee.png -o "$OUT/tiny-free.png" --model models/tiny --provider cuda --tile 0 --static-shapes off --json >>"$OUT/tiny-modes.jsonl" 2>>"$OUT/tiny-modes.err"; echo "tiny free graphs rc=$?"
+timeout 60 "$BIN" run examples/coffee.png -o "$OUT/tiny-cuda-graph.png" --model models/tiny --provider cuda --tile 0 --cuda-graph --json >>"$OUT/tiny-modes.jsonl" 2>>"$OUT/tiny-modes.err"; echo "tiny cuda graph rc=$?"
+python3 scripts/png_diff.py "$OUT/tiny-cuda-graph.png" "$OUT/tiny-free.png" --max-levels 1; echo "cuda graph vs free graphs rc=$?"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
-b() { timeout 60 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1))"; }
+b() { timeout 90 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'static', r.get('static_shapes',{}).get('unet'), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
 echo "--- 512 untiled (defaults: static shapes on)"; b --size 512 --tile 0 --runs 10 --warmup 3
 echo "--- 512 untiled, --static-shapes off"; b --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
 echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
+echo "--- 512 untiled, --cuda-graph"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
 echo "--- 2048 tile 512"; b --size 2048 --tile 512 --runs 2 --warmup 1
 echo "--- 2048 tile 512, --static-shapes off"; b --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
+echo "--- 2048 tile 512, --cuda-graph"; b --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
 date +%T

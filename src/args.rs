@@ -154,6 +154,9 @@ pub struct GpuArgs {
     /// A further CUDA provider setting, KEY=VALUE (repeatable), e.g. prefer_nhwc=1; for measurements. Known keys: prefer_nhwc, fuse_conv_bias, cudnn_conv_use_max_workspace, cudnn_conv1d_pad_to_nc1d, gpu_mem_limit, arena_extend_strategy, do_copy_in_default_stream, use_ep_level_unified_stream, enable_skip_layer_norm_strict_mode, sdpa_kernel, tunable_op_enable, tunable_op_tuning_enable, tunable_op_max_tuning_duration_ms. An error with --provider cpu.
     #[arg(long = "cuda-option", value_name = "KEY=VALUE", value_parser = tadsr_edge::runtime::providers::parse_cuda_option)]
     pub cuda_options: Vec<(String, String)>,
+    /// CUDA graphs: the CUDA provider captures each graph opened for one shape (--static-shapes) once and replays it, with its inputs and outputs in GPU memory at fixed addresses. Not yet measured on a GPU; a graph the provider refuses opens without, with a note.
+    #[arg(long)]
+    pub cuda_graph: bool,
 }
 
 impl GpuArgs {
@@ -172,6 +175,11 @@ impl GpuArgs {
             return invalid(format!(
                 "--device {device} selects a GPU for --provider cuda or tensorrt; it means nothing with --provider cpu"
             ));
+        }
+        if self.cuda_graph {
+            return invalid(
+                "--cuda-graph is for --provider cuda; it means nothing with --provider cpu".into(),
+            );
         }
         if let Some((key, value)) = self.cuda_options.first() {
             return invalid(format!(
@@ -194,6 +202,7 @@ impl GpuArgs {
         config.tensorrt.workspace_bytes = self.trt_workspace_mib << 20;
         config.tile_batch = self.tile_batch as usize;
         config.cuda_options = self.cuda_options.clone();
+        config.cuda_graph = self.cuda_graph;
         config.static_shapes = match self.static_shapes {
             StaticShapesArg::Auto => tadsr_edge::pipeline::StaticShapes::Auto,
             StaticShapesArg::On => tadsr_edge::pipeline::StaticShapes::On,

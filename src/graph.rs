@@ -11,6 +11,11 @@ pub trait Graph: Send {
     fn inputs(&self) -> &[PortInfo];
     /// The graph's outputs.
     fn outputs(&self) -> &[PortInfo];
+    /// Whether every input and output is held in device memory at a fixed
+    /// address (what CUDA graphs need).
+    fn holds_io_on_device(&self) -> bool {
+        false
+    }
     /// Sets an input that every following run gets without naming it.
     fn set_constant(&mut self, name: &str, tensor: InputTensor<'_>) -> Result<()>;
     /// Runs the graph on named inputs (and the constants); returns the
@@ -41,6 +46,10 @@ impl Graph for ModelSession {
 
     fn outputs(&self) -> &[PortInfo] {
         ModelSession::outputs(self)
+    }
+
+    fn holds_io_on_device(&self) -> bool {
+        ModelSession::holds_io_on_device(self)
     }
 
     fn set_constant(&mut self, name: &str, tensor: InputTensor<'_>) -> Result<()> {

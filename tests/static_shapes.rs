@@ -15,11 +15,12 @@ use tadsr_edge::runtime::Provider;
 
 const TILE_PX: u32 = 64;
 
-fn pipeline(static_shapes: StaticShapes) -> Pipeline {
+fn pipeline(static_shapes: StaticShapes, device_io: bool) -> Pipeline {
     let mut config = PipelineConfig::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"));
     config.provider = ProviderChoice::Only(Provider::Cpu);
     config.fixed_tiles = Some(true);
     config.static_shapes = static_shapes;
+    config.device_io = Some(device_io);
     config.shapes.tile_px = TILE_PX;
     config.notify = |notice| panic!("no graph may be reopened: {notice}");
     Pipeline::load(&config).expect("models/tiny loads")
@@ -40,8 +41,14 @@ fn options() -> RunOptions {
 
 #[test]
 fn fixed_tiles_run_through_graphs_pinned_to_the_tile() {
-    let mut pinned = pipeline(StaticShapes::On);
-    let mut free = pipeline(StaticShapes::Off);
+    let mut pinned = pipeline(StaticShapes::On, false);
+    let mut free = pipeline(StaticShapes::Off, false);
+    // what --cuda-graph needs on CUDA: every input and output of the pinned
+    // graphs at a fixed address, bound once (here in host memory)
+    let mut on_device = pipeline(StaticShapes::On, true);
+    for (component, held) in on_device.io_on_device() {
+        assert!(held, "{component}");
+    }
     let tile = Some((TILE_PX as usize, TILE_PX as usize));
     for (component, shape) in pinned.fixed_shapes() {
         assert_eq!(shape, tile, "{component}");
@@ -66,16 +73,21 @@ fn fixed_tiles_run_through_graphs_pinned_to_the_tile() {
                 .unwrap()
                 .0
         };
-        let (ours, reference) = (run(&mut pinned), run(&mut free));
-        assert_eq!(ours.dim(), reference.dim(), "{name}");
-        let worst = ours
-            .iter()
-            .zip(reference.iter())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        // the same arithmetic; kernels chosen for a known shape may sum in
-        // another order: fp32 rounding, far below 1/255
-        assert!(worst <= 1e-5, "{name}: {worst:e}");
+        let reference = run(&mut free);
+        for (label, ours) in [
+            ("pinned", run(&mut pinned)),
+            ("device memory", run(&mut on_device)),
+        ] {
+            assert_eq!(ours.dim(), reference.dim(), "{name}");
+            let worst = ours
+                .iter()
+                .zip(reference.iter())
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            // the same arithmetic; kernels chosen for a known shape may sum in
+            // another order: fp32 rounding, far below 1/255
+            assert!(worst <= 1e-5, "{name} ({label}): {worst:e}");
+        }
         for (component, shape) in pinned.fixed_shapes() {
             assert_eq!(shape, tile, "{name}: {component} still pinned");
         }

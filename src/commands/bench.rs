@@ -178,6 +178,11 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
                 "cuda_options": args.gpu.cuda_options.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>(),
                 "provider": providers,
                 "static_shapes": static_shapes_json(&pipeline),
+                "cuda_graph": pipeline
+                    .cuda_graphs()
+                    .iter()
+                    .map(|(name, on)| (name.to_string(), json!(on)))
+                    .collect::<serde_json::Map<_, _>>(),
                 "session_creation_ms": session_ms,
                 "stages_ms": stages_json,
                 "end_to_end_ms": total,

@@ -285,7 +285,12 @@ pub(super) fn open_stage(
         let fixed_dims = fixed_px.map_or_else(Vec::new, |px| {
             static_shapes::dimension_overrides(bundle.component(component), px, batch)
         });
-        let options = SessionOptions {
+        // CUDA graphs: CUDA only, every dimension pinned (the batch too)
+        let cuda_graph = config.cuda_graph
+            && provider == Provider::Cuda
+            && fixed_px.is_some()
+            && batch.is_some();
+        let mut options = SessionOptions {
             provider,
             device_id: config.device_id,
             threads: config.threads,
@@ -297,12 +302,24 @@ pub(super) fn open_stage(
             tile_batch: config.tile_batch,
             fixed_dims,
             cuda_options: config.cuda_options.clone(),
+            cuda_graph,
+            // device memory needs every output's shape: pinned graphs only
+            device_io: config
+                .device_io
+                .filter(|_| fixed_px.is_some() && batch.is_some()),
             ..SessionOptions::default()
         };
         let engine_build = (provider == Provider::TensorRt)
             .then(|| announce_engine_build(component, &options.tensorrt, config.notify));
         announce_graph_caching(runtime, path, component, &options, config.notify);
-        let opened = runtime.session(path, &options);
+        let mut opened = runtime.session(path, &options);
+        if let (true, Err(error)) = (options.cuda_graph, &opened) {
+            (config.notify)(&format!(
+                "{component}: CUDA graphs refused ({error}); opening it without them"
+            ));
+            options.cuda_graph = false;
+            opened = runtime.session(path, &options);
+        }
         if let (Some(Some(start)), Ok(_)) = (engine_build, &opened) {
             (config.notify)(&format!(
                 "TensorRT engine for {component} built in {:.1} s",
@@ -315,6 +332,7 @@ pub(super) fn open_stage(
                     session: Box::new(session),
                     provider,
                     fixed_px,
+                    cuda_graph: options.cuda_graph,
                 })
             }
             Err(error) if config.provider == ProviderChoice::Auto && provider != Provider::Cpu => {

@@ -97,6 +97,7 @@ fn open_component(
             session: Box::new(server.model(component, &bundle.component(component).sha256)?),
             provider: Provider::Triton,
             fixed_px: None,
+            cuda_graph: false,
         }),
         Backend::Local(runtime) => {
             let path = bundle.resolve(&bundle.component(component).file)?;
@@ -452,6 +453,31 @@ impl Pipeline {
             (component::VAE_ENCODER, self.encoder.fixed_px),
             (component::UNET, self.unet.fixed_px),
             (component::VAE_DECODER, self.decoder.fixed_px),
+        ]
+    }
+
+    /// Whether each main graph holds its inputs and outputs in device
+    /// memory at fixed addresses (with `--cuda-graph`).
+    pub fn io_on_device(&self) -> [(&'static str, bool); 3] {
+        [
+            (
+                component::VAE_ENCODER,
+                self.encoder.session.holds_io_on_device(),
+            ),
+            (component::UNET, self.unet.session.holds_io_on_device()),
+            (
+                component::VAE_DECODER,
+                self.decoder.session.holds_io_on_device(),
+            ),
+        ]
+    }
+
+    /// Whether each main graph runs as a CUDA graph (`--cuda-graph`).
+    pub fn cuda_graphs(&self) -> [(&'static str, bool); 3] {
+        [
+            (component::VAE_ENCODER, self.encoder.cuda_graph),
+            (component::UNET, self.unet.cuda_graph),
+            (component::VAE_DECODER, self.decoder.cuda_graph),
         ]
     }
 

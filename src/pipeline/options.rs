@@ -67,6 +67,13 @@ pub struct PipelineConfig {
     pub static_shapes: StaticShapes,
     /// Further CUDA provider settings (`--cuda-option`).
     pub cuda_options: Vec<(String, String)>,
+    /// CUDA graphs for the main graphs opened for one shape on CUDA
+    /// (`--cuda-graph`): their inputs and outputs held in device memory.
+    pub cuda_graph: bool,
+    /// Inputs and outputs of graphs opened for one shape held in device
+    /// memory at fixed addresses, as CUDA graphs need: Some forces it on
+    /// or off (on the CPU: host memory, for tests); None: with `cuda_graph`.
+    pub device_io: Option<bool>,
 }
 
 impl PipelineConfig {
@@ -91,6 +98,8 @@ impl PipelineConfig {
             tile_batch: 1,
             static_shapes: StaticShapes::default(),
             cuda_options: Vec::new(),
+            cuda_graph: false,
+            device_io: None,
         }
     }
 }

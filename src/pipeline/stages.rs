@@ -78,6 +78,8 @@ pub(super) struct Stage {
     /// The one shape (height, width in pixels) the graph was opened for
     /// ([`super::static_shapes`]); None: any shape.
     pub(super) fixed_px: Option<(usize, usize)>,
+    /// The CUDA provider replays the graph's kernels as a CUDA graph.
+    pub(super) cuda_graph: bool,
 }
 
 impl Stage {
@@ -87,6 +89,7 @@ impl Stage {
             session: Box::new(ClosedGraph),
             provider,
             fixed_px: None,
+            cuda_graph: false,
         }
     }
 }

@@ -7,6 +7,7 @@
 //! Runtime's own log is quieted (`ORT_LOG`) is the binary's decision.
 
 pub mod batch;
+mod device_io;
 pub mod discovery;
 pub mod elf;
 pub mod gpu_info;
@@ -31,7 +32,7 @@ use crate::error::{Error, Result};
 pub use discovery::{cache_dir, locate_library, LibraryLocation, LibrarySource, ORT_PATH_ENV};
 pub use probe::ProviderStatus;
 pub use providers::{ConvSearch, Provider, SessionOptions, TensorRtOptions};
-pub use session::{DType, InputTensor, ModelSession, OutputTensor, PortInfo};
+pub use session::{DType, InputTensor, IoPlacement, ModelSession, OutputTensor, PortInfo};
 
 use discovery::library_version_from_name;
 use providers::register_provider;
@@ -331,14 +332,26 @@ impl Runtime {
         model: &Path,
         options: &SessionOptions,
     ) -> Result<ModelSession> {
+        let placement = if options.device_io.unwrap_or(options.cuda_graph) {
+            IoPlacement::Device {
+                cuda: options.provider != Provider::Cpu,
+                device_id: options.device_id,
+            }
+        } else if options
+            .io_binding
+            .unwrap_or(options.provider != Provider::Cpu)
+        {
+            IoPlacement::BoundConstants
+        } else {
+            IoPlacement::Host
+        };
         ModelSession::new(
             session,
             model,
-            options
-                .io_binding
-                .unwrap_or(options.provider != Provider::Cpu),
+            placement,
             options.provider == Provider::Cpu && options.cpu_arena && options.shrink_cpu_arena,
             options.tile_batch,
+            &options.fixed_dims,
         )
     }
 }

@@ -122,6 +122,14 @@ pub struct SessionOptions {
     /// Further CUDA provider settings (`--cuda-option`, checked by
     /// [`parse_cuda_option`]), for CUDA and for CUDA behind TensorRT.
     pub cuda_options: Vec<(String, String)>,
+    /// CUDA graphs (`--cuda-graph`): the CUDA provider captures the graph's
+    /// kernels once and replays them; needs every dimension pinned
+    /// (`fixed_dims`) and the inputs and outputs in device memory.
+    pub cuda_graph: bool,
+    /// Every input and output held in device memory at a fixed address
+    /// (`super::device_io`); None: exactly when `cuda_graph`. Forced on in
+    /// tests to check the path on the CPU.
+    pub device_io: Option<bool>,
 }
 
 impl Default for SessionOptions {
@@ -141,6 +149,8 @@ impl Default for SessionOptions {
             tile_batch: 1,
             fixed_dims: Vec::new(),
             cuda_options: Vec::new(),
+            cuda_graph: false,
+            device_io: None,
         }
     }
 }
@@ -165,6 +175,9 @@ fn cuda_provider(options: &SessionOptions) -> ep::ExecutionProviderDispatch {
         .with_conv_algorithm_search(search);
     for (key, value) in &options.cuda_options {
         cuda = cuda.with_arbitrary_config(key, value);
+    }
+    if options.cuda_graph {
+        cuda = cuda.with_cuda_graph(true);
     }
     cuda.build().error_on_failure()
 }

@@ -18,6 +18,7 @@ use ort::session::{IoBinding, RunOptions, Session, SessionInputValue, SessionOut
 use ort::value::{DynValue, Tensor, TensorElementType, TensorRef, ValueType};
 
 use super::batch;
+use super::device_io::{DeviceIo, HostData};
 use crate::error::{Error, Result};
 
 /// Element type of a graph input or output, as the bundle manifest names it.
@@ -81,6 +82,9 @@ struct Constant {
     data: ConstantData,
 }
 
+/// Each output's name, element type and shape.
+type OutputShapes = Vec<(String, DType, Vec<usize>)>;
+
 /// One open ONNX graph.
 pub struct ModelSession {
     session: Session,
@@ -100,6 +104,31 @@ pub struct ModelSession {
     batch_axis: Vec<(String, bool)>,
     /// Runs of one group stacked into one batched run (`--tile-batch`).
     tile_batch: usize,
+    /// Inputs and outputs in device memory at fixed addresses (CUDA
+    /// graphs; [`super::device_io`]), with every output's shape.
+    device_io: Option<(DeviceIo, OutputShapes)>,
+    /// A constant changed since it was last copied to the device.
+    constants_dirty: bool,
+}
+
+impl Drop for ModelSession {
+    fn drop(&mut self) {
+        // device tensors and the binding before the session they belong to
+        self.device_io = None;
+        self.binding = None;
+    }
+}
+
+/// Where [`ModelSession`] keeps its inputs and outputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoPlacement {
+    /// Plain runs on borrowed host data.
+    Host,
+    /// Constants in an I/O binding (copied to the device once).
+    BoundConstants,
+    /// Every input and output in device memory at a fixed address, bound
+    /// once (CUDA graphs); `cuda`: the GPU's memory, else host memory.
+    Device { cuda: bool, device_id: i32 },
 }
 
 fn port_info(name: &str, dtype: &ValueType) -> PortInfo {
@@ -135,10 +164,16 @@ impl ModelSession {
     pub(super) fn new(
         session: Session,
         model: &Path,
-        use_binding: bool,
+        placement: IoPlacement,
         shrink_cpu_arena: bool,
         tile_batch: usize,
+        fixed_dims: &[(String, i64)],
     ) -> Result<Self> {
+        let fail = |source| Error::OrtIn {
+            path: model.to_path_buf(),
+            source,
+        };
+        let use_binding = placement != IoPlacement::Host;
         let batch_axis = session
             .inputs()
             .iter()
@@ -161,12 +196,29 @@ impl ModelSession {
             .map(|o| port_info(o.name(), o.dtype()))
             .collect();
         let binding = if use_binding {
-            Some(session.create_binding().map_err(|source| Error::OrtIn {
-                path: model.to_path_buf(),
-                source,
-            })?)
+            Some(session.create_binding().map_err(fail)?)
         } else {
             None
+        };
+        let device_io = match placement {
+            IoPlacement::Device { cuda, device_id } => {
+                let shapes = output_shapes(&session, fixed_dims).map_err(|reason| {
+                    Error::Ort(format!(
+                        "{}: outputs cannot be held in device memory: {reason}",
+                        model.display()
+                    ))
+                })?;
+                let device = if cuda {
+                    AllocationDevice::CUDA
+                } else {
+                    AllocationDevice::CPU
+                };
+                Some((
+                    DeviceIo::new(&session, device, device_id).map_err(fail)?,
+                    shapes,
+                ))
+            }
+            _ => None,
         };
         let run_options = if shrink_cpu_arena {
             let fail = |source| Error::OrtIn {
@@ -191,7 +243,14 @@ impl ModelSession {
             run_options,
             batch_axis,
             tile_batch: tile_batch.max(1),
+            device_io,
+            constants_dirty: false,
         })
+    }
+
+    /// Whether inputs and outputs are held in device memory (CUDA graphs).
+    pub fn holds_io_on_device(&self) -> bool {
+        self.device_io.is_some()
     }
 
     /// Whether constants are held on the device by an I/O binding.
@@ -218,7 +277,10 @@ impl ModelSession {
         if self.constants.contains(&constant) {
             return Ok(());
         }
-        if self.binding.is_some() {
+        if self.device_io.is_some() {
+            // copied into its device tensor before the next run
+            self.constants_dirty = true;
+        } else if self.binding.is_some() {
             let value = self.owned_value(&constant)?;
             let path = self.model.clone();
             if let Some(binding) = self.binding.as_mut() {
@@ -270,11 +332,86 @@ impl ModelSession {
         inputs: &[(&str, InputTensor<'_>)],
         output_names: &[&str],
     ) -> Result<Vec<OutputTensor>> {
+        if self.device_io.is_some() {
+            return self.run_on_device(inputs, output_names);
+        }
         if self.binding.is_some() {
             let (half_buffers, wants_half) = self.half_inputs(inputs)?;
             return self.run_bound(inputs, &wants_half, half_buffers, output_names);
         }
         self.run_unbound(inputs, true, output_names)
+    }
+
+    /// An input as host data of the graph's element type.
+    fn host_data(&self, name: &str, tensor: &InputTensor<'_>) -> Result<HostData> {
+        Ok(match tensor {
+            InputTensor::Float { data, .. } if self.input_dtype(name)? == DType::Float16 => {
+                HostData::F16(data.iter().map(|v| f16::from_f32(*v)).collect())
+            }
+            InputTensor::Float { data, .. } => HostData::F32(data.to_vec()),
+            InputTensor::Int64 { data, .. } => HostData::I64(data.to_vec()),
+        })
+    }
+
+    /// [`ModelSession::run`] with every input and output in device memory
+    /// ([`super::device_io`]): the inputs (and changed constants) copied
+    /// into their fixed tensors, one run, the outputs copied back.
+    fn run_on_device(
+        &mut self,
+        inputs: &[(&str, InputTensor<'_>)],
+        output_names: &[&str],
+    ) -> Result<Vec<OutputTensor>> {
+        let mut writes: Vec<(String, Vec<usize>, HostData)> = Vec::new();
+        for (name, tensor) in inputs {
+            let shape = match tensor {
+                InputTensor::Float { shape, .. } | InputTensor::Int64 { shape, .. } => {
+                    shape.to_vec()
+                }
+            };
+            writes.push((name.to_string(), shape, self.host_data(name, tensor)?));
+        }
+        if self.constants_dirty {
+            for constant in &self.constants {
+                let tensor = match &constant.data {
+                    ConstantData::Float(data) => InputTensor::Float {
+                        shape: &constant.shape,
+                        data,
+                    },
+                    ConstantData::Int64(data) => InputTensor::Int64 {
+                        shape: &constant.shape,
+                        data,
+                    },
+                };
+                let data = self.host_data(&constant.name, &tensor)?;
+                writes.push((constant.name.clone(), constant.shape.clone(), data));
+            }
+        }
+        let model = self.model.clone();
+        let fail = |reason: String| Error::Ort(format!("{}: {reason}", model.display()));
+        let (Some(binding), Some((device_io, shapes))) =
+            (self.binding.as_mut(), self.device_io.as_mut())
+        else {
+            return Err(fail("no device memory set up".into()));
+        };
+        for (name, shape, data) in writes {
+            device_io
+                .write_input(binding, &name, &shape, data)
+                .map_err(fail)?;
+        }
+        self.constants_dirty = false;
+        device_io.bind_outputs(binding, shapes).map_err(fail)?;
+        match &self.run_options {
+            Some(run_options) => self.session.run_binding_with_options(binding, run_options),
+            None => self.session.run_binding(binding),
+        }
+        .map_err(|source| Error::OrtIn {
+            path: model.clone(),
+            source,
+        })?;
+        output_names
+            .iter()
+            .map(|name| device_io.read_output(name).map_err(fail))
+            .collect()
     }
 
     /// fp16 copies of the float inputs the graph takes as fp16, and which
@@ -375,7 +512,7 @@ impl ModelSession {
     ) -> Result<Vec<Vec<OutputTensor>>> {
         let mut results = Vec::with_capacity(runs.len());
         for chunk in runs.chunks(self.tile_batch.max(1)) {
-            let batched = if chunk.len() > 1 {
+            let batched = if chunk.len() > 1 && self.device_io.is_none() {
                 self.run_batched(chunk, output_names)?
             } else {
                 None
@@ -544,6 +681,50 @@ impl ModelSession {
         .map_err(fail)?;
         extract_outputs(&model, &outputs, output_names)
     }
+}
+
+/// Every output's name, element type and shape, its free dimensions
+/// resolved by the dimension overrides the session was opened with; an
+/// error naming the first dimension they leave free.
+fn output_shapes(
+    session: &Session,
+    fixed_dims: &[(String, i64)],
+) -> std::result::Result<OutputShapes, String> {
+    session
+        .outputs()
+        .iter()
+        .map(|output| {
+            let ValueType::Tensor {
+                shape,
+                dimension_symbols,
+                ..
+            } = output.dtype()
+            else {
+                return Err(format!("output {} is not a tensor", output.name()));
+            };
+            let dims = shape
+                .iter()
+                .zip(dimension_symbols.iter())
+                .map(|(&size, symbol)| {
+                    if size >= 0 {
+                        return Ok(size as usize);
+                    }
+                    fixed_dims
+                        .iter()
+                        .find(|(name, _)| name == symbol)
+                        .map(|(_, value)| *value as usize)
+                        .ok_or_else(|| {
+                            format!("output {} has the free dimension {symbol:?}", output.name())
+                        })
+                })
+                .collect::<std::result::Result<Vec<usize>, String>>()?;
+            Ok((
+                output.name().to_string(),
+                port_info(output.name(), output.dtype()).dtype,
+                dims,
+            ))
+        })
+        .collect()
 }
 
 /// An input's shape and data as [`batch`] sees them.
