@@ -75,6 +75,49 @@ fn one_file_to_one_file_with_the_right_size() {
 }
 
 #[test]
+fn a_folder_of_one_size_opens_the_graphs_for_it_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    for name in ["a.png", "b.png"] {
+        small_rgb().save(inputs.join(name)).unwrap();
+    }
+    let run = |out: &Path, extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            path_str(&inputs),
+            "-o",
+            path_str(out),
+            "--process-size",
+            "0",
+            "--tile",
+            "0",
+        ];
+        args.extend_from_slice(extra);
+        tadsr(&args)
+    };
+    // 48x40 inputs, 4x: the graphs see 192x160 (width x height)
+    let out = dir.path().join("out");
+    let pinned = run(&out, &["--static-shapes", "on"]);
+    assert!(pinned.status.success(), "{}", stderr(&pinned));
+    let text = stderr(&pinned);
+    assert!(
+        text.contains("graphs opened for one shape (--static-shapes): vae_encoder 192x160, unet 192x160, vae_decoder 192x160"),
+        "{text}"
+    );
+    assert!(!text.contains("reopening"), "{text}");
+    assert_eq!(folder_names(&out), ["a.png", "b.png"]);
+    // auto on the CPU: free graphs, no note
+    let free = run(&dir.path().join("out-free"), &[]);
+    assert!(free.status.success(), "{}", stderr(&free));
+    assert!(
+        !stderr(&free).contains("--static-shapes"),
+        "{}",
+        stderr(&free)
+    );
+}
+
+#[test]
 fn output_is_upscale_times_the_original_when_the_minimum_size_rule_applies() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("tiny.png");

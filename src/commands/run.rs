@@ -174,6 +174,34 @@ fn one_line(text: &str) -> String {
     escape_controls(text)
 }
 
+/// A note on the graphs opened for one shape (`--static-shapes`) and run as
+/// CUDA graphs (`--cuda-graph`); None when there are none.
+fn graph_setup_line(pipeline: &Pipeline) -> Option<String> {
+    let pinned: Vec<String> = pipeline
+        .fixed_shapes()
+        .iter()
+        .filter_map(|(name, shape)| shape.map(|(h, w)| format!("{name} {w}x{h}")))
+        .collect();
+    if pinned.is_empty() {
+        return None;
+    }
+    let graphs: Vec<&str> = pipeline
+        .cuda_graphs()
+        .iter()
+        .filter(|(_, on)| *on)
+        .map(|(name, _)| *name)
+        .collect();
+    let cuda_graphs = if graphs.is_empty() {
+        String::new()
+    } else {
+        format!("; CUDA graphs: {}", graphs.join(", "))
+    };
+    Some(format!(
+        "note: graphs opened for one shape (--static-shapes): {}{cuda_graphs}",
+        pinned.join(", ")
+    ))
+}
+
 /// The options `run` checks before anything else (no bundle needed).
 fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
     let mut seen = std::collections::HashSet::new();
@@ -361,6 +389,9 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             providers.unet,
             providers.vae_decoder
         );
+        if let Some(line) = graph_setup_line(&pipeline) {
+            eprintln!("{line}");
+        }
     }
     if let Some(device) = args.gpu.device {
         let on_gpu = [providers.vae_encoder, providers.unet, providers.vae_decoder]
