@@ -41,6 +41,10 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tiled-vae", action="store_true",
                         help="leave out vae_encoder/tiled.onnx and vae_decoder/tiled.onnx (the VAE with shared "
                              "GroupNorm statistics; without them tiled runs normalize each tile by itself)")
+    parser.add_argument("--group-norm", choices=["rowwise", "instance"], default="rowwise",
+                        help="how GroupNorms are written: rowwise (row-by-row statistics, exact on the CPU at any "
+                             "size; the default) or instance (PyTorch's InstanceNormalization form: fewer GPU "
+                             "kernels; ONNX Runtime's CPU kernel is off by ~3e-4 on multi-megapixel groups)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring each graph's memory (the manifest's memory, used by --tile auto)")
     args = parser.parse_args(argv)
@@ -80,7 +84,7 @@ def main(argv=None) -> int:
 
     export_bundle(models, Path(args.out), precision=args.precision, name=name, text_encoder=args.text_encoder,
                   verify=not args.no_verify, tiled_vae=not args.no_tiled_vae,
-                  measure_memory=not args.no_memory)
+                  measure_memory=not args.no_memory, group_norm=args.group_norm)
     if args.golden:
         from .golden import write_golden
 

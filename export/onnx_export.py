@@ -180,16 +180,27 @@ def _quiet():
             yield
 
 
-def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict]], out_path: Path) -> List[Path]:
+GROUP_NORMS = ("rowwise", "instance")
+
+
+def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict]], out_path: Path,
+                 group_norm: str = "rowwise") -> List[Path]:
     """Trace ``module`` on ``args`` and write it to ``out_path`` (normalized).
-    GroupNorms are traced with row-by-row statistics (``precise_norm``)."""
+    ``group_norm``: ``rowwise`` traces GroupNorms with row-by-row statistics
+    (``precise_norm``: exact on the CPU at any size); ``instance`` as PyTorch
+    exports them (Reshape, InstanceNormalization, Reshape, Mul, Add: fewer
+    kernels for GPU bundles, but ONNX Runtime's CPU kernel sums each group in
+    one float32 run, off by about 3e-4 on multi-megapixel groups)."""
+    if group_norm not in GROUP_NORMS:
+        raise ValueError(f"group_norm must be one of {GROUP_NORMS}, not {group_norm!r}")
+    traced_norms = rowwise_group_norms(module) if group_norm == "rowwise" else contextlib.nullcontext(module)
     out_path = Path(out_path)
     input_names = [e["name"] for e in spec["inputs"]]
     output_names = [e["name"] for e in spec["outputs"]]
     tmp = Path(tempfile.mkdtemp(prefix="tadsr-onnx-"))
     try:
         tmp_file = tmp / "model.onnx"
-        with torch.no_grad(), _quiet(), rowwise_group_norms(module):
+        with torch.no_grad(), _quiet(), traced_norms:
             torch.onnx.export(
                 module,
                 args,

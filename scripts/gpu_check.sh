@@ -18,13 +18,15 @@
 #   4. tadsr-edge bench: 512 untiled, 2048 tile 512, per bundle (and --tf32 when the binary has it);
 #      fp16 2048 with --tile-batch 4
 #   5. PyTorch eager on the same GPU and weights: scripts/torch_gpu_bench.py (fp16, fp32; 512, 2048 latent-tiled)
-#   5b. A/B: --static-shapes off, --cuda-option prefer_nhwc=1, --cuda-graph (sd21 fp16, 512 and 2048)
+#   5b. A/B: --static-shapes off, --cuda-option prefer_nhwc=1, --cuda-graph (sd21 fp16, 512 and 2048);
+#       an sd21 fp16 export with --group-norm instance, timed (also with --cuda-graph), its image
+#       compared with the row-by-row bundle's
 #   6. $OUT/gpu_check.json: everything, and the tadsr-edge/PyTorch ratios at 512
 #
 # Env (defaults): OUT (./bench-results/gpu-check), BIN (.device/payload/tadsr-edge, else
 # target/release/tadsr-edge), ORT_GPU_DIR (.device/payload/onnxruntime/capi, else the folder
 # scripts/gpu_reassemble.sh unpacks to, /tmp/ortpayload/onnxruntime/capi), TINY_FP16
-# (.device/tiny-fp16, else built into /tmp/tiny-fp16), PYTHON (python3), GPU_CHECK_DEADLINE_S (420:
+# (.device/tiny-fp16, else built into /tmp/tiny-fp16), PYTHON (python3), GPU_CHECK_DEADLINE_S (500:
 # seconds for the whole check), GPU_CHECK_FP32 (1: also export and bench the fp32 sd21 bundle),
 # GPU_CHECK_REEXPORT (0: reuse /tmp/sd21-fp16 and /tmp/sd21 left by an earlier run on this machine),
 # GPU_CHECK_FORCE (0; 1 runs every step even without a GPU: for testing this script).
@@ -33,7 +35,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 2
 export PYTHONUNBUFFERED=1
 START_EPOCH=$(date +%s)
-DEADLINE_S=${GPU_CHECK_DEADLINE_S:-420}
+DEADLINE_S=${GPU_CHECK_DEADLINE_S:-500}
 OUT=${OUT:-./bench-results/gpu-check}
 PYTHON=${PYTHON:-python3}
 FP32=${GPU_CHECK_FP32:-1}
@@ -284,21 +286,48 @@ step torch_bench 360 120 "$PYTHON" scripts/torch_gpu_bench.py --device cuda --co
   --precisions fp16,fp32 --size 512 --runs 10 --warmup 3 --input examples/coffee.png \
   --tiled-size 2048 --tiled-runs 2 --tiled-warmup 1
 # A/B of the GPU settings on the same bundle (compare with bench_fp16_512 / bench_fp16_2048, which
-# run with today's defaults: static shapes on): the graphs free (the default before static shapes),
-# and NHWC convolutions.
+# run with today's defaults: static shapes on), most telling first (the deadline cuts the tail):
+# CUDA graphs, the graphs free (the default before static shapes), NHWC convolutions.
 if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
-  step bench_fp16_512_static_off 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
-    --tile 0 --runs 10 --warmup 3 --static-shapes off
-  step bench_fp16_512_nhwc 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
-    --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
   step bench_fp16_512_cuda_graph 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
     --tile 0 --runs 10 --warmup 3 --cuda-graph
+  step bench_fp16_512_static_off 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
+    --tile 0 --runs 10 --warmup 3 --static-shapes off
+else
+  not_run bench_fp16_512_cuda_graph "no fp16 bundle, or the binary has no --static-shapes"
+fi
+# --group-norm instance: the same sd21 fp16 weights with PyTorch's InstanceNormalization GroupNorms
+# (fewer kernels than the row-by-row statistics); timed with today's defaults and --cuda-graph, and
+# its 512 image compared with the row-by-row bundle's (informational: psnr_db, max_levels).
+if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--group-norm'; then
+  if [[ $REEXPORT != 1 && -f /tmp/sd21-fp16-instance/manifest.json ]]; then
+    not_run export_sd21_fp16_instance "reused /tmp/sd21-fp16-instance from an earlier run on this machine"
+  else
+    step export_sd21_fp16_instance 240 90 "$PYTHON" -m export --synthetic sd21 --seed 0 --precision fp16 \
+      --group-norm instance --out /tmp/sd21-fp16-instance --no-verify --no-tiled-vae --no-memory
+  fi
+  if [[ -f /tmp/sd21-fp16-instance/manifest.json ]]; then
+    step bench_fp16_instance_512 180 45 "$BIN" bench --model /tmp/sd21-fp16-instance "${bench_args_common[@]}" \
+      --size 512 --tile 0 --runs 10 --warmup 3
+    step bench_fp16_instance_512_cuda_graph 180 45 "$BIN" bench --model /tmp/sd21-fp16-instance \
+      "${bench_args_common[@]}" --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
+    step sd21_rowwise_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-rowwise.png" \
+      --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 --json
+    step sd21_instance_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-instance.png" \
+      --model /tmp/sd21-fp16-instance --provider cuda --process-size 0 --tile 0 --json
+    step sd21_instance_vs_rowwise 60 10 "$PYTHON" scripts/png_diff.py "$WORK/sd21-instance.png" \
+      "$WORK/sd21-rowwise.png" --max-levels 255
+  fi
+else
+  not_run export_sd21_fp16_instance "no fp16 bundle, or this export has no --group-norm"
+fi
+if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
+  step bench_fp16_512_nhwc 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
+    --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
   step bench_fp16_2048_cuda_graph 240 60 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 2048 \
     --tile 512 --runs 3 --warmup 1 --cuda-graph
   step bench_fp16_2048_static_off 240 60 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 2048 \
     --tile 512 --runs 3 --warmup 1 --static-shapes off
-else
-  not_run bench_fp16_512_static_off "no fp16 bundle, or the binary has no --static-shapes"
 fi
 if [[ $FP32 == 1 ]]; then
   export_sd21 fp32 /tmp/sd21

@@ -26,7 +26,13 @@ def main() -> int:
         print(json.dumps({"error": f"sizes differ: {first.shape} vs {second.shape}"}))
         return 1
     diff = np.abs(first - second)
-    report = {"max_levels": int(diff.max()), "values_differing": int((diff > 0).sum()), "values": int(diff.size)}
+    mse = float(np.mean(diff.astype(np.float64) ** 2))
+    report = {
+        "max_levels": int(diff.max()),
+        "values_differing": int((diff > 0).sum()),
+        "values": int(diff.size),
+        "psnr_db": None if mse == 0 else round(10 * np.log10(255.0**2 / mse), 2),
+    }
     print(json.dumps(report))
     return 0 if report["max_levels"] <= args.max_levels else 1
 

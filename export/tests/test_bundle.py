@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -223,17 +224,18 @@ def test_authors_tile_offsets_and_weights():
     assert w[1, 3] == pytest.approx(g(1, 2.0) * g(3, 1.5), rel=1e-6)  # y midpoint T/2, x midpoint (T-1)/2
 
 
-def test_onnx_pipeline_matches_golden(tiny_dir):
-    """What the Rust runtime does, in numpy + onnxruntime, against the references."""
-    m = read_manifest(tiny_dir)
+def _onnx_pipeline_worst_error(bundle: Path, golden_bundle: Path) -> float:
+    """What the Rust runtime does, in numpy + onnxruntime, on ``bundle``'s graphs: the largest
+    error against the golden references of ``golden_bundle`` (PyTorch's, same weights)."""
+    m = read_manifest(bundle)
     acp = np.array(m["schedule"]["alphas_cumprod"], dtype=np.float32)
-    enc = ort_session(tiny_dir / "vae_encoder/model.onnx")
-    unet = ort_session(tiny_dir / "unet/model.onnx")
-    dec = ort_session(tiny_dir / "vae_decoder/model.onnx")
-    embeds = np.load(tiny_dir / "prompt_embeds.npy")
+    enc = ort_session(bundle / "vae_encoder/model.onnx")
+    unet = ort_session(bundle / "unet/model.onnx")
+    dec = ort_session(bundle / "vae_decoder/model.onnx")
+    embeds = np.load(bundle / "prompt_embeds.npy")
     worst = 0.0
-    for case in _cases(tiny_dir):
-        source = image_to_tensor(Image.open(tiny_dir / "golden" / case["upscaled"]))
+    for case in _cases(golden_bundle):
+        source = image_to_tensor(Image.open(golden_bundle / "golden" / case["upscaled"]))
         t = np.array([case["timestep"]], dtype=np.int64)
         mean, _ = enc.run(None, {"image": (source * 2 - 1).numpy(), "timestep": t})
         z = mean * np.float32(m["scaling_factor"])
@@ -242,8 +244,39 @@ def test_onnx_pipeline_matches_golden(tiny_dir):
         (y,) = dec.run(None, {"latent": x0})
         y = np.clip(y, -1.0, 1.0) * 0.5 + 0.5
         out = color_fix(case["color_fix"], torch.from_numpy(y), source)[0].permute(1, 2, 0).numpy()
-        worst = max(worst, float(np.abs(out - np.load(tiny_dir / "golden" / case["reference"])).max()))
+        worst = max(worst, float(np.abs(out - np.load(golden_bundle / "golden" / case["reference"])).max()))
+    return worst
+
+
+def test_onnx_pipeline_matches_golden(tiny_dir):
+    """What the Rust runtime does, in numpy + onnxruntime, against the references."""
+    worst = _onnx_pipeline_worst_error(tiny_dir, tiny_dir)
     print(f"\nONNX pipeline vs golden: max abs error {worst:.2e}")
+    assert worst <= PIPELINE_FP32_TOL
+
+
+def test_instance_group_norm_export_matches_golden(tiny_models, tiny_dir, tmp_path):
+    """--group-norm instance (the GPU form: InstanceNormalization instead of row-by-row statistics):
+    recorded in the manifest, no ReduceMean statistics left in the main graphs, and on the golden
+    images (small groups, where the CPU kernel's one-run float32 sums are exact enough) the same
+    PyTorch references within the fp32 pipeline bound."""
+    import collections
+
+    import onnx
+
+    from export.bundle import export_bundle
+
+    export_bundle(tiny_models, tmp_path, precision="fp32", name="tiny", verify=False, quiet=True,
+                  tiled_vae=False, measure_memory=False, group_norm="instance")
+    m = read_manifest(tmp_path)
+    assert m["provenance"]["group_norm"] == "instance"
+    assert read_manifest(tiny_dir)["provenance"]["group_norm"] == "rowwise"
+    for component in ("vae_encoder", "unet", "vae_decoder"):
+        graph = onnx.load(str(tmp_path / component / "model.onnx"), load_external_data=False).graph
+        ops = collections.Counter(node.op_type for node in graph.node)
+        assert ops["InstanceNormalization"] > 0 and ops["ReduceMean"] == 0, (component, ops)
+    worst = _onnx_pipeline_worst_error(tmp_path, tiny_dir)
+    print(f"\ninstance GroupNorm ONNX pipeline vs golden: max abs error {worst:.2e}")
     assert worst <= PIPELINE_FP32_TOL
 
 
