@@ -11,6 +11,7 @@
 //! under 470).
 
 mod gpu_plan;
+mod graph_setup;
 mod loading;
 mod options;
 mod shared_stats;
@@ -390,112 +391,33 @@ impl Pipeline {
             .then_some((tile, tile))
     }
 
-    /// Reopens, for any shape, each main graph that was opened for one
-    /// shape ([`static_shapes`]) when this run sends it another (a `--tile
-    /// auto` choice or an image size the load did not foresee). Once per
-    /// graph; the old session is closed first, so memory never holds both.
-    fn unpin_other_shapes(
-        &mut self,
-        options: &RunOptions,
-        height: usize,
-        width: usize,
-    ) -> Result<()> {
-        let run_shape = static_shapes::network_shape(
-            options.tile_px,
-            options.tiling,
-            self.fixed_tile_shapes(),
-            Some((height as u32, width as u32)),
-        );
-        for component in [
-            component::VAE_ENCODER,
-            component::UNET,
-            component::VAE_DECODER,
-        ] {
-            let stage = match component {
-                component::VAE_ENCODER => &mut self.encoder,
-                component::UNET => &mut self.unet,
-                _ => &mut self.decoder,
-            };
-            let Some((fixed_h, fixed_w)) = stage.fixed_px else {
-                continue;
-            };
-            if run_shape == Some((fixed_h, fixed_w)) {
-                continue;
-            }
-            (self.config.notify)(&format!(
-                "{component} was opened for {fixed_w}x{fixed_h} inputs only (--static-shapes); this run sends other shapes: reopening it for any shape"
-            ));
-            *stage = Stage::closed(stage.provider);
-            let reopened = open_component(
-                &self.backend,
-                &self.bundle,
-                &self.config,
-                self.prompt_shape,
-                &mut self.fallbacks,
-                component,
-                false,
-            )?;
-            check_graph_ports(
-                &self.bundle,
-                component,
-                reopened.session.inputs(),
-                reopened.session.outputs(),
-            )?;
-            *stage = reopened;
-        }
-        Ok(())
-    }
-
-    /// The one shape (height, width in pixels) each main graph was opened
-    /// for, None for any shape ([`static_shapes`]).
-    pub fn fixed_shapes(&self) -> [(&'static str, Option<(usize, usize)>); 3] {
-        [
-            (component::VAE_ENCODER, self.encoder.fixed_px),
-            (component::UNET, self.unet.fixed_px),
-            (component::VAE_DECODER, self.decoder.fixed_px),
-        ]
-    }
-
-    /// Whether each main graph holds its inputs and outputs in device
-    /// memory at fixed addresses (with `--cuda-graph`).
-    pub fn io_on_device(&self) -> [(&'static str, bool); 3] {
-        [
-            (
-                component::VAE_ENCODER,
-                self.encoder.session.holds_io_on_device(),
-            ),
-            (component::UNET, self.unet.session.holds_io_on_device()),
-            (
-                component::VAE_DECODER,
-                self.decoder.session.holds_io_on_device(),
-            ),
-        ]
-    }
-
-    /// Whether each main graph runs as a CUDA graph (`--cuda-graph`).
-    pub fn cuda_graphs(&self) -> [(&'static str, bool); 3] {
-        [
-            (component::VAE_ENCODER, self.encoder.cuda_graph),
-            (component::UNET, self.unet.cuda_graph),
-            (component::VAE_DECODER, self.decoder.cuda_graph),
-        ]
-    }
-
-    /// The inputs of a main graph as its session reports them (shapes
-    /// included: -1 where free).
-    pub fn graph_inputs(&self, component: &str) -> Option<&[crate::runtime::PortInfo]> {
-        match component {
-            component::VAE_ENCODER => Some(self.encoder.session.inputs()),
-            component::UNET => Some(self.unet.session.inputs()),
-            component::VAE_DECODER => Some(self.decoder.session.inputs()),
-            _ => None,
-        }
-    }
-
     /// Steps 5-11 of the spec on image U: `model_input` is NCHW [1,3,H,W] in
     /// [-1,1], `source_planes` U as [3,H,W] in [0,1] (the color-fix source).
     /// Returns the color-fixed image as [3,H,W] in [0,1], unquantized.
     pub fn upscale_tensor(
+        &mut self,
+        model_input: &Array4<f32>,
+        source_planes: &Array3<f32>,
+        timestep: u32,
+        options: &RunOptions,
+        progress: &dyn Progress,
+    ) -> Result<(Array3<f32>, StageTimings)> {
+        let first =
+            self.upscale_tensor_once(model_input, source_planes, timestep, options, progress);
+        match first {
+            Err(error) if self.runs_cuda_graphs() && Self::may_be_cuda_graph_fault(&error) => {
+                (self.config.notify)(&format!(
+                    "a CUDA graph run failed ({error}); reopening the graphs without CUDA graphs and running this image again"
+                ));
+                self.drop_cuda_graphs()?;
+                self.upscale_tensor_once(model_input, source_planes, timestep, options, progress)
+            }
+            other => other,
+        }
+    }
+
+    /// One attempt of [`Pipeline::upscale_tensor`].
+    fn upscale_tensor_once(
         &mut self,
         model_input: &Array4<f32>,
         source_planes: &Array3<f32>,
