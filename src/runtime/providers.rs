@@ -244,15 +244,12 @@ pub fn parse_cuda_option(text: &str) -> std::result::Result<(String, String), St
         "device_id" => Some("--device"),
         "use_tf32" => Some("--tf32"),
         "cudnn_conv_algo_search" => Some("--cudnn-conv-search"),
+        // it needs the inputs and outputs in device memory, which --cuda-graph sets up
+        "enable_cuda_graph" => Some("--cuda-graph"),
         _ => None,
     };
     if let Some(flag) = own_flag {
         return Err(format!("{key} is set with {flag}"));
-    }
-    if key == "enable_cuda_graph" {
-        return Err(
-            "enable_cuda_graph needs every input at a fixed device address; tadsr-edge sends tiles from host memory".into(),
-        );
     }
     if !CUDA_OPTIONS.iter().any(|(known, _)| *known == key) {
         let known: Vec<&str> = CUDA_OPTIONS.iter().map(|(k, _)| *k).collect();
@@ -328,7 +325,7 @@ mod tests {
         assert!(refused("use_tf32=1").contains("--tf32"));
         assert!(refused("device_id=1").contains("--device"));
         assert!(refused("cudnn_conv_algo_search=EXHAUSTIVE").contains("--cudnn-conv-search"));
-        assert!(refused("enable_cuda_graph=1").contains("fixed device address"));
+        assert!(refused("enable_cuda_graph=1").contains("--cuda-graph"));
         assert!(refused("prefer_nchw=1").contains("unknown CUDA option"));
         assert!(refused("prefer_nhwc=").contains("plain"));
         assert!(refused("prefer_nhwc=1;rm").contains("plain"));
