@@ -335,6 +335,9 @@ if [[ $FP32 == 1 ]]; then
   if [[ $has_tf32 == 1 && -f /tmp/sd21/manifest.json ]]; then
     step bench_fp32_tf32_512 180 45 "$BIN" bench --model /tmp/sd21 "${bench_args_common[@]}" --size 512 --tile 0 \
       --runs 10 --warmup 3 --tf32
+    # PyTorch with TF32 too, for the --tf32 row's ratio
+    step torch_bench_tf32 240 60 "$PYTHON" scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 \
+      --precisions fp32 --tf32 --size 512 --runs 10 --warmup 3 --input examples/coffee.png
   else
     not_run bench_fp32_tf32_512 "no fp32 bundle, or the binary's bench has no --tf32"
   fi
