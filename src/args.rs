@@ -148,7 +148,7 @@ pub struct GpuArgs {
     /// Tiles of one shape run as one batch of up to N (the graphs have a batch axis): fewer, larger runs, for GPUs; 1 = one tile per run. Memory grows with N.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
     pub tile_batch: u32,
-    /// Open the encoder, UNet and decoder for the run's one shape when every image (untiled) or every tile (fixed tiles) has it: ONNX Runtime then folds the graphs' shape arithmetic, which a GPU provider runs on the CPU between kernels. auto: on GPU providers.
+    /// Open the encoder, UNet and decoder for the run's one shape when every image (untiled) or every tile (fixed tiles) has it: ONNX Runtime then folds the graphs' shape arithmetic, which a GPU provider runs on the CPU between kernels. auto: on the CUDA provider (TensorRT builds for its profile's shapes itself).
     #[arg(long, value_enum, default_value_t = StaticShapesArg::Auto)]
     pub static_shapes: StaticShapesArg,
     /// A further CUDA provider setting, KEY=VALUE (repeatable), e.g. prefer_nhwc=1; for measurements. Known keys: prefer_nhwc, fuse_conv_bias, cudnn_conv_use_max_workspace, cudnn_conv1d_pad_to_nc1d, gpu_mem_limit, arena_extend_strategy, do_copy_in_default_stream, use_ep_level_unified_stream, enable_skip_layer_norm_strict_mode, sdpa_kernel, tunable_op_enable, tunable_op_tuning_enable, tunable_op_max_tuning_duration_ms. An error with --provider cpu.

@@ -217,7 +217,7 @@ fn inputs_and_outputs_held_at_fixed_addresses_match_pytorch() {
 }
 
 fn graphs_opened_for_one_shape(device_io: bool) {
-    // What GPU providers do by default (--static-shapes auto), forced here
+    // What the CUDA provider does by default (--static-shapes auto), forced here
     // on the CPU: the graphs opened for the wide case's size only.
     let wide = (80u32, 144u32);
     let mut config = PipelineConfig::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny"));

@@ -1,5 +1,5 @@
 //! Graphs opened for one tile shape (`--static-shapes`, on by default on
-//! GPU providers), forced here on the CPU with fixed tiles as GPUs use
+//! CUDA), forced here on the CPU with fixed tiles as GPUs use
 //! them: every tile of every image goes through the pinned graphs, none is
 //! reopened, and the image is the one the free-shape graphs give.
 //! (Untiled against the PyTorch references: golden_parity.rs.)

@@ -228,7 +228,7 @@ fn fixed_shape_for(
         component::VAE_DECODER,
     ];
     let on_gpu = provider != Provider::Cpu;
-    if !main.contains(&component) || !config.static_shapes.applies(on_gpu) {
+    if !main.contains(&component) || !config.static_shapes.applies(provider) {
         return None;
     }
     static_shapes::network_shape(

@@ -13,25 +13,28 @@
 
 use crate::bundle::{ComponentSpec, NAMED_DIMS};
 use crate::pipeline::TilingMode;
+use crate::runtime::Provider;
 
 /// When graphs are opened for one shape (`--static-shapes`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StaticShapes {
-    /// On GPU providers, when the run's shape is known.
+    /// On the CUDA provider, when the run's shape is known. Not TensorRT:
+    /// it builds its engines for the profile's shapes itself, and how its
+    /// profiles meet pinned dimensions has not been run.
     #[default]
     Auto,
-    /// On every provider, when the run's shape is known (measurements, tests).
+    /// On every local provider, when the run's shape is known (measurements, tests).
     On,
     /// Never.
     Off,
 }
 
 impl StaticShapes {
-    /// Whether a graph on a GPU provider (`on_gpu`) is opened for one shape
-    /// when that shape is known.
-    pub fn applies(self, on_gpu: bool) -> bool {
+    /// Whether a graph on `provider` is opened for one shape when that
+    /// shape is known.
+    pub fn applies(self, provider: Provider) -> bool {
         match self {
-            StaticShapes::Auto => on_gpu,
+            StaticShapes::Auto => provider == Provider::Cuda,
             StaticShapes::On => true,
             StaticShapes::Off => false,
         }
@@ -167,10 +170,12 @@ mod tests {
     }
 
     #[test]
-    fn auto_applies_on_gpus_only() {
-        assert!(StaticShapes::Auto.applies(true));
-        assert!(!StaticShapes::Auto.applies(false));
-        assert!(StaticShapes::On.applies(false));
-        assert!(!StaticShapes::Off.applies(true));
+    fn auto_applies_on_cuda_only() {
+        assert!(StaticShapes::Auto.applies(Provider::Cuda));
+        assert!(!StaticShapes::Auto.applies(Provider::Cpu));
+        assert!(!StaticShapes::Auto.applies(Provider::TensorRt));
+        assert!(StaticShapes::On.applies(Provider::Cpu));
+        assert!(StaticShapes::On.applies(Provider::TensorRt));
+        assert!(!StaticShapes::Off.applies(Provider::Cuda));
     }
 }
