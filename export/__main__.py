@@ -45,6 +45,9 @@ def main(argv=None) -> int:
                         help="how GroupNorms are written: rowwise (row-by-row statistics, exact on the CPU at any "
                              "size; the default) or instance (PyTorch's InstanceNormalization form: fewer GPU "
                              "kernels; ONNX Runtime's CPU kernel is off by ~3e-4 on multi-megapixel groups)")
+    parser.add_argument("--attention", choices=["onnx", "fused"], default="onnx",
+                        help="how attention is written: onnx (standard operators; the default) or fused (one "
+                             "com.microsoft.MultiHeadAttention node each: fused kernels on CUDA, a CPU kernel too)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring each graph's memory (the manifest's memory, used by --tile auto)")
     args = parser.parse_args(argv)
@@ -84,7 +87,8 @@ def main(argv=None) -> int:
 
     export_bundle(models, Path(args.out), precision=args.precision, name=name, text_encoder=args.text_encoder,
                   verify=not args.no_verify, tiled_vae=not args.no_tiled_vae,
-                  measure_memory=not args.no_memory, group_norm=args.group_norm)
+                  measure_memory=not args.no_memory, group_norm=args.group_norm,
+                  attention=args.attention)
     if args.golden:
         from .golden import write_golden
 

@@ -55,7 +55,8 @@ def _graph_module(models: TadsrModels, component: str, dtype: torch.dtype):
 
 def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name: Optional[str] = None,
                   text_encoder: bool = False, verify: bool = True, quiet: bool = False,
-                  tiled_vae: bool = True, measure_memory: bool = True, group_norm: str = "rowwise") -> Dict:
+                  tiled_vae: bool = True, measure_memory: bool = True, group_norm: str = "rowwise",
+                  attention: str = "onnx") -> Dict:
     """Export the graphs, the prompt embedding and the manifest into ``out``. Returns the manifest.
 
     ``tiled_vae``: also write the optional VAE graphs with shared GroupNorm
@@ -65,6 +66,9 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
     ``group_norm``: how the three main graphs' GroupNorms are written
     (``onnx_export.export_graph``; recorded in the manifest's provenance). The
     tiled VAE graphs always take row-by-row statistics (they share them).
+    ``attention``: ``onnx`` or ``fused`` (one com.microsoft.MultiHeadAttention
+    node per attention, ``fused_attention``) in the three main graphs; recorded
+    in the provenance too.
     """
     if precision not in FLOAT_DTYPES:
         raise ValueError(f"precision must be one of {sorted(FLOAT_DTYPES)}, not {precision!r}")
@@ -82,7 +86,8 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
         rel = f"{component}/model.onnx"
         data_files = export_graph(module, trace_inputs(component, dtype, models.cross_attention_dim,
                                                        latent_channels=latent_channels),
-                                  specs[component], out / rel, group_norm=group_norm)
+                                  specs[component], out / rel, group_norm=group_norm,
+                                  attention=attention)
         extra = {"latent_input": "scaled"} if component == "vae_decoder" else None
         components[component] = component_entry(out, rel, data_files, specs[component], extra)
         size = sum(p.stat().st_size for p in [out / rel, *data_files])
@@ -128,6 +133,7 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
         latent_channels=latent_channels,
     )
     manifest["provenance"]["group_norm"] = group_norm
+    manifest["provenance"]["attention"] = attention
     write_manifest(out, manifest)
     if verify:
         errors = verify_against_torch(models, out, precision)

@@ -24,6 +24,7 @@ import numpy as np
 import onnx
 import torch
 
+from .fused_attention import fused_attention
 from .precise_norm import rowwise_group_norms
 
 OPSET = 17
@@ -181,18 +182,25 @@ def _quiet():
 
 
 GROUP_NORMS = ("rowwise", "instance")
+ATTENTIONS = ("onnx", "fused")
 
 
 def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict]], out_path: Path,
-                 group_norm: str = "rowwise") -> List[Path]:
+                 group_norm: str = "rowwise", attention: str = "onnx") -> List[Path]:
     """Trace ``module`` on ``args`` and write it to ``out_path`` (normalized).
     ``group_norm``: ``rowwise`` traces GroupNorms with row-by-row statistics
     (``precise_norm``: exact on the CPU at any size); ``instance`` as PyTorch
     exports them (Reshape, InstanceNormalization, Reshape, Mul, Add: fewer
     kernels for GPU bundles, but ONNX Runtime's CPU kernel sums each group in
-    one float32 run, off by about 3e-4 on multi-megapixel groups)."""
+    one float32 run, off by about 3e-4 on multi-megapixel groups).
+    ``attention``: ``onnx`` writes attention in standard ONNX operators;
+    ``fused`` as one com.microsoft.MultiHeadAttention node per attention
+    (``fused_attention``: fused kernels on CUDA)."""
     if group_norm not in GROUP_NORMS:
         raise ValueError(f"group_norm must be one of {GROUP_NORMS}, not {group_norm!r}")
+    if attention not in ATTENTIONS:
+        raise ValueError(f"attention must be one of {ATTENTIONS}, not {attention!r}")
+    fused = fused_attention(module) if attention == "fused" else contextlib.nullcontext(0)
     traced_norms = rowwise_group_norms(module) if group_norm == "rowwise" else contextlib.nullcontext(module)
     out_path = Path(out_path)
     input_names = [e["name"] for e in spec["inputs"]]
@@ -200,7 +208,7 @@ def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict
     tmp = Path(tempfile.mkdtemp(prefix="tadsr-onnx-"))
     try:
         tmp_file = tmp / "model.onnx"
-        with torch.no_grad(), _quiet(), traced_norms:
+        with torch.no_grad(), _quiet(), traced_norms, fused:
             torch.onnx.export(
                 module,
                 args,

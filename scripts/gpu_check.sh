@@ -19,8 +19,8 @@
 #      fp16 2048 with --tile-batch 4
 #   5. PyTorch eager on the same GPU and weights: scripts/torch_gpu_bench.py (fp16, fp32; 512, 2048 latent-tiled)
 #   5b. A/B: --static-shapes off, --cuda-option prefer_nhwc=1, --cuda-graph (sd21 fp16, 512 and 2048);
-#       an sd21 fp16 export with --group-norm instance, timed (also with --cuda-graph), its image
-#       compared with the row-by-row bundle's
+#       an sd21 fp16 export in the GPU forms (--group-norm instance --attention fused), timed (also
+#       with --cuda-graph), its image compared with the plain bundle's
 #   6. $OUT/gpu_check.json: everything, and the tadsr-edge/PyTorch ratios at 512
 #
 # Env (defaults): OUT (./bench-results/gpu-check), BIN (.device/payload/tadsr-edge, else
@@ -296,30 +296,33 @@ if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
 else
   not_run bench_fp16_512_cuda_graph "no fp16 bundle, or the binary has no --static-shapes"
 fi
-# --group-norm instance: the same sd21 fp16 weights with PyTorch's InstanceNormalization GroupNorms
-# (fewer kernels than the row-by-row statistics); timed with today's defaults and --cuda-graph, and
-# its 512 image compared with the row-by-row bundle's (informational: psnr_db, max_levels).
-if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--group-norm'; then
-  if [[ $REEXPORT != 1 && -f /tmp/sd21-fp16-instance/manifest.json ]]; then
-    not_run export_sd21_fp16_instance "reused /tmp/sd21-fp16-instance from an earlier run on this machine"
+# The GPU forms of the graphs: the same sd21 fp16 weights exported with --group-norm instance
+# (InstanceNormalization instead of row-by-row statistics) and --attention fused (one
+# com.microsoft.MultiHeadAttention node per attention: flash / memory-efficient kernels); timed with
+# today's defaults and with --cuda-graph, and its 512 image compared with the plain bundle's
+# (informational: psnr_db, max_levels).
+GPUFORM=/tmp/sd21-fp16-gpuform
+if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--attention'; then
+  if [[ $REEXPORT != 1 && -f $GPUFORM/manifest.json ]]; then
+    not_run export_sd21_fp16_gpuform "reused $GPUFORM from an earlier run on this machine"
   else
-    step export_sd21_fp16_instance 240 90 "$PYTHON" -m export --synthetic sd21 --seed 0 --precision fp16 \
-      --group-norm instance --out /tmp/sd21-fp16-instance --no-verify --no-tiled-vae --no-memory
+    step export_sd21_fp16_gpuform 240 90 "$PYTHON" -m export --synthetic sd21 --seed 0 --precision fp16 \
+      --group-norm instance --attention fused --out "$GPUFORM" --no-verify --no-tiled-vae --no-memory
   fi
-  if [[ -f /tmp/sd21-fp16-instance/manifest.json ]]; then
-    step bench_fp16_instance_512 180 45 "$BIN" bench --model /tmp/sd21-fp16-instance "${bench_args_common[@]}" \
+  if [[ -f $GPUFORM/manifest.json ]]; then
+    step bench_fp16_gpuform_512 180 45 "$BIN" bench --model "$GPUFORM" "${bench_args_common[@]}" \
       --size 512 --tile 0 --runs 10 --warmup 3
-    step bench_fp16_instance_512_cuda_graph 180 45 "$BIN" bench --model /tmp/sd21-fp16-instance \
+    step bench_fp16_gpuform_512_cuda_graph 180 45 "$BIN" bench --model "$GPUFORM" \
       "${bench_args_common[@]}" --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
-    step sd21_rowwise_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-rowwise.png" \
+    step sd21_plain_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-plain.png" \
       --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 --json
-    step sd21_instance_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-instance.png" \
-      --model /tmp/sd21-fp16-instance --provider cuda --process-size 0 --tile 0 --json
-    step sd21_instance_vs_rowwise 60 10 "$PYTHON" scripts/png_diff.py "$WORK/sd21-instance.png" \
-      "$WORK/sd21-rowwise.png" --max-levels 255
+    step sd21_gpuform_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-gpuform.png" \
+      --model "$GPUFORM" --provider cuda --process-size 0 --tile 0 --json
+    step sd21_gpuform_vs_plain 60 10 "$PYTHON" scripts/png_diff.py "$WORK/sd21-gpuform.png" \
+      "$WORK/sd21-plain.png" --max-levels 255
   fi
 else
-  not_run export_sd21_fp16_instance "no fp16 bundle, or this export has no --group-norm"
+  not_run export_sd21_fp16_gpuform "no fp16 bundle, or this export has no --attention"
 fi
 if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
   step bench_fp16_512_nhwc 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \

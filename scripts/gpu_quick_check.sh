@@ -2,7 +2,8 @@
 # A short re-check on a lent GPU box (about 3 minutes, against gpu_check.sh's 7): the probe,
 # the golden cases of models/tiny on CUDA, an sd21 fp16 export and its 512 untiled and
 # 2048 --tile 512 benches, each with today's defaults and with --static-shapes off (512 also
-# with --cuda-option prefer_nhwc=1, both with --cuda-graph), and a --group-norm instance export at 512. Needs what scripts/gpu_payload.sh prepares (the last call carries
+# with --cuda-option prefer_nhwc=1, both with --cuda-graph), and an export in the GPU forms
+# (--group-norm instance --attention fused) at 512. Needs what scripts/gpu_payload.sh prepares (the last call carries
 # .device/chunk5, .device/payload and .device/whl after the other chunks). Writes each
 # result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
 set -uo pipefail
@@ -27,10 +28,10 @@ echo "--- 512 untiled (defaults: static shapes on)"; b --size 512 --tile 0 --run
 echo "--- 512 untiled, --static-shapes off"; b --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
 echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
 echo "--- 512 untiled, --cuda-graph"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
-date +%T; timeout 120 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --group-norm instance --out /tmp/sd21-fp16-instance --no-verify --no-tiled-vae --no-memory > /dev/null 2>&1; echo "instance export rc=$?"; date +%T
-bi() { timeout 90 "$BIN" bench --model /tmp/sd21-fp16-instance --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench-instance.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
-echo "--- 512 untiled, --group-norm instance bundle"; bi --size 512 --tile 0 --runs 10 --warmup 3
-echo "--- 512 untiled, --group-norm instance bundle, --cuda-graph"; bi --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
+date +%T; timeout 120 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --group-norm instance --attention fused --out /tmp/sd21-fp16-gpuform --no-verify --no-tiled-vae --no-memory > /dev/null 2>&1; echo "GPU-form export rc=$?"; date +%T
+bi() { timeout 90 "$BIN" bench --model /tmp/sd21-fp16-gpuform --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench-gpuform.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
+echo "--- 512 untiled, GPU-form bundle (--group-norm instance --attention fused)"; bi --size 512 --tile 0 --runs 10 --warmup 3
+echo "--- 512 untiled, GPU-form bundle, --cuda-graph"; bi --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
 echo "--- 2048 tile 512"; b --size 2048 --tile 512 --runs 2 --warmup 1
 echo "--- 2048 tile 512, --static-shapes off"; b --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
 echo "--- 2048 tile 512, --cuda-graph"; b --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph

@@ -255,11 +255,14 @@ def test_onnx_pipeline_matches_golden(tiny_dir):
     assert worst <= PIPELINE_FP32_TOL
 
 
-def test_instance_group_norm_export_matches_golden(tiny_models, tiny_dir, tmp_path):
-    """--group-norm instance (the GPU form: InstanceNormalization instead of row-by-row statistics):
-    recorded in the manifest, no ReduceMean statistics left in the main graphs, and on the golden
-    images (small groups, where the CPU kernel's one-run float32 sums are exact enough) the same
-    PyTorch references within the fp32 pipeline bound."""
+@pytest.mark.parametrize("group_norm, attention", [("instance", "onnx"), ("rowwise", "fused")])
+def test_gpu_graph_forms_match_golden(tiny_models, tiny_dir, tmp_path, group_norm, attention):
+    """The GPU forms of the graphs, each alone: --group-norm instance (InstanceNormalization instead of
+    row-by-row statistics) and --attention fused (one com.microsoft.MultiHeadAttention node per
+    attention, run here by ONNX Runtime's CPU kernel). Recorded in the manifest, the operators
+    replaced everywhere in the main graphs, and on the golden images (small GroupNorm groups, where the
+    CPU kernel's one-run float32 sums are exact enough) the same PyTorch references within the fp32
+    pipeline bound."""
     import collections
 
     import onnx
@@ -267,16 +270,20 @@ def test_instance_group_norm_export_matches_golden(tiny_models, tiny_dir, tmp_pa
     from export.bundle import export_bundle
 
     export_bundle(tiny_models, tmp_path, precision="fp32", name="tiny", verify=False, quiet=True,
-                  tiled_vae=False, measure_memory=False, group_norm="instance")
-    m = read_manifest(tmp_path)
-    assert m["provenance"]["group_norm"] == "instance"
-    assert read_manifest(tiny_dir)["provenance"]["group_norm"] == "rowwise"
+                  tiled_vae=False, measure_memory=False, group_norm=group_norm, attention=attention)
+    provenance = read_manifest(tmp_path)["provenance"]
+    assert (provenance["group_norm"], provenance["attention"]) == (group_norm, attention)
+    committed = read_manifest(tiny_dir)["provenance"]
+    assert (committed["group_norm"], committed["attention"]) == ("rowwise", "onnx")
     for component in ("vae_encoder", "unet", "vae_decoder"):
         graph = onnx.load(str(tmp_path / component / "model.onnx"), load_external_data=False).graph
         ops = collections.Counter(node.op_type for node in graph.node)
-        assert ops["InstanceNormalization"] > 0 and ops["ReduceMean"] == 0, (component, ops)
+        if group_norm == "instance":
+            assert ops["InstanceNormalization"] > 0 and ops["ReduceMean"] == 0, (component, ops)
+        if attention == "fused":
+            assert ops["MultiHeadAttention"] > 0 and ops["Softmax"] == 0, (component, ops)
     worst = _onnx_pipeline_worst_error(tmp_path, tiny_dir)
-    print(f"\ninstance GroupNorm ONNX pipeline vs golden: max abs error {worst:.2e}")
+    print(f"\n{group_norm} GroupNorm, {attention} attention: ONNX pipeline vs golden: max abs error {worst:.2e}")
     assert worst <= PIPELINE_FP32_TOL
 
 
