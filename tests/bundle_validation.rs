@@ -55,6 +55,46 @@ fn the_committed_bundle_is_valid() {
 }
 
 #[test]
+fn graph_forms_come_from_the_provenance() {
+    let committed = Bundle::open(&tiny()).unwrap();
+    assert_eq!(committed.manifest().group_norm_form(), "rowwise");
+    assert_eq!(committed.manifest().attention_form(), "onnx");
+    let gpu_forms = broken_copy(|manifest, _| {
+        manifest["provenance"]["group_norm"] = "instance".into();
+        manifest["provenance"]["attention"] = "fused".into();
+    });
+    let bundle = Bundle::open(gpu_forms.path()).unwrap();
+    assert_eq!(bundle.manifest().group_norm_form(), "instance");
+    assert_eq!(bundle.manifest().attention_form(), "fused");
+    // bundles written before the options say nothing: the forms they have
+    let older = broken_copy(|manifest, _| {
+        let provenance = manifest["provenance"].as_object_mut().unwrap();
+        provenance.remove("group_norm");
+        provenance.remove("attention");
+    });
+    let bundle = Bundle::open(older.path()).unwrap();
+    assert_eq!(bundle.manifest().group_norm_form(), "rowwise");
+    assert_eq!(bundle.manifest().attention_form(), "onnx");
+    // the CPU warns about the GPU GroupNorm form, and only about it
+    let run = |model: &Path| {
+        let out = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+            .args(["run", "--provider", "cpu", "--model"])
+            .arg(model)
+            .arg(tiny().join("golden/square.png"))
+            .arg("-o")
+            .arg(out.path().join("x.png"))
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let gpu_note = "GroupNorms are in the GPU form";
+    assert!(run(gpu_forms.path()).contains(gpu_note));
+    assert!(!run(&tiny()).contains(gpu_note));
+}
+
+#[test]
 fn a_damaged_file_fails_its_hash() {
     let dir = broken_copy(|_, root| {
         let unet = root.join("unet/model.onnx");

@@ -75,6 +75,10 @@ fn info_json_describes_the_runtime_and_the_bundle() {
     }
 
     let model = &report["model"];
+    assert_eq!(
+        model["graph_forms"],
+        serde_json::json!({"group_norm": "rowwise", "attention": "onnx"})
+    );
     assert_eq!(model["name"], manifest["name"]);
     assert_eq!(model["precision"], manifest["precision"]);
     assert_eq!(model["format_version"], manifest["format_version"]);

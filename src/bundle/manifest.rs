@@ -281,3 +281,24 @@ pub struct Manifest {
     #[serde(default)]
     pub memory: Option<MemoryFigures>,
 }
+
+impl Manifest {
+    /// How the exporter wrote the main graphs' GroupNorms
+    /// (`provenance.group_norm`): `rowwise` (also when absent: bundles
+    /// written before the option) or `instance`.
+    pub fn group_norm_form(&self) -> &str {
+        self.provenance
+            .get("group_norm")
+            .and_then(|v| v.as_str())
+            .unwrap_or("rowwise")
+    }
+
+    /// How the exporter wrote attention (`provenance.attention`): `onnx`
+    /// (also when absent) or `fused`.
+    pub fn attention_form(&self) -> &str {
+        self.provenance
+            .get("attention")
+            .and_then(|v| v.as_str())
+            .unwrap_or("onnx")
+    }
+}

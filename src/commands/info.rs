@@ -121,6 +121,7 @@ fn bundle_summary_json(bundle: &Bundle) -> serde_json::Value {
         "prompt": m.prompt.text,
         "defaults": m.defaults,
         "scaling_factor": m.scaling_factor,
+        "graph_forms": {"group_norm": m.group_norm_form(), "attention": m.attention_form()},
         "provenance": m.provenance,
     })
 }
@@ -134,6 +135,11 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
         m.format_version,
         m.precision,
         bundle.total_bytes() as f64 / 1e6
+    ))?;
+    print_line(format_args!(
+        "  graph forms: GroupNorm {}, attention {}",
+        m.group_norm_form(),
+        m.attention_form()
     ))?;
     for (name, component) in &m.components {
         let ports = |ports: &[tadsr_edge::bundle::PortSpec]| {
