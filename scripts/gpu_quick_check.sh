@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A short re-check on a lent GPU box (about 3 minutes, against gpu_check.sh's 7): the probe,
+# A short re-check on a lent GPU box (about 5 minutes, against gpu_check.sh's 8-9): the probe,
 # the golden cases of models/tiny on CUDA, an sd21 fp16 export and its 512 untiled and
 # 2048 --tile 512 benches, each with today's defaults and with --static-shapes off (512 also
 # with --cuda-option prefer_nhwc=1, both with --cuda-graph), and an export in the GPU forms
@@ -35,4 +35,6 @@ echo "--- 512 untiled, GPU-form bundle, --cuda-graph"; bi --size 512 --tile 0 --
 echo "--- 2048 tile 512"; b --size 2048 --tile 512 --runs 2 --warmup 1
 echo "--- 2048 tile 512, --static-shapes off"; b --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
 echo "--- 2048 tile 512, --cuda-graph"; b --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
+echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
+timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; python3 -c "import json; r=json.load(open('$OUT/torch_fp16_512.json')); print('PyTorch fp16 512 median ms', r['results']['fp16']['pipeline_ms']['median'])"
 date +%T
