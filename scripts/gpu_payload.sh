@@ -12,7 +12,8 @@
 #                                  compiled/pure dependencies the device image does not hold)
 #   .device/tiny-fp16/             an fp16 export of models/tiny (seed 0)
 #
-# A device call carries at most 64 MiB with the work tree (~15 MiB), so the pieces travel one
+# A device call carries at most 64 MiB with the work tree (50 MiB with the committed demo bundle
+# models/nano; ~15 MiB without it: scripts/gpu_lean_tree.sh on|off around the calls), so the pieces travel one
 # per call: calls 1..N-1 carry .device/chunkK and run `bash scripts/gpu_reassemble.sh`; the last
 # call carries the smallest piece (chunkN) with .device/payload, .device/whl and .device/tiny-fp16
 # and runs `bash scripts/gpu_check.sh` (which reassembles first). The plan is printed at the end.
@@ -171,4 +172,12 @@ for ((k = 1; k < n; k++)); do
 done
 echo "  $n. carry [\".device/chunk$n\", \".device/payload\", \".device/whl\", \".device/tiny-fp16\"]" \
   " command: bash scripts/gpu_check.sh   ($(mib "$last_bytes") with the work tree)"
-(( last_bytes < 64 * 1048576 )) || echo "warning: the last call is over 64 MiB" >&2
+largest_chunk=$(for d in .device/chunk[0-9]*; do dir_bytes "$d"; done | sort -n | tail -1)
+over=0
+(( tree_bytes + largest_chunk < 64 * 1048576 )) || { echo "warning: a chunk call is over 64 MiB" >&2; over=1; }
+(( last_bytes < 64 * 1048576 )) || { echo "warning: the last call is over 64 MiB" >&2; over=1; }
+if (( over )); then
+  echo "the work tree ($(mib "$tree_bytes")) leaves too little room: around the device calls run" >&2
+  echo "  bash scripts/gpu_lean_tree.sh on   (a temporary branch without models/nano, ~15 MiB)" >&2
+  echo "  bash scripts/gpu_lean_tree.sh off  (after the last call)" >&2
+fi
