@@ -279,7 +279,7 @@ pub(super) fn open_stage(
         } else {
             config.tensorrt.clone()
         };
-        let fixed_px = fixed_shape_for(component, provider, config).filter(|_| pin_shape);
+        let mut fixed_px = fixed_shape_for(component, provider, config).filter(|_| pin_shape);
         // a --tile-batch group may end with fewer tiles: the batch stays free
         let batch = (config.tile_batch <= 1).then_some(1);
         let fixed_dims = fixed_px.map_or_else(Vec::new, |px| {
@@ -313,11 +313,24 @@ pub(super) fn open_stage(
             .then(|| announce_engine_build(component, &options.tensorrt, config.notify));
         announce_graph_caching(runtime, path, component, &options, config.notify);
         let mut opened = runtime.session(path, &options);
-        if let (true, Err(error)) = (options.cuda_graph, &opened) {
+        // a broken graph file fails alike in every setting: no retries then
+        let retry = |opened: &Result<crate::runtime::ModelSession>| matches!(opened, Err(error) if !matches!(error, Error::Model { .. }));
+        if let (true, true, Err(error)) = (options.cuda_graph, retry(&opened), &opened) {
             (config.notify)(&format!(
                 "{component}: CUDA graphs refused ({error}); opening it without them"
             ));
             options.cuda_graph = false;
+            opened = runtime.session(path, &options);
+        }
+        if let (false, true, Err(error)) = (options.fixed_dims.is_empty(), retry(&opened), &opened)
+        {
+            // never worse than before --static-shapes: free dimensions again
+            (config.notify)(&format!(
+                "{component}: could not be opened for one shape ({error}); opening it for any shape"
+            ));
+            options.fixed_dims.clear();
+            options.device_io = None;
+            fixed_px = None;
             opened = runtime.session(path, &options);
         }
         if let (Some(Some(start)), Ok(_)) = (engine_build, &opened) {
