@@ -3,11 +3,14 @@
 //! stay the same over many runs (the prompt embedding, the timestep) are
 //! set once as constants: on a GPU provider they are bound with ONNX
 //! Runtime's I/O binding, which copies them to the device once, not per tile.
-//! A group of tile runs can go as one batched run ([`super::batch`]).
+//! A group of tile runs can go as one batched run ([`super::batch`]). For
+//! CUDA graphs every input and output lives in device memory at a fixed
+//! address ([`super::device_io`]).
 //!
-//! Over 500 lines: one type's three run paths (plain, I/O-bound, batched)
-//! share its private state (session, constants, binding, run options);
-//! the pure batch arithmetic lives in `batch.rs`.
+//! Over 500 lines: one type's four run paths (plain, I/O-bound, device
+//! memory, batched) share its private state (session, constants, binding,
+//! run options); the pure batch arithmetic lives in `batch.rs`, the device
+//! tensors in `device_io.rs`.
 
 use std::borrow::Cow;
 use std::path::{Path, PathBuf};
