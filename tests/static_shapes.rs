@@ -84,9 +84,14 @@ fn fixed_tiles_run_through_graphs_pinned_to_the_tile() {
                 .zip(reference.iter())
                 .map(|(a, b)| (a - b).abs())
                 .fold(0.0f32, f32::max);
-            // the same arithmetic; kernels chosen for a known shape may sum in
-            // another order: fp32 rounding, far below 1/255
-            assert!(worst <= 1e-5, "{name} ({label}): {worst:e}");
+            // the same arithmetic; ONNX Runtime optimizes a graph of known
+            // shapes differently (folded shape nodes, other fusions), so sums
+            // run in another order: measured up to 6.2e-6 here (AVX-512,
+            // 2026-11-28). The golden bound, 1e-4 (1/39 of an 8-bit level),
+            // leaves room for AVX2 kernels; a wrong pad, crop or shape is
+            // off by tenths.
+            eprintln!("{name} ({label}): max difference {worst:e}");
+            assert!(worst <= 1e-4, "{name} ({label}): {worst:e}");
         }
         for (component, shape) in pinned.fixed_shapes() {
             assert_eq!(shape, tile, "{name}: {component} still pinned");
