@@ -95,6 +95,18 @@ fn reference_chw(case: &GoldenCase) -> (Vec<f32>, (usize, usize)) {
     (chw, (shape[0], shape[1]))
 }
 
+/// The case's input as Pillow upscaled it (the golden file): the model
+/// input and the color-fix source.
+fn pillow_upscaled(case: &GoldenCase) -> (ndarray::Array4<f32>, ndarray::Array3<f32>) {
+    let upscaled = image::open(golden_dir().join(&case.upscaled))
+        .unwrap()
+        .to_rgb8();
+    (
+        tensor::rgb8_to_model_input(&upscaled),
+        tensor::rgb8_to_unit_planes(&upscaled),
+    )
+}
+
 /// Runs the model part on image U (`model_input`, `source`) and checks it
 /// against the case's reference; returns the largest absolute error.
 fn check_against_reference(
@@ -139,11 +151,7 @@ fn model_part_matches_pytorch_on_pillows_upscaled_image() {
     let mut pipeline = cpu_pipeline();
     let mut worst = 0.0f32;
     for case in cases() {
-        let upscaled = image::open(golden_dir().join(&case.upscaled))
-            .unwrap()
-            .to_rgb8();
-        let model_input = tensor::rgb8_to_model_input(&upscaled);
-        let source = tensor::rgb8_to_unit_planes(&upscaled);
+        let (model_input, source) = pillow_upscaled(&case);
         let error =
             check_against_reference(&mut pipeline, &case, &model_input, &source, "model part");
         worst = worst.max(error);
@@ -181,11 +189,7 @@ fn constants_held_in_an_io_binding_give_the_same_result() {
     let mut pipeline = Pipeline::load(&config).expect("models/tiny loads");
     // every timestep, so rebinding a changed constant is exercised too
     for case in cases() {
-        let upscaled = image::open(golden_dir().join(&case.upscaled))
-            .unwrap()
-            .to_rgb8();
-        let model_input = tensor::rgb8_to_model_input(&upscaled);
-        let source = tensor::rgb8_to_unit_planes(&upscaled);
+        let (model_input, source) = pillow_upscaled(&case);
         check_against_reference(&mut pipeline, &case, &model_input, &source, "I/O binding");
     }
 }
@@ -247,11 +251,7 @@ fn graphs_opened_for_one_shape(device_io: bool) {
     let mut ordered = cases();
     ordered.sort_by_key(|case| !case.name.starts_with("wide"));
     for case in ordered {
-        let upscaled = image::open(golden_dir().join(&case.upscaled))
-            .unwrap()
-            .to_rgb8();
-        let model_input = tensor::rgb8_to_model_input(&upscaled);
-        let source = tensor::rgb8_to_unit_planes(&upscaled);
+        let (model_input, source) = pillow_upscaled(&case);
         check_against_reference(&mut pipeline, &case, &model_input, &source, "static shapes");
         if case.name.starts_with("wide") {
             ran.0 += 1;
@@ -307,11 +307,7 @@ fn our_resize_equals_pillow_on_the_golden_inputs() {
 fn the_timestep_changes_the_output() {
     let mut pipeline = cpu_pipeline();
     let case = &cases()[0];
-    let upscaled = image::open(golden_dir().join(&case.upscaled))
-        .unwrap()
-        .to_rgb8();
-    let model_input = tensor::rgb8_to_model_input(&upscaled);
-    let source = tensor::rgb8_to_unit_planes(&upscaled);
+    let (model_input, source) = pillow_upscaled(case);
     let options = options_for(case);
     let (at_100, _) = pipeline
         .upscale_tensor(&model_input, &source, 100, &options, &NoProgress)
@@ -327,11 +323,7 @@ fn the_timestep_changes_the_output() {
 fn a_seed_samples_reproducibly_and_differs_from_the_mean() {
     let mut pipeline = cpu_pipeline();
     let case = &cases()[0];
-    let upscaled = image::open(golden_dir().join(&case.upscaled))
-        .unwrap()
-        .to_rgb8();
-    let model_input = tensor::rgb8_to_model_input(&upscaled);
-    let source = tensor::rgb8_to_unit_planes(&upscaled);
+    let (model_input, source) = pillow_upscaled(case);
     let mean = options_for(case);
     let seeded = RunOptions {
         seed: Some(7),
