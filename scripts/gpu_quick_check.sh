@@ -16,7 +16,7 @@ bash scripts/gpu_reassemble.sh >/dev/null || { echo reassemble failed; exit 1; }
 export ORT_DYLIB_PATH=/tmp/ortpayload/onnxruntime/capi/libonnxruntime.so.1.31.1
 BIN=.device/payload/tadsr-edge
 date +%T
-timeout 30 "$BIN" info > "$OUT/info.txt" 2>&1; head -4 "$OUT/info.txt"
+timeout 30 "$BIN" info > "$OUT/info.txt" 2>&1; head -8 "$OUT/info.txt"
 timeout 60 "$BIN" golden --model models/tiny --provider cuda --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda.json')); print('worst', r['worst_max_abs_error'], 'passed', r['passed'])"
 timeout 60 "$BIN" run examples/coffee.png -o "$OUT/tiny-free.png" --model models/tiny --provider cuda --tile 0 --static-shapes off --json >>"$OUT/tiny-modes.jsonl" 2>>"$OUT/tiny-modes.err"; echo "tiny free graphs rc=$?"
 timeout 60 "$BIN" run examples/coffee.png -o "$OUT/tiny-cuda-graph.png" --model models/tiny --provider cuda --tile 0 --cuda-graph --json >>"$OUT/tiny-modes.jsonl" 2>>"$OUT/tiny-modes.err"; echo "tiny cuda graph rc=$?"

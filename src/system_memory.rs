@@ -91,14 +91,38 @@ pub fn host_budget() -> Option<Budget> {
     })
 }
 
-/// A discrete GPU of `total_bytes`: [`DEVICE_SHARE`] of it.
-pub fn device_budget(total_bytes: u64, device: &str) -> Budget {
+/// Kept back out of a GPU's free memory: a tenth of it, at least this (this
+/// process's CUDA context, cuDNN and cuBLAS workspaces, which do not exist
+/// yet when the budget is read).
+pub const DEVICE_MARGIN_MIN_BYTES: u64 = 1 << 30;
+
+/// A discrete GPU of `total_bytes`: [`DEVICE_SHARE`] of it, or less when
+/// other processes hold memory: then what is free (`free_bytes`, with this
+/// process's own weights already on the device added back) less a margin.
+pub fn device_budget(total_bytes: u64, free_bytes: Option<u64>, device: &str) -> Budget {
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    let share = (total_bytes as f64 * DEVICE_SHARE) as u64;
+    if let Some(free) = free_bytes {
+        let margin = (free / 10).max(DEVICE_MARGIN_MIN_BYTES);
+        let room = free.saturating_sub(margin);
+        if room < share {
+            return Budget {
+                bytes: room,
+                source: format!(
+                    "{device}'s free memory {:.1} GiB of {:.1} GiB (other processes hold the rest) less a margin of {:.1} GiB",
+                    gib(free),
+                    gib(total_bytes),
+                    gib(margin)
+                ),
+            };
+        }
+    }
     Budget {
-        bytes: (total_bytes as f64 * DEVICE_SHARE) as u64,
+        bytes: share,
         source: format!(
             "{:.0}% of {device}'s {:.1} GiB",
             DEVICE_SHARE * 100.0,
-            total_bytes as f64 / f64::from(1u32 << 30)
+            gib(total_bytes)
         ),
     }
 }
@@ -114,6 +138,22 @@ pub fn given_budget(bytes: u64) -> Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gpu_budget_is_a_share_of_it_unless_others_hold_memory() {
+        let gib = 1u64 << 30;
+        let idle = device_budget(80 * gib, Some(79 * gib), "H100");
+        assert_eq!(idle.bytes, 64 * gib);
+        assert!(idle.source.starts_with("80% of H100's 80.0 GiB"), "{}", idle.source);
+        assert_eq!(device_budget(80 * gib, None, "H100").bytes, 64 * gib);
+        // another process holds 50 GiB: 30 free less 3 (a tenth)
+        let shared = device_budget(80 * gib, Some(30 * gib), "H100");
+        assert_eq!(shared.bytes, 27 * gib);
+        assert!(shared.source.contains("free memory 30.0 GiB of 80.0 GiB"), "{}", shared.source);
+        // little free: the margin is at least 1 GiB, and nothing is below 0
+        assert_eq!(device_budget(80 * gib, Some(3 * gib), "H100").bytes, 2 * gib);
+        assert_eq!(device_budget(80 * gib, Some(gib / 2), "H100").bytes, 0);
+    }
 
     #[test]
     fn sizes_parse_with_binary_units() {

@@ -92,6 +92,11 @@ impl CostModel {
         })
     }
 
+    /// The main graphs' weights (what loading puts on the device).
+    pub fn weights_bytes(&self) -> u64 {
+        self.weights(false)
+    }
+
     fn weights(&self, staged_tiles: bool) -> u64 {
         self.encoder.weights_bytes
             + self.unet.weights_bytes

@@ -88,9 +88,11 @@ fn print_gpu(device: i32, gpu: &GpuInfo) -> anyhow::Result<()> {
     let field = |value: &Option<String>| value.clone().unwrap_or_else(|| "-".to_string());
     match &gpu.name {
         Some(name) => print_line(format_args!(
-            "GPU {device}: {name}, compute capability {}, {} MiB",
+            "GPU {device}: {name}, compute capability {}, {} MiB{}",
             field(&gpu.compute_capability),
-            gpu.memory_mib.map_or("-".to_string(), |m| m.to_string())
+            gpu.memory_mib.map_or("-".to_string(), |m| m.to_string()),
+            gpu.memory_free_mib
+                .map_or(String::new(), |free| format!(" ({free} MiB free)"))
         ))?,
         None => print_line(format_args!("GPU {device}: none found"))?,
     }

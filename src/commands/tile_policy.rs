@@ -24,6 +24,10 @@ pub struct TilePolicy {
     /// TensorRT engines are built for one tile: the decision for the run's
     /// largest image, kept for every image.
     pinned: Option<TileDecision>,
+    /// The budget was read from the GPU (before loading, with
+    /// `--provider cuda`): kept for the run, so the tile the graphs were
+    /// opened for stays the tile used.
+    device_budget_read: bool,
 }
 
 impl TilePolicy {
@@ -58,6 +62,7 @@ impl TilePolicy {
             given_budget: max_memory.is_some(),
             tiling,
             pinned: None,
+            device_budget_read: false,
         }
     }
 
@@ -85,20 +90,30 @@ impl TilePolicy {
     pub fn assume_device_budget(&mut self, device: u32) {
         if !self.given_budget {
             self.keep_stage_memory();
-            self.use_device_budget(device);
+            self.use_device_budget(device, 0);
         }
     }
 
     /// The budget from discrete GPU `device`'s memory (a Jetson's GPU
-    /// shares the host's memory, which the host budget already is).
-    fn use_device_budget(&mut self, device: u32) {
+    /// shares the host's memory, which the host budget already is): a share
+    /// of it, less when other processes hold memory. `loaded_bytes`: this
+    /// run's weights already on the device (after loading), added back to
+    /// what is free.
+    fn use_device_budget(&mut self, device: u32, loaded_bytes: u64) {
+        if self.device_budget_read {
+            return;
+        }
         let gpu = gpu_info::gpu_info(device as i32);
         if gpu.tegra_release.is_some() {
             return;
         }
         if let Some(mib) = gpu.memory_mib {
             let name = gpu.name.unwrap_or_else(|| format!("GPU {device}"));
-            self.budget = system_memory::device_budget(mib << 20, &name);
+            let free = gpu
+                .memory_free_mib
+                .map(|free_mib| ((free_mib << 20) + loaded_bytes).min(mib << 20));
+            self.budget = system_memory::device_budget(mib << 20, free, &name);
+            self.device_budget_read = true;
         }
     }
 
@@ -153,6 +168,8 @@ impl TilePolicy {
         if self.given_budget || stages.iter().all(|p| *p == Provider::Cpu) {
             return;
         }
-        self.use_device_budget(device);
+        // the weights just loaded are no longer free, but they are ours
+        let loaded = self.cost.as_ref().map_or(0, CostModel::weights_bytes);
+        self.use_device_budget(device, loaded);
     }
 }

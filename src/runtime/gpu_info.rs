@@ -1,9 +1,11 @@
-//! What the GPU and its libraries are: name, compute capability, driver and
-//! library versions, read through the CUDA driver API (`libcuda.so.1`) and
-//! the libraries' own version calls. Nothing here needs a GPU to compile;
+//! What the GPU and its libraries are: name, compute capability, memory,
+//! driver and library versions, read through the CUDA driver API
+//! (`libcuda.so.1`), the driver's NVML (`libnvidia-ml.so.1`, for the memory
+//! other processes leave free, without creating a CUDA context) and the
+//! libraries' own version calls. Nothing here needs a GPU to compile;
 //! without one every field is `None`.
 
-use std::ffi::{c_char, c_int, c_uint};
+use std::ffi::{c_char, c_int, c_uint, c_void};
 
 use serde::Serialize;
 
@@ -14,6 +16,13 @@ pub struct GpuInfo {
     /// e.g. `9.0` for Hopper, `8.7` for Jetson Orin.
     pub compute_capability: Option<String>,
     pub memory_mib: Option<u64>,
+    /// Memory no process holds now (NVML), when NVML's device is the same
+    /// size as the CUDA device (not on a MIG slice, whose parent NVML
+    /// would report).
+    pub memory_free_mib: Option<u64>,
+    /// `0000:3B:00.0`: how NVML finds the device CUDA numbers `device`
+    /// (the two count GPUs in different orders).
+    pub pci_bus_id: Option<String>,
     /// The kernel driver's version (`/proc/driver/nvidia/version`).
     pub driver: Option<String>,
     /// The newest CUDA the driver supports, e.g. `13.0`.
@@ -83,6 +92,10 @@ pub fn gpu_info(device: i32) -> GpuInfo {
     if let Some(driver) = open("libcuda.so.1") {
         read_driver_api(&driver, device, &mut info);
     }
+    if let (Some(bus_id), Some(total_mib)) = (&info.pci_bus_id, info.memory_mib) {
+        info.memory_free_mib = nvml_memory(bus_id)
+            .and_then(|memory| free_mib_of_same_device(memory, total_mib << 20));
+    }
     if let Some(cudart) = open("libcudart.so.13") {
         type RuntimeGetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
         if let Some(get) = symbol::<RuntimeGetVersion>(&cudart, b"cudaRuntimeGetVersion\0") {
@@ -117,6 +130,7 @@ fn read_driver_api(driver: &libloading::Library, device: i32, info: &mut GpuInfo
     type DeviceGetName = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> CuResult;
     type DeviceGetAttribute = unsafe extern "C" fn(*mut c_int, c_int, c_int) -> CuResult;
     type DeviceTotalMem = unsafe extern "C" fn(*mut usize, c_int) -> CuResult;
+    type DeviceGetPciBusId = unsafe extern "C" fn(*mut c_char, c_int, c_int) -> CuResult;
     const COMPUTE_CAPABILITY_MAJOR: c_int = 75;
     const COMPUTE_CAPABILITY_MINOR: c_int = 76;
 
@@ -161,7 +175,65 @@ fn read_driver_api(driver: &libloading::Library, device: i32, info: &mut GpuInfo
                 info.memory_mib = Some((bytes >> 20) as u64);
             }
         }
+        if let Some(bus_id) = symbol::<DeviceGetPciBusId>(driver, b"cuDeviceGetPCIBusId\0") {
+            let mut buffer = [0 as c_char; 64];
+            if bus_id(buffer.as_mut_ptr(), buffer.len() as c_int, handle) == 0 {
+                let text = std::ffi::CStr::from_ptr(buffer.as_ptr());
+                info.pci_bus_id = Some(text.to_string_lossy().into_owned());
+            }
+        }
     }
+}
+
+/// NVML's `nvmlMemory_t`: bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct NvmlMemory {
+    pub total: u64,
+    pub free: u64,
+    pub used: u64,
+}
+
+/// The memory of the GPU at PCI address `bus_id`, through NVML (no CUDA
+/// context is created, so nothing is allocated on the device).
+fn nvml_memory(bus_id: &str) -> Option<NvmlMemory> {
+    type NvmlReturn = c_int;
+    type Init = unsafe extern "C" fn() -> NvmlReturn;
+    type Shutdown = unsafe extern "C" fn() -> NvmlReturn;
+    type HandleByBusId = unsafe extern "C" fn(*const c_char, *mut *mut c_void) -> NvmlReturn;
+    type MemoryInfo = unsafe extern "C" fn(*mut c_void, *mut NvmlMemory) -> NvmlReturn;
+    let nvml = open("libnvidia-ml.so.1")?;
+    let init = symbol::<Init>(&nvml, b"nvmlInit_v2\0")?;
+    let shutdown = symbol::<Shutdown>(&nvml, b"nvmlShutdown\0")?;
+    let by_bus_id = symbol::<HandleByBusId>(&nvml, b"nvmlDeviceGetHandleByPciBusId_v2\0")?;
+    let memory_info = symbol::<MemoryInfo>(&nvml, b"nvmlDeviceGetMemoryInfo\0")?;
+    let bus_id = std::ffi::CString::new(bus_id).ok()?;
+    // SAFETY: NVML as documented: init, a handle for a NUL-terminated bus
+    // id, one struct written, shutdown after a successful init.
+    unsafe {
+        if init() != 0 {
+            return None;
+        }
+        let mut device: *mut c_void = std::ptr::null_mut();
+        let mut memory = NvmlMemory::default();
+        let read = by_bus_id(bus_id.as_ptr(), &mut device) == 0
+            && memory_info(device, &mut memory) == 0;
+        shutdown();
+        read.then_some(memory)
+    }
+}
+
+/// NVML's free memory in MiB, when NVML's device is the one CUDA sees: its
+/// total within 5% of CUDA's (a MIG slice is a fraction of the GPU NVML
+/// reports on) and its free no larger than its total.
+pub fn free_mib_of_same_device(nvml: NvmlMemory, cuda_total_bytes: u64) -> Option<u64> {
+    let (smaller, larger) = if nvml.total < cuda_total_bytes {
+        (nvml.total, cuda_total_bytes)
+    } else {
+        (cuda_total_bytes, nvml.total)
+    };
+    let same_size = larger > 0 && (larger - smaller) as f64 <= 0.05 * larger as f64;
+    (same_size && nvml.free <= nvml.total).then_some(nvml.free >> 20)
 }
 
 /// `580.159.04` from `/proc/driver/nvidia/version`'s first line.
@@ -205,6 +277,36 @@ mod tests {
     }
 
     #[test]
+    fn free_memory_counts_only_when_nvml_sees_the_cuda_device() {
+        let gib = 1u64 << 30;
+        let h100 = |free| NvmlMemory {
+            total: 80 * gib,
+            free,
+            used: 80 * gib - free,
+        };
+        // CUDA reports a little less than NVML on the same board
+        assert_eq!(
+            free_mib_of_same_device(h100(30 * gib), 79 * gib),
+            Some(30 * 1024)
+        );
+        // a 1g.10gb MIG slice: NVML's figures are the whole GPU's
+        assert_eq!(free_mib_of_same_device(h100(30 * gib), 10 * gib), None);
+        // nonsense from the library
+        assert_eq!(
+            free_mib_of_same_device(
+                NvmlMemory {
+                    total: gib,
+                    free: 2 * gib,
+                    used: 0
+                },
+                gib
+            ),
+            None
+        );
+        assert_eq!(free_mib_of_same_device(NvmlMemory::default(), 0), None);
+    }
+
+    #[test]
     fn sm_name_comes_from_the_compute_capability() {
         let info = GpuInfo {
             compute_capability: Some("8.7".into()),
@@ -219,6 +321,7 @@ mod tests {
         if open("libcuda.so.1").is_none() {
             let info = gpu_info(0);
             assert!(info.name.is_none() && info.compute_capability.is_none());
+            assert!(info.memory_free_mib.is_none() && info.pci_bus_id.is_none());
         }
     }
 }
