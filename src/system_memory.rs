@@ -144,14 +144,25 @@ mod tests {
         let gib = 1u64 << 30;
         let idle = device_budget(80 * gib, Some(79 * gib), "H100");
         assert_eq!(idle.bytes, 64 * gib);
-        assert!(idle.source.starts_with("80% of H100's 80.0 GiB"), "{}", idle.source);
+        assert!(
+            idle.source.starts_with("80% of H100's 80.0 GiB"),
+            "{}",
+            idle.source
+        );
         assert_eq!(device_budget(80 * gib, None, "H100").bytes, 64 * gib);
         // another process holds 50 GiB: 30 free less 3 (a tenth)
         let shared = device_budget(80 * gib, Some(30 * gib), "H100");
         assert_eq!(shared.bytes, 27 * gib);
-        assert!(shared.source.contains("free memory 30.0 GiB of 80.0 GiB"), "{}", shared.source);
+        assert!(
+            shared.source.contains("free memory 30.0 GiB of 80.0 GiB"),
+            "{}",
+            shared.source
+        );
         // little free: the margin is at least 1 GiB, and nothing is below 0
-        assert_eq!(device_budget(80 * gib, Some(3 * gib), "H100").bytes, 2 * gib);
+        assert_eq!(
+            device_budget(80 * gib, Some(3 * gib), "H100").bytes,
+            2 * gib
+        );
         assert_eq!(device_budget(80 * gib, Some(gib / 2), "H100").bytes, 0);
     }
 

@@ -93,8 +93,8 @@ pub fn gpu_info(device: i32) -> GpuInfo {
         read_driver_api(&driver, device, &mut info);
     }
     if let (Some(bus_id), Some(total_mib)) = (&info.pci_bus_id, info.memory_mib) {
-        info.memory_free_mib = nvml_memory(bus_id)
-            .and_then(|memory| free_mib_of_same_device(memory, total_mib << 20));
+        info.memory_free_mib =
+            nvml_memory(bus_id).and_then(|memory| free_mib_of_same_device(memory, total_mib << 20));
     }
     if let Some(cudart) = open("libcudart.so.13") {
         type RuntimeGetVersion = unsafe extern "C" fn(*mut c_int) -> c_int;
@@ -216,8 +216,8 @@ fn nvml_memory(bus_id: &str) -> Option<NvmlMemory> {
         }
         let mut device: *mut c_void = std::ptr::null_mut();
         let mut memory = NvmlMemory::default();
-        let read = by_bus_id(bus_id.as_ptr(), &mut device) == 0
-            && memory_info(device, &mut memory) == 0;
+        let read =
+            by_bus_id(bus_id.as_ptr(), &mut device) == 0 && memory_info(device, &mut memory) == 0;
         shutdown();
         read.then_some(memory)
     }
