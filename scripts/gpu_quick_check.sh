@@ -2,7 +2,8 @@
 # A short re-check on a lent GPU box (about 5 minutes, against gpu_check.sh's 8-9): the probe,
 # the golden cases of models/tiny on CUDA, an sd21 fp16 export and its 512 untiled and
 # 2048 --tile 512 benches, each with today's defaults and with --static-shapes off (512 also
-# with --cuda-option prefer_nhwc=1, both with --cuda-graph), and an export in the GPU forms
+# with --cuda-option prefer_nhwc=1, both with --cuda-graph; a per-node profile of the default at 512,
+# summarized by scripts/ort_profile_summary.py), and an export in the GPU forms
 # (--group-norm instance --attention fused) at 512. Needs what scripts/gpu_payload.sh prepares (the last call carries
 # .device/chunk5, .device/payload and .device/whl after the other chunks). Writes each
 # result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
@@ -25,6 +26,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
 b() { timeout 90 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'static', r.get('static_shapes',{}).get('unet'), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
 echo "--- 512 untiled (defaults: static shapes on)"; b --size 512 --tile 0 --runs 10 --warmup 3
+echo "--- 512 untiled, defaults, ONNX Runtime's per-node profile (3 runs; where the time goes, nodes left on the CPU)"
+rm -rf /tmp/prof-512 && mkdir -p /tmp/prof-512
+TADSR_EDGE_ORT_PROFILE=/tmp/prof-512 timeout 90 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --size 512 --tile 0 --runs 3 --warmup 1 --input examples/coffee.png >/dev/null 2>>"$OUT/bench.err"
+python3 scripts/ort_profile_summary.py /tmp/prof-512 --top 8 > "$OUT/profile-512.txt" 2>&1; grep '^==\|on the CPU' "$OUT/profile-512.txt"
 echo "--- 512 untiled, --static-shapes off"; b --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
 echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
 echo "--- 512 untiled, --cuda-graph"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
