@@ -12,7 +12,7 @@ manifest says ``"precision": "int8-qdq"`` and ``"quantization": {...}``.
 
 Measured (see the report in the issue): on the AVX-512 VNNI CPU the int8 Conv
 decoder runs in about 0.4x the fp32 time, but with 8-bit activations the output
-of these random-weight models is only about 27-29 dB PSNR against fp32 (the
+of these random-weight models is only about 23-26 dB PSNR against fp32 (sd21; the
 activation rounding adds up over ~35 convs). Use it for speed experiments, and
 check the quality of a real checkpoint with ``--report`` before relying on it.
 """
