@@ -346,9 +346,9 @@ pub struct RunArgs {
     /// Memory a run may plan for with --tile auto, e.g. 6G or 800M [default: the machine's available memory less 10%, or 80% of the GPU's].
     #[arg(long, value_name = "SIZE", value_parser = parse_max_memory)]
     pub max_memory: Option<u64>,
-    /// Overlap between tiles in output pixels (multiple of 8, at most half the tile).
-    #[arg(long, default_value_t = 64, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
-    pub tile_overlap: u32,
+    /// Overlap between tiles in output pixels (multiple of 8, at most half the tile) [default: 64; for tiles under 128 px half the tile, rounded down to a multiple of 8].
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
+    pub tile_overlap: Option<u32>,
     /// staged: encoder, UNet and decoder all tiled (bounded memory); latent: only the UNet, as the authors do.
     #[arg(long, value_enum, default_value_t = TilingArg::Staged)]
     pub tiling: TilingArg,
@@ -435,9 +435,9 @@ pub struct BenchArgs {
     /// Tile side in output pixels (0 = no tiling), or auto: what `run` would choose for this size (the machine's free memory, or the GPU's; a server: 8 GiB).
     #[arg(long, default_value = "512", value_name = "auto|PX", value_parser = parse_tile)]
     pub tile: TileArg,
-    /// Overlap between tiles in output pixels.
-    #[arg(long, default_value_t = 64, value_name = "PX")]
-    pub tile_overlap: u32,
+    /// Overlap between tiles in output pixels [default: 64; for tiles under 128 px half the tile, rounded down to a multiple of 8].
+    #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
+    pub tile_overlap: Option<u32>,
     /// Measured runs.
     #[arg(long, default_value_t = 10)]
     pub runs: usize,

@@ -74,6 +74,52 @@ fn one_file_to_one_file_with_the_right_size() {
     assert_eq!(result.color(), image::ColorType::Rgb8);
 }
 
+/// `--tile 64` alone works: the default overlap (64) would be more than
+/// half the tile, so it becomes 32, exactly what `--tile-overlap 32` gives;
+/// an overlap given too large stays a usage error.
+#[test]
+fn small_tiles_take_an_overlap_that_fits_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    small_rgb().save(&input).unwrap();
+    let run_tiled = |name: &str, extra: &[&str]| {
+        let output = dir.path().join(name);
+        let mut args = vec![
+            "run",
+            path_str(&input),
+            "-o",
+            path_str(&output),
+            "--process-size",
+            "0",
+            "--tile",
+            "64",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        (tadsr(&args), output)
+    };
+    let (run, default_output) = run_tiled("default.png", &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (run, given_output) = run_tiled("given.png", &["--tile-overlap", "32"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (run, other_output) = run_tiled("other.png", &["--tile-overlap", "16"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let pixels = |path: &Path| image::open(path).unwrap().to_rgb8().into_raw();
+    assert_eq!(pixels(&default_output), pixels(&given_output));
+    assert_ne!(
+        pixels(&default_output),
+        pixels(&other_output),
+        "the overlap changes the blend, so equality above says 32 was used"
+    );
+    let (run, _) = run_tiled("too-wide.png", &["--tile-overlap", "64"]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("at most half the tile"),
+        "{}",
+        stderr(&run)
+    );
+}
+
 #[test]
 fn a_folder_of_one_size_opens_the_graphs_for_it_and_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,8 @@ use tadsr_edge::image::io::InputImage;
 use tadsr_edge::image::resample::{self, ResampleFilter};
 use tadsr_edge::image::write;
 use tadsr_edge::pipeline::{
-    NoProgress, Pipeline, PipelineConfig, RunOptions, ShapeHint, SpentIn, StageTimings, TilingMode,
+    default_tile_overlap, NoProgress, Pipeline, PipelineConfig, RunOptions, ShapeHint, SpentIn,
+    StageTimings, TilingMode,
 };
 use tadsr_edge::stats::{self, Summary};
 
@@ -98,7 +99,9 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     let mut options = RunOptions::from_bundle(pipeline.bundle());
     options.process_size = 0;
     options.tile_px = tile.tile_px;
-    options.tile_overlap_px = args.tile_overlap;
+    options.tile_overlap_px = args
+        .tile_overlap
+        .unwrap_or_else(|| default_tile_overlap(options.tile_px));
     options.tiling = TilingMode::Staged;
     if let Some(timestep) = args.timestep {
         options.timesteps = vec![timestep];

@@ -23,7 +23,8 @@ use tadsr_edge::image::size_plan;
 use tadsr_edge::image::write;
 use tadsr_edge::naming::{self, shown, shown_os, OutputTarget, Verdict};
 use tadsr_edge::pipeline::{
-    ColorFix, Pipeline, PipelineConfig, Progress, RunOptions, ShapeHint, StageProviders, TilingMode,
+    default_tile_overlap, ColorFix, Pipeline, PipelineConfig, Progress, RunOptions, ShapeHint,
+    StageProviders, TilingMode,
 };
 use tadsr_edge::runtime::Provider;
 use tadsr_edge::Error;
@@ -49,7 +50,9 @@ fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
         TileArg::Px(side) => side,
         TileArg::Auto => 0,
     };
-    options.tile_overlap_px = args.tile_overlap;
+    options.tile_overlap_px = args
+        .tile_overlap
+        .unwrap_or_else(|| default_tile_overlap(options.tile_px));
     options.tiling = tiling_mode(args.tiling);
     if let Some(color_fix) = args.color_fix {
         options.color_fix = match color_fix {

@@ -42,7 +42,10 @@ pub use crate::image::colorfix::ColorFix;
 pub use crate::image::postprocess::{finish_image, psnr};
 pub use crate::image::prepare::{prepare, Prepared};
 pub use loading::{noise_schedule, MAX_TRAIN_TIMESTEPS};
-pub use options::{PipelineConfig, ProviderChoice, RunOptions, ShapeHint, TilingMode};
+pub use options::{
+    default_tile_overlap, PipelineConfig, ProviderChoice, RunOptions, ShapeHint, TilingMode,
+    DEFAULT_TILE_OVERLAP_PX,
+};
 pub use stages::{SpentIn, StageTimings};
 pub use static_shapes::StaticShapes;
 

@@ -188,6 +188,20 @@ pub struct RunOptions {
     pub seed: Option<u64>,
 }
 
+/// The tile overlap when `--tile-overlap` is not given (output pixels).
+pub const DEFAULT_TILE_OVERLAP_PX: u32 = 64;
+
+/// The overlap for tiles of `tile_px` when none is given: 64 px, or for
+/// tiles under 128 px half the tile rounded down to a multiple of 8 (the
+/// most [`RunOptions::check`] allows); 0 (untiled, or `--tile auto` before
+/// its choice, always 256 px or more) gives 64.
+pub fn default_tile_overlap(tile_px: u32) -> u32 {
+    if tile_px == 0 {
+        return DEFAULT_TILE_OVERLAP_PX;
+    }
+    (tile_px / 2 / 8 * 8).min(DEFAULT_TILE_OVERLAP_PX)
+}
+
 impl RunOptions {
     /// The bundle's defaults, untiled, posterior mean.
     pub fn from_bundle(bundle: &Bundle) -> RunOptions {
@@ -197,7 +211,7 @@ impl RunOptions {
             upscale: defaults.upscale,
             process_size: defaults.process_size,
             tile_px: 0,
-            tile_overlap_px: 64,
+            tile_overlap_px: DEFAULT_TILE_OVERLAP_PX,
             tiling: TilingMode::Staged,
             color_fix: defaults.color_fix,
             seed: None,
@@ -246,10 +260,27 @@ mod tests {
             upscale: 4,
             process_size: 512,
             tile_px,
-            tile_overlap_px: 64,
+            tile_overlap_px: DEFAULT_TILE_OVERLAP_PX,
             tiling,
             color_fix: ColorFix::Adain,
             seed: None,
+        }
+    }
+
+    #[test]
+    fn the_default_overlap_fits_every_tile_side() {
+        assert_eq!(default_tile_overlap(0), 64);
+        assert_eq!(default_tile_overlap(512), 64);
+        assert_eq!(default_tile_overlap(128), 64);
+        assert_eq!(default_tile_overlap(120), 56);
+        assert_eq!(default_tile_overlap(64), 32);
+        assert_eq!(default_tile_overlap(72), 32);
+        for tile in (64..=16384).step_by(8) {
+            let overlap = default_tile_overlap(tile);
+            assert!(
+                overlap.is_multiple_of(8) && overlap * 2 <= tile,
+                "{tile}: {overlap}"
+            );
         }
     }
 
