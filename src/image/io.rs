@@ -294,13 +294,22 @@ fn decode_stream<R: BufRead + Seek>(
     }
     rewind(&mut reader)?;
     let mut image_reader = ImageReader::with_format(reader, format);
-    image_reader.limits(decoder_limits(limits));
+    // The header is read under the allocation limit alone, so that an
+    // oversized image is refused below with its size named; the side limits
+    // hold again before any pixel is decoded.
+    let mut header_limits = decoder_limits(limits);
+    header_limits.max_image_width = None;
+    header_limits.max_image_height = None;
+    image_reader.limits(header_limits);
     let mut decoder = image_reader
         .into_decoder()
         .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, limits).map_err(fail)?;
     check(width, height).map_err(fail)?;
+    decoder
+        .set_limits(decoder_limits(limits))
+        .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
     let orientation = decoder.orientation().ok();
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| {
         fail(format!(
@@ -399,6 +408,57 @@ mod tests {
                 && (p[1] - 1.0).abs() < 1e-3
                 && (p[2] - 255.0 / 65535.0).abs() < 1e-5
         );
+    }
+
+    /// CRC-32 (IEEE) of a PNG chunk's type and data.
+    fn png_crc(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for &byte in bytes {
+            crc ^= u32::from(byte);
+            for _ in 0..8 {
+                crc = if crc & 1 == 1 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+
+    fn encoded(format: ImageFormat) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgb8(image::RgbImage::new(8, 8))
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
+        bytes
+    }
+
+    /// A header that claims a huge image is refused with its size named,
+    /// before any pixel is decoded.
+    #[test]
+    fn an_oversized_header_is_refused_with_its_size() {
+        // PNG: IHDR's width and height (bytes 16..24), then its CRC again
+        let mut png = encoded(ImageFormat::Png);
+        png[16..20].copy_from_slice(&100_000u32.to_be_bytes());
+        png[20..24].copy_from_slice(&100_000u32.to_be_bytes());
+        let crc = png_crc(&png[12..29]);
+        png[29..33].copy_from_slice(&crc.to_be_bytes());
+        // JPEG: the baseline frame header (FF C0, length, precision, height, width)
+        let mut jpeg = encoded(ImageFormat::Jpeg);
+        let sof = jpeg.windows(2).position(|w| w == [0xff, 0xc0]).unwrap();
+        jpeg[sof + 5..sof + 7].copy_from_slice(&20_000u16.to_be_bytes());
+        jpeg[sof + 7..sof + 9].copy_from_slice(&20_000u16.to_be_bytes());
+        for (bytes, expected) in [
+            (png, "100000x100000 is larger than 16384 pixels per side"),
+            (jpeg, "20000x20000 is larger than 16384 pixels per side"),
+        ] {
+            let error = match decode_bytes(&bytes, &InputLimits::default()) {
+                Ok(_) => panic!("decoded an image whose header is over the limit"),
+                Err(error) => error.to_string(),
+            };
+            assert!(error.contains(expected), "{error}");
+        }
     }
 
     #[test]
