@@ -297,3 +297,22 @@ def test_reference_cli_writes_golden_case(tiny_dir, tmp_path, repo):
         cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert np.abs(np.load(out) - np.load(tiny_dir / "golden" / case["reference"])).max() <= PIPELINE_FP32_TOL
+
+
+def test_the_binary_runs_an_fp16_bundle_close_to_the_fp32_references(fresh_tiny_fp16_bundle, tiny_dir, repo):
+    """tadsr-edge on an fp16 export of tiny (the form GPU runs use): its half-precision inputs and
+    outputs go through the same pipeline on the CPU, and every golden case stays within the fp16 bound
+    the GPU check uses (35 dB PSNR against the fp32 PyTorch references)."""
+    binary = repo / "target" / "release" / "tadsr-edge"
+    if not binary.exists():
+        pytest.skip(f"{binary} is not built (make test builds it first)")
+    proc = subprocess.run(
+        [str(binary), "golden", "--model", str(fresh_tiny_fp16_bundle), "--golden", str(tiny_dir / "golden"),
+         "--provider", "cpu", "--min-psnr", "35", "--json"],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout)
+    assert report["passed"], report
+    psnrs = [case["psnr_db"] for case in report["cases"]]
+    print(f"\nfp16 bundle on the CPU: lowest PSNR {min(psnrs):.1f} dB over {len(psnrs)} cases")
+    assert len(psnrs) == len(_cases(tiny_dir)) and min(psnrs) >= 35
