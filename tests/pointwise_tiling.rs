@@ -7,7 +7,9 @@
 //! moves pixels by whole image values instead.
 //!
 //! The same fixture folder holds decoders whose *graph* disagrees with the
-//! manifest (renamed output, float64 input): loading must refuse them.
+//! manifest (renamed output, float64 input): loading must refuse them, and
+//! the three graphs with float16 ports (pointwise_fp16, as an fp16 bundle's)
+//! for the half-precision input and output paths.
 
 use std::path::{Path, PathBuf};
 
@@ -65,6 +67,32 @@ fn pointwise_bundle(dir: &Path, decoder: &str) -> PathBuf {
         serde_json::to_string_pretty(&manifest).unwrap(),
     )
     .unwrap();
+    dir.to_path_buf()
+}
+
+/// [`pointwise_bundle`] with the float16-port graphs (pointwise_fp16) and
+/// a manifest that says so, as an fp16 export's does.
+fn pointwise_fp16_bundle(dir: &Path) -> PathBuf {
+    pointwise_bundle(dir, "pointwise/vae_decoder.onnx");
+    let graphs = repo().join("tests/fixtures/graphs/pointwise_fp16");
+    let path = dir.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    manifest["precision"] = "fp16".into();
+    for name in ["vae_encoder", "unet", "vae_decoder"] {
+        let file = format!("{name}.onnx");
+        std::fs::copy(graphs.join(&file), dir.join(&file)).unwrap();
+        let component = &mut manifest["components"][name];
+        component["sha256"] = sha256_hex(&dir.join(&file)).into();
+        for ports in ["inputs", "outputs"] {
+            for port in component[ports].as_array_mut().unwrap() {
+                if port["dtype"] == "float32" {
+                    port["dtype"] = "float16".into();
+                }
+            }
+        }
+    }
+    std::fs::write(&path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
     dir.to_path_buf()
 }
 
@@ -164,6 +192,54 @@ fn fixed_gpu_tile_shapes_give_the_untiled_output_on_a_pointwise_graph() {
         &[(200, 136), (424, 328)],
         &[(512, 64), (256, 64), (96, 24)],
     );
+}
+
+/// An fp16 bundle's half-precision ports, through plain sessions and
+/// through graphs pinned to the image's shape with every input and output
+/// held at fixed addresses (what `--cuda-graph` runs on CUDA; host memory
+/// here): the same output, and the fp32 graphs' output up to float16
+/// rounding of the ports.
+#[test]
+fn float16_ports_give_the_float32_output_in_host_and_fixed_memory() {
+    let (width, height) = (200u32, 136u32);
+    let untiled = options(0, 0, TilingMode::Staged);
+    let fp32_dir = tempfile::tempdir().unwrap();
+    let fp32_bundle = pointwise_bundle(fp32_dir.path(), "pointwise/vae_decoder.onnx");
+    let fp32 = run(&mut load(&fp32_bundle).unwrap(), width, height, &untiled);
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = pointwise_fp16_bundle(dir.path());
+    let plain = run(&mut load(&bundle).unwrap(), width, height, &untiled);
+    let mut config = PipelineConfig::new(&bundle);
+    config.provider = ProviderChoice::Only(Provider::Cpu);
+    config.static_shapes = tadsr_edge::pipeline::StaticShapes::On;
+    config.device_io = Some(true);
+    config.shapes.tile_px = 0;
+    // (height, width), as ShapeHint holds it
+    config.shapes.exact_px = Some((height, width));
+    let mut fixed = Pipeline::load(&config).unwrap();
+    for (component, shape) in fixed.fixed_shapes() {
+        assert_eq!(
+            shape,
+            Some((height as usize, width as usize)),
+            "{component}"
+        );
+    }
+    for (component, on_device) in fixed.io_on_device() {
+        assert!(on_device, "{component}");
+    }
+    // twice: the second run rewrites the tensors bound by the first
+    for _ in 0..2 {
+        assert_eq!(run(&mut fixed, width, height, &untiled), plain);
+    }
+    // image in [0, 1]: three float16 roundings of values below 4 (input,
+    // latents, output) move it by at most a few 2^-11
+    let worst = fp32
+        .iter()
+        .zip(&plain)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    eprintln!("fp16 ports vs fp32 graphs: max abs difference {worst:.2e}");
+    assert!(worst > 0.0 && worst < 8.0 / 2048.0, "{worst}");
 }
 
 #[test]
