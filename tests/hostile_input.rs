@@ -205,6 +205,20 @@ fn thin_images_are_refused_at_once_and_the_batch_goes_on() {
         "peak memory {:.0} MB for three tiny inputs",
         run.peak_mb
     );
+    // The advice works, even for a strip one pixel wide (4 px after the
+    // upscale, processed 8 px wide, written 4 px wide).
+    let strip = out.join("strip.png");
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs.join("a_1x2000.png")),
+        "-o",
+        path_str(&strip),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert_eq!(image::image_dimensions(&strip).unwrap(), (4, 8000));
 }
 
 #[test]

@@ -32,14 +32,6 @@ pub enum PreprocessError {
     UnsupportedChannels(usize),
     #[error("upscale factor must be at least 1")]
     ZeroUpscale,
-    #[error("image {width}x{height} upscaled by {upscale} gives {model_width}x{model_height} after cropping to multiples of 8; at least 8x8 is needed")]
-    TooSmallForModel {
-        width: u32,
-        height: u32,
-        upscale: u32,
-        model_width: u32,
-        model_height: u32,
-    },
     #[error("image size {width}x{height} times {upscale} overflows")]
     SizeOverflow {
         width: u32,

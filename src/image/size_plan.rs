@@ -121,19 +121,7 @@ pub fn plan_sizes(
     let (scaled_from_w, scaled_from_h) = pre_resize.unwrap_or((width, height));
     let upscaled = multiply_size(scaled_from_w, scaled_from_h, upscale)?;
     let output = multiply_size(width, height, upscale)?;
-    let model = (
-        upscaled.0 - upscaled.0 % MODEL_SIDE_MULTIPLE,
-        upscaled.1 - upscaled.1 % MODEL_SIDE_MULTIPLE,
-    );
-    if model.0 == 0 || model.1 == 0 {
-        return Err(PreprocessError::TooSmallForModel {
-            width,
-            height,
-            upscale,
-            model_width: model.0,
-            model_height: model.1,
-        });
-    }
+    let model = (model_side(upscaled.0), model_side(upscaled.1));
     Ok(SizePlan {
         input: (width, height),
         pre_resize,
@@ -141,6 +129,18 @@ pub fn plan_sizes(
         model,
         output,
     })
+}
+
+/// Step 4's side: down to a multiple of 8 (the authors' rule), except that
+/// a side under 8, which the authors' rule would make 0 (a strip one or two
+/// pixels wide with `--process-size 0`), is stretched to 8; the output is
+/// still resized to `upscale` x the input.
+fn model_side(upscaled: u32) -> u32 {
+    if upscaled < MODEL_SIDE_MULTIPLE {
+        MODEL_SIDE_MULTIPLE
+    } else {
+        upscaled - upscaled % MODEL_SIDE_MULTIPLE
+    }
 }
 
 /// Step 2: `scale = (process_size / s) / min(w, h)` and `(int(scale * w), int(scale * h))`,
@@ -326,10 +326,13 @@ mod tests {
             Err(PreprocessError::EmptyImage { .. })
         ));
         assert_eq!(plan_sizes(5, 5, 0, 512), Err(PreprocessError::ZeroUpscale));
-        assert!(matches!(
-            plan_sizes(1, 40, 4, 0),
-            Err(PreprocessError::TooSmallForModel { .. })
-        ));
+        // a side under 8 after the upscale is stretched to 8, not cut to 0
+        let strip = plan_sizes(1, 40, 4, 0).unwrap();
+        assert_eq!(
+            (strip.upscaled, strip.model, strip.output),
+            ((4, 160), (8, 160), (4, 160))
+        );
+        assert_eq!(plan_sizes(1, 1, 1, 0).unwrap().model, (8, 8));
         assert!(matches!(
             plan_sizes(u32::MAX / 2, 40, 4, 0),
             Err(PreprocessError::SizeOverflow { .. })
