@@ -120,6 +120,30 @@ fn small_tiles_take_an_overlap_that_fits_them() {
     );
 }
 
+/// Output folders the run creates are removed again when nothing could be
+/// written into them; a folder that existed stays.
+#[test]
+fn folders_created_for_outputs_that_all_failed_are_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("bad.png");
+    std::fs::write(&input, b"not an image").unwrap();
+    let out = dir.path().join("new").join("deeper");
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        &format!("{}/", path_str(&out)),
+        "-q",
+    ]);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert!(!dir.path().join("new").exists(), "{}", stderr(&run));
+    let existing = dir.path().join("existing");
+    std::fs::create_dir(&existing).unwrap();
+    let run = tadsr(&["run", path_str(&input), "-o", path_str(&existing), "-q"]);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert!(existing.is_dir());
+}
+
 #[test]
 fn a_folder_of_one_size_opens_the_graphs_for_it_and_says_so() {
     let dir = tempfile::tempdir().unwrap();

@@ -419,6 +419,14 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             eprintln!("warning: --device {device} is unused: every stage runs on the CPU");
         }
     }
+    // the folders this run creates, removed again if it writes nothing
+    let created_top = (!folder_exists).then(|| {
+        folder
+            .ancestors()
+            .take_while(|f| !f.as_os_str().is_empty() && !f.exists())
+            .last()
+            .map(Path::to_path_buf)
+    });
     if !folder_exists {
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create the output folder {}", shown(&folder)))?;
@@ -473,6 +481,10 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             }
         });
     }
+    let nothing_written = batch.written.lock().is_ok_and(|w| w.is_empty());
+    if let (true, Some(Some(top))) = (nothing_written, &created_top) {
+        remove_empty_folders(&folder, top);
+    }
     if let Some(error) = batch.fatal.lock().map_or(None, |mut fatal| fatal.take()) {
         // Inputs taken but not finished by the stopped workers count too.
         let started = batch.next_job.load(Ordering::SeqCst).min(jobs.len());
@@ -491,6 +503,16 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     } else {
         Outcome::Done
     })
+}
+
+/// Removes `folder` and its parents up to `top`, each only if empty: the
+/// output folders a run created and wrote nothing into.
+fn remove_empty_folders(folder: &Path, top: &Path) {
+    for dir in folder.ancestors() {
+        if std::fs::remove_dir(dir).is_err() || dir == top {
+            break;
+        }
+    }
 }
 
 /// Why a worker stops taking inputs.

@@ -123,6 +123,7 @@ pub fn check_writable_folder(folder: &Path) -> Result<()> {
     tempfile::Builder::new()
         .prefix(TEMPORARY_PREFIX)
         .suffix(TEMPORARY_SUFFIX)
+        .rand_bytes(8)
         .tempfile_in(folder)
         .map(drop)
         .map_err(|e| {
