@@ -648,6 +648,30 @@ fn non_finite_prompt_embeds_are_refused_at_load() {
     ]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("a character device"), "{}", run.stderr);
+    // a token count the UNet was not exported for: refused at load, not
+    // per image by ONNX Runtime
+    let header = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 10, 32), }";
+    let padded = format!("{header:<117}\n");
+    let mut npy = b"\x93NUMPY\x01\x00".to_vec();
+    npy.extend_from_slice(&(padded.len() as u16).to_le_bytes());
+    npy.extend_from_slice(padded.as_bytes());
+    npy.extend(std::iter::repeat_n(0u8, 10 * 32 * 4));
+    let ten_tokens = dir.path().join("ten.npy");
+    write(&ten_tokens, &npy);
+    let run = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("o.png")),
+        "--prompt-embeds",
+        path_str(&ten_tokens),
+    ]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("takes exactly 77 tokens") && !run.stderr.contains("computing"),
+        "{}",
+        run.stderr
+    );
 }
 
 // ---------------------------------------------------------------------------

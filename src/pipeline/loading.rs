@@ -8,7 +8,7 @@ use super::gpu_plan;
 use super::stages::Stage;
 use super::static_shapes;
 use super::{PipelineConfig, ProviderChoice};
-use crate::bundle::{component, Bundle};
+use crate::bundle::{component, port, Bundle};
 use crate::error::{Error, Result};
 use crate::npy;
 use crate::runtime::{cache_dir, Provider, Runtime, SessionOptions, TensorRtOptions};
@@ -82,6 +82,25 @@ pub(super) fn load_prompt_embeds(
     {
         return Err(fail(format!(
             "shape {shape:?}; the model needs [1, tokens, {}] with 1..4096 tokens",
+            expected[2]
+        )));
+    }
+    // a UNet exported with a fixed token count (77, as the authors' CLIP
+    // pads to) takes only that many
+    let fixed_tokens = bundle
+        .manifest()
+        .components
+        .get(component::UNET)
+        .and_then(|unet| {
+            unet.inputs
+                .iter()
+                .find(|p| p.name == port::ENCODER_HIDDEN_STATES)
+        })
+        .and_then(|port| port.shape.get(1))
+        .and_then(serde_json::Value::as_u64);
+    if let Some(tokens) = fixed_tokens.filter(|&tokens| tokens as usize != shape[1]) {
+        return Err(fail(format!(
+            "shape {shape:?}; this bundle's UNet takes exactly {tokens} tokens: [1, {tokens}, {}]",
             expected[2]
         )));
     }
