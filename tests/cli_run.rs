@@ -144,6 +144,35 @@ fn folders_created_for_outputs_that_all_failed_are_removed() {
     assert!(existing.is_dir());
 }
 
+/// `--cuda-graph` where no graph can run as one (here `auto` finds no
+/// usable GPU) says so instead of silently running without.
+#[test]
+fn a_cuda_graph_asked_for_and_not_applied_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    small_rgb().save(&input).unwrap();
+    let run = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args([
+            "run",
+            path_str(&input),
+            "-o",
+            path_str(&dir.path().join("o.png")),
+        ])
+        .args(["--process-size", "0", "--cuda-graph", "--model"])
+        .arg(repo().join("models/tiny"))
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", stderr(&run));
+    if !stderr(&run).contains("unet on cpu") {
+        return; // a machine where auto found a GPU
+    }
+    assert!(
+        stderr(&run).contains("note: --cuda-graph is not applied"),
+        "{}",
+        stderr(&run)
+    );
+}
+
 #[test]
 fn a_folder_of_one_size_opens_the_graphs_for_it_and_says_so() {
     let dir = tempfile::tempdir().unwrap();

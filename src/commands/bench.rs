@@ -92,6 +92,9 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         args.gpu.device.unwrap_or(0),
         Some(engine_decision),
     );
+    if let Some(line) = super::cuda_graph_note(args.gpu.cuda_graph, &pipeline) {
+        eprintln!("{line}");
+    }
     let tile = tile_policy.for_image(args.size, args.size);
     if tile_policy.is_auto() {
         eprintln!("tiling: {}", tile.describe());

@@ -84,3 +84,18 @@ pub fn provider_choice(arg: ProviderArg) -> ProviderChoice {
         ProviderArg::Tensorrt => ProviderChoice::Only(Provider::TensorRt),
     }
 }
+
+/// A note when `--cuda-graph` was asked for and no graph runs as one (it
+/// needs a graph opened for one shape on the CUDA provider); None
+/// otherwise.
+pub fn cuda_graph_note(
+    requested: bool,
+    pipeline: &tadsr_edge::pipeline::Pipeline,
+) -> Option<String> {
+    let applied = pipeline.cuda_graphs().iter().any(|(_, on)| *on);
+    (requested && !applied).then(|| {
+        "note: --cuda-graph is not applied: it needs the graphs on the CUDA provider opened for one shape \
+         (--provider cuda, --static-shapes auto or on, every input of one size or a fixed --tile, --tile-batch 1)"
+            .to_string()
+    })
+}

@@ -407,6 +407,9 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         if let Some(line) = graph_setup_line(&pipeline) {
             eprintln!("{line}");
         }
+        if let Some(line) = super::cuda_graph_note(args.gpu.cuda_graph, &pipeline) {
+            eprintln!("{line}");
+        }
         if let Some(line) = cpu_precision_note(&pipeline) {
             eprintln!("{line}");
         }

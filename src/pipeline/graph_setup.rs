@@ -95,11 +95,13 @@ impl Pipeline {
     }
 
     /// Errors a failed CUDA graph capture or replay can give (ONNX Runtime's
-    /// own), not the input's or the user's.
+    /// own, and NaN or infinity: a replay that never wrote an output leaves
+    /// the device memory as it was allocated), not the input's or the
+    /// user's. A real fp16 overflow fails again without CUDA graphs.
     pub(super) fn may_be_cuda_graph_fault(error: &Error) -> bool {
         matches!(
             error,
-            Error::Ort(_) | Error::OrtApi(_) | Error::OrtIn { .. }
+            Error::Ort(_) | Error::OrtApi(_) | Error::OrtIn { .. } | Error::NonFinite { .. }
         )
     }
 
@@ -149,6 +151,13 @@ mod tests {
         assert!(Pipeline::may_be_cuda_graph_fault(&Error::Ort(
             "CUDA failure 900: operation not permitted when stream is capturing".into()
         )));
+        assert!(Pipeline::may_be_cuda_graph_fault(&Error::NonFinite {
+            stage: "unet",
+            provider: "cuda".into(),
+            value: f32::NAN,
+            index: 0,
+            hint: "",
+        }));
         // the user's stop, a bad option or a bad input are never retried
         assert!(!Pipeline::may_be_cuda_graph_fault(&Error::Interrupted));
         assert!(!Pipeline::may_be_cuda_graph_fault(&Error::InvalidOption(

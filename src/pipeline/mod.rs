@@ -412,7 +412,12 @@ impl Pipeline {
                 (self.config.notify)(&format!(
                     "a CUDA graph run failed ({error}); reopening the graphs without CUDA graphs and running this image again"
                 ));
-                self.drop_cuda_graphs()?;
+                if let Err(reopen) = self.drop_cuda_graphs() {
+                    // a sticky CUDA error fails the reopening too: report both
+                    return Err(Error::Ort(format!(
+                        "a CUDA graph run failed ({error}), and reopening the graphs without CUDA graphs failed too: {reopen}"
+                    )));
+                }
                 self.upscale_tensor_once(model_input, source_planes, timestep, options, progress)
             }
             other => other,

@@ -39,6 +39,16 @@ pub(super) enum HostData {
     I64(Vec<i64>),
 }
 
+/// Binds input `name` to `device`; tensors made by an allocator are bound as
+/// they are (the same address), not copied.
+fn bind(binding: &mut IoBinding, name: &str, device: &DeviceTensor) -> ort::Result<()> {
+    match device {
+        DeviceTensor::F32(t) => binding.bind_input(name, t),
+        DeviceTensor::F16(t) => binding.bind_input(name, t),
+        DeviceTensor::I64(t) => binding.bind_input(name, t),
+    }
+}
+
 /// The device tensors of one session.
 pub(super) struct DeviceIo {
     allocator: Allocator,
@@ -86,7 +96,12 @@ impl DeviceIo {
                     device.shape()
                 ));
             }
-            return copy_to(data, shape, device).map_err(text);
+            copy_to(data, shape, device).map_err(text)?;
+            // bound again (the same tensor, the same address): where the
+            // provider wants this input elsewhere (a CPU kernel's), ONNX
+            // Runtime copies it at binding time, so the new data must be
+            // bound to be seen
+            return bind(binding, name, device).map_err(text);
         }
         let mut device = match &data {
             HostData::F32(_) => {
@@ -100,13 +115,7 @@ impl DeviceIo {
             }
         };
         copy_to(data, shape, &mut device).map_err(text)?;
-        // tensors made by an allocator are bound as they are (same address)
-        match &device {
-            DeviceTensor::F32(t) => binding.bind_input(name, t),
-            DeviceTensor::F16(t) => binding.bind_input(name, t),
-            DeviceTensor::I64(t) => binding.bind_input(name, t),
-        }
-        .map_err(text)?;
+        bind(binding, name, &device).map_err(text)?;
         self.inputs.push((name.to_string(), device));
         Ok(())
     }
