@@ -44,7 +44,6 @@ pub use crate::image::prepare::{prepare, Prepared};
 pub use loading::{noise_schedule, MAX_TRAIN_TIMESTEPS};
 pub use options::{
     default_tile_overlap, PipelineConfig, ProviderChoice, RunOptions, ShapeHint, TilingMode,
-    DEFAULT_TILE_OVERLAP_PX,
 };
 pub use stages::{SpentIn, StageTimings};
 pub use static_shapes::StaticShapes;

@@ -227,12 +227,9 @@ fn nvml_memory(bus_id: &str) -> Option<NvmlMemory> {
 /// total within 5% of CUDA's (a MIG slice is a fraction of the GPU NVML
 /// reports on) and its free no larger than its total.
 pub fn free_mib_of_same_device(nvml: NvmlMemory, cuda_total_bytes: u64) -> Option<u64> {
-    let (smaller, larger) = if nvml.total < cuda_total_bytes {
-        (nvml.total, cuda_total_bytes)
-    } else {
-        (cuda_total_bytes, nvml.total)
-    };
-    let same_size = larger > 0 && (larger - smaller) as f64 <= 0.05 * larger as f64;
+    let larger = nvml.total.max(cuda_total_bytes);
+    let same_size =
+        larger > 0 && nvml.total.abs_diff(cuda_total_bytes) as f64 <= 0.05 * larger as f64;
     (same_size && nvml.free <= nvml.total).then_some(nvml.free >> 20)
 }
 
