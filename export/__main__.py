@@ -9,6 +9,9 @@ text_encoder/ + tokenizer/ or --prompt-embeds):
 From seeded random weights (tests, benchmarks):
 
     python -m export --synthetic tiny|sd21 --seed N --out DIR [--precision fp32|fp16] [--golden]
+
+Either with [--group-norm instance] [--attention fused] [--fusions cuda] for
+graphs in the forms GPUs run fastest (--fusions cuda: CUDA only).
 """
 
 from __future__ import annotations
@@ -41,16 +44,29 @@ def main(argv=None) -> int:
     parser.add_argument("--no-tiled-vae", action="store_true",
                         help="leave out vae_encoder/tiled.onnx and vae_decoder/tiled.onnx (the VAE with shared "
                              "GroupNorm statistics; without them tiled runs normalize each tile by itself)")
-    parser.add_argument("--group-norm", choices=["rowwise", "instance"], default="rowwise",
+    parser.add_argument("--group-norm", choices=["rowwise", "instance"],
                         help="how GroupNorms are written: rowwise (row-by-row statistics, exact on the CPU at any "
                              "size; the default) or instance (PyTorch's InstanceNormalization form: fewer GPU "
-                             "kernels; ONNX Runtime's CPU kernel is off by ~3e-4 on multi-megapixel groups)")
-    parser.add_argument("--attention", choices=["onnx", "fused"], default="onnx",
+                             "kernels; ONNX Runtime's CPU kernel is off by ~3e-4 on multi-megapixel groups; the "
+                             "default with --fusions cuda)")
+    parser.add_argument("--attention", choices=["onnx", "fused"],
                         help="how attention is written: onnx (standard operators; the default) or fused (one "
-                             "com.microsoft.MultiHeadAttention node each: fused kernels on CUDA, a CPU kernel too)")
+                             "com.microsoft.MultiHeadAttention node each: fused kernels on CUDA, a CPU kernel too; "
+                             "the default with --fusions cuda)")
+    parser.add_argument("--fusions", choices=["none", "cuda"], default="none",
+                        help="none (the default) or cuda: the three main graphs rewritten by ONNX Runtime's own "
+                             "fuser (GroupNorm, NhwcConv, SkipGroupNorm, BiasSplitGelu, packed attention: CUDA-only "
+                             "kernels), as its Stable Diffusion pipeline does; the bundle then runs on CUDA only")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring each graph's memory (the manifest's memory, used by --tile auto)")
     args = parser.parse_args(argv)
+    if args.fusions == "cuda":
+        if args.group_norm == "rowwise" or args.attention == "onnx":
+            parser.error("--fusions cuda needs --group-norm instance and --attention fused (the forms ONNX "
+                         "Runtime's fuser recognizes; they are the default with it)")
+        args.group_norm, args.attention = "instance", "fused"
+    args.group_norm = args.group_norm or "rowwise"
+    args.attention = args.attention or "onnx"
 
     import torch
 
@@ -88,7 +104,7 @@ def main(argv=None) -> int:
     export_bundle(models, Path(args.out), precision=args.precision, name=name, text_encoder=args.text_encoder,
                   verify=not args.no_verify, tiled_vae=not args.no_tiled_vae,
                   measure_memory=not args.no_memory, group_norm=args.group_norm,
-                  attention=args.attention)
+                  attention=args.attention, fusions=args.fusions)
     if args.golden:
         from .golden import write_golden
 

@@ -21,6 +21,7 @@ from .onnx_export import (
     ort_session,
     trace_inputs,
 )
+from .ort_fusions import FUSIONS
 from .tiled_vae import no_stats
 
 COMPONENT_DIRS = ("vae_encoder", "unet", "vae_decoder", "text_encoder", "tokenizer")
@@ -56,7 +57,7 @@ def _graph_module(models: TadsrModels, component: str, dtype: torch.dtype):
 def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name: Optional[str] = None,
                   text_encoder: bool = False, verify: bool = True, quiet: bool = False,
                   tiled_vae: bool = True, measure_memory: bool = True, group_norm: str = "rowwise",
-                  attention: str = "onnx") -> Dict:
+                  attention: str = "onnx", fusions: str = "none") -> Dict:
     """Export the graphs, the prompt embedding and the manifest into ``out``. Returns the manifest.
 
     ``tiled_vae``: also write the optional VAE graphs with shared GroupNorm
@@ -69,10 +70,23 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
     ``attention``: ``onnx`` or ``fused`` (one com.microsoft.MultiHeadAttention
     node per attention, ``fused_attention``) in the three main graphs; recorded
     in the provenance too.
+    ``fusions``: ``none``, or ``cuda``: the three main graphs rewritten with
+    ONNX Runtime's CUDA fusions (``ort_fusions``; needs the instance and fused
+    forms): traced in float32, fused, then converted to ``precision``. Such
+    graphs run on CUDA only, so the ONNX Runtime CPU check against PyTorch and
+    the memory measurement leave them out (``tadsr-edge golden --provider
+    cuda`` checks them on a GPU); recorded in the provenance.
     """
     if precision not in FLOAT_DTYPES:
         raise ValueError(f"precision must be one of {sorted(FLOAT_DTYPES)}, not {precision!r}")
     dtype = FLOAT_DTYPES[precision]
+    if fusions not in FUSIONS:
+        raise ValueError(f"fusions must be one of {FUSIONS}, not {fusions!r}")
+    cuda_fused = fusions == "cuda"
+    if cuda_fused and (group_norm != "instance" or attention != "fused"):
+        raise ValueError("--fusions cuda needs --group-norm instance --attention fused (the forms ONNX Runtime's "
+                         f"fuser recognizes), not --group-norm {group_norm} --attention {attention}")
+    trace_dtype = torch.float32 if cuda_fused else dtype
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     _clear_bundle(out)
@@ -82,12 +96,13 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
     components = {}
     for component in ("vae_encoder", "unet", "vae_decoder"):
         started = time.time()
-        module = _graph_module(models, component, dtype)
+        module = _graph_module(models, component, trace_dtype)
         rel = f"{component}/model.onnx"
-        data_files = export_graph(module, trace_inputs(component, dtype, models.cross_attention_dim,
+        data_files = export_graph(module, trace_inputs(component, trace_dtype, models.cross_attention_dim,
                                                        latent_channels=latent_channels),
                                   specs[component], out / rel, group_norm=group_norm,
-                                  attention=attention)
+                                  attention=attention, cuda_fusions=component if cuda_fused else None,
+                                  fp16_after_fusing=dtype == torch.float16)
         extra = {"latent_input": "scaled"} if component == "vae_decoder" else None
         components[component] = component_entry(out, rel, data_files, specs[component], extra)
         size = sum(p.stat().st_size for p in [out / rel, *data_files])
@@ -134,12 +149,16 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
     )
     manifest["provenance"]["group_norm"] = group_norm
     manifest["provenance"]["attention"] = attention
+    manifest["provenance"]["fusions"] = fusions
     write_manifest(out, manifest)
+    if cuda_fused and (verify or measure_memory):
+        _log("  the CUDA-fused graphs have operators ONNX Runtime runs on CUDA only: no CPU check against PyTorch "
+             "and no memory measurement for them (check them on a GPU: tadsr-edge golden --provider cuda)", quiet)
     if verify:
-        errors = verify_against_torch(models, out, precision)
+        errors = verify_against_torch(models, out, precision, main_graphs=not cuda_fused)
         for comp, err in errors.items():
             _log(f"  check {comp}: max abs error vs PyTorch {err:.2e}", quiet)
-    if measure_memory:
+    if measure_memory and not cuda_fused:
         from .memory import memory_lines, record_bundle_memory
 
         started = time.time()
@@ -151,16 +170,8 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
 
 
 @torch.no_grad()
-def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, latent_hw=(12, 9), seed: int = 0
-                         ) -> Dict[str, float]:
-    """Run each graph once on random inputs (ORT, CPU) and compare with the fp32 PyTorch model."""
-    np_dtype = np.float32 if precision == "fp32" else np.float16
-    gen = torch.Generator().manual_seed(seed)
-    h, w = latent_hw
-    image = torch.rand(1, 3, 8 * h, 8 * w, generator=gen) * 2 - 1
-    t = torch.tensor([321], dtype=torch.int64)
-    latent = torch.randn(1, models.latent_channels, h, w, generator=gen)
-    ehs = torch.randn(1, 77, models.cross_attention_dim, generator=gen)
+def _verify_main_graphs(models: TadsrModels, bundle: Path, np_dtype, image, t, latent, ehs) -> Dict[str, float]:
+    """The three main graphs on ONNX Runtime's CPU against the fp32 PyTorch model: max abs error each."""
     errors = {}
     sess = ort_session(bundle / "vae_encoder/model.onnx")
     got = sess.run(None, {"image": image.numpy().astype(np_dtype), "timestep": t.numpy()})
@@ -173,6 +184,25 @@ def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, late
     sess = ort_session(bundle / "vae_decoder/model.onnx")
     got = sess.run(None, {"latent": latent.numpy().astype(np_dtype)})
     errors["vae_decoder"] = max_abs_diff(got[0], models.decoder_graph()(latent))
+    return errors
+
+
+@torch.no_grad()
+def verify_against_torch(models: TadsrModels, bundle: Path, precision: str, latent_hw=(12, 9), seed: int = 0,
+                         main_graphs: bool = True) -> Dict[str, float]:
+    """Run each graph once on random inputs (ORT, CPU) and compare with the fp32 PyTorch model
+    (``main_graphs`` False: the tiled VAE graphs only)."""
+    np_dtype = np.float32 if precision == "fp32" else np.float16
+    gen = torch.Generator().manual_seed(seed)
+    h, w = latent_hw
+    image = torch.rand(1, 3, 8 * h, 8 * w, generator=gen) * 2 - 1
+    t = torch.tensor([321], dtype=torch.int64)
+    latent = torch.randn(1, models.latent_channels, h, w, generator=gen)
+    ehs = torch.randn(1, 77, models.cross_attention_dim, generator=gen)
+    errors = {}
+    sess = None
+    if main_graphs:
+        errors.update(_verify_main_graphs(models, bundle, np_dtype, image, t, latent, ehs))
     if (bundle / "vae_encoder/tiled.onnx").is_file():
         from .tiled_vae import tiled_graphs
 

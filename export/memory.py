@@ -260,6 +260,12 @@ def main(argv=None) -> int:
     if not (bundle / MANIFEST_NAME).is_file():
         print(f"error: {bundle / MANIFEST_NAME} not found (not a bundle folder)", file=sys.stderr)
         return 2
+    from .manifest import read_manifest
+
+    if read_manifest(bundle).get("provenance", {}).get("fusions") == "cuda":
+        print(f"error: {bundle} was exported with --fusions cuda: ONNX Runtime's CPU, which this measures with, "
+              "cannot open its graphs", file=sys.stderr)
+        return 2
     started = time.time()
     try:
         if args.dry_run:

@@ -18,13 +18,14 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import onnx
 import torch
 
 from .fused_attention import fused_attention
+from .ort_fusions import fuse_for_cuda
 from .precise_norm import rowwise_group_norms
 
 OPSET = 17
@@ -186,7 +187,8 @@ ATTENTIONS = ("onnx", "fused")
 
 
 def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict]], out_path: Path,
-                 group_norm: str = "rowwise", attention: str = "onnx") -> List[Path]:
+                 group_norm: str = "rowwise", attention: str = "onnx", cuda_fusions: Optional[str] = None,
+                 fp16_after_fusing: bool = False) -> List[Path]:
     """Trace ``module`` on ``args`` and write it to ``out_path`` (normalized).
     ``group_norm``: ``rowwise`` traces GroupNorms with row-by-row statistics
     (``precise_norm``: exact on the CPU at any size); ``instance`` as PyTorch
@@ -195,7 +197,12 @@ def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict
     one float32 run, off by about 3e-4 on multi-megapixel groups).
     ``attention``: ``onnx`` writes attention in standard ONNX operators;
     ``fused`` as one com.microsoft.MultiHeadAttention node per attention
-    (``fused_attention``: fused kernels on CUDA)."""
+    (``fused_attention``: fused kernels on CUDA).
+    ``cuda_fusions``: the component name (``unet``, ``vae_encoder``,
+    ``vae_decoder``) to rewrite the traced float32 graph with ONNX Runtime's
+    CUDA fusions (``ort_fusions``; needs the instance and fused forms), then
+    converted to float16 when ``fp16_after_fusing``; None leaves the trace as
+    it is."""
     if group_norm not in GROUP_NORMS:
         raise ValueError(f"group_norm must be one of {GROUP_NORMS}, not {group_norm!r}")
     if attention not in ATTENTIONS:
@@ -220,7 +227,12 @@ def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict
                 do_constant_folding=True,
                 dynamo=False,
             )
-        model = onnx.load(str(tmp_file), load_external_data=True)
+        if cuda_fusions is None:
+            model = onnx.load(str(tmp_file), load_external_data=True)
+        else:
+            if group_norm != "instance" or attention != "fused":
+                raise ValueError("the CUDA fusions need group_norm='instance' and attention='fused'")
+            model, _ = fuse_for_cuda(tmp_file, cuda_fusions, fp16_after_fusing)
         _normalize(model)
         _set_io_shapes(model, spec)
         data_files = save_onnx(model, out_path)

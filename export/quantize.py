@@ -128,6 +128,9 @@ def quantize_bundle(bundle: Path, out: Path, calibration_images: Sequence[Path],
     manifest = read_manifest(bundle)
     if manifest["precision"] != "fp32":
         raise SystemExit(f"{bundle}: quantize an fp32 bundle, not {manifest['precision']!r}")
+    if manifest.get("provenance", {}).get("fusions") == "cuda":
+        raise SystemExit(f"{bundle}: exported with --fusions cuda (CUDA-only graphs); int8 is for the CPU: "
+                         "quantize a bundle exported without --fusions")
     if out.resolve() == bundle.resolve():
         raise SystemExit("--out must differ from --bundle")
     images = calibration_inputs(calibration_images)

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# A short re-check on a lent GPU box (about 5 minutes, against gpu_check.sh's 8-9): the probe,
-# the golden cases of models/tiny on CUDA, an sd21 fp16 export and its 512 untiled and
-# 2048 --tile 512 benches, each with today's defaults and with --static-shapes off (512 also
-# with --cuda-option prefer_nhwc=1, both with --cuda-graph; a per-node profile of the default at 512,
-# summarized by scripts/ort_profile_summary.py), and an export in the GPU forms
-# (--group-norm instance --attention fused) at 512. Needs what scripts/gpu_payload.sh prepares (the last call carries
-# .device/chunk5, .device/payload and .device/whl after the other chunks). Writes each
-# result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
+# A short re-check on a lent GPU box (about 7 minutes, against gpu_check.sh's 8-9), most telling first so that a
+# deadline cuts the least: the probe; the golden cases of models/tiny on CUDA, and of a tiny bundle exported here
+# with --fusions cuda (ONNX Runtime's CUDA-only fused operators: checked nowhere else); tiny free graphs vs
+# --cuda-graph; an sd21 fp16 export in today's default forms and one with --fusions cuda, each timed at 512
+# untiled with and without --cuda-graph; PyTorch eager fp16 at 512 (the ratio's denominator); a per-node profile
+# at 512 (scripts/ort_profile_summary.py); 2048 with --tile 512; last, --static-shapes off and
+# --cuda-option prefer_nhwc=1. Needs what scripts/gpu_payload.sh prepares (the last call carries .device/chunk5,
+# .device/payload and .device/whl after the other chunks). Writes each result to $OUT as it goes. Prints SKIP
+# and exits 0 where there is no GPU.
 set -uo pipefail
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   echo "SKIP: no NVIDIA GPU here (nvidia-smi finds none)"
@@ -28,23 +29,30 @@ done
 grep -h 'graphs opened\|cuda-graph\|CUDA graph' "$OUT/tiny-modes.err" | sort -u | head -5
 for t in 200 700; do python3 scripts/png_diff.py "$OUT/tiny-cuda-graph/coffee_t$t.png" "$OUT/tiny-free/coffee_t$t.png" --max-levels 1; echo "t=$t cuda graph vs free graphs rc=$?"; done
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
+echo "--- tiny exported with --fusions cuda: golden cases on CUDA against the PyTorch references"
+timeout 90 python3 -m export --synthetic tiny --seed 0 --fusions cuda --out /tmp/tiny-fused --no-memory > "$OUT/tiny-fused-export.txt" 2>&1; echo "tiny fused export rc=$?"
+timeout 60 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden --provider cuda --json > "$OUT/golden_cuda_fused.json" 2>"$OUT/golden_cuda_fused.err"; echo "golden cuda fused rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fused.json')); print('fused worst', r['worst_max_abs_error'], 'passed', r['passed'])"
+b() { local bundle=$1 log=$2; shift 2; timeout 90 "$BIN" bench --model "$bundle" --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/$log" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'static', r.get('static_shapes',{}).get('unet'), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
-b() { timeout 90 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'static', r.get('static_shapes',{}).get('unet'), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
-echo "--- 512 untiled (defaults: static shapes on)"; b --size 512 --tile 0 --runs 10 --warmup 3
-echo "--- 512 untiled, defaults, ONNX Runtime's per-node profile (3 runs; where the time goes, nodes left on the CPU)"
-rm -rf /tmp/prof-512 && mkdir -p /tmp/prof-512
-TADSR_EDGE_ORT_PROFILE=/tmp/prof-512 timeout 90 "$BIN" bench --model /tmp/sd21-fp16 --provider cuda --size 512 --tile 0 --runs 3 --warmup 1 --input examples/coffee.png >/dev/null 2>>"$OUT/bench.err"
-python3 scripts/ort_profile_summary.py /tmp/prof-512 --top 8 > "$OUT/profile-512.txt" 2>&1; grep '^==\|on the CPU' "$OUT/profile-512.txt"
-echo "--- 512 untiled, --static-shapes off"; b --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
-echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
-echo "--- 512 untiled, --cuda-graph"; b --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
-date +%T; timeout 120 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --group-norm instance --attention fused --out /tmp/sd21-fp16-gpuform --no-verify --no-tiled-vae --no-memory > /dev/null 2>&1; echo "GPU-form export rc=$?"; date +%T
-bi() { timeout 90 "$BIN" bench --model /tmp/sd21-fp16-gpuform --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/bench-gpuform.jsonl" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
-echo "--- 512 untiled, GPU-form bundle (--group-norm instance --attention fused)"; bi --size 512 --tile 0 --runs 10 --warmup 3
-echo "--- 512 untiled, GPU-form bundle, --cuda-graph"; bi --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
-echo "--- 2048 tile 512"; b --size 2048 --tile 512 --runs 2 --warmup 1
-echo "--- 2048 tile 512, --static-shapes off"; b --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
-echo "--- 2048 tile 512, --cuda-graph"; b --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
+echo "--- 512 untiled (defaults: static shapes on)"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3
+echo "--- 512 untiled, --cuda-graph"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
+date +%T; timeout 200 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --fusions cuda --out /tmp/sd21-fp16-fused --no-verify --no-tiled-vae --no-memory > "$OUT/sd21-fused-export.txt" 2>&1; echo "fused export rc=$?"; date +%T
+echo "--- 512 untiled, --fusions cuda bundle"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3
+echo "--- 512 untiled, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
 echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
 timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; python3 -c "import json; r=json.load(open('$OUT/torch_fp16_512.json')); print('PyTorch fp16 512 median ms', r['results']['fp16']['pipeline_ms']['median'])"
+date +%T
+for form in default fused; do
+  bundle=/tmp/sd21-fp16; [[ $form == fused ]] && bundle=/tmp/sd21-fp16-fused
+  echo "--- 512 untiled, $form, ONNX Runtime's per-node profile (3 runs; where the time goes, nodes left on the CPU)"
+  rm -rf "/tmp/prof-512-$form" && mkdir -p "/tmp/prof-512-$form"
+  TADSR_EDGE_ORT_PROFILE="/tmp/prof-512-$form" timeout 90 "$BIN" bench --model "$bundle" --provider cuda --size 512 --tile 0 --runs 3 --warmup 1 --input examples/coffee.png >/dev/null 2>>"$OUT/bench.err"
+  python3 scripts/ort_profile_summary.py "/tmp/prof-512-$form" --top 8 > "$OUT/profile-512-$form.txt" 2>&1; grep '^==\|on the CPU' "$OUT/profile-512-$form.txt"
+done
+echo "--- 2048 tile 512"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1
+echo "--- 2048 tile 512, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
+echo "--- 2048 tile 512, --cuda-graph"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
+echo "--- 512 untiled, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
+echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
+echo "--- 2048 tile 512, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
 date +%T

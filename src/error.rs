@@ -48,6 +48,10 @@ pub enum Error {
     #[error("execution provider {provider} is not usable here: {reason}")]
     ProviderUnavailable { provider: String, reason: String },
 
+    /// A bundle exported with `--fusions cuda` and no CUDA provider to run it.
+    #[error("model bundle {} was exported with --fusions cuda: its graphs hold operators ONNX Runtime runs on CUDA only, and {reason}; run it with --provider cuda on an NVIDIA GPU, or export it again without --fusions to run it on the CPU", path.display())]
+    NeedsCuda { path: PathBuf, reason: String },
+
     /// The model bundle is missing, malformed or inconsistent.
     #[error("model bundle {path}: {reason}")]
     Bundle { path: PathBuf, reason: String },

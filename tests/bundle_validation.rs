@@ -95,6 +95,41 @@ fn graph_forms_come_from_the_provenance() {
 }
 
 #[test]
+fn a_cuda_fused_bundle_is_refused_on_the_cpu_before_onnx_runtime_sees_it() {
+    assert_eq!(
+        Bundle::open(&tiny()).unwrap().manifest().fusions_form(),
+        "none"
+    );
+    let fused = broken_copy(|manifest, _| {
+        manifest["provenance"]["group_norm"] = "instance".into();
+        manifest["provenance"]["attention"] = "fused".into();
+        manifest["provenance"]["fusions"] = "cuda".into();
+    });
+    let bundle = Bundle::open(fused.path()).unwrap();
+    assert_eq!(bundle.manifest().fusions_form(), "cuda");
+    assert!(bundle.manifest().needs_cuda());
+    for provider in ["cpu", "auto"] {
+        let out = tempfile::tempdir().unwrap();
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+            .args(["run", "--provider", provider, "--model"])
+            .arg(fused.path())
+            .arg(tiny().join("golden/square.png"))
+            .arg("-o")
+            .arg(out.path().join("x.png"))
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{provider}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{provider}: {stderr}");
+        assert!(
+            stderr.contains("exported with --fusions cuda") && stderr.contains("--provider cuda"),
+            "{provider}: {stderr}"
+        );
+        assert!(!out.path().join("x.png").exists());
+    }
+}
+
+#[test]
 fn a_damaged_file_fails_its_hash() {
     let dir = broken_copy(|_, root| {
         let unet = root.join("unet/model.onnx");

@@ -301,4 +301,44 @@ impl Manifest {
             .and_then(|v| v.as_str())
             .unwrap_or("onnx")
     }
+
+    /// Which graph fusions the exporter applied (`provenance.fusions`):
+    /// `none` (also when absent) or `cuda` (ONNX Runtime's CUDA-only fused
+    /// operators: the bundle runs on CUDA, or TensorRT with CUDA behind it).
+    pub fn fusions_form(&self) -> &str {
+        self.provenance
+            .get("fusions")
+            .and_then(|v| v.as_str())
+            .unwrap_or("none")
+    }
+
+    /// The graph forms must be ones this runtime knows: a newer exporter's
+    /// form (fusions for another device, say) is refused by name here rather
+    /// than by ONNX Runtime at a node.
+    pub fn check_graph_forms(&self) -> std::result::Result<(), String> {
+        let known: [(&str, &[&str]); 3] = [
+            ("group_norm", &["rowwise", "instance"]),
+            ("attention", &["onnx", "fused"]),
+            ("fusions", &["none", "cuda"]),
+        ];
+        for (key, allowed) in known {
+            match self.provenance.get(key) {
+                None => {}
+                Some(serde_json::Value::String(form)) if allowed.contains(&form.as_str()) => {}
+                Some(other) => {
+                    return Err(format!(
+                        "provenance.{key} is {other}, which this tadsr-edge does not know (it reads {}); use the tadsr-edge that matches the exporter",
+                        allowed.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the main graphs hold operators that ONNX Runtime has on CUDA
+    /// only, so that the CPU provider cannot open them.
+    pub fn needs_cuda(&self) -> bool {
+        self.fusions_form() == "cuda"
+    }
 }

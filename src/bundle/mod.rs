@@ -95,6 +95,7 @@ impl Bundle {
                 m.format_version
             )));
         }
+        m.check_graph_forms().map_err(|reason| self.fail(reason))?;
         let float_dtype = m.precision.float_dtype();
         for (component, inputs, outputs) in REQUIRED_PORTS {
             let spec = m

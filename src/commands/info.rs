@@ -123,7 +123,11 @@ fn bundle_summary_json(bundle: &Bundle) -> serde_json::Value {
         "prompt": m.prompt.text,
         "defaults": m.defaults,
         "scaling_factor": m.scaling_factor,
-        "graph_forms": {"group_norm": m.group_norm_form(), "attention": m.attention_form()},
+        "graph_forms": {
+            "group_norm": m.group_norm_form(),
+            "attention": m.attention_form(),
+            "fusions": m.fusions_form(),
+        },
         "provenance": m.provenance,
     })
 }
@@ -139,9 +143,15 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
         bundle.total_bytes() as f64 / 1e6
     ))?;
     print_line(format_args!(
-        "  graph forms: GroupNorm {}, attention {}",
+        "  graph forms: GroupNorm {}, attention {}, fusions {}{}",
         m.group_norm_form(),
-        m.attention_form()
+        m.attention_form(),
+        m.fusions_form(),
+        if m.needs_cuda() {
+            " (runs on CUDA only)"
+        } else {
+            ""
+        }
     ))?;
     for (name, component) in &m.components {
         let ports = |ports: &[tadsr_edge::bundle::PortSpec]| {

@@ -278,6 +278,19 @@ pub(super) fn open_stage(
     };
     let mut last_error = None;
     for provider in candidates {
+        if provider == Provider::Cpu && bundle.manifest().needs_cuda() {
+            // ONNX Runtime's own refusal names one node and no remedy
+            let reason = match config.provider {
+                ProviderChoice::Auto => {
+                    format!("no GPU provider is usable here ({})", fallbacks.join("; "))
+                }
+                ProviderChoice::Only(_) => "--provider cpu was asked for".to_string(),
+            };
+            return Err(Error::NeedsCuda {
+                path: bundle.root().to_path_buf(),
+                reason,
+            });
+        }
         if provider != Provider::Cpu {
             if let Err(reason) = runtime.probe_provider(provider, config.device_id) {
                 if config.provider == ProviderChoice::Auto {

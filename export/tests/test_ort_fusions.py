@@ -1,0 +1,144 @@
+"""Bundles exported with --fusions cuda (export/ort_fusions.py): ONNX Runtime's fuser rewrote every GroupNorm,
+convolution and attention of the three main graphs into its CUDA operators, the ports are still the bundle
+format's, float16 bundles keep GroupNorm's scale and shift in float32, ONNX Runtime's CPU cannot open them, and
+the binary refuses them on the CPU with a one-line reason (exit 2, nothing written).
+
+Their numbers can only be checked on a GPU: scripts/gpu_quick_check.sh runs the golden cases of a tiny
+--fusions cuda bundle on CUDA against the PyTorch references."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import onnx
+import onnxruntime as ort
+import pytest
+
+from export.onnx_export import component_specs
+from export.ort_fusions import CUDA_ONLY_OPS, operator_counts
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = REPO / "target" / "release" / "tadsr-edge"
+MAIN_GRAPHS = ("vae_encoder", "unet", "vae_decoder")
+
+
+@pytest.fixture(scope="module", params=["fp32", "fp16"])
+def fused_bundle(request, tmp_path_factory, tiny_models):
+    from export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp(f"tiny_fused_{request.param}")
+    export_bundle(tiny_models, out, precision=request.param, name="tiny-fused", quiet=True,
+                  group_norm="instance", attention="fused", fusions="cuda")
+    return request.param, out
+
+
+@pytest.fixture(scope="module")
+def unfused_bundle(tmp_path_factory, tiny_models):
+    """The same forms (instance GroupNorm, fused attention) without the fuser: the nodes it starts from."""
+    from export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("tiny_unfused")
+    export_bundle(tiny_models, out, precision="fp32", quiet=True, verify=False, tiled_vae=False,
+                  measure_memory=False, group_norm="instance", attention="fused")
+    return out
+
+
+def test_every_group_norm_conv_and_attention_is_fused_or_kept(fused_bundle, unfused_bundle):
+    _, bundle = fused_bundle
+    for component in MAIN_GRAPHS:
+        before = operator_counts(onnx.load(str(unfused_bundle / component / "model.onnx")))
+        ops = operator_counts(onnx.load(str(bundle / component / "model.onnx")))
+        fused_norms = ops.get("com.microsoft.GroupNorm", 0) + ops.get("com.microsoft.SkipGroupNorm", 0)
+        # a GroupNorm the fuser could not match stays an InstanceNormalization: none is lost or doubled
+        assert fused_norms + ops.get("InstanceNormalization", 0) == before["InstanceNormalization"], component
+        assert fused_norms >= before["InstanceNormalization"] - 1, f"{component}: {ops}"
+        assert ops.get("Conv", 0) == 0, f"{component}: a convolution was left in NCHW"
+        assert ops["com.microsoft.NhwcConv"] == before["Conv"], component
+        assert ops["com.microsoft.MultiHeadAttention"] == before["com.microsoft.MultiHeadAttention"], component
+        if component == "unet":
+            for op in ("BiasSplitGelu", "SkipLayerNormalization"):
+                assert ops.get(f"com.microsoft.{op}", 0) > 0, op
+
+
+def test_ports_are_the_bundle_formats(fused_bundle, tiny_models):
+    precision, bundle = fused_bundle
+    from export.onnx_export import FLOAT_DTYPES
+
+    specs = component_specs(FLOAT_DTYPES[precision], tiny_models.cross_attention_dim, tiny_models.latent_channels)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["provenance"]["fusions"] == "cuda"
+    assert manifest["provenance"]["group_norm"] == "instance" and manifest["provenance"]["attention"] == "fused"
+    for component in MAIN_GRAPHS:
+        model = onnx.load(str(bundle / component / "model.onnx"))
+        ports = [(v.name, onnx.helper.tensor_dtype_to_np_dtype(v.type.tensor_type.elem_type).name,
+                  [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim])
+                 for v in [*model.graph.input, *model.graph.output]]
+        want = [(e["name"], e["dtype"], e["shape"]) for e in specs[component]["inputs"] + specs[component]["outputs"]]
+        assert ports == want, component
+        assert [(e["name"], e["dtype"]) for e in manifest["components"][component]["inputs"]] == \
+            [(e["name"], e["dtype"]) for e in specs[component]["inputs"]]
+
+
+def test_fp16_keeps_group_norm_scale_and_shift_in_float32(fused_bundle):
+    precision, bundle = fused_bundle
+    if precision != "fp16":
+        pytest.skip("float16 bundles only")
+    model = onnx.load(str(bundle / "unet" / "model.onnx"))
+    initializers = {init.name: init.data_type for init in model.graph.initializer}
+    norms = [n for n in model.graph.node if n.op_type in ("GroupNorm", "SkipGroupNorm")]
+    assert norms
+    for node in norms:
+        assert [initializers.get(name) for name in node.input[1:3]] == [onnx.TensorProto.FLOAT] * 2, node.name
+    weights = [init for init in model.graph.initializer if len(init.dims) == 4]
+    assert weights and all(init.data_type == onnx.TensorProto.FLOAT16 for init in weights)
+
+
+def test_onnx_runtime_cpu_cannot_open_them(fused_bundle):
+    """Why the runtime checks the manifest before opening: the CPU provider has no kernel for these operators."""
+    _, bundle = fused_bundle
+    model = onnx.load(str(bundle / "unet" / "model.onnx"))
+    assert {n.op_type for n in model.graph.node if n.domain == "com.microsoft"} & set(CUDA_ONLY_OPS)
+    with pytest.raises(Exception, match="NOT_IMPLEMENTED|Could not find an implementation"):
+        ort.InferenceSession(str(bundle / "unet" / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_the_binary_refuses_them_on_the_cpu_with_the_reason(fused_bundle, tmp_path):
+    if not BIN.is_file():
+        pytest.skip("target/release/tadsr-edge not built (make test builds it first)")
+    _, bundle = fused_bundle
+    info = json.loads(subprocess.run([str(BIN), "info", "--model", str(bundle), "--json"], check=True,
+                                     capture_output=True, text=True).stdout)
+    assert info["model"]["graph_forms"]["fusions"] == "cuda"
+    out = tmp_path / "out"
+    for provider in ("cpu", "auto"):
+        run = subprocess.run([str(BIN), "run", str(REPO / "examples" / "coffee.png"), "-o", f"{out}/",
+                              "--model", str(bundle), "--provider", provider], capture_output=True, text=True)
+        assert run.returncode == 2, run.stderr
+        lines = run.stderr.strip().splitlines()
+        assert len(lines) == 1 and "exported with --fusions cuda" in lines[0], run.stderr
+        assert "run it with --provider cuda" in lines[0]
+        assert "panicked" not in run.stderr
+        assert not out.exists() or not any(out.iterdir())
+
+
+def test_cpu_only_tools_refuse_them_by_name(fused_bundle, tmp_path, capsys):
+    """export.memory measures and export.quantize calibrates with ONNX Runtime's CPU: both say why they cannot."""
+    precision, bundle = fused_bundle
+    from export.memory import main as memory_main
+    from export.quantize import quantize_bundle
+
+    assert memory_main(["--bundle", str(bundle), "--dry-run"]) == 2
+    assert "exported with --fusions cuda" in capsys.readouterr().err
+    if precision == "fp32":
+        with pytest.raises(SystemExit, match="--fusions cuda"):
+            quantize_bundle(bundle, tmp_path / "int8", calibration_images=[])
+
+
+def test_the_forms_it_needs_are_asked_for():
+    from export.__main__ import main as export_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        export_main(["--synthetic", "tiny", "--out", "/nonexistent/x", "--fusions", "cuda", "--group-norm", "rowwise"])
+    assert exit_info.value.code == 2
