@@ -176,6 +176,11 @@ fn bench_json_reports_consistent_timings() {
         .map(|s| stat(&stages[*s], "min"))
         .fold(0.0, f64::max);
     assert!(stat(end_to_end, "min") >= slowest_stage_min);
+    // the same runs without writing the PNG
+    let upscale = &report["upscale_ms"];
+    assert!(stat(upscale, "min") >= slowest_stage_min);
+    assert!(stat(upscale, "min") <= stat(end_to_end, "min"));
+    assert!(stat(upscale, "p50") <= p50);
     let megapixels = (size * size) as f64 / 1e6;
     let throughput = stat(&report, "output_megapixels_per_second");
     assert!(
