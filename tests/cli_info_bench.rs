@@ -77,7 +77,7 @@ fn info_json_describes_the_runtime_and_the_bundle() {
     let model = &report["model"];
     assert_eq!(
         model["graph_forms"],
-        serde_json::json!({"group_norm": "rowwise", "attention": "onnx"})
+        serde_json::json!({"group_norm": "rowwise", "attention": "onnx", "fusions": "none"})
     );
     assert_eq!(model["name"], manifest["name"]);
     assert_eq!(model["precision"], manifest["precision"]);
