@@ -13,7 +13,8 @@ and the runtime says so before loading it on anything else.
 The fuser recognizes GroupNorm in PyTorch's InstanceNormalization form and
 works on float32 graphs, so the graphs are traced in float32 with
 ``--group-norm instance`` and converted to float16 after fusing (ONNX
-Runtime's converter keeps GroupNorm's scale and shift in float32).
+Runtime's converter keeps GroupNorm's scale and shift in float32, and the
+sinusoidal timestep embeddings stay float32 as in PyTorch).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import io
 import logging
 import os
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict, Set, Tuple
 
 import onnx
 
@@ -60,10 +61,37 @@ def fuse_for_cuda(trace: Path, component: str, fp16: bool) -> Tuple[onnx.ModelPr
         # what no fusion read is still on disk: bring it in before the trace's folder goes (and before the
         # float16 converter, which retypes an external tensor without converting its bytes)
         onnx.load_external_data_for_model(fused.model, ".")
-    if fp16:
-        with _quiet_fuser():
-            fused.convert_float_to_float16(keep_io_types=False, op_block_list=[])
-    return fused.model, counts
+    return (float16_graph(fused.model) if fp16 else fused.model), counts
+
+
+def float16_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` (float32) in float16, inputs and outputs too, by ONNX
+    Runtime's converter (it knows the fused operators), the sinusoidal
+    timestep embeddings left in float32 (``sinusoid_nodes``)."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    wrapped = OnnxModel(model)
+    with _quiet_fuser():
+        wrapped.convert_float_to_float16(keep_io_types=False, op_block_list=[],
+                                         node_block_list=sorted(sinusoid_nodes(model)))
+    return wrapped.model
+
+
+def sinusoid_nodes(model: onnx.ModelProto) -> Set[str]:
+    """The names of the Sin and Cos nodes and of every node they depend on:
+    the sinusoidal timestep embeddings. They stay float32 in a float16 graph
+    (as PyTorch computes them in a float16 model): the phase t * frequency
+    reaches about 1000 radians, where float16's spacing is 0.5."""
+    producer = {out: node for node in model.graph.node for out in node.output}
+    wanted: Set[str] = set()
+    stack = [node for node in model.graph.node if node.op_type in ("Sin", "Cos")]
+    while stack:
+        node = stack.pop()
+        if node.name in wanted:
+            continue
+        wanted.add(node.name)
+        stack.extend(producer[name] for name in node.input if name in producer)
+    return wanted
 
 
 @contextlib.contextmanager
@@ -100,4 +128,5 @@ def _quiet_fuser():
             lg.setLevel(level)
 
 
-__all__ = ["FUSIONS", "CUDA_ONLY_OPS", "MODEL_TYPES", "fuse_for_cuda", "operator_counts"]
+__all__ = ["FUSIONS", "CUDA_ONLY_OPS", "MODEL_TYPES", "fuse_for_cuda", "float16_graph", "operator_counts",
+           "sinusoid_nodes"]
