@@ -264,7 +264,7 @@ def main(argv=None) -> int:
 
     if read_manifest(bundle).get("provenance", {}).get("fusions") == "cuda":
         print(f"error: {bundle} was exported with --fusions cuda: ONNX Runtime's CPU, which this measures with, "
-              "cannot open its graphs", file=sys.stderr)
+              "cannot open its graphs (python -m export measures the same graphs unfused for it)", file=sys.stderr)
         return 2
     started = time.time()
     try:

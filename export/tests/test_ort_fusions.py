@@ -128,6 +128,17 @@ def test_ports_are_the_bundle_formats(fused_bundle, tiny_models):
             [(e["name"], e["dtype"]) for e in specs[component]["inputs"]]
 
 
+def test_memory_figures_come_from_the_unfused_twin(fused_bundle):
+    """--tile auto plans with the manifest's memory figures; the fused graphs cannot be measured on the CPU."""
+    _, bundle = fused_bundle
+    memory = json.loads((bundle / "manifest.json").read_text())["memory"]
+    assert set(memory["components"]) == set(MAIN_GRAPHS)
+    assert "without --fusions" in memory["measured_with"]
+    for component in MAIN_GRAPHS:
+        figures = memory["components"][component]
+        assert figures["weights_bytes"] > 0 and all(b > 0 for _, b in figures["activations"]), component
+
+
 def test_fp16_keeps_group_norm_scale_and_shift_in_float32(fused_bundle):
     precision, bundle = fused_bundle
     if precision != "fp16":
