@@ -210,6 +210,17 @@ else
   not_run golden_cuda_fp16 "no fp16 tiny bundle"
 fi
 
+# A tiny bundle exported here with --fusions cuda (ONNX Runtime's CUDA-only fused operators: no CPU can
+# run them, so this is their only check against the PyTorch references).
+if "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--fusions'; then
+  step export_tiny_fused 180 60 "$PYTHON" -m export --synthetic tiny --seed 0 --fusions cuda --out /tmp/tiny-fused \
+    --no-memory
+  step golden_cuda_fused_fp32 180 30 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden \
+    --provider cuda --max-abs-error 1e-3 --json
+else
+  not_run golden_cuda_fused_fp32 "this export has no --fusions"
+fi
+
 # --tile auto (run's default) on CUDA: its budget must come from the GPU's memory (the JSON line's
 # tile.budget.source names the GPU), and a photo that fits runs untiled (issue 11, item 1, on a GPU).
 step tile_auto_cuda 120 30 "$BIN" run examples/coffee.png -o "$WORK/tile-auto-cuda.png" --model models/tiny \
@@ -323,6 +334,31 @@ if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/nu
   fi
 else
   not_run export_sd21_fp16_gpuform "no fp16 bundle, or this export has no --attention"
+fi
+# ONNX Runtime's CUDA fusions (--fusions cuda: GroupNorm, NhwcConv, BiasSplitGelu, packed attention),
+# timed as the GPU forms are and its 512 image compared with the plain bundle's (informational).
+FUSED=/tmp/sd21-fp16-fused
+if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--fusions'; then
+  if [[ $REEXPORT != 1 && -f $FUSED/manifest.json ]]; then
+    not_run export_sd21_fp16_fused "reused $FUSED from an earlier run on this machine"
+  else
+    step export_sd21_fp16_fused 300 150 "$PYTHON" -m export --synthetic sd21 --seed 0 --precision fp16 \
+      --fusions cuda --out "$FUSED" --no-verify --no-tiled-vae --no-memory
+  fi
+  if [[ -f $FUSED/manifest.json ]]; then
+    step bench_fp16_fused_512 180 45 "$BIN" bench --model "$FUSED" "${bench_args_common[@]}" \
+      --size 512 --tile 0 --runs 10 --warmup 3
+    step bench_fp16_fused_512_cuda_graph 180 45 "$BIN" bench --model "$FUSED" \
+      "${bench_args_common[@]}" --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
+    [[ -f $WORK/sd21-plain.png ]] || step sd21_plain_image 120 30 "$BIN" run examples/coffee.png \
+      -o "$WORK/sd21-plain.png" --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 --json
+    step sd21_fused_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-fused.png" \
+      --model "$FUSED" --provider cuda --process-size 0 --tile 0 --json
+    step sd21_fused_vs_plain 60 10 "$PYTHON" scripts/png_diff.py "$WORK/sd21-fused.png" \
+      "$WORK/sd21-plain.png" --max-levels 255
+  fi
+else
+  not_run export_sd21_fp16_fused "no fp16 bundle, or this export has no --fusions"
 fi
 if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
   step bench_fp16_512_nhwc 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \

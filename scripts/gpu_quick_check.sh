@@ -19,7 +19,7 @@ export ORT_DYLIB_PATH=/tmp/ortpayload/onnxruntime/capi/libonnxruntime.so.1.31.1
 BIN=.device/payload/tadsr-edge
 date +%T
 timeout 30 "$BIN" info > "$OUT/info.txt" 2>&1; head -8 "$OUT/info.txt"
-timeout 60 "$BIN" golden --model models/tiny --provider cuda --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda.json')); print('worst', r['worst_max_abs_error'], 'passed', r['passed'])"
+timeout 60 "$BIN" golden --model models/tiny --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda.json')); print('worst', r['worst_max_abs_error'], 'passed', r['passed'])"
 # free graphs vs --cuda-graph on tiny: fixed 256 px tiles (several tiles, one pinned shape) at two timesteps, so
 # a replay that reads a stale input (the timestep changes between them) shows as a difference
 for mode in free cuda-graph; do
@@ -31,7 +31,7 @@ for t in 200 700; do python3 scripts/png_diff.py "$OUT/tiny-cuda-graph/coffee_t$
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 echo "--- tiny exported with --fusions cuda: golden cases on CUDA against the PyTorch references"
 timeout 90 python3 -m export --synthetic tiny --seed 0 --fusions cuda --out /tmp/tiny-fused --no-memory > "$OUT/tiny-fused-export.txt" 2>&1; echo "tiny fused export rc=$?"
-timeout 60 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden --provider cuda --json > "$OUT/golden_cuda_fused.json" 2>"$OUT/golden_cuda_fused.err"; echo "golden cuda fused rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fused.json')); print('fused worst', r['worst_max_abs_error'], 'passed', r['passed'])"
+timeout 60 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda_fused.json" 2>"$OUT/golden_cuda_fused.err"; echo "golden cuda fused rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fused.json')); print('fused worst', r['worst_max_abs_error'], 'passed', r['passed'])"
 b() { local bundle=$1 log=$2; shift 2; timeout 90 "$BIN" bench --model "$bundle" --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/$log" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'in memory', round(r['upscale_ms']['p50'],1), 'static', r.get('static_shapes',{}).get('unet'), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
 echo "--- 512 untiled (defaults: static shapes on)"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3
@@ -39,6 +39,10 @@ echo "--- 512 untiled, --cuda-graph"; b /tmp/sd21-fp16 bench.jsonl --size 512 --
 date +%T; timeout 200 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --fusions cuda --out /tmp/sd21-fp16-fused --no-verify --no-tiled-vae --no-memory > "$OUT/sd21-fused-export.txt" 2>&1; echo "fused export rc=$?"; date +%T
 echo "--- 512 untiled, --fusions cuda bundle"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3
 echo "--- 512 untiled, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
+echo "--- sd21 fp16 at 512: the --fusions cuda image against the plain bundle's (informational: PSNR, levels)"
+timeout 60 "$BIN" run examples/coffee.png -o "$OUT/sd21-plain.png" --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 2>>"$OUT/bench.err"
+timeout 60 "$BIN" run examples/coffee.png -o "$OUT/sd21-fused.png" --model /tmp/sd21-fp16-fused --provider cuda --process-size 0 --tile 0 2>>"$OUT/bench.err"
+python3 scripts/png_diff.py "$OUT/sd21-fused.png" "$OUT/sd21-plain.png" --max-levels 255
 echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
 timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; python3 -c "import json; r=json.load(open('$OUT/torch_fp16_512.json')); print('PyTorch fp16 512 median ms', r['results']['fp16']['pipeline_ms']['median'])"
 date +%T
