@@ -55,8 +55,9 @@ def main(argv=None) -> int:
                              "the default with --fusions cuda)")
     parser.add_argument("--fusions", choices=["none", "cuda"], default="none",
                         help="none (the default) or cuda: the three main graphs rewritten by ONNX Runtime's own "
-                             "fuser (GroupNorm, NhwcConv, SkipGroupNorm, BiasSplitGelu, packed attention: CUDA-only "
-                             "kernels), as its Stable Diffusion pipeline does; the bundle then runs on CUDA only")
+                             "fuser (GroupNorm, NhwcConv, SkipGroupNorm, BiasSplitGelu, SkipLayerNormalization: "
+                             "CUDA-only kernels), as its Stable Diffusion pipeline does; the bundle then runs on CUDA "
+                             "only")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip measuring each graph's memory (the manifest's memory, used by --tile auto)")
     args = parser.parse_args(argv)

@@ -98,15 +98,17 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
         started = time.time()
         module = _graph_module(models, component, trace_dtype)
         rel = f"{component}/model.onnx"
+        fused_counts: Dict[str, int] = {}
         data_files = export_graph(module, trace_inputs(component, trace_dtype, models.cross_attention_dim,
                                                        latent_channels=latent_channels),
                                   specs[component], out / rel, group_norm=group_norm,
                                   attention=attention, cuda_fusions=component if cuda_fused else None,
-                                  fp16_after_fusing=dtype == torch.float16)
+                                  fp16_after_fusing=dtype == torch.float16, fused_counts=fused_counts)
         extra = {"latent_input": "scaled"} if component == "vae_decoder" else None
         components[component] = component_entry(out, rel, data_files, specs[component], extra)
         size = sum(p.stat().st_size for p in [out / rel, *data_files])
-        _log(f"  {component}: {size / 1e6:.1f} MB in {time.time() - started:.1f} s", quiet)
+        _log(f"  {component}: {size / 1e6:.1f} MB in {time.time() - started:.1f} s"
+             + (f"; fused: {', '.join(f'{n} {op}' for op, n in fused_counts.items())}" if fused_counts else ""), quiet)
         del module
 
     if tiled_vae:
@@ -150,6 +152,11 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
     manifest["provenance"]["group_norm"] = group_norm
     manifest["provenance"]["attention"] = attention
     manifest["provenance"]["fusions"] = fusions
+    if cuda_fused:
+        import onnxruntime
+
+        # the fuser's version decides the fused graph
+        manifest["provenance"]["onnxruntime"] = onnxruntime.__version__
     write_manifest(out, manifest)
     if cuda_fused and verify:
         _log("  the CUDA-fused graphs have operators ONNX Runtime runs on CUDA only: no CPU check against PyTorch "

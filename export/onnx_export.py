@@ -188,7 +188,7 @@ ATTENTIONS = ("onnx", "fused")
 
 def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict]], out_path: Path,
                  group_norm: str = "rowwise", attention: str = "onnx", cuda_fusions: Optional[str] = None,
-                 fp16_after_fusing: bool = False) -> List[Path]:
+                 fp16_after_fusing: bool = False, fused_counts: Optional[Dict[str, int]] = None) -> List[Path]:
     """Trace ``module`` on ``args`` and write it to ``out_path`` (normalized).
     ``group_norm``: ``rowwise`` traces GroupNorms with row-by-row statistics
     (``precise_norm``: exact on the CPU at any size); ``instance`` as PyTorch
@@ -202,7 +202,8 @@ def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict
     ``vae_decoder``) to rewrite the traced float32 graph with ONNX Runtime's
     CUDA fusions (``ort_fusions``; needs the instance and fused forms), then
     converted to float16 when ``fp16_after_fusing``; None leaves the trace as
-    it is."""
+    it is. ``fused_counts``: a dict that receives the fuser's count per fused
+    operator."""
     if group_norm not in GROUP_NORMS:
         raise ValueError(f"group_norm must be one of {GROUP_NORMS}, not {group_norm!r}")
     if attention not in ATTENTIONS:
@@ -232,7 +233,9 @@ def export_graph(module: torch.nn.Module, args: Tuple, spec: Dict[str, List[Dict
         else:
             if group_norm != "instance" or attention != "fused":
                 raise ValueError("the CUDA fusions need group_norm='instance' and attention='fused'")
-            model, _ = fuse_for_cuda(tmp_file, cuda_fusions, fp16_after_fusing)
+            model, counts = fuse_for_cuda(tmp_file, cuda_fusions, fp16_after_fusing)
+            if fused_counts is not None:
+                fused_counts.update(counts)
         _normalize(model)
         _set_io_shapes(model, spec)
         data_files = save_onnx(model, out_path)

@@ -4,7 +4,8 @@ ONNX Runtime's own graph fuser (``onnxruntime.transformers.optimizer``, the
 one its Stable Diffusion pipeline uses) rewrites a traced UNet or VAE into
 com.microsoft operators with fused CUDA kernels: GroupNorm and SkipGroupNorm
 (channels-last, SiLU folded in), NhwcConv, BiasSplitGelu, BiasAdd,
-SkipLayerNormalization, packed-QKV MultiHeadAttention. Several of them exist
+SkipLayerNormalization (the attention is already one MultiHeadAttention
+node each, from ``--attention fused``). Several of them exist
 only in the CUDA provider: ONNX Runtime's CPU refuses such a graph at load
 ("Could not find an implementation for NhwcConv"), so a bundle written this
 way runs on CUDA (and TensorRT, whose unsupported nodes fall to CUDA) only,
@@ -24,8 +25,9 @@ import contextlib
 import io
 import logging
 import os
+import sys
 from pathlib import Path
-from typing import Dict, Set, Tuple
+from typing import Dict, List, Set, Tuple
 
 import onnx
 
@@ -44,52 +46,89 @@ def fuse_for_cuda(trace: Path, component: str, fp16: bool) -> Tuple[onnx.ModelPr
     outputs too, the timestep stays int64) when ``fp16``. The weights stay in
     the trace's external data until a fusion reads one (``_weights_read_from``):
     for an SD-2.1-size UNet the fuser would otherwise hold several copies of
-    its 3.4 GB and need over 17 GB."""
+    its 3.4 GB and need over 17 GB. Raises ``FusionError`` when the fuser
+    left a convolution or every GroupNorm unfused (patterns it did not
+    recognize: a bundle marked CUDA-only without the fusions would be worse
+    than none); prints the fuser's own warnings."""
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
     model_type = MODEL_TYPES[component]
     options = FusionOptions(model_type)
-    # packed QKV / KV pay off (and are only fused) for float16, as in ONNX Runtime's own pipeline
-    options.enable_packed_qkv = fp16
-    options.enable_packed_kv = fp16
     model = onnx.load(str(trace), load_external_data=False)
-    with _quiet_fuser(), _weights_read_from(Path(trace).parent):
+    with _quiet_fuser() as warnings, _weights_read_from(Path(trace).parent):
         fused = optimize_model(model, model_type=model_type, num_heads=0, hidden_size=0, opt_level=0,
                                optimization_options=options, use_gpu=True)
         counts = {op: n for op, n in fused.get_fused_operator_statistics().items() if n}
         # what no fusion read is still on disk: bring it in before the trace's folder goes (and before the
         # float16 converter, which retypes an external tensor without converting its bytes)
         onnx.load_external_data_for_model(fused.model, ".")
-    return (float16_graph(fused.model) if fp16 else fused.model), counts
+    _report(component, warnings)
+    _check_fused(component, fused.model, counts)
+    return (float16_graph(fused.model, component) if fp16 else fused.model), counts
 
 
-def float16_graph(model: onnx.ModelProto) -> onnx.ModelProto:
+class FusionError(RuntimeError):
+    """ONNX Runtime's fuser did not recognize what it should have fused."""
+
+
+def _check_fused(component: str, model: onnx.ModelProto, counts: Dict[str, int]) -> None:
+    ops = operator_counts(model)
+    norms = counts.get("GroupNorm", 0) + counts.get("SkipGroupNorm", 0)
+    if ops.get("Conv", 0) or not ops.get("com.microsoft.NhwcConv", 0) or not norms:
+        raise FusionError(
+            f"{component}: ONNX Runtime's fuser did not recognize this graph's patterns ({ops.get('Conv', 0)} "
+            f"convolutions left unfused, {norms} GroupNorms fused; all it fused: {counts}); export without --fusions")
+
+
+def _report(component: str, warnings: List[str]) -> None:
+    for line in warnings:
+        print(f"  {component}: ONNX Runtime's fuser: {line}", file=sys.stderr, flush=True)
+
+
+def float16_graph(model: onnx.ModelProto, component: str = "graph") -> onnx.ModelProto:
     """``model`` (float32) in float16, inputs and outputs too, by ONNX
     Runtime's converter (it knows the fused operators), the sinusoidal
-    timestep embeddings left in float32 (``sinusoid_nodes``)."""
+    timestep embeddings left in float32 (``sinusoid_nodes``). Unnamed nodes
+    get names first: the converter keeps nodes float32 by name."""
     from onnxruntime.transformers.onnx_model import OnnxModel
 
+    taken = {node.name for node in model.graph.node}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            node.name = f"{node.op_type}_unnamed_{index}"
+            while node.name in taken:
+                node.name += "_"
+            taken.add(node.name)
     wrapped = OnnxModel(model)
-    with _quiet_fuser():
+    with _quiet_fuser() as warnings:
         wrapped.convert_float_to_float16(keep_io_types=False, op_block_list=[],
                                          node_block_list=sorted(sinusoid_nodes(model)))
+    _report(component, warnings)
     return wrapped.model
 
 
+# Their outputs are integers: what produced their input needs no float32.
+_SHAPE_OPS = ("Shape", "Size")
+
+
 def sinusoid_nodes(model: onnx.ModelProto) -> Set[str]:
-    """The names of the Sin and Cos nodes and of every node they depend on:
-    the sinusoidal timestep embeddings. They stay float32 in a float16 graph
-    (as PyTorch computes them in a float16 model): the phase t * frequency
-    reaches about 1000 radians, where float16's spacing is 0.5."""
+    """The names of the Sin and Cos nodes and of every node their values
+    depend on (not through Shape or Size): the sinusoidal timestep
+    embeddings. They stay float32 in a float16 graph (as PyTorch computes
+    them in a float16 model): the phase t * frequency reaches about 1000
+    radians, where float16's spacing is 0.5."""
     producer = {out: node for node in model.graph.node for out in node.output}
+    seen: Set[int] = set()
     wanted: Set[str] = set()
     stack = [node for node in model.graph.node if node.op_type in ("Sin", "Cos")]
     while stack:
         node = stack.pop()
-        if node.name in wanted:
+        if id(node) in seen or node.op_type in _SHAPE_OPS:
             continue
-        wanted.add(node.name)
+        seen.add(id(node))
+        if node.name:
+            wanted.add(node.name)
         stack.extend(producer[name] for name in node.input if name in producer)
     return wanted
 
@@ -112,21 +151,34 @@ def operator_counts(model: onnx.ModelProto) -> Dict[str, int]:
     return dict(collections.Counter(f"{n.domain}.{n.op_type}" if n.domain else n.op_type for n in model.graph.node))
 
 
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.lines: List[str] = []
+
+    def emit(self, record):
+        message = record.getMessage()
+        if "producer not matched" not in message:  # our graphs' producer is ours, not "pytorch"
+            self.lines.append(message.splitlines()[0] if message else record.levelname)
+
+
 @contextlib.contextmanager
 def _quiet_fuser():
-    """The fuser logs every pattern it tries and shows a progress bar: errors only while it works."""
-    loggers = [logging.getLogger(name) for name in ("onnxruntime.transformers", "fusion_base", "onnx_model",
-                                                    "onnx_model_unet", "fusion_utils", "")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
+    """The fuser logs every pattern it tries at INFO and draws a progress bar:
+    those are dropped; its warnings and errors are collected (the list
+    yielded) for the caller to print."""
+    collect = _Collect()
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.WARNING)
+    root.addHandler(collect)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            yield
+            yield collect.lines
     finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
+        root.removeHandler(collect)
+        root.setLevel(level)
 
 
-__all__ = ["FUSIONS", "CUDA_ONLY_OPS", "MODEL_TYPES", "fuse_for_cuda", "float16_graph", "operator_counts",
-           "sinusoid_nodes"]
+__all__ = ["FUSIONS", "CUDA_ONLY_OPS", "MODEL_TYPES", "FusionError", "fuse_for_cuda", "float16_graph",
+           "operator_counts", "sinusoid_nodes"]

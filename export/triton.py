@@ -140,6 +140,10 @@ def write_repository(bundle: Path, out: Path, variant: str = "onnxruntime", max_
     manifest = read_manifest(bundle)
     if out.exists() and any(out.iterdir()):
         raise SystemExit(f"{out} exists and is not empty; give a new folder")
+    if variant == "python" and manifest.get("provenance", {}).get("fusions") == "cuda":
+        raise SystemExit(f"{bundle} was exported with --fusions cuda (CUDA-only graphs); the python variant runs "
+                         "them on ONNX Runtime's CPU: use --variant onnxruntime, or a bundle exported without "
+                         "--fusions")
     names = []
     for name, entry in manifest["components"].items():
         if name == "text_encoder":

@@ -217,7 +217,13 @@ if "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--fusions'; then
     --no-memory
   step golden_cuda_fused_fp32 180 30 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden \
     --provider cuda --max-abs-error 1e-3 --json
+  # fp16: the float16 converter runs after fusing (timestep embeddings kept float32)
+  step export_tiny_fused_fp16 180 60 "$PYTHON" -m export --synthetic tiny --seed 0 --precision fp16 \
+    --fusions cuda --out /tmp/tiny16-fused --no-memory
+  step golden_cuda_fused_fp16 180 30 "$BIN" golden --model /tmp/tiny16-fused --golden models/tiny/golden \
+    --provider cuda --min-psnr 35 --json
 else
+  not_run export_tiny_fused "this export has no --fusions"
   not_run golden_cuda_fused_fp32 "this export has no --fusions"
 fi
 
@@ -310,7 +316,7 @@ fi
 # The GPU forms of the graphs: the same sd21 fp16 weights exported with --group-norm instance
 # (InstanceNormalization instead of row-by-row statistics) and --attention fused (one
 # com.microsoft.MultiHeadAttention node per attention: flash / memory-efficient kernels); timed with
-# today's defaults and with --cuda-graph, and its 512 image compared with the plain bundle's
+# today's defaults and with --cuda-graph, and its image of coffee.png (640x480) compared with the plain bundle's
 # (informational: psnr_db, max_levels).
 GPUFORM=/tmp/sd21-fp16-gpuform
 if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--attention'; then
@@ -336,7 +342,8 @@ else
   not_run export_sd21_fp16_gpuform "no fp16 bundle, or this export has no --attention"
 fi
 # ONNX Runtime's CUDA fusions (--fusions cuda: GroupNorm, NhwcConv, BiasSplitGelu, packed attention),
-# timed as the GPU forms are and its 512 image compared with the plain bundle's (informational).
+# timed as the GPU forms are and its image of coffee.png (640x480) compared with the plain bundle's
+# (informational).
 FUSED=/tmp/sd21-fp16-fused
 if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--fusions'; then
   if [[ $REEXPORT != 1 && -f $FUSED/manifest.json ]]; then

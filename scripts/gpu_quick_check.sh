@@ -2,7 +2,7 @@
 # A short re-check on a lent GPU box (about 7 minutes, against gpu_check.sh's 8-9), most telling first so that a
 # deadline cuts the least: the probe; the golden cases of models/tiny on CUDA, and of a tiny bundle exported here
 # with --fusions cuda (ONNX Runtime's CUDA-only fused operators: checked nowhere else); tiny free graphs vs
-# --cuda-graph; an sd21 fp16 export in today's default forms and one with --fusions cuda, each timed at 512
+# --cuda-graph (and a tiny fp16 --fusions cuda export: golden cases at >= 35 dB); an sd21 fp16 export in today's default forms and one with --fusions cuda, each timed at 512
 # untiled with and without --cuda-graph; PyTorch eager fp16 at 512 (the ratio's denominator); a per-node profile
 # at 512 (scripts/ort_profile_summary.py); 2048 with --tile 512; last, --static-shapes off and
 # --cuda-option prefer_nhwc=1. Needs what scripts/gpu_payload.sh prepares (the last call carries .device/chunk5,
@@ -32,6 +32,10 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 echo "--- tiny exported with --fusions cuda: golden cases on CUDA against the PyTorch references"
 timeout 90 python3 -m export --synthetic tiny --seed 0 --fusions cuda --out /tmp/tiny-fused --no-memory > "$OUT/tiny-fused-export.txt" 2>&1; echo "tiny fused export rc=$?"
 timeout 60 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda_fused.json" 2>"$OUT/golden_cuda_fused.err"; echo "golden cuda fused rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fused.json')); print('fused worst', r['worst_max_abs_error'], 'passed', r['passed'])"
+python3 -c "import json, onnxruntime; print('fuser: onnxruntime', json.load(open('/tmp/tiny-fused/manifest.json'))['provenance'].get('onnxruntime'), '(python here:', onnxruntime.__version__, ')')"
+echo "--- tiny fp16 exported with --fusions cuda (the float16 converter after fusing): golden cases on CUDA, >= 35 dB"
+timeout 90 python3 -m export --synthetic tiny --seed 0 --precision fp16 --fusions cuda --out /tmp/tiny16-fused --no-memory > "$OUT/tiny16-fused-export.txt" 2>&1; echo "tiny fp16 fused export rc=$?"
+timeout 60 "$BIN" golden --model /tmp/tiny16-fused --golden models/tiny/golden --provider cuda --min-psnr 35 --json > "$OUT/golden_cuda_fused_fp16.json" 2>"$OUT/golden_cuda_fused_fp16.err"; echo "golden cuda fused fp16 rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fused_fp16.json')); print({k: v for k, v in r.items() if not isinstance(v, (list, dict))})"
 b() { local bundle=$1 log=$2; shift 2; timeout 90 "$BIN" bench --model "$bundle" --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/$log" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'in memory', round(r['upscale_ms']['p50'],1), 'static', r.get('static_shapes',{}).get('unet'), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
 echo "--- 512 untiled (defaults: static shapes on)"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3
@@ -39,7 +43,7 @@ echo "--- 512 untiled, --cuda-graph"; b /tmp/sd21-fp16 bench.jsonl --size 512 --
 date +%T; timeout 200 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --fusions cuda --out /tmp/sd21-fp16-fused --no-verify --no-tiled-vae --no-memory > "$OUT/sd21-fused-export.txt" 2>&1; echo "fused export rc=$?"; date +%T
 echo "--- 512 untiled, --fusions cuda bundle"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3
 echo "--- 512 untiled, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
-echo "--- sd21 fp16 at 512: the --fusions cuda image against the plain bundle's (informational: PSNR, levels)"
+echo "--- sd21 fp16, coffee.png at 640x480: the --fusions cuda image against the plain bundle's (informational: PSNR, levels)"
 timeout 60 "$BIN" run examples/coffee.png -o "$OUT/sd21-plain.png" --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 2>>"$OUT/bench.err"
 timeout 60 "$BIN" run examples/coffee.png -o "$OUT/sd21-fused.png" --model /tmp/sd21-fp16-fused --provider cuda --process-size 0 --tile 0 2>>"$OUT/bench.err"
 python3 scripts/png_diff.py "$OUT/sd21-fused.png" "$OUT/sd21-plain.png" --max-levels 255

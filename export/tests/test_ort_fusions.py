@@ -170,7 +170,9 @@ def test_the_binary_refuses_them_on_the_cpu_with_the_reason(fused_bundle, tmp_pa
                                      capture_output=True, text=True).stdout)
     assert info["model"]["graph_forms"]["fusions"] == "cuda"
     out = tmp_path / "out"
-    for provider in ("cpu", "auto"):
+    # auto runs it where CUDA is usable: the refusal is a machine's without one
+    cuda_usable = any(p["name"] == "cuda" and p["usable"] for p in info["providers"])
+    for provider in ("cpu",) if cuda_usable else ("cpu", "auto"):
         run = subprocess.run([str(BIN), "run", str(REPO / "examples" / "coffee.png"), "-o", f"{out}/",
                               "--model", str(bundle), "--provider", provider], capture_output=True, text=True)
         assert run.returncode == 2, run.stderr
@@ -192,6 +194,35 @@ def test_cpu_only_tools_refuse_them_by_name(fused_bundle, tmp_path, capsys):
     if precision == "fp32":
         with pytest.raises(SystemExit, match="--fusions cuda"):
             quantize_bundle(bundle, tmp_path / "int8", calibration_images=[])
+    from export.triton import write_repository
+
+    with pytest.raises(SystemExit, match="--fusions cuda"):
+        write_repository(bundle, tmp_path / "triton-python", variant="python")
+    assert not (tmp_path / "triton-python").exists()
+
+
+def test_a_graph_the_fuser_does_not_recognize_is_refused(repo):
+    """models/tiny's decoder has row-by-row GroupNorms: the fuser can make its convolutions NHWC but fuses no
+    GroupNorm. A bundle marked CUDA-only without its fusions would be the worst of both: refused."""
+    from export.ort_fusions import FusionError, fuse_for_cuda
+
+    with pytest.raises(FusionError, match="did not recognize.*0 GroupNorms fused.*export without --fusions"):
+        fuse_for_cuda(repo / "models/tiny/vae_decoder/model.onnx", "vae_decoder", fp16=False)
+
+
+def test_the_fp16_conversion_leaves_the_inputs_and_outputs_alone_but_the_embedding(fused_bundle):
+    """Only the timestep embedding stays float32: no full-size input is cast up (a Shape of it needs no float32),
+    and the Sin and Cos read float32."""
+    precision, bundle = fused_bundle
+    if precision != "fp16":
+        pytest.skip("float16 bundles only")
+    for component in ("vae_encoder", "unet"):
+        model = onnx.load(str(bundle / component / "model.onnx"))
+        float_ports = {v.name for v in model.graph.input if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT16}
+        assert float_ports
+        casts = [n for n in model.graph.node if n.op_type == "Cast" and set(n.input) & float_ports]
+        assert not casts, f"{component}: {[n.name for n in casts]}"
+        assert all(n.name for n in model.graph.node), f"{component}: unnamed nodes"
 
 
 def test_the_forms_it_needs_are_asked_for():

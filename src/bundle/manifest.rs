@@ -153,6 +153,8 @@ pub mod component {
     pub const VAE_ENCODER_TILED: &str = "vae_encoder_tiled";
     /// Optional: the decoder taking shared GroupNorm statistics.
     pub const VAE_DECODER_TILED: &str = "vae_decoder_tiled";
+    /// The three every bundle has (and `--fusions cuda` rewrites).
+    pub const MAIN: [&str; 3] = [VAE_ENCODER, UNET, VAE_DECODER];
 }
 
 /// Port names: the graphs' inputs and outputs.

@@ -272,19 +272,32 @@ pub(super) fn open_stage(
     fallbacks: &mut Vec<String>,
     pin_shape: bool,
 ) -> Result<Stage> {
+    // the three main graphs of a --fusions cuda bundle hold CUDA-only operators (the tiled VAE graphs do not)
+    let cuda_only = bundle.manifest().needs_cuda() && component::MAIN.contains(&component);
     let candidates: Vec<Provider> = match config.provider {
+        // fused graphs are made for the CUDA provider: under TensorRT they would be cut into many engines
+        ProviderChoice::Auto if cuda_only => {
+            vec![Provider::Cuda, Provider::TensorRt, Provider::Cpu]
+        }
         ProviderChoice::Auto => Provider::PREFERENCE.to_vec(),
         ProviderChoice::Only(provider) => vec![provider],
     };
     let mut last_error = None;
     for provider in candidates {
-        if provider == Provider::Cpu && bundle.manifest().needs_cuda() {
+        if provider == Provider::Cpu && cuda_only {
             // ONNX Runtime's own refusal names one node and no remedy
-            let reason = match config.provider {
-                ProviderChoice::Auto => {
-                    format!("no GPU provider is usable here ({})", fallbacks.join("; "))
+            let reason = match (config.provider, &last_error) {
+                (ProviderChoice::Only(_), _) => "--provider cpu was asked for".to_string(),
+                (ProviderChoice::Auto, Some(error)) => {
+                    format!("the GPU provider could not open {component}: {error}")
                 }
-                ProviderChoice::Only(_) => "--provider cpu was asked for".to_string(),
+                (ProviderChoice::Auto, None) => {
+                    let unusable: Vec<&str> = fallbacks
+                        .iter()
+                        .filter_map(|note| note.strip_prefix("auto: "))
+                        .collect();
+                    format!("no GPU provider is usable here ({})", unusable.join("; "))
+                }
             };
             return Err(Error::NeedsCuda {
                 path: bundle.root().to_path_buf(),
