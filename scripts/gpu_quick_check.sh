@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# A short re-check on a lent GPU box (about 7 minutes, against gpu_check.sh's 8-9), most telling first so that a
-# deadline cuts the least: the probe; the golden cases of models/tiny on CUDA, and of a tiny bundle exported here
-# with --fusions cuda (ONNX Runtime's CUDA-only fused operators: checked nowhere else); tiny free graphs vs
-# --cuda-graph (and a tiny fp16 --fusions cuda export: golden cases at >= 35 dB); an sd21 fp16 export in today's default forms and one with --fusions cuda, each timed at 512
-# untiled with and without --cuda-graph; PyTorch eager fp16 at 512 (the ratio's denominator); a per-node profile
-# at 512 (scripts/ort_profile_summary.py); 2048 with --tile 512; last, --static-shapes off and
-# --cuda-option prefer_nhwc=1. Needs what scripts/gpu_payload.sh prepares (the last call carries .device/chunk5,
-# .device/payload and .device/whl after the other chunks). Writes each result to $OUT as it goes. Prints SKIP
-# and exits 0 where there is no GPU.
+# A short re-check on a lent GPU box (about 9 minutes: give the device call timeout_s 600), most telling first so
+# that a deadline cuts the least: the probe; the golden cases on CUDA of models/tiny and of tiny bundles exported
+# here with --fusions cuda, fp32 (bound 1e-3) and fp16 (>= 35 dB) (ONNX Runtime's CUDA-only fused operators:
+# checked nowhere else); tiny free graphs vs --cuda-graph; an sd21 fp16 export in today's default forms and one
+# with --fusions cuda, each timed at 512 untiled with and without --cuda-graph, and their images compared;
+# PyTorch eager fp16 at 512 (the ratio's denominator); 2048 with --tile 512; a per-node profile at 512
+# (scripts/ort_profile_summary.py); last, --static-shapes off and --cuda-option prefer_nhwc=1. Needs what
+# scripts/gpu_payload.sh prepares (the last call carries .device/chunk5, .device/payload and .device/whl after
+# the other chunks). Writes each result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
 set -uo pipefail
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
   echo "SKIP: no NVIDIA GPU here (nvidia-smi finds none)"
@@ -50,6 +50,8 @@ python3 scripts/png_diff.py "$OUT/sd21-fused.png" "$OUT/sd21-plain.png" --max-le
 echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
 timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; python3 -c "import json; r=json.load(open('$OUT/torch_fp16_512.json')); print('PyTorch fp16 512 median ms', r['results']['fp16']['pipeline_ms']['median'])"
 date +%T
+echo "--- 2048 tile 512"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1
+echo "--- 2048 tile 512, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
 for form in default fused; do
   bundle=/tmp/sd21-fp16; [[ $form == fused ]] && bundle=/tmp/sd21-fp16-fused
   echo "--- 512 untiled, $form, ONNX Runtime's per-node profile (3 runs; where the time goes, nodes left on the CPU)"
@@ -57,8 +59,6 @@ for form in default fused; do
   TADSR_EDGE_ORT_PROFILE="/tmp/prof-512-$form" timeout 90 "$BIN" bench --model "$bundle" --provider cuda --size 512 --tile 0 --runs 3 --warmup 1 --input examples/coffee.png >/dev/null 2>>"$OUT/bench.err"
   python3 scripts/ort_profile_summary.py "/tmp/prof-512-$form" --top 8 > "$OUT/profile-512-$form.txt" 2>&1; grep '^==\|on the CPU' "$OUT/profile-512-$form.txt"
 done
-echo "--- 2048 tile 512"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1
-echo "--- 2048 tile 512, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
 echo "--- 2048 tile 512, --cuda-graph"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
 echo "--- 512 untiled, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
 echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
