@@ -313,60 +313,39 @@ if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
 else
   not_run bench_fp16_512_cuda_graph "no fp16 bundle, or the binary has no --static-shapes"
 fi
-# The GPU forms of the graphs: the same sd21 fp16 weights exported with --group-norm instance
-# (InstanceNormalization instead of row-by-row statistics) and --attention fused (one
-# com.microsoft.MultiHeadAttention node per attention: flash / memory-efficient kernels); timed with
-# today's defaults and with --cuda-graph, and its image of coffee.png (640x480) compared with the plain bundle's
-# (informational: psnr_db, max_levels).
-GPUFORM=/tmp/sd21-fp16-gpuform
-if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--attention'; then
-  if [[ $REEXPORT != 1 && -f $GPUFORM/manifest.json ]]; then
-    not_run export_sd21_fp16_gpuform "reused $GPUFORM from an earlier run on this machine"
+# Other forms of the same sd21 fp16 weights, each timed with today's defaults and with --cuda-graph, and
+# its image of coffee.png (640x480) compared with the plain bundle's (informational: psnr_db, max_levels).
+# export_form TAG FLAG EXPORT_TIMEOUT EXPORT_NEEDS EXPORT_ARGS...: FLAG is the export option the form needs.
+export_form() {
+  local tag=$1 flag=$2 timeout=$3 needs=$4 dir=/tmp/sd21-fp16-$1
+  shift 4
+  if [[ ! -f /tmp/sd21-fp16/manifest.json ]] || ! "$PYTHON" -m export --help 2>/dev/null | grep -q -- "$flag"; then
+    not_run "export_sd21_fp16_$tag" "no fp16 bundle, or this export has no $flag"
+    return
+  fi
+  if [[ $REEXPORT != 1 && -f $dir/manifest.json ]]; then
+    not_run "export_sd21_fp16_$tag" "reused $dir from an earlier run on this machine"
   else
-    step export_sd21_fp16_gpuform 240 90 "$PYTHON" -m export --synthetic sd21 --seed 0 --precision fp16 \
-      --group-norm instance --attention fused --out "$GPUFORM" --no-verify --no-tiled-vae --no-memory
+    step "export_sd21_fp16_$tag" "$timeout" "$needs" "$PYTHON" -m export --synthetic sd21 --seed 0 --precision fp16 \
+      "$@" --out "$dir" --no-verify --no-tiled-vae --no-memory
   fi
-  if [[ -f $GPUFORM/manifest.json ]]; then
-    step bench_fp16_gpuform_512 180 45 "$BIN" bench --model "$GPUFORM" "${bench_args_common[@]}" \
-      --size 512 --tile 0 --runs 10 --warmup 3
-    step bench_fp16_gpuform_512_cuda_graph 180 45 "$BIN" bench --model "$GPUFORM" \
-      "${bench_args_common[@]}" --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
-    step sd21_plain_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-plain.png" \
-      --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 --json
-    step sd21_gpuform_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-gpuform.png" \
-      --model "$GPUFORM" --provider cuda --process-size 0 --tile 0 --json
-    step sd21_gpuform_vs_plain 60 10 "$PYTHON" scripts/png_diff.py "$WORK/sd21-gpuform.png" \
-      "$WORK/sd21-plain.png" --max-levels 255
-  fi
-else
-  not_run export_sd21_fp16_gpuform "no fp16 bundle, or this export has no --attention"
-fi
-# ONNX Runtime's CUDA fusions (--fusions cuda: GroupNorm, NhwcConv, BiasSplitGelu, packed attention),
-# timed as the GPU forms are and its image of coffee.png (640x480) compared with the plain bundle's
-# (informational).
-FUSED=/tmp/sd21-fp16-fused
-if [[ -f /tmp/sd21-fp16/manifest.json ]] && "$PYTHON" -m export --help 2>/dev/null | grep -q -- '--fusions'; then
-  if [[ $REEXPORT != 1 && -f $FUSED/manifest.json ]]; then
-    not_run export_sd21_fp16_fused "reused $FUSED from an earlier run on this machine"
-  else
-    step export_sd21_fp16_fused 300 150 "$PYTHON" -m export --synthetic sd21 --seed 0 --precision fp16 \
-      --fusions cuda --out "$FUSED" --no-verify --no-tiled-vae --no-memory
-  fi
-  if [[ -f $FUSED/manifest.json ]]; then
-    step bench_fp16_fused_512 180 45 "$BIN" bench --model "$FUSED" "${bench_args_common[@]}" \
-      --size 512 --tile 0 --runs 10 --warmup 3
-    step bench_fp16_fused_512_cuda_graph 180 45 "$BIN" bench --model "$FUSED" \
-      "${bench_args_common[@]}" --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
-    [[ -f $WORK/sd21-plain.png ]] || step sd21_plain_image 120 30 "$BIN" run examples/coffee.png \
-      -o "$WORK/sd21-plain.png" --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 --json
-    step sd21_fused_image 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-fused.png" \
-      --model "$FUSED" --provider cuda --process-size 0 --tile 0 --json
-    step sd21_fused_vs_plain 60 10 "$PYTHON" scripts/png_diff.py "$WORK/sd21-fused.png" \
-      "$WORK/sd21-plain.png" --max-levels 255
-  fi
-else
-  not_run export_sd21_fp16_fused "no fp16 bundle, or this export has no --fusions"
-fi
+  [[ -f $dir/manifest.json ]] || return
+  step "bench_fp16_${tag}_512" 180 45 "$BIN" bench --model "$dir" "${bench_args_common[@]}" \
+    --size 512 --tile 0 --runs 10 --warmup 3
+  step "bench_fp16_${tag}_512_cuda_graph" 180 45 "$BIN" bench --model "$dir" \
+    "${bench_args_common[@]}" --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
+  [[ -f $WORK/sd21-plain.png ]] || step sd21_plain_image 120 30 "$BIN" run examples/coffee.png \
+    -o "$WORK/sd21-plain.png" --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 --json
+  step "sd21_${tag}_image" 120 30 "$BIN" run examples/coffee.png -o "$WORK/sd21-$tag.png" \
+    --model "$dir" --provider cuda --process-size 0 --tile 0 --json
+  step "sd21_${tag}_vs_plain" 60 10 "$PYTHON" scripts/png_diff.py "$WORK/sd21-$tag.png" \
+    "$WORK/sd21-plain.png" --max-levels 255
+}
+# The GPU forms: --group-norm instance (InstanceNormalization instead of row-by-row statistics) and
+# --attention fused (one com.microsoft.MultiHeadAttention node per attention: flash / memory-efficient kernels).
+export_form gpuform --attention 240 90 --group-norm instance --attention fused
+# ONNX Runtime's CUDA fusions (--fusions cuda: GroupNorm, SkipGroupNorm, NhwcConv, BiasSplitGelu).
+export_form fused --fusions 300 150 --fusions cuda
 if [[ $has_static == 1 && -f /tmp/sd21-fp16/manifest.json ]]; then
   step bench_fp16_512_nhwc 180 45 "$BIN" bench --model /tmp/sd21-fp16 "${bench_args_common[@]}" --size 512 \
     --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1

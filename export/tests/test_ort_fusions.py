@@ -35,15 +35,20 @@ def fused_bundle(request, tmp_path_factory, tiny_models):
     return request.param, out
 
 
-@pytest.fixture(scope="module")
-def unfused_bundle(tmp_path_factory, tiny_models):
-    """The same forms (instance GroupNorm, fused attention) without the fuser: the nodes it starts from."""
+def _unfused_export(tmp_path_factory, tiny_models, precision: str):
+    """The GPU forms (instance GroupNorm, fused attention) without the fuser, main graphs only."""
     from export.bundle import export_bundle
 
-    out = tmp_path_factory.mktemp("tiny_unfused")
-    export_bundle(tiny_models, out, precision="fp32", quiet=True, verify=False, tiled_vae=False,
+    out = tmp_path_factory.mktemp(f"tiny_unfused_{precision}")
+    export_bundle(tiny_models, out, precision=precision, quiet=True, verify=False, tiled_vae=False,
                   measure_memory=False, group_norm="instance", attention="fused")
     return out
+
+
+@pytest.fixture(scope="module")
+def unfused_bundle(tmp_path_factory, tiny_models):
+    """The nodes the fuser starts from."""
+    return _unfused_export(tmp_path_factory, tiny_models, "fp32")
 
 
 def test_every_group_norm_conv_and_attention_is_fused_or_kept(fused_bundle, unfused_bundle):
@@ -66,12 +71,7 @@ def test_every_group_norm_conv_and_attention_is_fused_or_kept(fused_bundle, unfu
 @pytest.fixture(scope="module")
 def torch_half_bundle(tmp_path_factory, tiny_models):
     """PyTorch's own float16 export in the same forms: the precision a float16 graph should keep."""
-    from export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("tiny_half")
-    export_bundle(tiny_models, out, precision="fp16", quiet=True, verify=False, tiled_vae=False,
-                  measure_memory=False, group_norm="instance", attention="fused")
-    return out
+    return _unfused_export(tmp_path_factory, tiny_models, "fp16")
 
 
 def test_the_float16_conversion_keeps_pytorchs_float16_precision(tiny_models, unfused_bundle, torch_half_bundle,
