@@ -456,11 +456,13 @@ report = {
 for precision in ("fp16", "fp32"):
     edge = get(f"bench_{precision}_512", "end_to_end_ms", "p50")
     write = get(f"bench_{precision}_512", "stages_ms", "write", "p50") or 0.0
+    # upscale_ms: the same runs image in memory to image in memory (the scope PyTorch's bench times)
+    in_memory = get(f"bench_{precision}_512", "upscale_ms", "p50") or (edge - write if edge else None)
     torch_ms = get("torch_bench", "results", precision, "pipeline_ms", "median")
     if edge and torch_ms:
         report["ratios"][f"{precision}_512"] = {
-            "tadsr_edge_p50_ms": edge, "tadsr_edge_without_png_write_ms": edge - write, "pytorch_median_ms": torch_ms,
-            "ratio": edge / torch_ms, "ratio_without_png_write": (edge - write) / torch_ms}
+            "tadsr_edge_p50_ms": edge, "tadsr_edge_without_png_write_ms": in_memory, "pytorch_median_ms": torch_ms,
+            "ratio": edge / torch_ms, "ratio_without_png_write": in_memory / torch_ms}
 out_json.write_text(json.dumps(report, indent=1) + "\n")
 
 print("\n===== GPU check summary =====")
