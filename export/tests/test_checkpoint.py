@@ -202,8 +202,9 @@ def test_base_weights_must_match_exactly(synthetic_checkpoint, tmp_path):
 
 def test_cli_exports_checkpoint_bundle(synthetic_checkpoint, loaded, tmp_path, repo):
     out = tmp_path / "bundle"
+    # --no-memory: the measurement is export.memory's, tested in test_memory.py
     proc = subprocess.run([sys.executable, "-m", "export", "--weights", str(synthetic_checkpoint), "--out", str(out),
-                           "--prompt-embeds", str(synthetic_checkpoint / "prompt_embeds.npy")],
+                           "--prompt-embeds", str(synthetic_checkpoint / "prompt_embeds.npy"), "--no-memory"],
                           cwd=repo, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     manifest = json.loads((out / "manifest.json").read_text())

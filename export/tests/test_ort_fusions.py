@@ -30,8 +30,10 @@ def fused_bundle(request, tmp_path_factory, tiny_models):
     from export.bundle import export_bundle
 
     out = tmp_path_factory.mktemp(f"tiny_fused_{request.param}")
-    export_bundle(tiny_models, out, precision=request.param, name="tiny-fused", quiet=True,
-                  group_norm="instance", attention="fused", fusions="cuda")
+    # fp32 is the whole export (tiled VAE graphs, memory figures); fp16 the main graphs, where the precisions differ
+    whole = request.param == "fp32"
+    export_bundle(tiny_models, out, precision=request.param, name="tiny-fused", quiet=True, tiled_vae=whole,
+                  measure_memory=whole, group_norm="instance", attention="fused", fusions="cuda")
     return request.param, out
 
 
@@ -128,6 +130,7 @@ def test_ports_are_the_bundle_formats(fused_bundle, tiny_models):
             [(e["name"], e["dtype"]) for e in specs[component]["inputs"]]
 
 
+@pytest.mark.parametrize("fused_bundle", ["fp32"], indirect=True)
 def test_memory_figures_come_from_the_unfused_twin(fused_bundle):
     """--tile auto plans with the manifest's memory figures; the fused graphs cannot be measured on the CPU."""
     _, bundle = fused_bundle
