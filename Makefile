@@ -6,7 +6,8 @@ CACHE := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/tadsr-edge
 VENV = $(CACHE)/venv-$(shell sha256sum export/requirements.txt | cut -c1-16)
 PY = $(VENV)/bin/python
 MODEL ?= models/nano
-BIN := target/release/tadsr-edge
+# cargo builds under $CARGO_TARGET_DIR when it is set
+BIN := $(or $(CARGO_TARGET_DIR),target)/release/tadsr-edge
 
 .PHONY: setup setup-runtime build demo test bench sd21 compare clean-out
 
@@ -29,7 +30,7 @@ demo: build
 test: setup
 	cargo build --release --locked
 	cargo test --release --locked
-	$(PY) -m pytest -q export/tests
+	TADSR_EDGE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q export/tests
 	$(PY) -m ruff check export scripts tests/fixtures src/runtime
 	cargo clippy --release --locked --all-targets -- -D warnings
 	cargo fmt --all -- --check

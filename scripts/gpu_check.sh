@@ -120,7 +120,7 @@ not_run() { record "$1" "skipped: $2" "" 0 ""; stamp "step $1: skipped: $2"; }
 
 # --- inputs -------------------------------------------------------------------------------------
 BIN=${BIN:-.device/payload/tadsr-edge}
-[[ -x $BIN ]] || BIN=target/release/tadsr-edge
+[[ -x $BIN ]] || BIN=${CARGO_TARGET_DIR:-target}/release/tadsr-edge
 TINY_FP16=${TINY_FP16:-.device/tiny-fp16}
 
 # 1. probe ---------------------------------------------------------------------------------------

@@ -46,7 +46,7 @@ mkdir -p .device/payload .device/chunks .device/whl
 git check-ignore -q .device/x || die ".device/ is not git-ignored (add /.device/ to .git/info/exclude)"
 
 # (a) the release binary ------------------------------------------------------------------------
-BIN=target/release/tadsr-edge
+BIN=${CARGO_TARGET_DIR:-target}/release/tadsr-edge
 [[ -x $BIN ]] || die "$BIN missing: cargo build --release --locked first"
 file -b "$BIN" 2>/dev/null | grep -q 'x86-64' || die "$BIN is not an x86-64 executable"
 cp -f "$BIN" .device/payload/tadsr-edge

@@ -15,6 +15,7 @@ from PIL import Image
 from export.manifest import bundle_files, read_manifest, sha256_file, verify_bundle
 from export.onnx_export import ort_session
 from export.reference import color_fix, image_to_tensor, super_resolve, upscaled_input
+from export.tests.binary import BIN, needs_binary
 from export.tests.tolerances import LARGE_PIPELINE_FP32_TOL, PIPELINE_FP32_TOL
 
 
@@ -299,15 +300,13 @@ def test_reference_cli_writes_golden_case(tiny_dir, tmp_path, repo):
     assert np.abs(np.load(out) - np.load(tiny_dir / "golden" / case["reference"])).max() <= PIPELINE_FP32_TOL
 
 
+@needs_binary
 def test_the_binary_runs_an_fp16_bundle_close_to_the_fp32_references(fresh_tiny_fp16_bundle, tiny_dir, repo):
     """tadsr-edge on an fp16 export of tiny (the form GPU runs use): its half-precision inputs and
     outputs go through the same pipeline on the CPU, and every golden case stays within the fp16 bound
     the GPU check uses (35 dB PSNR against the fp32 PyTorch references)."""
-    binary = repo / "target" / "release" / "tadsr-edge"
-    if not binary.exists():
-        pytest.skip(f"{binary} is not built (make test builds it first)")
     proc = subprocess.run(
-        [str(binary), "golden", "--model", str(fresh_tiny_fp16_bundle), "--golden", str(tiny_dir / "golden"),
+        [str(BIN), "golden", "--model", str(fresh_tiny_fp16_bundle), "--golden", str(tiny_dir / "golden"),
          "--provider", "cpu", "--min-psnr", "35", "--json"],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

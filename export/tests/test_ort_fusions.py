@@ -19,9 +19,9 @@ import torch
 
 from export.onnx_export import component_specs
 from export.ort_fusions import CUDA_ONLY_OPS, operator_counts
+from export.tests.binary import BIN, needs_binary
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release" / "tadsr-edge"
 MAIN_GRAPHS = ("vae_encoder", "unet", "vae_decoder")
 
 
@@ -165,9 +165,8 @@ def test_onnx_runtime_cpu_cannot_open_them(fused_bundle):
         ort.InferenceSession(str(bundle / "unet" / "model.onnx"), providers=["CPUExecutionProvider"])
 
 
+@needs_binary
 def test_the_binary_refuses_them_on_the_cpu_with_the_reason(fused_bundle, tmp_path):
-    if not BIN.is_file():
-        pytest.skip("target/release/tadsr-edge not built (make test builds it first)")
     _, bundle = fused_bundle
     info = json.loads(subprocess.run([str(BIN), "info", "--model", str(bundle), "--json"], check=True,
                                      capture_output=True, text=True).stdout)

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from export.tests.binary import BIN, needs_binary
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release" / "tadsr-edge"
 
 spec = importlib.util.spec_from_file_location("ort_profile_summary", REPO / "scripts" / "ort_profile_summary.py")
 summary_module = importlib.util.module_from_spec(spec)
@@ -57,7 +58,7 @@ def test_a_gpu_run_names_its_cpu_nodes_and_the_time_outside_nodes():
     assert summary_module.graph_name(Path("unet-model_2026-11-27_14-22-12_205.json")) == "unet-model"
 
 
-@pytest.mark.skipif(not BIN.exists(), reason=f"{BIN} is not built (make test builds it first)")
+@needs_binary
 def test_a_real_cpu_profile_of_the_three_graphs(tmp_path: Path, capsys):
     env = dict(os.environ, TADSR_EDGE_ORT_PROFILE=str(tmp_path))
     bench = subprocess.run(

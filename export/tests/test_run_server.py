@@ -1,7 +1,7 @@
 """`tadsr-edge run --server URL` against a real Triton Inference Server (the nvidia-pytriton wheel's
 tritonserver, Python backend, models/tiny), started and stopped by the tests on 127.0.0.1.
 
-The binary is the one `make test` builds (target/release/tadsr-edge). Checked: a server run gives the
+The binary is the one `make test` builds (export/tests/binary.py). Checked: a server run gives the
 local run's image (untiled and tiled; the tiles of one image in flight together), a batch with bad files
 ends as locally, a server killed mid-batch gives one clear error, exit 2 and no partial file, 8 clients at
 once all finish right, and a missing model, a server holding another bundle's graphs or a server that is
@@ -20,11 +20,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from export.tests.binary import BIN, needs_binary
+
 REPO = Path(__file__).resolve().parents[2]
-BIN = REPO / "target" / "release" / "tadsr-edge"
 TINY = REPO / "models" / "tiny"
 
-pytestmark = pytest.mark.skipif(not BIN.exists(), reason=f"{BIN} is not built (make test builds it first)")
+pytestmark = needs_binary
 
 
 def tadsr(*args, timeout: float = 180) -> subprocess.CompletedProcess:
