@@ -16,6 +16,7 @@ pub mod image;
 pub mod naming;
 pub mod npy;
 pub mod pipeline;
+pub mod regular_file;
 pub mod remote;
 pub mod runtime;
 pub mod schedule;

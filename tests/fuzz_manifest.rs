@@ -296,6 +296,77 @@ fn a_huge_schedule_is_refused_without_allocating_it() {
     });
 }
 
+#[test]
+fn a_listed_schedule_over_the_cap_is_refused_too() {
+    let mut manifest = original();
+    let steps = 200_000;
+    manifest["schedule"]["num_train_timesteps"] = Value::from(steps);
+    manifest["schedule"]["alphas_cumprod"] = Value::Array(
+        (0..steps)
+            .map(|i| Value::from(1.0 - i as f64 / (steps as f64 + 1.0)))
+            .collect(),
+    );
+    let text = serde_json::to_vec(&manifest).unwrap();
+    BUNDLE.with(|dir| {
+        std::fs::write(dir.path().join("manifest.json"), &text).unwrap();
+        let bundle = Bundle::open_with(dir.path(), false).unwrap();
+        let error = noise_schedule(&bundle).unwrap_err().to_string();
+        assert!(error.contains("over 100000"), "{error}");
+    });
+}
+
+/// What stands where manifest.json or a graph should be is checked before it
+/// is read: a FIFO (an open would wait for a writer for ever), a symlink out
+/// of the folder (e.g. to /dev/zero: read for ever), a file far too large.
+#[test]
+fn a_manifest_or_graph_that_is_not_a_bundle_file_is_refused_at_once() {
+    let fifo = |path: &Path| {
+        let _ = std::fs::remove_file(path);
+        assert!(std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .unwrap()
+            .success());
+    };
+    let cases: [(&str, &dyn Fn(&Path), &str); 4] = [
+        (
+            "fifo manifest",
+            &|dir| fifo(&dir.join("manifest.json")),
+            "FIFO",
+        ),
+        (
+            "manifest leading out",
+            &|dir| {
+                std::fs::remove_file(dir.join("manifest.json")).unwrap();
+                std::os::unix::fs::symlink("/dev/zero", dir.join("manifest.json")).unwrap();
+            },
+            "leads out of the bundle",
+        ),
+        (
+            "huge manifest",
+            &|dir| {
+                let file = std::fs::File::create(dir.join("manifest.json")).unwrap();
+                file.set_len(3 << 30).unwrap(); // sparse: no disk used
+            },
+            "over 16 MiB",
+        ),
+        (
+            "fifo graph",
+            &|dir| fifo(&dir.join("unet/model.onnx")),
+            "FIFO",
+        ),
+    ];
+    for (name, damage, expected) in cases {
+        let dir = bundle_copy();
+        damage(dir.path());
+        let error = match Bundle::open(dir.path()) {
+            Ok(_) => panic!("{name}: opened"),
+            Err(error) => error.to_string(),
+        };
+        assert!(error.contains(expected), "{name}: {error}");
+    }
+}
+
 /// Every manifest a fuzz run found is kept here and must stay fixed.
 #[test]
 fn kept_crashers_stay_fixed() {

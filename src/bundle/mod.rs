@@ -15,6 +15,10 @@ use sha2::{Digest, Sha256};
 use crate::error::{Error, Result};
 
 /// What each required graph must take and give (name, dtype).
+/// A manifest is a few hundred KiB (the longest part, a 100000-step
+/// schedule, is under 3 MiB of text); anything much larger is not one.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
 const REQUIRED_PORTS: [(&str, &[&str], &[&str]); 3] = [
     (
         component::VAE_ENCODER,
@@ -52,13 +56,23 @@ impl Bundle {
                 "not a folder; give --model the folder that holds manifest.json",
             ));
         }
-        let text = std::fs::read_to_string(&manifest_path)
-            .map_err(|e| Error::bundle(dir, format!("cannot read manifest.json: {e}")))?;
-        let manifest: Manifest = serde_json::from_str(&text)
-            .map_err(|e| Error::bundle(dir, format!("manifest.json is malformed: {e}")))?;
         let root = dir
             .canonicalize()
             .map_err(|e| Error::bundle(dir, e.to_string()))?;
+        // the manifest is held to what the graphs are held to: inside the
+        // folder, a regular file (a FIFO would hang the open), of a sane size
+        if let Ok(real) = manifest_path.canonicalize() {
+            if !real.starts_with(&root) {
+                return Err(Error::bundle(
+                    dir,
+                    "manifest.json leads out of the bundle's folder (symlink)",
+                ));
+            }
+        }
+        let text = crate::regular_file::read_text_capped(&manifest_path, MAX_MANIFEST_BYTES)
+            .map_err(|e| Error::bundle(dir, format!("manifest.json: {e}")))?;
+        let manifest: Manifest = serde_json::from_str(&text)
+            .map_err(|e| Error::bundle(dir, format!("manifest.json is malformed: {e}")))?;
         let bundle = Bundle { root, manifest };
         bundle.validate()?;
         if verify_hashes {
@@ -227,6 +241,15 @@ impl Bundle {
                 "path {relative:?} leads out of the bundle's folder (symlink)"
             )));
         }
+        // a FIFO or device where a graph should be would hang or never end
+        // the hash and the graph's load; a stat does not block
+        let meta = std::fs::metadata(&real).map_err(|e| self.fail(format!("{relative}: {e}")))?;
+        if !meta.is_file() {
+            return Err(self.fail(format!(
+                "{relative} is {}, not a regular file",
+                crate::naming::special_file_kind(&meta)
+            )));
+        }
         Ok(real)
     }
 
@@ -285,7 +308,7 @@ fn check_ports(
 
 /// Hex sha256 of a file, streamed.
 pub fn sha256_file(path: &Path) -> Result<String> {
-    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut file = crate::regular_file::open_regular(path).map_err(|e| Error::bundle(path, e))?;
     let mut hasher = Sha256::new();
     std::io::copy(&mut file, &mut hasher).map_err(|e| Error::io(path, e))?;
     Ok(hasher

@@ -189,29 +189,9 @@ fn is_symlink_loop(_error: &std::io::Error) -> bool {
     false
 }
 
-/// Opens a regular file for reading without ever blocking on a FIFO (the
-/// file is opened non-blocking and its type checked on the open handle).
+/// Opens a regular file for reading without ever blocking on a FIFO.
 pub(crate) fn open_regular(path: &Path) -> Result<File> {
-    let mut options = std::fs::OpenOptions::new();
-    options.read(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.custom_flags(libc::O_NONBLOCK);
-    }
-    let file = options
-        .open(path)
-        .map_err(|e| Error::Input(format!("cannot open: {e}")))?;
-    let meta = file
-        .metadata()
-        .map_err(|e| Error::Input(format!("cannot read: {e}")))?;
-    if !meta.is_file() {
-        return Err(Error::Input(format!(
-            "{}, not a regular file; only regular files are read",
-            crate::naming::special_file_kind(&meta)
-        )));
-    }
-    Ok(file)
+    crate::regular_file::open_regular(path).map_err(Error::Input)
 }
 
 /// A decoded input and what the user should be told about it.

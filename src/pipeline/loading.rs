@@ -24,10 +24,16 @@ pub const MAX_TRAIN_TIMESTEPS: usize = 100_000;
 pub fn noise_schedule(bundle: &Bundle) -> Result<NoiseSchedule> {
     let spec = &bundle.manifest().schedule;
     let fail = |reason: String| Error::bundle(bundle.root(), format!("schedule: {reason}"));
-    if spec.alphas_cumprod.is_empty() && spec.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
+    if spec.num_train_timesteps > MAX_TRAIN_TIMESTEPS {
         return Err(fail(format!(
             "num_train_timesteps is {}, over {MAX_TRAIN_TIMESTEPS}",
             spec.num_train_timesteps
+        )));
+    }
+    if spec.alphas_cumprod.len() > MAX_TRAIN_TIMESTEPS {
+        return Err(fail(format!(
+            "alphas_cumprod lists {} values, over {MAX_TRAIN_TIMESTEPS}",
+            spec.alphas_cumprod.len()
         )));
     }
     let schedule = NoiseSchedule::from_spec(spec).map_err(|e| fail(e.to_string()))?;
