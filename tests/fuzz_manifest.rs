@@ -328,7 +328,8 @@ fn a_manifest_or_graph_that_is_not_a_bundle_file_is_refused_at_once() {
             .unwrap()
             .success());
     };
-    let cases: [(&str, &dyn Fn(&Path), &str); 4] = [
+    type Damage<'a> = &'a dyn Fn(&Path);
+    let cases: [(&str, Damage, &str); 4] = [
         (
             "fifo manifest",
             &|dir| fifo(&dir.join("manifest.json")),
