@@ -281,6 +281,73 @@ fn a_truncated_jpeg_is_refused_and_trailing_data_is_not() {
     assert_eq!(folder_names(&out), ["trailer.png"]);
 }
 
+/// Where a JPEG's scan data starts (after the SOS segment) and its frame
+/// header's height field.
+fn jpeg_offsets(jpeg: &[u8]) -> (usize, usize) {
+    let find = |marker: u8| {
+        jpeg.windows(2)
+            .position(|w| w == [0xFF, marker])
+            .expect("marker")
+    };
+    let sos = find(0xDA);
+    let sos_length = usize::from(u16::from_be_bytes([jpeg[sos + 2], jpeg[sos + 3]]));
+    (sos + 2 + sos_length, find(0xC0) + 5)
+}
+
+#[test]
+fn a_jpeg_without_its_data_a_padded_jpeg_and_a_nan_tiff_end_as_they_should() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    let jpeg = jpeg_bytes(48, 40);
+    let (data_start, height_at) = jpeg_offsets(&jpeg);
+    // the scan emptied: the decoder used to "decode" a made-up image
+    let mut empty_scan = jpeg[..data_start].to_vec();
+    empty_scan.extend_from_slice(&[0xFF, 0xD9]);
+    write(&inputs.join("a_empty_scan.jpg"), &empty_scan);
+    // a header claiming 2048x2048 over 48x40 pixels' data: it used to run
+    // at 8192x8192, 15 GB within 30 s
+    let mut claims_more = jpeg.clone();
+    claims_more[height_at..height_at + 4].copy_from_slice(&[0x08, 0x00, 0x08, 0x00]);
+    write(&inputs.join("b_claims_2048.jpg"), &claims_more);
+    // a float TIFF with a NaN sample: an input fault, not the model's
+    let mut float = image::Rgb32FImage::from_pixel(24, 20, image::Rgb([0.5, 0.25, 0.75]));
+    float.put_pixel(3, 4, image::Rgb([f32::NAN, 0.5, 0.5]));
+    image::DynamicImage::ImageRgb32F(float)
+        .save(inputs.join("c_nan.tiff"))
+        .unwrap();
+    // a good JPEG followed by 2 GiB (sparse) of whatever: allowed, and not
+    // read (the decoder reads its whole input into memory)
+    write(&inputs.join("d_padded.jpg"), &jpeg);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(inputs.join("d_padded.jpg"))
+        .unwrap()
+        .set_len(2 << 30)
+        .unwrap();
+    let out = dir.path().join("out");
+    let run = tadsr(&["run", path_str(&inputs), "-o", path_str(&out), "-q"]);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 3, "{}", run.stderr);
+    for (line, (name, reason)) in errors.iter().zip([
+        (
+            "a_empty_scan.jpg",
+            "0 bytes of image data cannot hold 48x40",
+        ),
+        ("b_claims_2048.jpg", "cannot hold 2048x2048"),
+        ("c_nan.tiff", "a sample is NaN"),
+    ]) {
+        assert!(line.contains(name) && line.contains(reason), "{line}");
+    }
+    assert_eq!(folder_names(&out), ["d_padded.png"]);
+    assert!(
+        run.peak_mb < 1000.0,
+        "peak memory {:.0} MB for tiny inputs",
+        run.peak_mb
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 5. --threads is bounded
 // ---------------------------------------------------------------------------

@@ -117,7 +117,7 @@ fn tiling_mode(tiling: TilingArg) -> TilingMode {
 fn largest_model_side(jobs: &[(PathBuf, Vec<PathBuf>)], args: &RunArgs) -> u32 {
     let (upscale, process_size) = (args.upscale.unwrap_or(4), args.process_size.unwrap_or(512));
     jobs.iter()
-        .filter_map(|(input, _)| image::image_dimensions(input).ok())
+        .filter_map(|(input, _)| image_io::header_dimensions(input))
         .filter_map(|(w, h)| size_plan::plan_sizes(w, h, upscale, process_size).ok())
         .map(|plan| plan.model.0.max(plan.model.1))
         .max()
@@ -137,7 +137,7 @@ fn model_sizes(
         args.process_size.or(defaults.map(|d| d.1)).unwrap_or(512),
     );
     jobs.iter()
-        .filter_map(|(input, _)| image::image_dimensions(input).ok())
+        .filter_map(|(input, _)| image_io::header_dimensions(input))
         .filter_map(|(w, h)| size_plan::plan_sizes(w, h, upscale, process_size).ok())
         .map(|plan| plan.model)
         .collect()

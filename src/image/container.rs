@@ -19,13 +19,77 @@ pub(super) fn supported_format(head: &[u8]) -> Option<ImageFormat> {
     }
 }
 
+/// A JPEG's frame header (SOF): its size and how its scans are coded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JpegFrame {
+    pub width: u32,
+    /// 0 when a DNL marker gives it later.
+    pub height: u32,
+    /// Largest horizontal and vertical sampling factors (an MCU's size in blocks).
+    pub max_sampling: (u32, u32),
+    /// Baseline, extended or progressive Huffman coding: every 8x8 block
+    /// takes at least one bit. (Arithmetic and lossless coding are not held to that.)
+    pub huffman_dct: bool,
+}
+
+impl JpegFrame {
+    /// Minimum Units of one scan covering the image: each is at least one
+    /// block of every component.
+    pub fn mcu_count(&self) -> u64 {
+        let (h, v) = self.max_sampling;
+        u64::from(self.width.div_ceil(8 * h.max(1))) * u64::from(self.height.div_ceil(8 * v.max(1)))
+    }
+}
+
+/// What the walk of a complete JPEG found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JpegLayout {
+    /// Bytes from the start marker through the end marker (what a decoder
+    /// needs; what follows EOI is not the image's).
+    pub length: u64,
+    /// Bytes of entropy-coded data over all scans.
+    pub entropy_bytes: u64,
+    /// The first frame header, if any.
+    pub frame: Option<JpegFrame>,
+}
+
+/// A reader that counts what was consumed.
+struct Counted<R> {
+    inner: R,
+    count: u64,
+}
+
+impl<R: BufRead> Read for Counted<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        Ok(n)
+    }
+}
+
+impl<R: BufRead> BufRead for Counted<R> {
+    fn fill_buf(&mut self) -> std::io::Result<&[u8]> {
+        self.inner.fill_buf()
+    }
+    fn consume(&mut self, amount: usize) {
+        self.count += amount as u64;
+        self.inner.consume(amount);
+    }
+}
+
 /// Walks a JPEG's segments and entropy-coded data up to its end marker
 /// (EOI). The decoder fills a truncated file with gray without an error;
-/// this refuses it. Data after EOI is allowed (some cameras append some).
-pub fn check_jpeg_complete(mut reader: impl BufRead) -> std::result::Result<(), String> {
+/// this refuses it, and a scan too short to hold the frame's pixels (a
+/// header claiming 2048x2048 over no data would otherwise be "decoded").
+/// Data after EOI is allowed (some cameras append some) and not read.
+pub fn check_jpeg_complete(reader: impl BufRead) -> std::result::Result<JpegLayout, String> {
     const TRUNCATED: &str =
         "truncated JPEG: the file ends before its end marker (an incomplete download or copy?)";
-    let byte = |reader: &mut dyn BufRead| -> std::result::Result<u8, String> {
+    let mut reader = Counted {
+        inner: reader,
+        count: 0,
+    };
+    let byte = |reader: &mut Counted<_>| -> std::result::Result<u8, String> {
         let mut one = [0u8; 1];
         reader
             .read_exact(&mut one)
@@ -35,6 +99,8 @@ pub fn check_jpeg_complete(mut reader: impl BufRead) -> std::result::Result<(), 
     if byte(&mut reader)? != 0xFF || byte(&mut reader)? != 0xD8 {
         return Err("not a JPEG (no start marker)".to_string());
     }
+    let mut entropy_bytes = 0u64;
+    let mut frame = None;
     // The marker after the current position: fill bytes and stray data
     // between segments are skipped, as decoders do.
     let mut pending: Option<u8> = None;
@@ -51,7 +117,7 @@ pub fn check_jpeg_complete(mut reader: impl BufRead) -> std::result::Result<(), 
             }
         };
         match marker {
-            0xD9 => return Ok(()),
+            0xD9 => break,
             0x00 | 0x01 | 0xD0..=0xD8 => continue,
             _ => {}
         }
@@ -59,11 +125,59 @@ pub fn check_jpeg_complete(mut reader: impl BufRead) -> std::result::Result<(), 
         if length < 2 {
             return Err(format!("corrupt JPEG: segment length {length}"));
         }
-        skip_exact(&mut reader, u64::from(length) - 2).map_err(|_| TRUNCATED.to_string())?;
+        let is_frame = matches!(marker, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF);
+        if is_frame && frame.is_none() {
+            let mut segment = vec![0u8; usize::from(length) - 2];
+            reader
+                .read_exact(&mut segment)
+                .map_err(|_| TRUNCATED.to_string())?;
+            frame = Some(parse_frame(marker, &segment)?);
+        } else {
+            skip_exact(&mut reader, u64::from(length) - 2).map_err(|_| TRUNCATED.to_string())?;
+        }
         if marker == 0xDA {
-            pending = Some(skip_entropy_coded_data(&mut reader).ok_or(TRUNCATED)?);
+            let start = reader.count;
+            let next = skip_entropy_coded_data(&mut reader).ok_or(TRUNCATED)?;
+            // the marker's two bytes are not data
+            entropy_bytes += (reader.count - start).saturating_sub(2);
+            pending = Some(next);
         }
     }
+    let layout = JpegLayout {
+        length: reader.count,
+        entropy_bytes,
+        frame,
+    };
+    if let Some(frame) = frame.filter(|f| f.huffman_dct && f.height > 0) {
+        if layout.entropy_bytes.saturating_mul(8) < frame.mcu_count() {
+            return Err(format!(
+                "corrupt JPEG: {} bytes of image data cannot hold {}x{} pixels (a damaged or cut file?)",
+                layout.entropy_bytes, frame.width, frame.height
+            ));
+        }
+    }
+    Ok(layout)
+}
+
+/// A frame header's fields (after the length).
+fn parse_frame(marker: u8, segment: &[u8]) -> std::result::Result<JpegFrame, String> {
+    let corrupt = || "corrupt JPEG: frame header too short".to_string();
+    let field = |at: usize| segment.get(at).copied().ok_or_else(corrupt);
+    let height = u32::from(u16::from_be_bytes([field(1)?, field(2)?]));
+    let width = u32::from(u16::from_be_bytes([field(3)?, field(4)?]));
+    let components = usize::from(field(5)?);
+    let mut max_sampling = (1, 1);
+    for index in 0..components {
+        let sampling = field(6 + 3 * index + 1)?;
+        max_sampling.0 = max_sampling.0.max(u32::from(sampling >> 4));
+        max_sampling.1 = max_sampling.1.max(u32::from(sampling & 0x0F));
+    }
+    Ok(JpegFrame {
+        width,
+        height,
+        max_sampling,
+        huffman_dct: matches!(marker, 0xC0..=0xC2),
+    })
 }
 
 /// Skips a scan's entropy-coded data; returns the marker that ends it.

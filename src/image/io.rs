@@ -222,6 +222,22 @@ pub fn read_input_checked(
     decode_stream(BufReader::new(file), limits, check)
 }
 
+/// An input's size from its header (before any EXIF rotation), or None when
+/// it cannot be read. Reads no pixels and never more than a streaming walk:
+/// the image crate's own `image_dimensions` reads a whole JPEG file into
+/// memory (a 16x16 JPEG padded to 3 GB took 3 GB) and would block on a FIFO.
+pub fn header_dimensions(path: &Path) -> Option<(u32, u32)> {
+    let mut reader = BufReader::new(open_regular(path).ok()?);
+    let format = supported_format(reader.fill_buf().ok()?)?;
+    if format == ImageFormat::Jpeg {
+        let frame = check_jpeg_complete(&mut reader).ok()?.frame?;
+        return Some((frame.width, frame.height));
+    }
+    ImageReader::with_format(reader, format)
+        .into_dimensions()
+        .ok()
+}
+
 /// Decodes an image held in memory under `limits`: what [`read_input`] does
 /// once the file is open (the property tests drive this).
 pub fn decode_bytes(bytes: &[u8], limits: &InputLimits) -> Result<DecodedInput> {
@@ -254,7 +270,30 @@ fn decode_stream<R: BufRead + Seek>(
     let mut notes = Vec::new();
     rewind(&mut reader)?;
     match format {
-        ImageFormat::Jpeg => check_jpeg_complete(&mut reader).map_err(fail)?,
+        ImageFormat::Jpeg => {
+            let layout = check_jpeg_complete(&mut reader).map_err(fail)?;
+            // the decoder reads its whole input into memory: give it the
+            // image's bytes only, not what follows the end marker
+            if let Some(frame) = layout.frame {
+                check_size(frame.width, frame.height.max(1), limits).map_err(fail)?;
+                let pixels = u64::from(frame.width) * u64::from(frame.height.max(1));
+                if layout.length > MAX_JPEG_OVERHEAD_BYTES + 32 * pixels {
+                    return Err(fail(format!(
+                        "corrupt JPEG: {} MiB of data for {}x{} pixels",
+                        layout.length >> 20,
+                        frame.width,
+                        frame.height
+                    )));
+                }
+            }
+            rewind(&mut reader)?;
+            let mut bytes = Vec::new();
+            (&mut reader)
+                .take(layout.length)
+                .read_to_end(&mut bytes)
+                .map_err(|e| fail(format!("cannot read: {e}")))?;
+            return decode_with(std::io::Cursor::new(bytes), format, limits, check, notes);
+        }
         ImageFormat::WebP => {
             if let Some(frames) = webp_animation_frames(&mut reader) {
                 notes.push(format!(
@@ -273,6 +312,22 @@ fn decode_stream<R: BufRead + Seek>(
         _ => {}
     }
     rewind(&mut reader)?;
+    decode_with(reader, format, limits, check, notes)
+}
+
+/// Most bytes a JPEG may hold besides its pixels' data (metadata, ICC
+/// profiles, thumbnails); the data itself is at most a few bytes per pixel.
+const MAX_JPEG_OVERHEAD_BYTES: u64 = 64 << 20;
+
+/// Decodes `reader` (at the start of a file of `format`) under `limits`.
+fn decode_with<R: BufRead + Seek>(
+    reader: R,
+    format: ImageFormat,
+    limits: &InputLimits,
+    check: &dyn Fn(u32, u32) -> std::result::Result<(), String>,
+    notes: Vec<String>,
+) -> Result<DecodedInput> {
+    let fail = |reason: String| Error::Input(reason);
     let mut image_reader = ImageReader::with_format(reader, format);
     // The header is read under the allocation limit alone, so that an
     // oversized image is refused below with its size named; the side limits
@@ -297,6 +352,11 @@ fn decode_stream<R: BufRead + Seek>(
             one_line(&e)
         ))
     })?;
+    if let Some(bad) = first_non_finite_sample(&image) {
+        return Err(fail(format!(
+            "a sample is {bad} (a float image with undefined values); fix or clamp the file first"
+        )));
+    }
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
     }
@@ -304,6 +364,17 @@ fn decode_stream<R: BufRead + Seek>(
         image: InputImage::from_dynamic(image),
         notes,
     })
+}
+
+/// The first NaN or infinite sample of a float image (the only kind that
+/// can hold one); it would reach the model and be blamed on it.
+fn first_non_finite_sample(image: &DynamicImage) -> Option<f32> {
+    let samples: &[f32] = match image {
+        DynamicImage::ImageRgb32F(float) => float.as_raw(),
+        DynamicImage::ImageRgba32F(float) => float.as_raw(),
+        _ => return None,
+    };
+    samples.iter().copied().find(|v| !v.is_finite())
 }
 
 /// A decoder's message on one line (some end in a newline or hold several).
