@@ -34,7 +34,12 @@ fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
-            let code = if error.use_stderr() { EXIT_USAGE } else { 0 };
+            if error.use_stderr() {
+                // one line, as every error: the reason, clap's tip, where help is
+                eprintln!("{}", usage_error_line(&error.render().to_string()));
+                return ExitCode::from(EXIT_USAGE);
+            }
+            let code = 0;
             let printed = error.print();
             if printed.is_err() && !error.use_stderr() {
                 // `--help | head`: the reader left; that is a normal end.
@@ -58,6 +63,23 @@ fn main() -> ExitCode {
             ExitCode::from(error_code(&error))
         }
     }
+}
+
+/// clap's usage error (reason, tip, usage, where to read more, over several
+/// lines) as one line without the usage.
+fn usage_error_line(rendered: &str) -> String {
+    let mut joined = String::new();
+    for line in rendered
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with("Usage:"))
+    {
+        if !joined.is_empty() {
+            joined.push_str(if joined.ends_with(':') { " " } else { "; " });
+        }
+        joined.push_str(line);
+    }
+    joined
 }
 
 /// The exit code of a command that ran to its end.

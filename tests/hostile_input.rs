@@ -933,6 +933,39 @@ fn max_pixels_zero_is_a_usage_error() {
     assert!(!run.stderr.contains("0.0"), "{}", run.stderr);
 }
 
+/// The command line's own errors (a bad value, a missing option, an unknown
+/// command) are one line too, with clap's tip, without the usage block.
+#[test]
+fn command_line_errors_are_one_line() {
+    for (args, expected) in [
+        (
+            &["run", "a.png", "-o", "x/", "--threads", "-1"][..],
+            "'-- -1'",
+        ),
+        (&["run", "a.png"][..], "--output"),
+        (
+            &["run", "a.png", "-o", "x/", "--tiling", "foo"][..],
+            "staged, latent",
+        ),
+        (&["frob"][..], "'frob'"),
+    ] {
+        let run = tadsr(args);
+        assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
+        let lines: Vec<&str> = run.stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: {}", run.stderr);
+        assert!(
+            lines[0].starts_with("error: ")
+                && lines[0].contains(expected)
+                && lines[0].contains("--help"),
+            "{args:?}: {}",
+            lines[0]
+        );
+    }
+    let help = tadsr(&["run", "--help"]);
+    assert_eq!(help.code, Some(0));
+    assert!(help.stdout.contains("Usage:"), "{}", help.stdout);
+}
+
 #[test]
 fn the_same_input_twice_is_processed_once_with_its_own_message() {
     let dir = tempfile::tempdir().unwrap();
