@@ -467,6 +467,41 @@ fn signal_during_the_second_input(signal: libc::c_int) -> (Ran, Vec<String>) {
     (run, names)
 }
 
+/// A signal before anything is written leaves none of the folders the run
+/// created for its outputs, whether the run ends at its next check (one
+/// signal) or at once (a second one).
+#[cfg(unix)]
+#[test]
+fn an_early_signal_leaves_no_created_output_folder() {
+    for signals in [1, 2] {
+        let dir = tempfile::tempdir().unwrap();
+        let input = dir.path().join("a.png");
+        write(&input, &png_bytes(160, 160));
+        let out = dir.path().join("out");
+        let mut running = Running::spawn(tadsr_command(&[
+            "run",
+            path_str(&input),
+            "-o",
+            path_str(&out.join("deeper/")),
+            "--process-size",
+            "0",
+        ]));
+        // printed once the model is loaded, just before the folders are made
+        running.wait_for_line("model ", Duration::from_secs(120));
+        for _ in 0..signals {
+            running.signal(libc::SIGTERM);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let run = running.finish(Duration::from_secs(120));
+        assert_eq!(run.code, Some(143), "{signals} signal(s): {}", run.stderr);
+        assert!(
+            !out.exists(),
+            "{signals} signal(s): {:?} left",
+            folder_names(&out)
+        );
+    }
+}
+
 #[cfg(unix)]
 #[test]
 fn sigterm_stops_cleanly_with_143() {

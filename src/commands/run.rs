@@ -430,6 +430,9 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             .last()
             .map(Path::to_path_buf)
     });
+    // removes them, if still empty, on every way out of this function; a
+    // second signal's exit removes them too (signals.rs)
+    let _created_folders = CreatedFolders::register(&folder, created_top.clone().flatten());
     if !folder_exists {
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create the output folder {}", shown(&folder)))?;
@@ -484,10 +487,6 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             }
         });
     }
-    let nothing_written = batch.written.lock().is_ok_and(|w| w.is_empty());
-    if let (true, Some(Some(top))) = (nothing_written, &created_top) {
-        remove_empty_folders(&folder, top);
-    }
     if let Some(error) = batch.fatal.lock().map_or(None, |mut fatal| fatal.take()) {
         // Inputs taken but not finished by the stopped workers count too.
         let started = batch.next_job.load(Ordering::SeqCst).min(jobs.len());
@@ -515,6 +514,41 @@ fn remove_empty_folders(folder: &Path, top: &Path) {
         if std::fs::remove_dir(dir).is_err() || dir == top {
             break;
         }
+    }
+}
+
+/// The output folder this run created (and the topmost folder it created
+/// for it), for the signal thread's exit.
+static CREATED_FOLDERS: Mutex<Option<(PathBuf, PathBuf)>> = Mutex::new(None);
+
+/// Removes the folders the run created if nothing was written into them.
+/// Called on the way out of `run` and by a second signal's immediate exit.
+pub(super) fn remove_created_empty_folders() {
+    // try_lock: the signal thread must not wait on a thread it is about to end
+    let created = match CREATED_FOLDERS.try_lock() {
+        Ok(mut created) => created.take(),
+        Err(_) => None,
+    };
+    if let Some((folder, top)) = created {
+        remove_empty_folders(&folder, &top);
+    }
+}
+
+/// Removes the folders a run created, if left empty, when dropped.
+struct CreatedFolders;
+
+impl CreatedFolders {
+    fn register(folder: &Path, top: Option<PathBuf>) -> CreatedFolders {
+        if let (Some(top), Ok(mut created)) = (top, CREATED_FOLDERS.lock()) {
+            *created = Some((folder.to_path_buf(), top));
+        }
+        CreatedFolders
+    }
+}
+
+impl Drop for CreatedFolders {
+    fn drop(&mut self) {
+        remove_created_empty_folders();
     }
 }
 

@@ -54,6 +54,7 @@ pub fn install_signal_handlers(exit_now: ExitNow) -> anyhow::Result<()> {
             for _ in signals.forever() {
                 if SIGNALS_SEEN.load(Ordering::SeqCst) >= 2 {
                     let removed = write::remove_temporary_files();
+                    super::run::remove_created_empty_folders();
                     let signal = SIGNAL.load(Ordering::SeqCst);
                     eprintln!(
                         "error: stopped at once by a second signal; outputs already written are complete{}",
