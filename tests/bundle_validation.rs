@@ -199,6 +199,16 @@ fn a_newer_format_version_is_refused_with_advice() {
 }
 
 #[test]
+fn latent_channels_must_match_the_ports() {
+    let dir = broken_copy(|m, _| m["latent_channels"] = Value::from(5));
+    let error = load_error(dir.path());
+    assert!(
+        error.contains("4 channels") && error.contains("latent_channels is 5"),
+        "{error}"
+    );
+}
+
+#[test]
 fn a_renamed_graph_output_is_caught() {
     let dir = broken_copy(|m, _| {
         m["components"]["unet"]["outputs"][0]["name"] = Value::from("noise_pred")

@@ -1083,6 +1083,78 @@ fn a_bundle_with_a_bad_default_timestep_is_the_bundle_s_fault() {
     assert!(!run.stderr.contains("invalid option"), "{}", run.stderr);
 }
 
+/// A graph opened on first use that does not fit the manifest (here the
+/// tiled decoder swapped for the tiled encoder, its hash updated) fails the
+/// bundle once, exit 2, not every input of the batch one by one; and a graph
+/// whose fixed sizes differ from the manifest's is refused when it opens.
+#[test]
+fn a_bundle_fault_found_mid_batch_stops_the_batch_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    copy_folder(&tiny_model(), &bundle);
+    std::fs::copy(
+        bundle.join("vae_encoder/tiled.onnx"),
+        bundle.join("vae_decoder/tiled.onnx"),
+    )
+    .unwrap();
+    let manifest_path = bundle.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["components"]["vae_decoder_tiled"]["sha256"] = serde_json::Value::from(
+        tadsr_edge::bundle::sha256_file(&bundle.join("vae_decoder/tiled.onnx")).unwrap(),
+    );
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    for name in ["a.png", "b.png", "c.png"] {
+        write(&inputs.join(name), &png_bytes(48, 48));
+    }
+    let out = dir.path().join("out");
+    let tiled = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
+        command.args([
+            "run",
+            path_str(&inputs),
+            "-o",
+            path_str(&out),
+            "--model",
+            path_str(&bundle),
+            "--provider",
+            "cpu",
+            "--process-size",
+            "0",
+            "--tile",
+            "64",
+            "-q",
+        ]);
+        run_with_timeout(command, Duration::from_secs(120))
+    };
+    let run = tiled();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("vae_decoder_tiled") && errors[0].contains("3 input(s) not processed"),
+        "{}",
+        errors[0]
+    );
+    assert!(!out.exists());
+
+    // the statistics inputs' fixed size changed in the manifest only
+    copy_folder(&tiny_model(), &bundle);
+    manifest = serde_json::from_str(&std::fs::read_to_string(&manifest_path).unwrap()).unwrap();
+    manifest["components"]["vae_decoder_tiled"]["inputs"][1]["shape"] = serde_json::json!([31, 8]);
+    std::fs::write(&manifest_path, manifest.to_string()).unwrap();
+    let run = tiled();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("axis 0 is 30 in the graph but 31 in the manifest"),
+        "{}",
+        run.stderr
+    );
+}
+
 #[test]
 fn nothing_is_left_behind_after_a_mixed_batch() {
     // Every refusal of this file in one batch: still only complete outputs.

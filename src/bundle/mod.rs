@@ -91,6 +91,35 @@ impl Bundle {
         &self.root
     }
 
+    /// Every port's channel axis, where the manifest gives a number, agrees
+    /// with what the pipeline will send: `latent_channels` for latents, 3
+    /// for images. A mismatch would otherwise fail every input at its first
+    /// graph call, not the bundle once.
+    fn check_channel_dims(&self) -> Result<()> {
+        let m = &self.manifest;
+        for (component, spec) in &m.components {
+            for port in spec.inputs.iter().chain(&spec.outputs) {
+                let expected = match port.name.as_str() {
+                    port::LATENT | port::LATENT_MEAN | port::LATENT_LOGVAR | port::RESIDUAL => {
+                        m.latent_channels
+                    }
+                    port::IMAGE => 3,
+                    _ => continue,
+                };
+                let channels = port.shape.get(1).and_then(serde_json::Value::as_u64);
+                if channels.is_some_and(|c| c != expected as u64) {
+                    return Err(self.fail(format!(
+                        "{component} port {:?} has {} channels, but latent_channels is {} (images have 3)",
+                        port.name,
+                        channels.unwrap_or_default(),
+                        m.latent_channels
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn fail(&self, reason: impl Into<String>) -> Error {
         Error::bundle(&self.root, reason)
     }
@@ -133,6 +162,7 @@ impl Bundle {
         if m.latent_channels == 0 || m.vae_scale_factor != 8 {
             return Err(self.fail("latent_channels must be > 0 and vae_scale_factor 8"));
         }
+        self.check_channel_dims()?;
         if !(m.scaling_factor.is_finite() && m.scaling_factor > 0.0) {
             return Err(self.fail("scaling_factor must be a positive number"));
         }

@@ -1,7 +1,8 @@
 //! An opened graph against the manifest: every port the manifest lists must
-//! be in the graph, by name, with the manifest's element type (a re-exported
-//! graph with renamed or retyped ports is the bundle's fault, said before a
-//! run fails on it).
+//! be in the graph, by name, with the manifest's element type and with the
+//! sizes the manifest fixes (a re-exported or swapped graph with renamed,
+//! retyped or resized ports is the bundle's fault, said before a run fails on
+//! it).
 
 use super::Bundle;
 use crate::error::{Error, Result};
@@ -27,6 +28,12 @@ pub fn check_graph_ports(
                     format!("{component} graph has no {direction} {:?}", port.name),
                 )
             })?;
+            check_fixed_dims(&port.shape, &found.shape).map_err(|reason| {
+                Error::bundle(
+                    bundle.root(),
+                    format!("{component} {direction} {:?}: {reason}", port.name),
+                )
+            })?;
             if found.dtype.name() != port.dtype.as_str() {
                 return Err(Error::bundle(
                     bundle.root(),
@@ -41,4 +48,61 @@ pub fn check_graph_ports(
         }
     }
     Ok(())
+}
+
+/// The manifest's `shape` (numbers for fixed axes, names for free ones)
+/// against the graph's (-1 for free axes): the same rank where both give
+/// one, and every axis both fix of the same size.
+fn check_fixed_dims(
+    manifest: &[serde_json::Value],
+    graph: &[i64],
+) -> std::result::Result<(), String> {
+    if manifest.is_empty() || graph.is_empty() {
+        return Ok(());
+    }
+    if manifest.len() != graph.len() {
+        return Err(format!(
+            "{} axes in the graph, {} in the manifest",
+            graph.len(),
+            manifest.len()
+        ));
+    }
+    for (axis, (listed, actual)) in manifest.iter().zip(graph).enumerate() {
+        if let (Some(listed), true) = (listed.as_u64(), *actual >= 0) {
+            if listed != *actual as u64 {
+                return Err(format!(
+                    "axis {axis} is {actual} in the graph but {listed} in the manifest"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_fixed_dims;
+    use serde_json::json;
+
+    #[test]
+    fn fixed_axes_must_agree_and_free_ones_may_be_anything() {
+        let manifest = [
+            json!("batch"),
+            json!(4),
+            json!("latent_height"),
+            json!("latent_width"),
+        ];
+        assert!(check_fixed_dims(&manifest, &[-1, 4, -1, -1]).is_ok());
+        // a pinned graph (static shapes) fixes the named axes: still fine
+        assert!(check_fixed_dims(&manifest, &[1, 4, 64, 64]).is_ok());
+        assert!(check_fixed_dims(&manifest, &[-1, -1, -1, -1]).is_ok());
+        let wrong = check_fixed_dims(&manifest, &[-1, 3, -1, -1]).unwrap_err();
+        assert!(wrong.contains("axis 1 is 3 in the graph but 4"), "{wrong}");
+        assert!(check_fixed_dims(&manifest, &[-1, 4, -1])
+            .unwrap_err()
+            .contains("3 axes"));
+        // nothing to compare against
+        assert!(check_fixed_dims(&[], &[1, 2]).is_ok());
+        assert!(check_fixed_dims(&manifest, &[]).is_ok());
+    }
 }

@@ -79,9 +79,10 @@ impl<R: BufRead> BufRead for Counted<R> {
 
 /// Walks a JPEG's segments and entropy-coded data up to its end marker
 /// (EOI). The decoder fills a truncated file with gray without an error;
-/// this refuses it, and a scan too short to hold the frame's pixels (a
-/// header claiming 2048x2048 over no data would otherwise be "decoded").
-/// Data after EOI is allowed (some cameras append some) and not read.
+/// this refuses it ([`JpegLayout::check_scan_data`] refuses a scan too
+/// short for the frame: a header claiming 2048x2048 over no data would
+/// otherwise be "decoded"). Data after EOI is allowed (some cameras append
+/// some) and not read.
 pub fn check_jpeg_complete(reader: impl BufRead) -> std::result::Result<JpegLayout, String> {
     const TRUNCATED: &str =
         "truncated JPEG: the file ends before its end marker (an incomplete download or copy?)";
@@ -143,20 +144,27 @@ pub fn check_jpeg_complete(reader: impl BufRead) -> std::result::Result<JpegLayo
             pending = Some(next);
         }
     }
-    let layout = JpegLayout {
+    Ok(JpegLayout {
         length: reader.count,
         entropy_bytes,
         frame,
-    };
-    if let Some(frame) = frame.filter(|f| f.huffman_dct && f.height > 0) {
-        if layout.entropy_bytes.saturating_mul(8) < frame.mcu_count() {
-            return Err(format!(
-                "corrupt JPEG: {} bytes of image data cannot hold {}x{} pixels (a damaged or cut file?)",
-                layout.entropy_bytes, frame.width, frame.height
-            ));
+    })
+}
+
+impl JpegLayout {
+    /// Refuses scans too short to hold the frame's pixels: a Huffman-coded
+    /// block takes at least one bit, and every MCU holds at least one block.
+    pub fn check_scan_data(&self) -> std::result::Result<(), String> {
+        if let Some(frame) = self.frame.filter(|f| f.huffman_dct && f.height > 0) {
+            if self.entropy_bytes.saturating_mul(8) < frame.mcu_count() {
+                return Err(format!(
+                    "corrupt JPEG: {} bytes of image data cannot hold {}x{} pixels (a damaged or cut file?)",
+                    self.entropy_bytes, frame.width, frame.height
+                ));
+            }
         }
+        Ok(())
     }
-    Ok(layout)
 }
 
 /// A frame header's fields (after the length).

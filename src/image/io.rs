@@ -276,6 +276,7 @@ fn decode_stream<R: BufRead + Seek>(
             // image's bytes only, not what follows the end marker
             if let Some(frame) = layout.frame {
                 check_size(frame.width, frame.height.max(1), limits).map_err(fail)?;
+                layout.check_scan_data().map_err(fail)?;
                 let pixels = u64::from(frame.width) * u64::from(frame.height.max(1));
                 if layout.length > MAX_JPEG_OVERHEAD_BYTES + 32 * pixels {
                     return Err(fail(format!(
