@@ -61,6 +61,9 @@ impl ServerOptions {
 /// Largest response body read (a 4096x4096 fp32 image is 201 MB).
 const MAX_RESPONSE_BYTES: u64 = 2 << 30;
 
+/// Largest health or metadata reply read (Triton's are a few KiB).
+const MAX_METADATA_BYTES: u64 = 16 << 20;
+
 /// One attempt's outcome when it failed.
 enum Failure {
     /// Worth another try (the server may be restarting or busy).
@@ -140,6 +143,7 @@ impl Server {
     fn reply(
         &self,
         response: std::result::Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+        limit: u64,
     ) -> std::result::Result<Reply, Failure> {
         let mut response = response.map_err(|e| self.transport_failure(e))?;
         let status = response.status().as_u16();
@@ -151,7 +155,7 @@ impl Server {
         let body = response
             .body_mut()
             .with_config()
-            .limit(MAX_RESPONSE_BYTES)
+            .limit(limit)
             .read_to_vec()
             .map_err(|e| self.transport_failure(e))?;
         if matches!(status, 429 | 502 | 503 | 504) {
@@ -168,7 +172,12 @@ impl Server {
     }
 
     fn get(&self, path: &str) -> std::result::Result<Reply, Failure> {
-        self.reply(self.agent.get(format!("{}{path}", self.options.url)).call())
+        // health and metadata replies are small: a server sending more is
+        // refused before it fills memory
+        self.reply(
+            self.agent.get(format!("{}{path}", self.options.url)).call(),
+            MAX_METADATA_BYTES,
+        )
     }
 
     fn post(&self, path: &str, body: &kserve::RequestBody) -> std::result::Result<Reply, Failure> {
@@ -180,6 +189,7 @@ impl Server {
                 .header(kserve::HEADER_LENGTH, body.json_len.to_string())
                 .content_type("application/octet-stream")
                 .send(&body.bytes[..]),
+            MAX_RESPONSE_BYTES,
         )
     }
 
