@@ -51,21 +51,16 @@ pub fn check_graph_ports(
 }
 
 /// The manifest's `shape` (numbers for fixed axes, names for free ones)
-/// against the graph's (-1 for free axes): the same rank where both give
-/// one, and every axis both fix of the same size.
+/// against the graph's (-1 for free axes): every axis both fix of the same
+/// size. Shapes of another rank are not compared: a Triton server with
+/// batching reports its own batch axis in front of the model's ([-1, 1] for
+/// a timestep of [1]).
 fn check_fixed_dims(
     manifest: &[serde_json::Value],
     graph: &[i64],
 ) -> std::result::Result<(), String> {
-    if manifest.is_empty() || graph.is_empty() {
-        return Ok(());
-    }
     if manifest.len() != graph.len() {
-        return Err(format!(
-            "{} axes in the graph, {} in the manifest",
-            graph.len(),
-            manifest.len()
-        ));
+        return Ok(());
     }
     for (axis, (listed, actual)) in manifest.iter().zip(graph).enumerate() {
         if let (Some(listed), true) = (listed.as_u64(), *actual >= 0) {
@@ -98,9 +93,8 @@ mod tests {
         assert!(check_fixed_dims(&manifest, &[-1, -1, -1, -1]).is_ok());
         let wrong = check_fixed_dims(&manifest, &[-1, 3, -1, -1]).unwrap_err();
         assert!(wrong.contains("axis 1 is 3 in the graph but 4"), "{wrong}");
-        assert!(check_fixed_dims(&manifest, &[-1, 4, -1])
-            .unwrap_err()
-            .contains("3 axes"));
+        // another rank (a server's batch axis in front) is not compared
+        assert!(check_fixed_dims(&[json!(1)], &[-1, 1]).is_ok());
         // nothing to compare against
         assert!(check_fixed_dims(&[], &[1, 2]).is_ok());
         assert!(check_fixed_dims(&manifest, &[]).is_ok());
