@@ -39,13 +39,10 @@ fn main() -> ExitCode {
                 eprintln!("{}", usage_error_line(&error.render().to_string()));
                 return ExitCode::from(EXIT_USAGE);
             }
-            let code = 0;
-            let printed = error.print();
-            if printed.is_err() && !error.use_stderr() {
-                // `--help | head`: the reader left; that is a normal end.
-                return ExitCode::SUCCESS;
-            }
-            return ExitCode::from(code);
+            // --help, --version; a failed print is `--help | head`: the
+            // reader left, a normal end too
+            let _ = error.print();
+            return ExitCode::SUCCESS;
         }
     };
     let ort_lib = cli.ort_lib.as_deref();

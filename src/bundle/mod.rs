@@ -14,11 +14,11 @@ use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
 
-/// What each required graph must take and give (name, dtype).
 /// A manifest is a few hundred KiB (the longest part, a 100000-step
 /// schedule, is under 3 MiB of text); anything much larger is not one.
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
+/// What each required graph must take and give (name, dtype).
 const REQUIRED_PORTS: [(&str, &[&str], &[&str]); 3] = [
     (
         component::VAE_ENCODER,
@@ -109,7 +109,7 @@ impl Bundle {
                 let channels = port.shape.get(1).and_then(serde_json::Value::as_u64);
                 if channels.is_some_and(|c| c != expected as u64) {
                     return Err(self.fail(format!(
-                        "{component} port {:?} has {} channels, but latent_channels is {} (images have 3)",
+                        "{component} port {:?} has {} channels, expected {expected} (latent_channels is {}; images have 3)",
                         port.name,
                         channels.unwrap_or_default(),
                         m.latent_channels

@@ -423,16 +423,18 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         }
     }
     // the folders this run creates, removed again if it writes nothing
-    let created_top = (!folder_exists).then(|| {
+    let created_top = if folder_exists {
+        None
+    } else {
         folder
             .ancestors()
             .take_while(|f| !f.as_os_str().is_empty() && !f.exists())
             .last()
             .map(Path::to_path_buf)
-    });
+    };
     // removes them, if still empty, on every way out of this function; a
     // second signal's exit removes them too (signals.rs)
-    let _created_folders = CreatedFolders::register(&folder, created_top.clone().flatten());
+    let _created_folders = CreatedFolders::register(&folder, created_top);
     if !folder_exists {
         std::fs::create_dir_all(&folder)
             .with_context(|| format!("cannot create the output folder {}", shown(&folder)))?;
