@@ -28,7 +28,7 @@ b() { local bundle=$1 log=$2; shift 2; timeout 90 "$BIN" bench --model "$bundle"
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
 echo "--- 512 untiled (defaults: static shapes on)"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3
 echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
-timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; python3 -c "import json; r=json.load(open('$OUT/torch_fp16_512.json')); print('PyTorch fp16 512 median ms', r['results']['fp16']['pipeline_ms']['median'])"
+timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; python3 -c "import json; r=json.load(open('$OUT/torch_fp16_512.json')); r=r['results']['fp16']; print('PyTorch fp16 512 median ms', r['pipeline_ms']['median'], 'stages', {k: round(v['median'],1) for k,v in r.get('stages_ms',{}).items()})"
 date +%T
 echo "--- 2048 tile 512"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1
 # free graphs vs --cuda-graph on tiny: fixed 256 px tiles (several tiles, one pinned shape) at two timesteps, so

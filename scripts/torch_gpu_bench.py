@@ -29,7 +29,11 @@ Not in the timed run: decoding the photo and making U (Pillow Lanczos to
 with process size 0: Pillow bicubic x4), timed once on its own as
 preprocess_ms, and 8-bit quantization / PNG writing (tadsr-edge bench's
 end_to_end_ms includes its PNG write, reported apart as its `write` stage).
-Medians of --runs after --warmup, torch.inference_mode().
+Medians of --runs after --warmup, torch.inference_mode(). Then --runs more
+untiled runs with a synchronization after each stage give stages_ms (upload,
+encoder, unet, decoder, color_fix, download): where PyTorch's time goes, to
+set against `tadsr-edge bench`'s stages_ms (pipeline_ms stays the figure for
+ratios: the extra synchronizations cost a little).
 
 --tiled-size S (0 = off) also times an S x S output with the authors' UNet
 latent tiling (export.reference.unet_latent_tiled: 96x96 latent tiles, 32
@@ -158,9 +162,55 @@ class Pipeline:
             self.sync()
         return result
 
+    def stages(self, source_cpu, timestep: int) -> Dict[str, float]:
+        """One untiled run with a synchronization after each stage: milliseconds per stage, named as
+        `tadsr-edge bench` names its stages where they match (upload and download are apart here).
+        The synchronizations cost a little, so the pipeline's time comes from __call__, not from this."""
+        from export.reference import adain_fix
+
+        torch = self.torch
+        times: Dict[str, float] = {}
+        with torch.inference_mode():
+            self.sync()
+            mark = time.perf_counter()
+
+            def lap(name: str) -> None:
+                nonlocal mark
+                self.sync()
+                now = time.perf_counter()
+                times[name] = (now - mark) * 1e3
+                mark = now
+
+            source = source_cpu.to(self.device, non_blocking=False)
+            x = (source * 2.0 - 1.0).to(self.dtype)
+            t = torch.tensor([int(timestep)], dtype=torch.int64, device=self.device)
+            lap("upload")
+            mean, _logvar = self.encoder(x, t)
+            z = mean * self.scaling
+            lap("encoder")
+            residual = self.unet(z, t, self.embeds)
+            x0 = z / float(self.acp[int(timestep)]) ** 0.5 - residual
+            lap("unet")
+            y = self.decoder(x0).clamp(-1.0, 1.0) * 0.5 + 0.5
+            lap("decoder")
+            fixed = adain_fix(y.to(torch.float32), source)
+            lap("color_fix")
+            fixed[0].permute(1, 2, 0).contiguous().cpu()
+            lap("download")
+        return times
+
     def sync(self):
         if self.device.type == "cuda":
             self.torch.cuda.synchronize(self.device)
+
+
+def time_stages(pipe: Pipeline, source, timestep: int, runs: int) -> Dict[str, Dict[str, float]]:
+    """Median milliseconds per stage over `runs` untiled runs (after time_runs has warmed up)."""
+    samples: Dict[str, List[float]] = {}
+    for _ in range(runs):
+        for name, ms in pipe.stages(source, timestep).items():
+            samples.setdefault(name, []).append(ms)
+    return {name: summarize(values) for name, values in samples.items()}
 
 
 def time_runs(pipe: Pipeline, source, timestep: int, runs: int, warmup: int, latent_tiling: bool):
@@ -253,6 +303,9 @@ def main(argv=None) -> int:
             samples, result = time_runs(pipe, source, args.timestep, args.runs, args.warmup, False)
             entry["pipeline_ms"] = summarize(samples)
             entry["samples_ms"] = samples
+            entry["stages_ms"] = time_stages(pipe, source, args.timestep, args.runs)
+            log(f"{name}: stage medians (synchronized after each) " + ", ".join(
+                f"{stage} {summary['median']:.1f}" for stage, summary in entry["stages_ms"].items()) + " ms")
             outputs[name] = result
             if not torch.isfinite(result).all():
                 entry["warning"] = "non-finite values in the output"
