@@ -262,9 +262,11 @@ export_sd21() {
     return 0
   fi
   # the tiled VAE graphs stay: tadsr-edge's tiled runs (2048, tile 512) use them; the check
-  # against PyTorch (--no-verify) and golden files are not needed for benching.
+  # against PyTorch (--no-verify), golden files and the memory figures (--no-memory: --tile auto's
+  # estimates, measured on the CPU; 187 s for the fp16 bundle on a 2-core machine, and every bench
+  # here names its tile) are not needed for benching.
   step "$name" 330 150 "$PYTHON" -m export --synthetic sd21 --seed 0 --precision "$precision" \
-    --out "$dir" --no-verify
+    --out "$dir" --no-verify --no-memory
 }
 bench_args_common=(--provider cuda --json --input examples/coffee.png)
 has_tf32=0

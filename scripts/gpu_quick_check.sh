@@ -19,16 +19,28 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 bash scripts/gpu_reassemble.sh >/dev/null || { echo reassemble failed; exit 1; }
 export ORT_DYLIB_PATH=/tmp/ortpayload/onnxruntime/capi/libonnxruntime.so.1.31.1
 BIN=.device/payload/tadsr-edge
+# one line per result (the figures, or the step's own error line), never a traceback: the device tool
+# returns only the last 12,000 characters of the output
+summary() { python3 scripts/gpu_summary.py "$1" "$OUT/$2.json" "$OUT/${3:-$2}.err"; }
+png_diff() {
+  local f; for f in "$1" "$2"; do [[ -f $f ]] || { echo "png_diff: $f was not written"; return 1; }; done
+  python3 scripts/png_diff.py "$1" "$2" --max-levels "$3"
+}
 date +%T
 timeout 30 "$BIN" info > "$OUT/info.txt" 2>&1; head -8 "$OUT/info.txt"
-timeout 60 "$BIN" golden --model models/tiny --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda.json')); print('worst', r['worst_max_abs_error'], 'passed', r['passed'])"
-timeout 60 "$BIN" golden --model .device/tiny-fp16 --golden models/tiny/golden --provider cuda --min-psnr 35 --json > "$OUT/golden_cuda_fp16.json" 2>"$OUT/golden_cuda_fp16.err"; echo "golden cuda fp16 rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fp16.json')); print({k: v for k, v in r.items() if not isinstance(v, (list, dict))})"
+timeout 60 "$BIN" golden --model models/tiny --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$? $(summary golden golden_cuda)"
+timeout 60 "$BIN" golden --model .device/tiny-fp16 --golden models/tiny/golden --provider cuda --min-psnr 35 --json > "$OUT/golden_cuda_fp16.json" 2>"$OUT/golden_cuda_fp16.err"; echo "golden cuda fp16 rc=$? $(summary golden golden_cuda_fp16)"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
-b() { local bundle=$1 log=$2; shift 2; timeout 90 "$BIN" bench --model "$bundle" --provider cuda --json --input examples/coffee.png "$@" 2>>"$OUT/bench.err" | tee -a "$OUT/$log" | python3 -c "import json,sys; r=json.load(sys.stdin); print({k: round(v['p50'],1) for k,v in r['stages_ms'].items()}, 'e2e', round(r['end_to_end_ms']['p50'],1), 'in memory', round(r['upscale_ms']['p50'],1), 'static', r.get('static_shapes',{}).get('unet'), 'cuda graph', r.get('cuda_graph',{}).get('unet'))"; }
-date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify > /dev/null 2>&1; echo "export rc=$?"; date +%T
+b() {
+  local bundle=$1 log=$2 rc; shift 2
+  timeout 90 "$BIN" bench --model "$bundle" --provider cuda --json --input examples/coffee.png "$@" >"$OUT/last-bench.json" 2>"$OUT/last-bench.err"; rc=$?
+  cat "$OUT/last-bench.json" >> "$OUT/$log"; cat "$OUT/last-bench.err" >> "$OUT/bench.err"
+  echo "rc=$rc $(summary bench last-bench)"
+}
+date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify --no-memory > "$OUT/sd21-export.txt" 2>&1; echo "export rc=$? ($(tail -n 1 "$OUT/sd21-export.txt"))"; date +%T
 echo "--- 512 untiled (defaults: static shapes on)"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3
 echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
-timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; python3 -c "import json; r=json.load(open('$OUT/torch_fp16_512.json')); r=r['results']['fp16']; print('PyTorch fp16 512 median ms', r['pipeline_ms']['median'], 'stages', {k: round(v['median'],1) for k,v in r.get('stages_ms',{}).items()})"
+timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; summary torch torch_fp16_512 torch
 date +%T
 echo "--- 2048 tile 512"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1
 # free graphs vs --cuda-graph on tiny: fixed 256 px tiles (several tiles, one pinned shape) at two timesteps, so
@@ -38,22 +50,23 @@ for mode in free cuda-graph; do
   timeout 90 "$BIN" run examples/coffee.png -o "$OUT/tiny-$mode/" --model models/tiny --provider cuda --tile 256 -t 200,700 "${extra[@]}" --json >>"$OUT/tiny-modes.jsonl" 2>>"$OUT/tiny-modes.err"; echo "tiny $mode rc=$?"
 done
 grep -h 'graphs opened\|cuda-graph\|CUDA graph' "$OUT/tiny-modes.err" | sort -u | head -5
-for t in 200 700; do python3 scripts/png_diff.py "$OUT/tiny-cuda-graph/coffee_t$t.png" "$OUT/tiny-free/coffee_t$t.png" --max-levels 1; echo "t=$t cuda graph vs free graphs rc=$?"; done
+for t in 200 700; do png_diff "$OUT/tiny-cuda-graph/coffee_t$t.png" "$OUT/tiny-free/coffee_t$t.png" 1; echo "t=$t cuda graph vs free graphs rc=$?"; done
+tail -n 1 "$OUT/tiny-modes.err" 2>/dev/null
 echo "--- 512 untiled, --cuda-graph"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
 echo "--- tiny exported with --fusions cuda: golden cases on CUDA against the PyTorch references"
 timeout 90 python3 -m export --synthetic tiny --seed 0 --fusions cuda --out /tmp/tiny-fused --no-memory > "$OUT/tiny-fused-export.txt" 2>&1; echo "tiny fused export rc=$?"
-timeout 60 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda_fused.json" 2>"$OUT/golden_cuda_fused.err"; echo "golden cuda fused rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fused.json')); print('fused worst', r['worst_max_abs_error'], 'passed', r['passed'])"
-python3 -c "import json, onnxruntime; print('fuser: onnxruntime', json.load(open('/tmp/tiny-fused/manifest.json'))['provenance'].get('onnxruntime'), '(python here:', onnxruntime.__version__, ')')"
+timeout 60 "$BIN" golden --model /tmp/tiny-fused --golden models/tiny/golden --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda_fused.json" 2>"$OUT/golden_cuda_fused.err"; echo "golden cuda fused rc=$? $(summary golden golden_cuda_fused)"
+[[ -f /tmp/tiny-fused/manifest.json ]] && python3 -c "import json, onnxruntime; print('fuser: onnxruntime', json.load(open('/tmp/tiny-fused/manifest.json'))['provenance'].get('onnxruntime'), '(python here:', onnxruntime.__version__, ')')"
 echo "--- tiny fp16 exported with --fusions cuda (the float16 converter after fusing): golden cases on CUDA, >= 35 dB"
 timeout 90 python3 -m export --synthetic tiny --seed 0 --precision fp16 --fusions cuda --out /tmp/tiny16-fused --no-memory > "$OUT/tiny16-fused-export.txt" 2>&1; echo "tiny fp16 fused export rc=$?"
-timeout 60 "$BIN" golden --model /tmp/tiny16-fused --golden models/tiny/golden --provider cuda --min-psnr 35 --json > "$OUT/golden_cuda_fused_fp16.json" 2>"$OUT/golden_cuda_fused_fp16.err"; echo "golden cuda fused fp16 rc=$?"; python3 -c "import json; r=json.load(open('$OUT/golden_cuda_fused_fp16.json')); print({k: v for k, v in r.items() if not isinstance(v, (list, dict))})"
+timeout 60 "$BIN" golden --model /tmp/tiny16-fused --golden models/tiny/golden --provider cuda --min-psnr 35 --json > "$OUT/golden_cuda_fused_fp16.json" 2>"$OUT/golden_cuda_fused_fp16.err"; echo "golden cuda fused fp16 rc=$? $(summary golden golden_cuda_fused_fp16)"
 date +%T; timeout 200 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --fusions cuda --out /tmp/sd21-fp16-fused --no-verify --no-tiled-vae --no-memory > "$OUT/sd21-fused-export.txt" 2>&1; echo "fused export rc=$?"; date +%T
 echo "--- 512 untiled, --fusions cuda bundle"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3
 echo "--- 512 untiled, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-graph
 echo "--- sd21 fp16, coffee.png at 640x480: the --fusions cuda image against the plain bundle's (informational: PSNR, levels)"
 timeout 60 "$BIN" run examples/coffee.png -o "$OUT/sd21-plain.png" --model /tmp/sd21-fp16 --provider cuda --process-size 0 --tile 0 2>>"$OUT/bench.err"
 timeout 60 "$BIN" run examples/coffee.png -o "$OUT/sd21-fused.png" --model /tmp/sd21-fp16-fused --provider cuda --process-size 0 --tile 0 2>>"$OUT/bench.err"
-python3 scripts/png_diff.py "$OUT/sd21-fused.png" "$OUT/sd21-plain.png" --max-levels 255
+png_diff "$OUT/sd21-fused.png" "$OUT/sd21-plain.png" 255; tail -n 1 "$OUT/bench.err"
 echo "--- 2048 tile 512, --fusions cuda bundle, --cuda-graph"; b /tmp/sd21-fp16-fused bench-fused.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
 for form in default fused; do
   bundle=/tmp/sd21-fp16; [[ $form == fused ]] && bundle=/tmp/sd21-fp16-fused
