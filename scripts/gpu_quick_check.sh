@@ -80,3 +80,5 @@ echo "--- 512 untiled, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size
 echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
 echo "--- 2048 tile 512, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
 date +%T
+echo "--- README rows (scripts/gpu_results_table.py; also in readme-rows.md)"
+python3 scripts/gpu_results_table.py "$OUT" | tee "$OUT/readme-rows.md"

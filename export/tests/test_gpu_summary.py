@@ -80,3 +80,47 @@ def test_a_traceback_a_timeout_and_an_error_report_each_give_one_line(tmp_path):
         "fp32": {"error": "OutOfMemoryError: CUDA out of memory"}}}) + "\n")
     assert summary("torch", mixed, silent) == (
         "PyTorch fp16 512 median ms 49.4 stages {'unet': 15.2}; fp32: OutOfMemoryError: CUDA out of memory")
+
+
+TABLE = REPO / "scripts" / "gpu_results_table.py"
+MEASUREMENTS = REPO / "docs" / "measurements"
+
+
+def table(out: Path) -> list[str]:
+    done = subprocess.run([sys.executable, str(TABLE), str(out)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.splitlines()
+
+
+def test_the_h200_files_of_2026_11_27_become_readme_rows(tmp_path):
+    """The bench lines and the PyTorch report of a real H200 run (older binary: no in-memory figure)."""
+    (tmp_path / "bench.jsonl").write_text(
+        (MEASUREMENTS / "h200-sd21-fp16-after-iobinding-2026-11-27.jsonl").read_text())
+    check = json.loads((MEASUREMENTS / "gpu-check-h200-2026-11-27.json").read_text())
+    (tmp_path / "torch_fp16_512.json").write_text(json.dumps(check["torch"]))
+    (tmp_path / "golden_cuda.json").write_text(
+        (MEASUREMENTS / "h200-golden-cuda-after-iobinding-2026-11-27.json").read_text())
+    lines = table(tmp_path)
+    assert lines[0].startswith("| output | bundle, settings |")
+    assert "| 512x512 | sd21-fp16, untiled | 14.0 | 22.3 | 21.1 | 68.5 |  | 49.4 |  |" in lines
+    assert any(line.startswith("| 2048x2048 | sd21-fp16, --tile 512 | 366.1 |") for line in lines)
+    assert "bench-fused.jsonl: missing" in lines
+    assert any(line.startswith("PyTorch eager fp16 512x512 on NVIDIA H200: median 49.4 ms") for line in lines)
+    assert any(line.startswith("golden_cuda.json: models/tiny: worst 1.99") and line.endswith(": passed")
+               for line in lines)
+
+
+@needs_binary
+def test_a_current_bench_report_gets_its_in_memory_ratio(tmp_path):
+    code, result, _ = run_binary(tmp_path, "bench", "bench", "--model", "models/tiny", "--provider", "cpu",
+                                 "--size", "64", "--tile", "0", "--runs", "1", "--warmup", "0", "--json")
+    assert code == 0
+    report = json.loads(result.read_text())
+    (tmp_path / "bench.jsonl").write_text(result.read_text())
+    (tmp_path / "torch_fp16_512.json").write_text(json.dumps({"size": 64, "device_name": "cpu", "results": {
+        "fp16": {"pipeline_ms": {"median": 10.0}}}}))
+    in_memory = report["upscale_ms"]["p50"]
+    row = next(line for line in table(tmp_path) if line.startswith("| 64x64 |"))
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1] == "tiny, untiled, providers cpu"
+    assert cells[6:] == [f"{in_memory:.1f}", "10.0", f"{in_memory / 10.0:.2f}"]
