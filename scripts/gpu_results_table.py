@@ -25,21 +25,11 @@ import json
 import sys
 from pathlib import Path
 
+from gpu_summary import json_lines  # scripts/ is this script's folder, so first on sys.path
+
 HEADER = ("| output | bundle, settings | encoder ms | UNet ms | decoder ms | end to end ms "
           "| in memory ms | PyTorch eager ms | in memory x PyTorch |")
 RULE = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
-
-
-def read_lines(path: Path) -> list[dict]:
-    reports = []
-    for line in path.read_text(errors="replace").splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                reports.append(json.loads(line))
-            except ValueError:
-                continue
-    return reports
 
 
 def p50(report: dict, *keys: str):
@@ -138,7 +128,7 @@ def main(argv: list[str]) -> int:
         if not path.is_file():
             notes.append(f"{name}: missing")
             continue
-        reports = read_lines(path)
+        reports = json_lines(path)
         if not reports:
             notes.append(f"{name}: no report in it")
         for report in reports:

@@ -20,20 +20,27 @@ import sys
 from pathlib import Path
 
 
-def last_json(path: Path):
-    """The last line of `path` that parses as a JSON object, or None."""
+def json_lines(path: Path) -> list[dict]:
+    """The lines of `path` that parse as JSON objects, in order (none when it cannot be read)."""
     try:
         lines = path.read_text(errors="replace").splitlines()
     except OSError:
-        return None
-    for line in reversed(lines):
+        return []
+    reports = []
+    for line in lines:
         line = line.strip()
         if line.startswith("{"):
             try:
-                return json.loads(line)
+                reports.append(json.loads(line))
             except ValueError:
                 continue
-    return None
+    return reports
+
+
+def last_json(path: Path):
+    """The last line of `path` that parses as a JSON object, or None."""
+    reports = json_lines(path)
+    return reports[-1] if reports else None
 
 
 def last_reason(path: Path | None) -> str:

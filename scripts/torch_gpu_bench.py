@@ -144,43 +144,13 @@ class Pipeline:
                 total[y:y + side, x:x + side] += weights
         return blended / total
 
-    def __call__(self, source_cpu, timestep: int, latent_tiling: bool = False):
+    def __call__(self, source_cpu, timestep: int, latent_tiling: bool = False, lap=None):
+        """One run; `lap(stage)`, when given, is called after each stage (stages() times them)."""
         from export.reference import adain_fix
 
         torch = self.torch
+        lap = lap or (lambda _stage: None)
         with torch.inference_mode():
-            source = source_cpu.to(self.device, non_blocking=False)
-            x = (source * 2.0 - 1.0).to(self.dtype)
-            t = torch.tensor([int(timestep)], dtype=torch.int64, device=self.device)
-            mean, _logvar = self.encoder(x, t)
-            z = mean * self.scaling
-            residual = self.unet_tiled(z, t) if latent_tiling else self.unet(z, t, self.embeds)
-            x0 = z / float(self.acp[int(timestep)]) ** 0.5 - residual
-            y = self.decoder(x0).clamp(-1.0, 1.0) * 0.5 + 0.5
-            fixed = adain_fix(y.to(torch.float32), source)
-            result = fixed[0].permute(1, 2, 0).contiguous().cpu()
-            self.sync()
-        return result
-
-    def stages(self, source_cpu, timestep: int) -> Dict[str, float]:
-        """One untiled run with a synchronization after each stage: milliseconds per stage, named as
-        `tadsr-edge bench` names its stages where they match (upload and download are apart here).
-        The synchronizations cost a little, so the pipeline's time comes from __call__, not from this."""
-        from export.reference import adain_fix
-
-        torch = self.torch
-        times: Dict[str, float] = {}
-        with torch.inference_mode():
-            self.sync()
-            mark = time.perf_counter()
-
-            def lap(name: str) -> None:
-                nonlocal mark
-                self.sync()
-                now = time.perf_counter()
-                times[name] = (now - mark) * 1e3
-                mark = now
-
             source = source_cpu.to(self.device, non_blocking=False)
             x = (source * 2.0 - 1.0).to(self.dtype)
             t = torch.tensor([int(timestep)], dtype=torch.int64, device=self.device)
@@ -188,15 +158,34 @@ class Pipeline:
             mean, _logvar = self.encoder(x, t)
             z = mean * self.scaling
             lap("encoder")
-            residual = self.unet(z, t, self.embeds)
+            residual = self.unet_tiled(z, t) if latent_tiling else self.unet(z, t, self.embeds)
             x0 = z / float(self.acp[int(timestep)]) ** 0.5 - residual
             lap("unet")
             y = self.decoder(x0).clamp(-1.0, 1.0) * 0.5 + 0.5
             lap("decoder")
             fixed = adain_fix(y.to(torch.float32), source)
             lap("color_fix")
-            fixed[0].permute(1, 2, 0).contiguous().cpu()
+            result = fixed[0].permute(1, 2, 0).contiguous().cpu()
+            self.sync()
             lap("download")
+        return result
+
+    def stages(self, source_cpu, timestep: int) -> Dict[str, float]:
+        """One untiled run with a synchronization after each stage: milliseconds per stage, named as
+        `tadsr-edge bench` names its stages where they match (upload and download are apart here).
+        The synchronizations cost a little, so the pipeline's time comes from plain runs, not from this."""
+        times: Dict[str, float] = {}
+        self.sync()
+        mark = time.perf_counter()
+
+        def lap(stage: str) -> None:
+            nonlocal mark
+            self.sync()
+            now = time.perf_counter()
+            times[stage] = (now - mark) * 1e3
+            mark = now
+
+        self(source_cpu, timestep, lap=lap)
         return times
 
     def sync(self):
