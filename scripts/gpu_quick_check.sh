@@ -7,7 +7,7 @@
 # exported here with --fusions cuda, fp32 and fp16, through the golden cases (ONNX Runtime's CUDA-only fused
 # operators: checked nowhere else); an sd21 --fusions cuda export at 512 with and without --cuda-graph, its
 # image against the plain bundle's, and at 2048; a per-node profile at 512 (scripts/ort_profile_summary.py);
-# last, --static-shapes off and --cuda-option prefer_nhwc=1. Needs what scripts/gpu_payload.sh prepares (the
+# last, --static-shapes off, --cuda-option prefer_nhwc=1 and --tile-batch 4 at 2048. Needs what scripts/gpu_payload.sh prepares (the
 # last call carries .device/chunk5, .device/payload, .device/whl and .device/tiny-fp16 after the other chunks).
 # Writes each result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
 set -uo pipefail
@@ -78,6 +78,7 @@ done
 echo "--- 2048 tile 512, --cuda-graph"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --cuda-graph
 echo "--- 512 untiled, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --static-shapes off
 echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
+echo "--- 2048 tile 512, --tile-batch 4"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --tile-batch 4
 echo "--- 2048 tile 512, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
 date +%T
 echo "--- README rows (scripts/gpu_results_table.py; also in readme-rows.md)"

@@ -50,6 +50,8 @@ def settings(report: dict) -> str:
     parts = [bundle]
     tile = report.get("tile")
     parts.append("untiled" if tile == 0 else f"--tile {tile}")
+    if (report.get("tile_batch") or 1) > 1:
+        parts.append(f"--tile-batch {report['tile_batch']}")
     static = (report.get("static_shapes") or {}).get("unet")
     if static is not None:
         parts.append("static shapes" if static else "free shapes")

@@ -145,6 +145,13 @@ fn bench_json_reports_consistent_timings() {
     assert_eq!(report["size"], size);
     assert_eq!(report["runs"], runs);
     assert_eq!(report["tile"], 0);
+    assert_eq!(report["tile_batch"], 1);
+    // the bundle's default timestep (models/tiny's manifest)
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(repo().join("models/tiny/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(report["timestep"], manifest["defaults"]["timestep"]);
     for stage in ["vae_encoder", "unet", "vae_decoder"] {
         assert_eq!(report["provider"][stage], "cpu", "{stage}");
     }
@@ -191,6 +198,29 @@ fn bench_json_reports_consistent_timings() {
     assert!((0.0..=1.0).contains(&share), "{share}");
     assert!(report["peak_rss_bytes"].as_u64().unwrap() > 10 << 20);
     assert!(stat(&report, "session_creation_ms") > 0.0);
+}
+
+#[test]
+fn bench_json_records_the_tiling_and_timestep_it_ran_with() {
+    let report = json(&bench(
+        "128",
+        "1",
+        &[
+            "--tile",
+            "64",
+            "--tile-overlap",
+            "16",
+            "--tile-batch",
+            "2",
+            "-t",
+            "300",
+            "--json",
+        ],
+    ));
+    assert_eq!(report["tile"], 64);
+    assert_eq!(report["tile_overlap"], 16);
+    assert_eq!(report["tile_batch"], 2);
+    assert_eq!(report["timestep"], 300);
 }
 
 #[test]

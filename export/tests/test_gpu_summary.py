@@ -113,7 +113,8 @@ def test_the_h200_files_of_2026_11_27_become_readme_rows(tmp_path):
 @needs_binary
 def test_a_current_bench_report_gets_its_in_memory_ratio(tmp_path):
     code, result, _ = run_binary(tmp_path, "bench", "bench", "--model", "models/tiny", "--provider", "cpu",
-                                 "--size", "64", "--tile", "0", "--runs", "1", "--warmup", "0", "--json")
+                                 "--size", "64", "--tile", "64", "--tile-batch", "2", "--runs", "1", "--warmup", "0",
+                                 "--json")
     assert code == 0
     report = json.loads(result.read_text())
     (tmp_path / "bench.jsonl").write_text(result.read_text())
@@ -122,5 +123,5 @@ def test_a_current_bench_report_gets_its_in_memory_ratio(tmp_path):
     in_memory = report["upscale_ms"]["p50"]
     row = next(line for line in table(tmp_path) if line.startswith("| 64x64 |"))
     cells = [cell.strip() for cell in row.strip("|").split("|")]
-    assert cells[1] == "tiny, untiled, providers cpu"
+    assert cells[1] == "tiny, --tile 64, --tile-batch 2, providers cpu"
     assert cells[6:] == [f"{in_memory:.1f}", "10.0", f"{in_memory / 10.0:.2f}"]
