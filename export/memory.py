@@ -10,11 +10,19 @@ ORT_ENABLE_ALL, arena on) and reads its peak RSS (Linux: ``VmHWM``, see
 ``_peak_rss``; elsewhere ``ru_maxrss``): ``created_peak(S)``; it then runs the
 graph once on seeded random inputs of that size and reads the peak again:
 ``run_peak(S)``. One more process only imports numpy and onnxruntime:
-``import_peak``. With sides S1 < S2 < ... each component gets
+``import_peak``. Right after creating the session the probe also reads its
+resident size and sets the peak back to it (Linux: "5" to
+/proc/self/clear_refs): ``created_resident(S)``, so that ``run_peak`` is the
+run's own peak even when creation went higher (an fp16 graph on the CPU holds
+its weights in both precisions while it is created). With sides S1 < S2 < ...
+each component gets
 
     weights_bytes = max(0, created_peak(S1) - import_peak)
-    activations   = [[S1*S1, max(0, run_peak(S1) - created_peak(S1))],
-                     [S2*S2, max(0, run_peak(S2) - created_peak(S2))], ...]
+    activations   = [[S1*S1, max(0, run_peak(S1) - created_resident(S1))],
+                     [S2*S2, max(0, run_peak(S2) - created_resident(S2))], ...]
+
+(``created_peak`` instead of ``created_resident`` where the peak cannot be
+reset; ``measured_with`` says which).
 
 that is the measured points [pixels, bytes] themselves (integers, pixels
 strictly increasing), not a fit: self-attention over the latent (the VAE's mid
@@ -30,10 +38,11 @@ docs/bundle-format.md). The runtime's ``--tile auto`` reads them: for an image
 (or tile) of P pixels it interpolates each graph's activation bytes linearly
 between the points, takes the first point's bytes below the first point, and
 beyond the last point scales the last point's bytes by (P / P_last)^2
-(attention's quadratic growth; conservative); it sums the three graphs (ONNX
-Runtime's CPU arena keeps each session's peak), adds their weights_bytes and
-62 bytes per pixel of pipeline buffers, and compares that with the memory
-budget. ``--dry-run`` prints the figures only.
+(attention's quadratic growth; conservative); it takes the largest of the
+three graphs' activations on the CPU (each session's arena is handed back
+after its run) and their sum on GPUs and servers, adds their weights_bytes
+(on a GPU: the graph files' bytes instead) and 62 bytes per pixel of
+pipeline buffers, and compares that with the memory budget. ``--dry-run`` prints the figures only.
 
 The probe processes run ``python -m export.memory --probe ...``; this module
 imports only the standard library at the top, so that they hold numpy and
@@ -60,6 +69,7 @@ PROBE_TIMEOUT_S = 1800
 REPO = Path(__file__).resolve().parent.parent
 MEASURED_WITH = ("onnxruntime {version}, CPUExecutionProvider, 1 intra-op thread, ORT_ENABLE_ALL; "
                  "peak RSS ({rss}) of one process per measurement")
+PEAK_RESET = "{rss} reset once the session is created"
 
 
 # ---------------------------------------------------------------------------
@@ -90,6 +100,28 @@ def _peak_rss() -> tuple:
     return (int(peak) if sys.platform == "darwin" else int(peak) * 1024), "ru_maxrss"
 
 
+def _resident_after_reset() -> Optional[int]:
+    """This process's resident size in bytes, with its peak (``VmHWM``) set back to it; None where
+    that cannot be done (not Linux, or /proc/self/clear_refs not writable).
+
+    Creating a session can pass through a higher peak than it ends at: an fp16 graph on the CPU
+    provider holds its float16 weights and their float32 casts at once (sd21 fp16 UNet: peak 6.1 GB,
+    resident 4.0 GB after). Measured against that peak, the run's own activations vanish (0 MB at
+    256 and 512 px). With the peak reset ("5" to clear_refs, Linux >= 4.0), the run's peak minus
+    this resident size is what running adds, whatever creation went through.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as handle:
+            handle.write("5")
+        with open("/proc/self/status", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB; equal to VmRSS just after the reset
+    except OSError:
+        pass
+    return None
+
+
 def _probe(spec: Optional[Dict]) -> Dict:
     """In a fresh process: import numpy and onnxruntime; with ``spec``, create a session and run it once."""
     import numpy as np
@@ -104,6 +136,7 @@ def _probe(spec: Optional[Dict]) -> Dict:
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     session = ort.InferenceSession(spec["file"], sess_options=opts, providers=["CPUExecutionProvider"])
     result["created_peak"] = _peak_rss()[0]
+    result["created_resident"] = _resident_after_reset()
     rng = np.random.default_rng(spec.get("seed", SEED))
     feeds = {}
     for port in spec["inputs"]:
@@ -171,9 +204,16 @@ def probe_import() -> Dict:
 
 
 def component_figures(import_peak: int, probes: Sequence[Dict], sides: Sequence[int]) -> Dict:
-    """weights_bytes and the activation points [[pixels, bytes], ...] from the probes at ``sides``."""
-    activations = [[side * side, int(max(0, probe["run_peak"] - probe["created_peak"]))]
-                   for side, probe in zip(sides, probes, strict=True)]
+    """weights_bytes and the activation points [[pixels, bytes], ...] from the probes at ``sides``.
+
+    A run's activations are its peak minus the resident size the session settled at
+    (``created_resident``, the peak reset there), or, where the peak could not be reset, minus the
+    session's creation peak (an underestimate when creation peaked higher than it settled)."""
+    def run_bytes(probe: Dict) -> int:
+        base = probe.get("created_resident")
+        return int(max(0, probe["run_peak"] - (probe["created_peak"] if base is None else base)))
+
+    activations = [[side * side, run_bytes(probe)] for side, probe in zip(sides, probes, strict=True)]
     return {"weights_bytes": int(max(0, probes[0]["created_peak"] - import_peak)), "activations": activations}
 
 
@@ -194,15 +234,18 @@ def measure_bundle_memory(bundle: Path, sides: Sequence[int] = DEFAULT_SIDES, qu
     manifest = read_manifest(bundle)
     base = probe_import()
     components = {}
+    peak_reset = True
     for name in MAIN_COMPONENTS:
         entry = manifest["components"][name]
         started = time.time()
         probes = [probe_component(bundle, entry, side) for side in sides]
+        peak_reset = peak_reset and all(probe.get("created_resident") is not None for probe in probes)
         components[name] = component_figures(base["import_peak"], probes, sides)
         if not quiet:
             print(f"  {name}: measured in {time.time() - started:.1f} s", flush=True)
+    rss = PEAK_RESET.format(rss=base["rss"]) if peak_reset else base["rss"]
     return {
-        "measured_with": MEASURED_WITH.format(version=base["onnxruntime"], rss=base["rss"]),
+        "measured_with": MEASURED_WITH.format(version=base["onnxruntime"], rss=rss),
         "output_sides_px": list(sides),
         "import_bytes": int(base["import_peak"]),
         "components": components,
