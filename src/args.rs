@@ -43,6 +43,38 @@ fn parse_tile(text: &str) -> Result<TileArg, String> {
     Ok(TileArg::Px(side))
 }
 
+/// `info --plan WxH`: an output image's size, each side 1 to
+/// [`MAX_PLAN_SIDE`].
+fn parse_output_size(text: &str) -> Result<(u32, u32), String> {
+    let usage = || format!("{text:?} is not WxH (e.g. 2048x1536, output pixels)");
+    let (width, height) = text.split_once(['x', 'X']).ok_or_else(usage)?;
+    let side = |part: &str| -> Result<u32, String> {
+        let value: u32 = part.trim().parse().map_err(|_| usage())?;
+        if value == 0 || value > MAX_PLAN_SIDE {
+            return Err(format!(
+                "{value} is not a side from 1 to {MAX_PLAN_SIDE} (4x the largest input side)"
+            ));
+        }
+        Ok(value)
+    };
+    Ok((side(width)?, side(height)?))
+}
+
+/// The largest output side `info --plan` takes: 4x the largest input side
+/// the image reader accepts.
+pub const MAX_PLAN_SIDE: u32 = 4 * tadsr_edge::image::io::DEFAULT_MAX_SIDE;
+
+/// Where `info --plan` plans the stages to run.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlanOn {
+    /// ONNX Runtime's CPU provider: each stage hands its memory back after
+    /// its run; the weights are the measured figures.
+    Cpu,
+    /// CUDA or TensorRT: the budget is the GPU's (a Jetson's: the host's);
+    /// sessions keep their memory; the weights are the graph files' bytes.
+    Gpu,
+}
+
 fn parse_max_memory(text: &str) -> Result<u64, String> {
     tadsr_edge::system_memory::parse_size(text)
 }
@@ -479,4 +511,14 @@ pub struct InfoArgs {
     /// GPU the providers are probed on [default: 0].
     #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_DEVICE as i64))]
     pub device: Option<u32>,
+    /// With --model: what `run --tile auto` would choose for an output
+    /// (upscaled) image of WxH pixels, and its estimated peak memory.
+    #[arg(long, value_name = "WxH", value_parser = parse_output_size, requires = "model")]
+    pub plan: Option<(u32, u32)>,
+    /// Plan for stages on the CPU or on a GPU [default: gpu when CUDA is usable here, else cpu].
+    #[arg(long, value_enum, requires = "plan")]
+    pub plan_on: Option<PlanOn>,
+    /// The budget --plan plans for, e.g. 6G or 800M [default: as `run`: the machine's available memory less 10%, or 80% of the GPU's].
+    #[arg(long, value_name = "SIZE", value_parser = parse_max_memory, requires = "plan")]
+    pub max_memory: Option<u64>,
 }

@@ -60,6 +60,27 @@ pub struct CostModel {
     /// Tiles run together as one batch (`--tile-batch`): a tiled stage
     /// holds this many tiles' activations at once.
     pub tile_batch: u64,
+    /// The graph files' sizes, when known.
+    pub graph_files: Option<GraphFileBytes>,
+    /// Which stages (encoder, UNet, decoder) run on a GPU provider or a
+    /// server: their weights count as their files' bytes.
+    pub on_device: [bool; 3],
+}
+
+/// Bytes of the bundle's graph files (each `.onnx` with its external
+/// data): the weights a GPU provider copies to the device. The measured
+/// `weights_bytes` are the CPU provider's, with its prepacked copies and,
+/// for an fp16 graph, the float32 casts it makes while creating the session
+/// (sd21 fp16 UNet: 6.0 to 6.3 GB measured for a 1.73 GB file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GraphFileBytes {
+    pub encoder: u64,
+    pub unet: u64,
+    pub decoder: u64,
+    /// 0 where the bundle has no tiled-VAE encoder.
+    pub encoder_tiled: u64,
+    /// 0 where the bundle has no tiled-VAE decoder.
+    pub decoder_tiled: u64,
 }
 
 impl CostModel {
@@ -89,6 +110,8 @@ impl CostModel {
             extra_weights_bytes,
             stages_release_memory: false,
             tile_batch: 1,
+            graph_files: None,
+            on_device: [false; 3],
         })
     }
 
@@ -98,14 +121,47 @@ impl CostModel {
     }
 
     fn weights(&self, staged_tiles: bool) -> u64 {
-        self.encoder.weights_bytes
-            + self.unet.weights_bytes
-            + self.decoder.weights_bytes
-            + if staged_tiles {
+        let Some(files) = self.graph_files else {
+            let extra = if staged_tiles {
                 self.extra_weights_bytes
             } else {
                 0
+            };
+            return self.encoder.weights_bytes
+                + self.unet.weights_bytes
+                + self.decoder.weights_bytes
+                + extra;
+        };
+        let [encoder_on_device, unet_on_device, decoder_on_device] = self.on_device;
+        let pick = |on_device: bool, file: u64, measured: u64| {
+            if on_device {
+                file
+            } else {
+                measured
             }
+        };
+        // a tiled-VAE graph holds what its plain graph does, where it runs
+        let tiled = |file: u64, on_device: bool, measured: u64| match file {
+            0 => 0,
+            _ => pick(on_device, file, measured),
+        };
+        let extra = if staged_tiles {
+            tiled(
+                files.encoder_tiled,
+                encoder_on_device,
+                self.encoder.weights_bytes,
+            ) + tiled(
+                files.decoder_tiled,
+                decoder_on_device,
+                self.decoder.weights_bytes,
+            )
+        } else {
+            0
+        };
+        pick(encoder_on_device, files.encoder, self.encoder.weights_bytes)
+            + pick(unet_on_device, files.unet, self.unet.weights_bytes)
+            + pick(decoder_on_device, files.decoder, self.decoder.weights_bytes)
+            + extra
     }
 }
 
@@ -341,6 +397,8 @@ mod tests {
             extra_weights_bytes: 0,
             stages_release_memory: false,
             tile_batch: 1,
+            graph_files: None,
+            on_device: [false; 3],
         }
     }
 
@@ -390,6 +448,42 @@ mod tests {
             peak_bytes(&with_tiled, TilingMode::Staged, 2048, 2048, 512),
             peak_bytes(&plain, TilingMode::Staged, 2048, 2048, 512) + (300 << 20)
         );
+    }
+
+    #[test]
+    fn stages_on_a_gpu_count_their_graph_files_as_weights() {
+        let mib = |n: u64| n << 20;
+        let mut m = model(); // measured weights 100 + 1000 + 200 MiB
+        let cpu_untiled = peak_bytes(&m, TilingMode::Staged, 2048, 2048, 0);
+        m.graph_files = Some(GraphFileBytes {
+            encoder: mib(40),
+            unet: mib(300),
+            decoder: mib(60),
+            encoder_tiled: mib(41),
+            decoder_tiled: 0, // no tiled decoder in this bundle
+        });
+        // on the CPU the measured figures hold, files known or not
+        assert_eq!(m.weights_bytes(), mib(1300));
+        assert_eq!(
+            peak_bytes(&m, TilingMode::Staged, 2048, 2048, 0),
+            cpu_untiled
+        );
+        assert_eq!(m.weights(true), mib(1300 + 100));
+        m.on_device = [true; 3];
+        assert_eq!(m.weights_bytes(), mib(400));
+        assert_eq!(m.weights(true), mib(400 + 41));
+        assert_eq!(
+            peak_bytes(&m, TilingMode::Staged, 2048, 2048, 0),
+            cpu_untiled - mib(900)
+        );
+        // only the UNet on the GPU
+        m.on_device = [false, true, false];
+        assert_eq!(m.weights_bytes(), mib(100 + 300 + 200));
+        assert_eq!(m.weights(true), mib(600 + 100));
+        // without file sizes the measured figures are all there is
+        m.graph_files = None;
+        m.on_device = [true; 3];
+        assert_eq!(m.weights_bytes(), mib(1300));
     }
 
     #[test]

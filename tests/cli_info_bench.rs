@@ -224,6 +224,35 @@ fn bench_json_records_the_tiling_and_timestep_it_ran_with() {
 }
 
 #[test]
+fn bench_json_holds_the_tile_auto_estimate_beside_the_measured_peak() {
+    let report = |tile: &str| json(&bench("512", "1", &["--tile", tile, "--json"]));
+    let (untiled, tiled) = (report("0"), report("256"));
+    for r in [&untiled, &tiled] {
+        // on the CPU nothing is read from a GPU
+        assert_eq!(r["device_memory_used_bytes"], Value::Null, "{r}");
+    }
+    let estimate = |r: &Value| {
+        r["estimated_peak_bytes"]
+            .as_u64()
+            .expect("tiny has figures")
+    };
+    assert!(estimate(&tiled) < estimate(&untiled));
+    // The estimate is the bundle's measured figures (weights + activations at 512 px +
+    // whole-image buffers), built to err high; the run's peak RSS also holds the ONNX Runtime
+    // library and allocator slack. Seen here: 301 MiB estimated, 275 MiB peak. Weights alone
+    // (78 MB) would fail the first bound; summing the stages' activations where the CPU hands
+    // each stage's back (589 MiB) the second.
+    let rss = untiled["peak_rss_bytes"]
+        .as_u64()
+        .expect("Linux reports a peak");
+    let est = estimate(&untiled);
+    assert!(
+        rss as f64 <= 1.5 * est as f64 && est as f64 <= 1.8 * rss as f64,
+        "estimate {est} vs peak RSS {rss}"
+    );
+}
+
+#[test]
 fn bench_json_says_which_graphs_were_opened_for_one_shape() {
     let report = |extra: &[&str]| {
         let mut args = vec!["--tile", "0", "--threads", "1", "--json"];
@@ -392,4 +421,97 @@ fn golden_on_a_provider_that_cannot_run_here_is_a_clear_error() {
         "{stderr}"
     );
     assert_eq!(stderr.trim().lines().count(), 1, "one line: {stderr}");
+}
+
+fn plan(budget: &str, extra: &[&str]) -> Value {
+    let tiny = tiny();
+    let mut args = vec!["info", "--model", &tiny, "--json", "--max-memory", budget];
+    args.extend_from_slice(extra);
+    json(&tadsr(&args))["plan"].clone()
+}
+
+#[test]
+fn info_plan_says_what_tile_auto_would_choose_on_the_cpu_and_on_a_gpu() {
+    let cpu = plan("64G", &["--plan", "512x512", "--plan-on", "cpu"]);
+    let gpu = plan("64G", &["--plan", "512x512", "--plan-on", "gpu"]);
+    for p in [&cpu, &gpu] {
+        assert_eq!(
+            (p["width"].as_u64(), p["height"].as_u64()),
+            (Some(512), Some(512))
+        );
+        assert_eq!(p["decision"]["reason"], "fits_untiled", "{p}");
+        assert_eq!(p["decision"]["tile_px"], 0);
+    }
+    assert_eq!(
+        (cpu["on"].as_str(), gpu["on"].as_str()),
+        (Some("cpu"), Some("gpu"))
+    );
+    // The two differ by the manifest's figures, read here: a GPU holds the graph files as weights
+    // and keeps every stage's activations; the CPU holds the measured weights and hands each
+    // stage's activations back.
+    let manifest = manifest();
+    let stages = ["vae_encoder", "unet", "vae_decoder"];
+    let figures = &manifest["memory"]["components"];
+    let measured: u64 = stages
+        .iter()
+        .map(|s| figures[s]["weights_bytes"].as_u64().unwrap())
+        .sum();
+    let files: u64 = stages
+        .iter()
+        .map(|s| {
+            let file = manifest["components"][s]["file"].as_str().unwrap();
+            std::fs::metadata(repo().join("models/tiny").join(file))
+                .unwrap()
+                .len()
+        })
+        .sum();
+    let at_512: Vec<u64> = stages
+        .iter()
+        .map(|s| {
+            let points = figures[s]["activations"].as_array().unwrap();
+            let point = points
+                .iter()
+                .find(|p| p[0] == 512 * 512)
+                .expect("measured at 512 px");
+            point[1].as_u64().unwrap()
+        })
+        .collect();
+    let (sum, largest) = (at_512.iter().sum::<u64>(), *at_512.iter().max().unwrap());
+    let estimate = |p: &Value| p["decision"]["estimate_bytes"].as_u64().unwrap();
+    assert_eq!(
+        estimate(&gpu) + measured + largest,
+        estimate(&cpu) + files + sum
+    );
+
+    // a small budget: the largest tile that fits, or the smallest and a warning
+    let tight = plan("1200M", &["--plan", "4096x2048", "--plan-on", "cpu"]);
+    assert_eq!(
+        tight["decision"]["reason"], "largest_fitting_tile",
+        "{tight}"
+    );
+    let side = tight["decision"]["tile_px"].as_u64().unwrap();
+    assert!((256..4096).contains(&side) && side.is_multiple_of(64));
+    assert!(estimate(&tight) <= 1200 << 20);
+    let over = plan("100M", &["--plan", "4096x2048"]);
+    assert_eq!(over["decision"]["reason"], "over_budget", "{over}");
+    assert_eq!(over["decision"]["tile_px"], 256);
+}
+
+#[test]
+fn info_plan_refuses_what_is_not_an_output_size() {
+    let tiny = tiny();
+    for bad in ["512", "0x512", "512x", "70000x512", "5x-5", "axb"] {
+        let output = tadsr(&["info", "--model", &tiny, "--plan", bad]);
+        assert_eq!(output.status.code(), Some(2), "{bad}");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--plan"), "{bad}: {stderr}");
+    }
+    // --plan needs a bundle, --plan-on a --plan
+    assert_eq!(tadsr(&["info", "--plan", "64x64"]).status.code(), Some(2));
+    assert_eq!(
+        tadsr(&["info", "--model", &tiny, "--plan-on", "gpu"])
+            .status
+            .code(),
+        Some(2)
+    );
 }

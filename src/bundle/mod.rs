@@ -91,6 +91,20 @@ impl Bundle {
         &self.root
     }
 
+    /// Bytes of component `name`'s files on disk (its `.onnx` and its
+    /// external data), or None when the component is absent or a file
+    /// cannot be read.
+    pub fn graph_file_bytes(&self, name: &str) -> Option<u64> {
+        let spec = self.manifest.components.get(name)?;
+        std::iter::once(spec.file.as_str())
+            .chain(spec.external_data.iter().map(|data| data.file.as_str()))
+            .map(|file| {
+                let path = self.resolve(file).ok()?;
+                std::fs::metadata(path).ok().map(|meta| meta.len())
+            })
+            .sum()
+    }
+
     /// Every port's channel axis, where the manifest gives a number, agrees
     /// with what the pipeline will send: `latent_channels` for latents, 3
     /// for images. A mismatch would otherwise fail every input at its first

@@ -15,6 +15,7 @@ use tadsr_edge::pipeline::{
     default_tile_overlap, NoProgress, Pipeline, PipelineConfig, RunOptions, ShapeHint, SpentIn,
     StageTimings, TilingMode,
 };
+use tadsr_edge::runtime::{gpu_info, Provider};
 use tadsr_edge::stats::{self, Summary};
 
 use super::tile_policy::TilePolicy;
@@ -55,13 +56,11 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.threads = args.threads;
     args.gpu.apply(&mut config);
     // --tile auto: decided as `run` decides it, for this size
-    let manifest = Bundle::open_with(&config.model_dir, false)
-        .ok()
-        .map(|bundle| bundle.manifest().clone());
+    let bundle = Bundle::open_with(&config.model_dir, false).ok();
     let mut tile_policy = TilePolicy::new(
         args.tile,
         None,
-        manifest.as_ref(),
+        bundle.as_ref(),
         TilingMode::Staged,
         args.gpu.tile_batch,
     );
@@ -83,6 +82,13 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     args.remote.check(args.gpu.tile_batch)?;
     args.gpu
         .check_provider(matches!(args.provider, crate::args::ProviderArg::Cpu))?;
+    // what this run takes of the GPU's memory: NVML's free memory before
+    // loading and after the runs (the whole device's: other processes count)
+    let gpu_asked =
+        !matches!(args.provider, crate::args::ProviderArg::Cpu) && args.remote.server.is_none();
+    let device_free_before = gpu_asked
+        .then(|| gpu_info::gpu_info(args.gpu.device_id()).memory_free_mib)
+        .flatten();
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
@@ -168,6 +174,16 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     let throughput = output_megapixels / (total.p50 / 1e3);
     let peak_rss = stats::peak_rss_bytes();
     let providers = pipeline.providers();
+    let on_gpu = [providers.vae_encoder, providers.unet, providers.vae_decoder]
+        .iter()
+        .any(|p| matches!(p, Provider::Cuda | Provider::TensorRt));
+    let device_memory_used = device_free_before.filter(|_| on_gpu).and_then(|before| {
+        let after = gpu_info::gpu_info(args.gpu.device_id()).memory_free_mib?;
+        Some(before.saturating_sub(after) << 20)
+    });
+    // --tile auto's estimate for this image and tile, to hold against the
+    // peak RSS (CPU) or the device memory used (GPU)
+    let estimated_peak = tile_policy.estimate(args.size, args.size, options.tile_px);
 
     if args.json {
         let stages_json: serde_json::Map<String, serde_json::Value> = stages
@@ -204,6 +220,8 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
                 "rust_side_share_p50": rust_side_p50 / total.p50,
                 "output_megapixels_per_second": throughput,
                 "peak_rss_bytes": peak_rss,
+                "device_memory_used_bytes": device_memory_used,
+                "estimated_peak_bytes": estimated_peak,
         }))?;
         return Ok(Outcome::Done);
     }
@@ -245,10 +263,20 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         "outside ONNX Runtime: {:.2}% of p50",
         100.0 * rust_side_p50 / total.p50
     ))?;
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     if let Some(bytes) = peak_rss {
+        print_line(format_args!("peak RSS: {:.0} MiB", mib(bytes)))?;
+    }
+    if let Some(bytes) = device_memory_used {
         print_line(format_args!(
-            "peak RSS: {:.0} MiB",
-            bytes as f64 / (1024.0 * 1024.0)
+            "GPU memory taken (NVML, whole device): {:.0} MiB",
+            mib(bytes)
+        ))?;
+    }
+    if let Some(bytes) = estimated_peak {
+        print_line(format_args!(
+            "--tile auto's estimate for this size and tile: {:.0} MiB",
+            mib(bytes)
         ))?;
     }
     Ok(Outcome::Done)

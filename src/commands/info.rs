@@ -10,8 +10,13 @@ use tadsr_edge::bundle::Bundle;
 use tadsr_edge::runtime::gpu_info::GpuInfo;
 use tadsr_edge::runtime::{cache_dir, graph_cache, Provider, ProviderStatus, Runtime};
 
+use serde::Serialize;
+use tadsr_edge::pipeline::TilingMode;
+use tadsr_edge::tile_budget::TileDecision;
+
+use super::tile_policy::TilePolicy;
 use super::{print_line, Outcome};
-use crate::args::InfoArgs;
+use crate::args::{InfoArgs, PlanOn, TileArg};
 
 /// Prints the runtime, each provider's probe on `--device` (usable or the
 /// reason, the GPU and library versions) and (with `--model`) a bundle summary.
@@ -28,6 +33,27 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
         }
         None => None,
     };
+    let plan = match (&bundle, args.plan) {
+        (Some(bundle), Some((width, height))) => {
+            let cuda_usable = statuses
+                .iter()
+                .any(|s| s.name == Provider::Cuda.name() && s.usable);
+            let on = args.plan_on.unwrap_or(if cuda_usable {
+                PlanOn::Gpu
+            } else {
+                PlanOn::Cpu
+            });
+            Some(tile_plan(
+                bundle,
+                width,
+                height,
+                on,
+                args.max_memory,
+                device,
+            ))
+        }
+        _ => None,
+    };
     if args.json {
         let bundle_json = bundle.as_ref().map(bundle_summary_json);
         let report = json!({
@@ -40,6 +66,7 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
             "device": device,
             "providers": statuses,
             "model": bundle_json,
+            "plan": plan,
         });
         print_line(report)?;
         return Ok(Outcome::Done);
@@ -81,7 +108,55 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
     if let Some(bundle) = &bundle {
         print_bundle_summary(bundle)?;
     }
+    if let Some(plan) = &plan {
+        print_line(format_args!(
+            "--tile auto for a {}x{} output on the {}: {}",
+            plan.width,
+            plan.height,
+            plan.on,
+            plan.decision.describe()
+        ))?;
+    }
     Ok(Outcome::Done)
+}
+
+/// `info --plan`: what `run --tile auto` would choose.
+#[derive(Serialize)]
+struct TilePlan {
+    width: u32,
+    height: u32,
+    on: &'static str,
+    decision: TileDecision,
+}
+
+fn tile_plan(
+    bundle: &Bundle,
+    width: u32,
+    height: u32,
+    on: PlanOn,
+    max_memory: Option<u64>,
+    device: i32,
+) -> TilePlan {
+    let mut policy = TilePolicy::new(
+        TileArg::Auto,
+        max_memory,
+        Some(bundle),
+        TilingMode::Staged,
+        1,
+    );
+    let on = match on {
+        PlanOn::Cpu => "cpu",
+        PlanOn::Gpu => {
+            policy.assume_device_budget(device.max(0) as u32);
+            "gpu"
+        }
+    };
+    TilePlan {
+        width,
+        height,
+        on,
+        decision: policy.for_image(width, height),
+    }
 }
 
 fn print_gpu(device: i32, gpu: &GpuInfo) -> anyhow::Result<()> {

@@ -352,14 +352,13 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     config.fixed_tiles = args.tile_shape.fixed_tiles();
     // The manifest alone (cheap) for --tile auto's memory figures; a bundle
     // that cannot be read fails in Pipeline::load with its own message.
-    let manifest = Bundle::open_with(&model_dir, false)
-        .ok()
-        .map(|bundle| bundle.manifest().clone());
+    let bundle = Bundle::open_with(&model_dir, false).ok();
+    let manifest = bundle.as_ref().map(|bundle| bundle.manifest().clone());
     let tiling = tiling_mode(args.tiling);
     let mut tile_policy = TilePolicy::new(
         args.tile,
         args.max_memory,
-        manifest.as_ref(),
+        bundle.as_ref(),
         tiling,
         args.gpu.tile_batch,
     );

@@ -2,11 +2,11 @@
 //! bundle's measured memory figures and the memory budget (see
 //! `tadsr_edge::tile_budget`).
 
-use tadsr_edge::bundle::Manifest;
+use tadsr_edge::bundle::{component, Bundle};
 use tadsr_edge::pipeline::{Pipeline, TilingMode};
 use tadsr_edge::runtime::{gpu_info, Provider, SessionOptions};
 use tadsr_edge::system_memory;
-use tadsr_edge::tile_budget::{self, Budget, CostModel, TileDecision};
+use tadsr_edge::tile_budget::{self, Budget, CostModel, GraphFileBytes, TileDecision};
 
 use crate::args::TileArg;
 
@@ -31,11 +31,13 @@ pub struct TilePolicy {
 }
 
 impl TilePolicy {
-    /// Before loading: the host's budget (or `--max-memory`).
+    /// Before loading: the host's budget (or `--max-memory`). `bundle`:
+    /// opened without hashing (its manifest's memory figures and its graph
+    /// files' sizes).
     pub fn new(
         tile: TileArg,
         max_memory: Option<u64>,
-        manifest: Option<&Manifest>,
+        bundle: Option<&Bundle>,
         tiling: TilingMode,
         tile_batch: u32,
     ) -> Self {
@@ -51,12 +53,14 @@ impl TilePolicy {
                 TileArg::Auto => None,
                 TileArg::Px(side) => Some(side),
             },
-            cost: manifest.and_then(CostModel::from_manifest).map(|mut cost| {
+            cost: bundle.and_then(|bundle| {
+                let mut cost = CostModel::from_manifest(bundle.manifest())?;
                 // until `after_load` knows better: every stage on the CPU
                 let cpu = SessionOptions::default();
                 cost.stages_release_memory = cpu.cpu_arena && cpu.shrink_cpu_arena;
                 cost.tile_batch = u64::from(tile_batch.max(1));
-                cost
+                cost.graph_files = graph_files(bundle);
+                Some(cost)
             }),
             budget,
             given_budget: max_memory.is_some(),
@@ -80,16 +84,19 @@ impl TilePolicy {
             self.given_budget = true;
         }
         // the server's sessions keep their memory (an ONNX Runtime arena
-        // per model instance)
+        // per model instance), its weights as large as the graph files
         self.keep_stage_memory();
+        self.weights_on_device([true; 3]);
     }
 
     /// `--provider cuda` named: plan with the GPU's memory from the start
     /// (as [`TilePolicy::after_load`] would), so the tile the graphs are
     /// opened for (`--static-shapes`) is the one the images get.
     pub fn assume_device_budget(&mut self, device: u32) {
+        // GPU sessions keep their memory, --max-memory given or not
+        self.keep_stage_memory();
+        self.weights_on_device([true; 3]);
         if !self.given_budget {
-            self.keep_stage_memory();
             self.use_device_budget(device, 0);
         }
     }
@@ -123,6 +130,29 @@ impl TilePolicy {
         if let Some(cost) = self.cost.as_mut() {
             cost.stages_release_memory = false;
         }
+    }
+
+    /// Stages (encoder, UNet, decoder) that hold their weights on a GPU
+    /// or a server: as many bytes as their graph files, not the CPU
+    /// provider's measured figure.
+    fn weights_on_device(&mut self, stages: [bool; 3]) {
+        if let Some(cost) = self.cost.as_mut() {
+            cost.on_device = stages;
+        }
+    }
+
+    /// The estimated peak bytes of one `width` x `height` image with tiles
+    /// of `tile_px` (0: untiled) where the stages run now; None without
+    /// memory figures.
+    pub fn estimate(&self, width: u32, height: u32, tile_px: u32) -> Option<u64> {
+        let cost = self.cost.as_ref()?;
+        Some(tile_budget::peak_bytes(
+            cost,
+            self.tiling,
+            width,
+            height,
+            tile_px,
+        ))
     }
 
     pub fn is_auto(&self) -> bool {
@@ -161,6 +191,7 @@ impl TilePolicy {
         if stages.iter().any(|p| *p != Provider::Cpu) {
             self.keep_stage_memory();
         }
+        self.weights_on_device(stages.map(|p| p != Provider::Cpu));
         if stages.contains(&Provider::TensorRt) {
             self.pinned = engine_decision;
             return;
@@ -171,5 +202,80 @@ impl TilePolicy {
         // the weights just loaded are no longer free, but they are ours
         let loaded = self.cost.as_ref().map_or(0, CostModel::weights_bytes);
         self.use_device_budget(device, loaded);
+    }
+}
+
+/// The sizes of `bundle`'s main graph files (None when one cannot be read).
+fn graph_files(bundle: &Bundle) -> Option<GraphFileBytes> {
+    let size = |name: &str| bundle.graph_file_bytes(name);
+    let optional = |name: &str| {
+        if bundle.manifest().components.contains_key(name) {
+            size(name)
+        } else {
+            Some(0)
+        }
+    };
+    Some(GraphFileBytes {
+        encoder: size(component::VAE_ENCODER)?,
+        unet: size(component::UNET)?,
+        decoder: size(component::VAE_DECODER)?,
+        encoder_tiled: optional(component::VAE_ENCODER_TILED)?,
+        decoder_tiled: optional(component::VAE_DECODER_TILED)?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> Bundle {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
+        Bundle::open_with(&dir, false).expect("models/tiny opens")
+    }
+
+    #[test]
+    fn stages_on_a_device_or_a_server_weigh_their_graph_files() {
+        let bundle = tiny();
+        let files = graph_files(&bundle).expect("tiny's graph files are readable");
+        let size = |name: &str| std::fs::metadata(bundle.root().join(name)).unwrap().len();
+        assert_eq!(files.unet, size("unet/model.onnx"));
+        assert_eq!(files.decoder_tiled, size("vae_decoder/tiled.onnx"));
+        let figures = &bundle.manifest().memory.as_ref().unwrap().components;
+        let measured: u64 = figures.values().map(|stage| stage.weights_bytes).sum();
+        let on_files = files.encoder + files.unet + files.decoder;
+
+        let policy = |max_memory| {
+            TilePolicy::new(
+                TileArg::Auto,
+                max_memory,
+                Some(&bundle),
+                TilingMode::Staged,
+                1,
+            )
+        };
+        let on_cpu = policy(Some(64 << 30));
+        let mut on_server = policy(Some(64 << 30));
+        on_server.assume_server_budget();
+        // untiled 512: the CPU takes the largest stage's activations, a server their sum
+        let sum_of_stages: u64 = figures
+            .values()
+            .map(|stage| tile_budget::activations(stage, 512 * 512))
+            .sum();
+        let largest = figures
+            .values()
+            .map(|stage| tile_budget::activations(stage, 512 * 512))
+            .max()
+            .unwrap();
+        assert_eq!(
+            on_server.estimate(512, 512, 0).unwrap() + measured + largest,
+            on_cpu.estimate(512, 512, 0).unwrap() + on_files + sum_of_stages
+        );
+        // --provider cuda named: the same before loading (its sessions keep their memory too)
+        let mut on_gpu = policy(Some(64 << 30));
+        on_gpu.assume_device_budget(0);
+        assert_eq!(
+            on_gpu.estimate(1024, 768, 256),
+            on_server.estimate(1024, 768, 256)
+        );
     }
 }
