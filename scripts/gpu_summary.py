@@ -74,13 +74,21 @@ def torch_bench(report: dict) -> str:
     return "; ".join(parts) or "no precision measured"
 
 
+def mib(value) -> str:
+    return "-" if value is None else f"{value / 2**20:.0f}"
+
+
 def bench(report: dict) -> str:
     stages = {k: round(v["p50"], 1) for k, v in report.get("stages_ms", {}).items()}
     upscale = report.get("upscale_ms", {}).get("p50")
+    # --tile auto's estimate beside what was taken: NVML's device memory on a GPU, peak RSS on the host
     return (f"{stages} e2e {report['end_to_end_ms']['p50']:.1f}"
             f" in memory {upscale if upscale is None else round(upscale, 1)}"
             f" static {report.get('static_shapes', {}).get('unet')}"
-            f" cuda graph {report.get('cuda_graph', {}).get('unet')}")
+            f" cuda graph {report.get('cuda_graph', {}).get('unet')}"
+            f" MiB: estimate {mib(report.get('estimated_peak_bytes'))}"
+            f" device {mib(report.get('device_memory_used_bytes'))}"
+            f" rss {mib(report.get('peak_rss_bytes'))}")
 
 
 KINDS = {"golden": golden, "torch": torch_bench, "bench": bench}
