@@ -263,6 +263,25 @@ def record_bundle_memory(bundle: Path, sides: Sequence[int] = DEFAULT_SIDES, qui
     return memory
 
 
+def copy_bundle_memory(bundle: Path, source: Path, write: bool = True) -> Dict:
+    """The ``memory`` object of ``source`` (one, or a manifest.json holding one), recorded in ``bundle``'s
+    manifest (``write``) with ``measured_with`` saying where it came from. The manifest's schema is checked
+    before anything is written (ValueError when the figures do not fit it)."""
+    from .manifest import read_manifest, validate_manifest, write_manifest
+
+    loaded = json.loads(Path(source).read_text(encoding="utf-8"))
+    memory = loaded.get("memory", loaded) if isinstance(loaded, dict) else None
+    if not isinstance(memory, dict) or set(memory.get("components", {})) != set(MAIN_COMPONENTS):
+        raise ValueError(f"{source} holds no memory figures for {', '.join(MAIN_COMPONENTS)}")
+    memory = dict(memory, measured_with=f"{memory.get('measured_with', '')}; copied from {Path(source).name}")
+    manifest = read_manifest(bundle)
+    manifest["memory"] = memory
+    validate_manifest(manifest)
+    if write:
+        write_manifest(bundle, manifest)
+    return memory
+
+
 def memory_lines(memory: Dict) -> List[str]:
     """One line per component: weights MB, then the activations MB at each measured side."""
     return [f"{name}: weights {c['weights_bytes'] / 1e6:.1f} MB; activations "
@@ -295,6 +314,10 @@ def main(argv=None) -> int:
     parser.add_argument("--sides", type=_parse_sides, default=DEFAULT_SIDES,
                         help="the output sides in pixels to measure at (default 256,512,768)")
     parser.add_argument("--dry-run", action="store_true", help="print the figures, leave manifest.json alone")
+    parser.add_argument("--copy-from", metavar="FILE",
+                        help="record figures measured elsewhere for the same graphs instead of measuring: a "
+                             "`memory` object, or a manifest.json holding one (the GPU checks use the sd21 fp16 "
+                             "figures measured on a 2-core machine rather than spend minutes of GPU time)")
     args = parser.parse_args(argv)
 
     from .manifest import MANIFEST_NAME
@@ -311,16 +334,20 @@ def main(argv=None) -> int:
         return 2
     started = time.time()
     try:
-        if args.dry_run:
+        if args.copy_from:
+            memory = copy_bundle_memory(bundle, Path(args.copy_from), write=not args.dry_run)
+        elif args.dry_run:
             memory = measure_bundle_memory(bundle, args.sides, quiet=True)
         else:
             memory = record_bundle_memory(bundle, args.sides, quiet=True)
-    except (RuntimeError, KeyError, ValueError, subprocess.TimeoutExpired) as err:
-        print(f"error: {err}".splitlines()[0], file=sys.stderr)
+    except (RuntimeError, KeyError, ValueError, OSError, subprocess.TimeoutExpired) as err:
+        lines = [line.strip() for line in f"error: {err}".splitlines() if line.strip()]
+        print(" ".join(lines[:2]), file=sys.stderr)  # one line: the error and its first detail
         return 1
     for line in memory_lines(memory):
         print(f"  {line}", flush=True)
-    print(f"import {memory['import_bytes'] / 1e6:.1f} MB; measured in {time.time() - started:.1f} s"
+    done = f"copied from {args.copy_from}" if args.copy_from else f"measured in {time.time() - started:.1f} s"
+    print(f"import {memory['import_bytes'] / 1e6:.1f} MB; {done}"
           + ("" if args.dry_run else f"; wrote {bundle / MANIFEST_NAME}"), flush=True)
     return 0
 

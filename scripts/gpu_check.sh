@@ -285,6 +285,12 @@ bench_bundle() {
 }
 
 export_sd21 fp16 /tmp/sd21-fp16
+# the same graphs' memory figures, measured on a 2-core CPU machine: each bench holds --tile auto's
+# estimate (estimated_peak_bytes) beside the device memory NVML saw taken (device_memory_used_bytes)
+if [[ -f /tmp/sd21-fp16/manifest.json ]]; then
+  step memory_figures_fp16 30 5 "$PYTHON" -m export.memory --bundle /tmp/sd21-fp16 \
+    --copy-from docs/measurements/sd21-fp16-memory-2026-11-28.json
+fi
 bench_bundle fp16 /tmp/sd21-fp16
 # cuDNN's exhaustive search (ONNX Runtime's default; tadsr-edge's is heuristic): the comparison
 # that set the default.

@@ -40,9 +40,7 @@ b() {
 date +%T; timeout 100 python3 -m export --synthetic sd21 --seed 0 --precision fp16 --out /tmp/sd21-fp16 --no-verify --no-memory > "$OUT/sd21-export.txt" 2>&1; echo "export rc=$? ($(tail -n 1 "$OUT/sd21-export.txt"))"; date +%T
 # the same graphs' memory figures, measured on the development machine's CPU (150 s there), so that each
 # bench line holds --tile auto's estimate beside NVML's device memory taken
-python3 -c "import json, sys; from export.manifest import read_manifest, write_manifest
-m = read_manifest(sys.argv[1]); m['memory'] = json.load(open(sys.argv[2])); write_manifest(sys.argv[1], m)" \
-  /tmp/sd21-fp16 docs/measurements/sd21-fp16-memory-2026-11-28.json || echo "memory figures not added"
+python3 -m export.memory --bundle /tmp/sd21-fp16 --copy-from docs/measurements/sd21-fp16-memory-2026-11-28.json | tail -n 1
 echo "--- 512 untiled (defaults: static shapes on)"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3
 echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
 timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; summary torch torch_fp16_512 torch

@@ -71,6 +71,43 @@ def test_cli_dry_run_leaves_the_manifest_alone(measured_bundle, capsys):
     assert "measured in" in out and "wrote" not in out
 
 
+def test_cli_copies_figures_measured_elsewhere_and_refuses_what_is_not_figures(repo, tmp_path, capsys):
+    import json
+    import shutil
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(repo / "models" / "tiny", bundle)
+    manifest = read_manifest(bundle)
+    del manifest["memory"]
+    (bundle / MANIFEST_NAME).write_text(json.dumps(manifest))
+    source = repo / "docs" / "measurements" / "sd21-fp16-memory-2026-11-28.json"
+    assert main(["--bundle", str(bundle), "--copy-from", str(source)]) == 0
+    copied = read_manifest(bundle)["memory"]
+    original = json.loads(source.read_text())
+    assert copied["components"] == original["components"]
+    assert copied["measured_with"] == original["measured_with"] + f"; copied from {source.name}"
+    assert "copied from" in capsys.readouterr().out
+    # a manifest holding figures is a source too
+    again = tmp_path / "again"
+    shutil.copytree(bundle, again)
+    assert main(["--bundle", str(again), "--copy-from", str(repo / "models" / "tiny" / MANIFEST_NAME)]) == 0
+    assert read_manifest(again)["memory"]["components"] == read_manifest(repo / "models" / "tiny")["memory"][
+        "components"]
+
+    before = (bundle / MANIFEST_NAME).read_bytes()
+    negative = copy.deepcopy(original)
+    negative["components"]["unet"]["weights_bytes"] = -1
+    bad_sources = {"not.json": "{", "list.json": "[1, 2]", "no-unet.json": json.dumps(
+        {"components": {"vae_encoder": {}, "vae_decoder": {}}}), "negative.json": json.dumps(negative)}
+    for name, text in bad_sources.items():
+        (tmp_path / name).write_text(text)
+        assert main(["--bundle", str(bundle), "--copy-from", str(tmp_path / name)]) == 1, name
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, (name, err)
+    assert main(["--bundle", str(bundle), "--copy-from", str(tmp_path / "missing.json")]) == 1
+    assert (bundle / MANIFEST_NAME).read_bytes() == before
+
+
 def test_cli_without_a_manifest_fails(repo, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "export.memory", "--bundle", str(tmp_path)],
                           cwd=repo, capture_output=True, text=True, timeout=120)
