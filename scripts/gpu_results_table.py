@@ -11,7 +11,8 @@ golden_cuda*.json reports, and prints:
   of the README's GPU table: output, bundle and settings, encoder / UNet /
   decoder p50 ms, end to end p50 ms, in memory p50 ms (decoded photo to output
   image, no PNG: what PyTorch's timing covers), PyTorch eager fp16 median ms
-  at the same size and the ratio in memory / PyTorch;
+  at the same size, the ratio in memory / PyTorch, and the device memory
+  NVML saw the run take beside --tile auto's estimate (MiB);
 - PyTorch's own stage medians;
 - one line per golden report (worst error or lowest PSNR, pass or fail).
 
@@ -25,11 +26,11 @@ import json
 import sys
 from pathlib import Path
 
-from gpu_summary import json_lines  # scripts/ is this script's folder, so first on sys.path
+from gpu_summary import json_lines, mib  # scripts/ is this script's folder, so first on sys.path
 
 HEADER = ("| output | bundle, settings | encoder ms | UNet ms | decoder ms | end to end ms "
-          "| in memory ms | PyTorch eager ms | in memory x PyTorch |")
-RULE = "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+          "| in memory ms | PyTorch eager ms | in memory x PyTorch | GPU memory taken (--tile auto's estimate) |")
+RULE = "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
 
 
 def p50(report: dict, *keys: str):
@@ -70,6 +71,14 @@ def settings(report: dict) -> str:
     return ", ".join(parts)
 
 
+def memory(report: dict) -> str:
+    """NVML's device memory taken by the run and --tile auto's estimate for it, in MiB (empty when neither)."""
+    taken, estimate = report.get("device_memory_used_bytes"), report.get("estimated_peak_bytes")
+    if taken is None and estimate is None:
+        return ""
+    return f"{mib(taken)} MiB ({mib(estimate)})"
+
+
 def row(report: dict, torch_ms: dict) -> str:
     size = report.get("size")
     stages = report.get("stages_ms") or {}
@@ -78,7 +87,7 @@ def row(report: dict, torch_ms: dict) -> str:
     ratio = f"{in_memory / reference:.2f}" if in_memory is not None and reference else ""
     cells = [f"{size}x{size}", settings(report),
              ms(p50(stages, "encoder", "p50")), ms(p50(stages, "unet", "p50")), ms(p50(stages, "decoder", "p50")),
-             ms(p50(report, "end_to_end_ms", "p50")), ms(in_memory), ms(reference), ratio]
+             ms(p50(report, "end_to_end_ms", "p50")), ms(in_memory), ms(reference), ratio, memory(report)]
     return "| " + " | ".join(cells) + " |"
 
 
