@@ -125,7 +125,8 @@ const INFO_EXAMPLES: &str = "\
 Examples:
   tadsr-edge info
   tadsr-edge info --model models/tiny
-  tadsr-edge info --model models/sd21 --json";
+  tadsr-edge info --model models/sd21 --json
+  tadsr-edge info --model models/sd21 --plan 2048x1536 --plan-on gpu --max-memory 6G";
 
 #[derive(Parser, Debug)]
 #[command(name = "tadsr-edge", version, about = "TADSR one-step diffusion 4x super-resolution on ONNX Runtime", after_help = ROOT_EXAMPLES)]
@@ -146,7 +147,7 @@ pub enum Command {
     /// Measure latency per stage, end to end, throughput and peak memory.
     #[command(after_help = BENCH_EXAMPLES)]
     Bench(BenchArgs),
-    /// Show ONNX Runtime's version and library, the usable execution providers, and a bundle's summary.
+    /// Show ONNX Runtime's version and library, the usable execution providers, a bundle's summary, and (--plan WxH) the tile --tile auto would choose.
     #[command(after_help = INFO_EXAMPLES)]
     Info(InfoArgs),
     /// Run a bundle's golden cases (PyTorch references) on a provider and report the error.

@@ -1,17 +1,17 @@
 //! `tadsr-edge info`: ONNX Runtime's version and library, the usable
-//! execution providers, and a bundle's summary.
+//! execution providers, a bundle's summary and (`--plan WxH`) the tile
+//! `run --tile auto` would choose for an output size.
 
 use std::path::Path;
 
 use anyhow::Context as _;
+use serde::Serialize;
 use serde_json::json;
 
 use tadsr_edge::bundle::Bundle;
+use tadsr_edge::pipeline::TilingMode;
 use tadsr_edge::runtime::gpu_info::GpuInfo;
 use tadsr_edge::runtime::{cache_dir, graph_cache, Provider, ProviderStatus, Runtime};
-
-use serde::Serialize;
-use tadsr_edge::pipeline::TilingMode;
 use tadsr_edge::tile_budget::TileDecision;
 
 use super::tile_policy::TilePolicy;
