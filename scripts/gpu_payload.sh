@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepare, HERE, everything scripts/gpu_check.sh needs on a lent GPU machine
-# (no network there), under .device/ (git-ignored through .git/info/exclude):
+# (no network there), under .device/ (git-ignored by .gitignore, so a fresh checkout has it ignored too):
 #
 #   .device/payload/tadsr-edge     the release binary (build it first: cargo build --release --locked)
 #   .device/chunk1/ ... chunkN/    the onnxruntime-gpu 1.31.1 libraries (libonnxruntime.so.1.31.1 and
@@ -43,7 +43,7 @@ if [[ -z ${PYTHON:-} ]]; then
 fi
 [[ -x $PYTHON ]] || die "no python at $PYTHON (run make setup, or set PYTHON)"
 mkdir -p .device/payload .device/chunks .device/whl
-git check-ignore -q .device/x || die ".device/ is not git-ignored (add /.device/ to .git/info/exclude)"
+git check-ignore -q .device/x || die ".device/ is not git-ignored (.gitignore lists /.device; add it back)"
 
 # (a) the release binary ------------------------------------------------------------------------
 BIN=${CARGO_TARGET_DIR:-target}/release/tadsr-edge
