@@ -100,9 +100,10 @@ impl CostModel {
             stage(component::VAE_DECODER)?,
         );
         let has = |name: &str| manifest.components.contains_key(name);
-        let extra_weights_bytes = u64::from(has(component::VAE_ENCODER_TILED))
-            * encoder.weights_bytes
-            + u64::from(has(component::VAE_DECODER_TILED)) * decoder.weights_bytes;
+        let extra_weights_bytes = saturating_sum([
+            u64::from(has(component::VAE_ENCODER_TILED)) * encoder.weights_bytes,
+            u64::from(has(component::VAE_DECODER_TILED)) * decoder.weights_bytes,
+        ]);
         Some(CostModel {
             encoder,
             unet,
@@ -121,48 +122,47 @@ impl CostModel {
     }
 
     fn weights(&self, staged_tiles: bool) -> u64 {
+        let measured = [
+            self.encoder.weights_bytes,
+            self.unet.weights_bytes,
+            self.decoder.weights_bytes,
+        ];
         let Some(files) = self.graph_files else {
             let extra = if staged_tiles {
                 self.extra_weights_bytes
             } else {
                 0
             };
-            return self.encoder.weights_bytes
-                + self.unet.weights_bytes
-                + self.decoder.weights_bytes
-                + extra;
+            return saturating_sum(measured.into_iter().chain([extra]));
         };
-        let [encoder_on_device, unet_on_device, decoder_on_device] = self.on_device;
-        let pick = |on_device: bool, file: u64, measured: u64| {
-            if on_device {
+        // a stage on a device holds its file's bytes, on the CPU the measured figure
+        let held = |stage: usize, file: u64| {
+            if self.on_device[stage] {
                 file
             } else {
-                measured
+                measured[stage]
             }
         };
-        // a tiled-VAE graph holds what its plain graph does, where it runs
-        let tiled = |file: u64, on_device: bool, measured: u64| match file {
-            0 => 0,
-            _ => pick(on_device, file, measured),
-        };
-        let extra = if staged_tiles {
-            tiled(
-                files.encoder_tiled,
-                encoder_on_device,
-                self.encoder.weights_bytes,
-            ) + tiled(
-                files.decoder_tiled,
-                decoder_on_device,
-                self.decoder.weights_bytes,
-            )
-        } else {
-            0
-        };
-        pick(encoder_on_device, files.encoder, self.encoder.weights_bytes)
-            + pick(unet_on_device, files.unet, self.unet.weights_bytes)
-            + pick(decoder_on_device, files.decoder, self.decoder.weights_bytes)
-            + extra
+        let main = [
+            held(0, files.encoder),
+            held(1, files.unet),
+            held(2, files.decoder),
+        ];
+        // a tiled-VAE graph (where the bundle has one) holds what its plain
+        // graph does, where it runs
+        let tiled = [(0, files.encoder_tiled), (2, files.decoder_tiled)]
+            .into_iter()
+            .filter(|&(_, file)| staged_tiles && file > 0)
+            .map(|(stage, file)| held(stage, file));
+        saturating_sum(main.into_iter().chain(tiled))
     }
+}
+
+/// The sum, or `u64::MAX` where it would overflow: figures from a damaged
+/// manifest make an estimate over any budget, never one wrapped round to a
+/// small number.
+fn saturating_sum(values: impl IntoIterator<Item = u64>) -> u64 {
+    values.into_iter().fold(0, u64::saturating_add)
 }
 
 /// A stage's activation bytes on `pixels`: the first measured point's
@@ -223,17 +223,21 @@ pub fn peak_bytes(
         }
     };
     let each = [
-        activations(&model.encoder, encoder_px) * batched(encoder_px),
-        activations(&model.unet, unet_px) * batched(unet_px),
-        activations(&model.decoder, decoder_px) * batched(decoder_px),
+        activations(&model.encoder, encoder_px).saturating_mul(batched(encoder_px)),
+        activations(&model.unet, unet_px).saturating_mul(batched(unet_px)),
+        activations(&model.decoder, decoder_px).saturating_mul(batched(decoder_px)),
     ];
     let stages = if model.stages_release_memory {
         each.into_iter().max().unwrap_or(0)
     } else {
-        each.into_iter().sum()
+        saturating_sum(each)
     };
     let staged_tiles = tile_px > 0 && tiling == TilingMode::Staged;
-    model.weights(staged_tiles) + stages + PIPELINE_BYTES_PER_PIXEL * image
+    saturating_sum([
+        model.weights(staged_tiles),
+        stages,
+        PIPELINE_BYTES_PER_PIXEL.saturating_mul(image),
+    ])
 }
 
 /// Where the budget came from (shown to the user).
@@ -304,6 +308,11 @@ impl TileDecision {
             TileReason::LargestFittingTile => format!(
                 "{plan}: untiled would need an estimated {untiled}, over the budget {budget}; \
                  the largest tile that fits needs {estimate}"
+            ),
+            TileReason::OverBudget if self.estimate_bytes == Some(u64::MAX) => format!(
+                "{plan}: the bundle's memory figures add up to more than can be counted, \
+                 over the budget {budget}: manifest.json looks damaged (measure again with \
+                 `python -m export.memory --bundle DIR`, or give --tile)"
             ),
             TileReason::OverBudget => format!(
                 "{plan}: even these need an estimated {estimate}, over the budget {budget}; \
@@ -484,6 +493,37 @@ mod tests {
         m.graph_files = None;
         m.on_device = [true; 3];
         assert_eq!(m.weights_bytes(), mib(1300));
+    }
+
+    #[test]
+    fn figures_too_large_to_add_make_an_estimate_over_any_budget() {
+        // a damaged manifest: the sum must not wrap round to a small number
+        let mut m = model();
+        m.unet.weights_bytes = u64::MAX;
+        m.decoder.weights_bytes = u64::MAX;
+        m.extra_weights_bytes = u64::MAX;
+        for tile in [0, 512] {
+            assert_eq!(
+                peak_bytes(&m, TilingMode::Staged, 1024, 1024, tile),
+                u64::MAX
+            );
+        }
+        let decision = choose_tile(Some(&m), TilingMode::Staged, 1024, 1024, budget(64 << 10));
+        assert_eq!(decision.reason, TileReason::OverBudget);
+        assert!(decision.describe().contains("manifest.json looks damaged"));
+        let mut m = model();
+        m.encoder.activations = vec![(100, u64::MAX - 1), (200, u64::MAX)];
+        m.tile_batch = 8;
+        assert_eq!(
+            peak_bytes(&m, TilingMode::Staged, 4096, 4096, 512),
+            u64::MAX
+        );
+        m.graph_files = Some(GraphFileBytes {
+            unet: u64::MAX,
+            ..GraphFileBytes::default()
+        });
+        m.on_device = [true; 3];
+        assert_eq!(m.weights_bytes(), u64::MAX);
     }
 
     #[test]

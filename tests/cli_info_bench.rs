@@ -7,6 +7,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
+mod common;
+
 fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
@@ -514,4 +516,37 @@ fn info_plan_refuses_what_is_not_an_output_size() {
             .code(),
         Some(2)
     );
+}
+
+#[test]
+fn info_plan_with_memory_figures_too_large_to_add_says_the_manifest_looks_damaged() {
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_tiny_bundle(dir.path());
+    let mut manifest = manifest();
+    for stage in ["unet", "vae_decoder"] {
+        manifest["memory"]["components"][stage]["weights_bytes"] = Value::from(u64::MAX);
+    }
+    std::fs::write(
+        dir.path().join("manifest.json"),
+        serde_json::to_string(&manifest).unwrap(),
+    )
+    .unwrap();
+    let model = dir.path().to_str().unwrap();
+    let args = [
+        "info",
+        "--model",
+        model,
+        "--plan",
+        "512x512",
+        "--max-memory",
+        "4G",
+    ];
+    let output = tadsr(&args);
+    assert!(output.status.success());
+    let text = stdout(&output);
+    // summed with wrapping, these figures once gave "untiled: estimated peak 0.24 GiB"
+    assert!(text.contains("manifest.json looks damaged"), "{text}");
+    let plan = json(&tadsr(&[&args[..], &["--json"]].concat()))["plan"].clone();
+    assert_eq!(plan["decision"]["estimate_bytes"], Value::from(u64::MAX));
+    assert_eq!(plan["decision"]["reason"], "over_budget");
 }

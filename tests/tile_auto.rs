@@ -7,7 +7,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{path_str, photo, tadsr, tiny_model};
+use common::{path_str, photo, tadsr};
 use serde_json::Value;
 
 fn json_line(stdout: &str) -> Value {
@@ -86,12 +86,7 @@ fn a_budget_too_small_for_the_whole_image_makes_tiles() {
 fn a_bundle_without_memory_figures_keeps_512_px_tiles_and_says_how_to_add_them() {
     let dir = tempfile::tempdir().unwrap();
     let bundle = dir.path().join("bundle");
-    for entry in walk(&tiny_model()) {
-        let relative = entry.strip_prefix(tiny_model()).unwrap();
-        let target = bundle.join(relative);
-        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-        std::fs::copy(&entry, &target).unwrap();
-    }
+    common::copy_tiny_bundle(&bundle);
     let manifest_path = bundle.join("manifest.json");
     let mut manifest: Value =
         serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
@@ -138,17 +133,4 @@ fn a_bundle_without_memory_figures_keeps_512_px_tiles_and_says_how_to_add_them()
         "{}",
         ran.stderr
     );
-}
-
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut files = Vec::new();
-    for entry in std::fs::read_dir(dir).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_dir() {
-            files.extend(walk(&path));
-        } else {
-            files.push(path);
-        }
-    }
-    files
 }

@@ -118,7 +118,7 @@ impl TilePolicy {
             let name = gpu.name.unwrap_or_else(|| format!("GPU {device}"));
             let free = gpu
                 .memory_free_mib
-                .map(|free_mib| ((free_mib << 20) + loaded_bytes).min(mib << 20));
+                .map(|free_mib| (free_mib << 20).saturating_add(loaded_bytes).min(mib << 20));
             self.budget = system_memory::device_budget(mib << 20, free, &name);
             self.device_budget_read = true;
         }

@@ -17,6 +17,30 @@ pub fn tiny_model() -> PathBuf {
     repo().join("models/tiny")
 }
 
+/// A copy of models/tiny at `to` (created), to edit without touching the
+/// committed bundle.
+pub fn copy_tiny_bundle(to: &Path) {
+    let tiny = tiny_model();
+    for file in files_under(&tiny) {
+        let target = to.join(file.strip_prefix(&tiny).unwrap());
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(&file, &target).unwrap();
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
+}
+
 /// `tadsr-edge ARGS --model models/tiny --provider cpu`.
 pub fn tadsr_command(args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
