@@ -516,7 +516,7 @@ pub struct InfoArgs {
     /// (upscaled) image of WxH pixels, and its estimated peak memory.
     #[arg(long, value_name = "WxH", value_parser = parse_output_size, requires = "model")]
     pub plan: Option<(u32, u32)>,
-    /// Plan for stages on the CPU or on a GPU [default: gpu when CUDA is usable here, else cpu].
+    /// Plan for stages on the CPU or on a GPU [default: gpu when CUDA or TensorRT is usable here, else cpu].
     #[arg(long, value_enum, requires = "plan")]
     pub plan_on: Option<PlanOn>,
     /// The budget --plan plans for, e.g. 6G or 800M [default: as `run`: the machine's available memory less 10%, or 80% of the GPU's].

@@ -66,7 +66,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     );
     if args.remote.server.is_some() {
         tile_policy.assume_server_budget();
-    } else if matches!(args.provider, crate::args::ProviderArg::Cuda) {
+    } else if super::plans_on_device(args.provider, ort_lib, args.gpu.device.unwrap_or(0)) {
         tile_policy.assume_device_budget(args.gpu.device.unwrap_or(0));
     }
     let engine_decision = tile_policy.for_image(args.size, args.size);

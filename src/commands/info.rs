@@ -35,14 +35,13 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
     };
     let plan = match (&bundle, args.plan) {
         (Some(bundle), Some((width, height))) => {
-            let cuda_usable = statuses
+            // as `run --provider auto` plans: on a GPU when a GPU provider passed its probe
+            let gpu_usable = statuses
                 .iter()
-                .any(|s| s.name == Provider::Cuda.name() && s.usable);
-            let on = args.plan_on.unwrap_or(if cuda_usable {
-                PlanOn::Gpu
-            } else {
-                PlanOn::Cpu
-            });
+                .any(|s| s.usable && s.name != Provider::Cpu.name());
+            let on = args
+                .plan_on
+                .unwrap_or(if gpu_usable { PlanOn::Gpu } else { PlanOn::Cpu });
             Some(tile_plan(
                 bundle,
                 width,

@@ -10,7 +10,7 @@ pub mod signals;
 pub mod tile_policy;
 
 use std::io::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tadsr_edge::pipeline::ProviderChoice;
 use tadsr_edge::runtime::Provider;
@@ -82,6 +82,24 @@ pub fn provider_choice(arg: ProviderArg) -> ProviderChoice {
         ProviderArg::Cpu => ProviderChoice::Only(Provider::Cpu),
         ProviderArg::Cuda => ProviderChoice::Only(Provider::Cuda),
         ProviderArg::Tensorrt => ProviderChoice::Only(Provider::TensorRt),
+    }
+}
+
+/// Whether the networks will run on a GPU provider: `--provider cuda` or
+/// `tensorrt`, or `auto` where the first provider that passes its probe
+/// (TensorRT, then CUDA; the result is kept for loading) is one. `--tile
+/// auto` then plans with the GPU's memory from the start, so the tile the
+/// graphs or engines are built for is the one the images get.
+pub fn plans_on_device(provider: ProviderArg, ort_lib: Option<&Path>, device: u32) -> bool {
+    match provider {
+        ProviderArg::Cuda | ProviderArg::Tensorrt => true,
+        ProviderArg::Cpu => false,
+        ProviderArg::Auto => tadsr_edge::runtime::Runtime::global(ort_lib).is_ok_and(|runtime| {
+            runtime
+                .usable_providers(device as i32)
+                .first()
+                .is_some_and(|first| *first != Provider::Cpu)
+        }),
     }
 }
 

@@ -364,7 +364,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     );
     if args.remote.server.is_some() {
         tile_policy.assume_server_budget();
-    } else if matches!(args.provider, ProviderArg::Cuda) {
+    } else if super::plans_on_device(args.provider, ort_lib, args.gpu.device.unwrap_or(0)) {
         tile_policy.assume_device_budget(args.gpu.device.unwrap_or(0));
     }
     let sizes = model_sizes(&jobs, args, manifest.as_ref());

@@ -24,10 +24,13 @@ pub struct TilePolicy {
     /// TensorRT engines are built for one tile: the decision for the run's
     /// largest image, kept for every image.
     pinned: Option<TileDecision>,
-    /// The budget was read from the GPU (before loading, with
-    /// `--provider cuda`): kept for the run, so the tile the graphs were
-    /// opened for stays the tile used.
+    /// The budget was read from the GPU (before loading, when the run
+    /// plans on a GPU provider): kept for the run, so the tile the graphs
+    /// were opened for stays the tile used.
     device_budget_read: bool,
+    /// The host's budget (or `--max-memory`), for a run planned on a GPU
+    /// whose stages all ended on the CPU.
+    host_budget: Budget,
 }
 
 impl TilePolicy {
@@ -62,6 +65,7 @@ impl TilePolicy {
                 cost.graph_files = graph_files(bundle);
                 Some(cost)
             }),
+            host_budget: budget.clone(),
             budget,
             given_budget: max_memory.is_some(),
             tiling,
@@ -89,9 +93,11 @@ impl TilePolicy {
         self.weights_on_device([true; 3]);
     }
 
-    /// `--provider cuda` named: plan with the GPU's memory from the start
+    /// The run plans on a GPU provider (`--provider cuda` or `tensorrt`,
+    /// or `auto` choosing one): plan with the GPU's memory from the start
     /// (as [`TilePolicy::after_load`] would), so the tile the graphs are
-    /// opened for (`--static-shapes`) is the one the images get.
+    /// opened for (`--static-shapes`, TensorRT's engines) is the one the
+    /// images get.
     pub fn assume_device_budget(&mut self, device: u32) {
         // GPU sessions keep their memory, --max-memory given or not
         self.keep_stage_memory();
@@ -121,6 +127,18 @@ impl TilePolicy {
                 .map(|free_mib| (free_mib << 20).saturating_add(loaded_bytes).min(mib << 20));
             self.budget = system_memory::device_budget(mib << 20, free, &name);
             self.device_budget_read = true;
+        }
+    }
+
+    /// Every stage on the CPU: the host's budget, the measured weights, and
+    /// each stage's memory handed back after its run (the default).
+    fn plan_for_cpu(&mut self) {
+        self.budget = self.host_budget.clone();
+        self.device_budget_read = false;
+        if let Some(cost) = self.cost.as_mut() {
+            let cpu = SessionOptions::default();
+            cost.stages_release_memory = cpu.cpu_arena && cpu.shrink_cpu_arena;
+            cost.on_device = [false; 3];
         }
     }
 
@@ -188,15 +206,18 @@ impl TilePolicy {
     ) {
         let providers = pipeline.providers();
         let stages = [providers.vae_encoder, providers.unet, providers.vae_decoder];
-        if stages.iter().any(|p| *p != Provider::Cpu) {
-            self.keep_stage_memory();
+        if stages.iter().all(|p| *p == Provider::Cpu) {
+            // planned for a GPU that no stage ended on (auto fell back)
+            self.plan_for_cpu();
+            return;
         }
+        self.keep_stage_memory();
         self.weights_on_device(stages.map(|p| p != Provider::Cpu));
         if stages.contains(&Provider::TensorRt) {
             self.pinned = engine_decision;
             return;
         }
-        if self.given_budget || stages.iter().all(|p| *p == Provider::Cpu) {
+        if self.given_budget {
             return;
         }
         // the weights just loaded are no longer free, but they are ours
@@ -277,5 +298,14 @@ mod tests {
             on_gpu.estimate(1024, 768, 256),
             on_server.estimate(1024, 768, 256)
         );
+        // planned on a GPU, every stage ended on the CPU (auto fell back): the CPU's plan again
+        on_gpu.plan_for_cpu();
+        for (width, height, tile) in [(512, 512, 0), (1024, 768, 256)] {
+            assert_eq!(
+                on_gpu.estimate(width, height, tile),
+                on_cpu.estimate(width, height, tile)
+            );
+        }
+        assert_eq!(on_gpu.budget, on_cpu.budget);
     }
 }
