@@ -16,7 +16,7 @@ use tadsr_edge::tile_budget::TileDecision;
 
 use super::tile_policy::TilePolicy;
 use super::{print_line, Outcome};
-use crate::args::{InfoArgs, PlanOn, TileArg};
+use crate::args::{InfoArgs, PlanOn, ProviderArg, TileArg};
 
 /// Prints the runtime, each provider's probe on `--device` (usable or the
 /// reason, the GPU and library versions) and (with `--model`) a bundle summary.
@@ -35,13 +35,14 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
     };
     let plan = match (&bundle, args.plan) {
         (Some(bundle), Some((width, height))) => {
-            // as `run --provider auto` plans: on a GPU when a GPU provider passed its probe
-            let gpu_usable = statuses
-                .iter()
-                .any(|s| s.usable && s.name != Provider::Cpu.name());
-            let on = args
-                .plan_on
-                .unwrap_or(if gpu_usable { PlanOn::Gpu } else { PlanOn::Cpu });
+            // as `run --provider auto` plans (the probes above are kept)
+            let on = args.plan_on.unwrap_or(
+                if super::plans_on_device(ProviderArg::Auto, ort_lib, device as u32) {
+                    PlanOn::Gpu
+                } else {
+                    PlanOn::Cpu
+                },
+            );
             Some(tile_plan(
                 bundle,
                 width,

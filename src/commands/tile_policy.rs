@@ -59,8 +59,7 @@ impl TilePolicy {
             cost: bundle.and_then(|bundle| {
                 let mut cost = CostModel::from_manifest(bundle.manifest())?;
                 // until `after_load` knows better: every stage on the CPU
-                let cpu = SessionOptions::default();
-                cost.stages_release_memory = cpu.cpu_arena && cpu.shrink_cpu_arena;
+                cost.stages_release_memory = cpu_stages_release_memory();
                 cost.tile_batch = u64::from(tile_batch.max(1));
                 cost.graph_files = graph_files(bundle);
                 Some(cost)
@@ -136,8 +135,7 @@ impl TilePolicy {
         self.budget = self.host_budget.clone();
         self.device_budget_read = false;
         if let Some(cost) = self.cost.as_mut() {
-            let cpu = SessionOptions::default();
-            cost.stages_release_memory = cpu.cpu_arena && cpu.shrink_cpu_arena;
+            cost.stages_release_memory = cpu_stages_release_memory();
             cost.on_device = [false; 3];
         }
     }
@@ -224,6 +222,14 @@ impl TilePolicy {
         let loaded = self.cost.as_ref().map_or(0, CostModel::weights_bytes);
         self.use_device_budget(device, loaded);
     }
+}
+
+/// Whether CPU sessions hand their arena back after each run (the
+/// default session options), so that one stage's memory is free while the
+/// next runs.
+fn cpu_stages_release_memory() -> bool {
+    let cpu = SessionOptions::default();
+    cpu.cpu_arena && cpu.shrink_cpu_arena
 }
 
 /// The sizes of `bundle`'s main graph files (None when one cannot be read).
