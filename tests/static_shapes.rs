@@ -57,14 +57,22 @@ fn fixed_tiles_run_through_graphs_pinned_to_the_tile() {
         assert_eq!(shape, None, "{component}");
     }
     let golden = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny/golden");
-    // 144x80: several tiles, edge tiles padded; 64x64: one whole tile;
-    // 136x128: both sides between one and three tiles
-    for name in [
-        "wide_upscaled.png",
-        "square_upscaled.png",
-        "small_upscaled.png",
+    // 144x80: three tiles across, two down (the last of each shifted back
+    // to stay whole); 64x64: one whole tile; 136x128: both sides between
+    // one and three tiles; 144x40 (the wide image's top): a strip lower
+    // than a tile, every tile padded to the pinned shape and cut back
+    for (name, height) in [
+        ("wide_upscaled.png", None),
+        ("square_upscaled.png", None),
+        ("small_upscaled.png", None),
+        ("wide_upscaled.png", Some(40)),
     ] {
-        let upscaled = image::open(golden.join(name)).unwrap().to_rgb8();
+        let mut upscaled = image::open(golden.join(name)).unwrap().to_rgb8();
+        if let Some(height) = height {
+            upscaled =
+                image::imageops::crop_imm(&upscaled, 0, 0, upscaled.width(), height).to_image();
+        }
+        let name = format!("{name} ({}x{})", upscaled.width(), upscaled.height());
         let model_input = tensor::rgb8_to_model_input(&upscaled);
         let source = tensor::rgb8_to_unit_planes(&upscaled);
         let run = |pipeline: &mut Pipeline| {

@@ -358,16 +358,23 @@ mod tests {
             engine_cache_dir(root, "unet", &spec("aa", Some("bc")), &profile, true),
             engine_cache_dir(root, "unet", &spec("aa", None), &profile, true),
             engine_cache_dir(root, "unet", &spec("aa", Some("bb")), &profile, false),
-            engine_cache_dir(
-                root,
-                "unet",
-                &spec("aa", Some("bb")),
-                &profile_shapes(component::UNET, SideRange::fixed(256), 4, [1, 77, 1024], 1),
-                true,
-            ),
         ];
         for other in others {
             assert_ne!(base, other);
+        }
+        // each of the profile's three shapes alone changes the folder: an
+        // engine built for smaller images is never picked for larger ones
+        let other_shapes =
+            profile_shapes(component::UNET, SideRange::fixed(768), 4, [1, 77, 1024], 1);
+        let (min, opt, max) = profile.clone();
+        let one_changed = [
+            (other_shapes.0, opt.clone(), max.clone()),
+            (min.clone(), other_shapes.1, max),
+            (min, opt, other_shapes.2),
+        ];
+        for changed in one_changed {
+            let folder = engine_cache_dir(root, "unet", &spec("aa", Some("bb")), &changed, true);
+            assert_ne!(base, folder, "{changed:?}");
         }
     }
 }
