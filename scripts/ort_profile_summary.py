@@ -1,5 +1,7 @@
 """Summarize ONNX Runtime profiles (`TADSR_EDGE_ORT_PROFILE=DIR tadsr-edge bench ...`): per graph,
-one warm run's wall time (`model_run`), the host time of its nodes by execution provider, the time
+one warm run's wall time (`model_run`), how long opening the session took (`model_loading_*`: reading
+the graph; `session_initialization`: optimizing it, placing it on the provider, uploading the
+weights), the host time of its nodes by execution provider, the time
 the run spends outside any node, the op types that cost most, and the nodes a GPU run leaves on the
 CPU (each one a device round trip between kernels, and what keeps ONNX Runtime from capturing the
 graph as a CUDA graph).
@@ -32,6 +34,19 @@ class RunSummary:
     outside_nodes_ms: float
     top_ops: list[tuple[str, str, float, int]]
     cpu_nodes: list[str] = field(default_factory=list)
+    # opening the session: reading the graph, then initializing it (None: not in the profile)
+    loading_ms: float | None = None
+    initialization_ms: float | None = None
+
+
+# ONNX Runtime's names for reading a graph, by where it came from
+LOADING_EVENTS = ("model_loading_uri", "model_loading_array", "model_loading_from_saved_proto")
+
+
+def session_event_ms(events: list[dict], names: tuple[str, ...]) -> float | None:
+    """The summed duration (ms) of the session events named `names`, or None when there is none."""
+    durations = [e["dur"] / 1e3 for e in events if e.get("cat") == "Session" and e.get("name") in names]
+    return sum(durations) if durations else None
 
 
 def graph_name(path: Path) -> str:
@@ -79,6 +94,8 @@ def summarize(events: list[dict], graph: str, run_index: int = -1, top: int = 12
         outside_nodes_ms=run["dur"] / 1e3 - sum(by_provider.values()),
         top_ops=[(op, provider, sum(times), len(times)) for (op, provider), times in ranked],
         cpu_nodes=cpu_nodes if gpu_run else [],
+        loading_ms=session_event_ms(events, LOADING_EVENTS),
+        initialization_ms=session_event_ms(events, ("session_initialization",)),
     )
 
 
@@ -94,9 +111,17 @@ def format_summary(summary: RunSummary) -> str:
         f"{p} {summary.node_ms_by_provider[p]:.1f} ms in {summary.nodes_by_provider[p]} nodes"
         for p in sorted(summary.node_ms_by_provider)
     )
+    opened = ""
+    if summary.loading_ms is not None or summary.initialization_ms is not None:
+        parts = [
+            f"{what} {ms:.0f} ms"
+            for what, ms in (("loading", summary.loading_ms), ("initialization", summary.initialization_ms))
+            if ms is not None
+        ]
+        opened = "; opened: " + ", ".join(parts)
     lines = [
         f"== {summary.graph}: run {summary.run_index + 1} of {summary.runs}: {summary.run_ms:.1f} ms; "
-        f"nodes: {providers}; outside nodes {summary.outside_nodes_ms:.1f} ms"
+        f"nodes: {providers}; outside nodes {summary.outside_nodes_ms:.1f} ms{opened}"
     ]
     lines += [f"   {op:<24} {provider:<28} {ms:8.2f} ms  x{count}" for op, provider, ms, count in summary.top_ops]
     if summary.cpu_nodes:

@@ -52,6 +52,15 @@ def test_a_gpu_run_names_its_cpu_nodes_and_the_time_outside_nodes():
     assert last.outside_nodes_ms == pytest.approx(0.4)
     assert last.top_ops[0] == ("Conv", "CUDAExecutionProvider", pytest.approx(0.5), 2)
     assert last.cpu_nodes == ["/first/Gather"]
+    assert (last.loading_ms, last.initialization_ms) == (None, None)
+    assert "opened" not in summary_module.format_summary(last)
+    opened = [
+        {"cat": "Session", "name": "model_loading_uri", "ts": 0, "dur": 120_000},
+        {"cat": "Session", "name": "session_initialization", "ts": 0, "dur": 2_500_000},
+    ]
+    with_start = summary_module.summarize(opened + events, "unet-model")
+    assert (with_start.loading_ms, with_start.initialization_ms) == (120.0, 2500.0)
+    assert "; opened: loading 120 ms, initialization 2500 ms" in summary_module.format_summary(with_start)
     first = summary_module.summarize(events, "unet-model", run_index=0)
     assert first.nodes_by_provider == {"CUDAExecutionProvider": 1} and first.cpu_nodes == []
     assert summary_module.summarize([node("/x", 0, 1, "CPUExecutionProvider", "Add")], "g") is None
@@ -93,6 +102,10 @@ def test_a_real_cpu_profile_of_the_three_graphs(tmp_path: Path, capsys):
         # the nodes' host time is part of the run's, never more
         assert 0 < sum(summary.node_ms_by_provider.values()) <= summary.run_ms
         assert summary.outside_nodes_ms >= 0
+        # ONNX Runtime records opening the session: reading the graph, then initializing it
+        assert summary.loading_ms is not None and summary.loading_ms > 0
+        assert summary.initialization_ms is not None and summary.initialization_ms > 0
+    assert "; opened: loading " in text
 
 
 def test_no_profile_is_an_error(tmp_path: Path, capsys):
