@@ -4,7 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
-use tadsr_edge::bundle::Bundle;
+use tadsr_edge::bundle::verified::VerifiedFiles;
+use tadsr_edge::bundle::{Bundle, HashCheck, HashReport};
 
 fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
@@ -158,6 +159,85 @@ fn a_damaged_file_fails_its_hash() {
     assert!(
         error.contains("unet/model.onnx") && error.contains("sha256"),
         "{error}"
+    );
+}
+
+#[test]
+fn remembered_checks_hash_a_file_again_once_it_changed() {
+    let bundle_dir = broken_copy(|_, _| {});
+    let cache = tempfile::tempdir().unwrap();
+    let records = VerifiedFiles::at(cache.path());
+    let files = Bundle::open(bundle_dir.path())
+        .unwrap()
+        .hash_report()
+        .hashed;
+    assert!(
+        files >= 4,
+        "every graph, its weights and the prompt: {files}"
+    );
+    // just copied: hashed, and not recorded while the copy may still settle
+    let first = Bundle::open_remembering(bundle_dir.path(), &records).unwrap();
+    assert_eq!(
+        first.hash_report(),
+        HashReport {
+            hashed: files,
+            remembered: 0
+        }
+    );
+    // a file settles 2 s after it was last changed: wait that out once
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let second = Bundle::open_remembering(bundle_dir.path(), &records).unwrap();
+    assert_eq!(
+        second.hash_report(),
+        HashReport {
+            hashed: files,
+            remembered: 0
+        }
+    );
+    let third = Bundle::open_remembering(bundle_dir.path(), &records).unwrap();
+    assert_eq!(
+        third.hash_report(),
+        HashReport {
+            hashed: 0,
+            remembered: files
+        }
+    );
+    // Full and Skip ignore the records
+    let full = Bundle::open_with(bundle_dir.path(), HashCheck::Full).unwrap();
+    assert_eq!(full.hash_report().hashed, files);
+    let skipped = Bundle::open_with(bundle_dir.path(), HashCheck::Skip).unwrap();
+    assert_eq!(skipped.hash_report(), HashReport::default());
+
+    // one byte of the UNet changed in place, its modification time set back
+    // and its size unchanged: its change time gives it away
+    let unet = bundle_dir.path().join("unet/model.onnx");
+    let modified = std::fs::metadata(&unet).unwrap().modified().unwrap();
+    let mut bytes = std::fs::read(&unet).unwrap();
+    bytes[0] ^= 0xff;
+    std::fs::write(&unet, &bytes).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&unet)
+        .unwrap()
+        .set_modified(modified)
+        .unwrap();
+    let error = Bundle::open_remembering(bundle_dir.path(), &records)
+        .expect_err("a damaged file is hashed again")
+        .to_string();
+    assert!(
+        error.contains("unet/model.onnx") && error.contains("sha256"),
+        "{error}"
+    );
+    // put right: it is hashed again, the other files are still trusted
+    bytes[0] ^= 0xff;
+    std::fs::write(&unet, &bytes).unwrap();
+    let mended = Bundle::open_remembering(bundle_dir.path(), &records).unwrap();
+    assert_eq!(
+        mended.hash_report(),
+        HashReport {
+            hashed: 1,
+            remembered: files - 1
+        }
     );
 }
 

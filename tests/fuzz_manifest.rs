@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use proptest::prelude::*;
 use proptest::test_runner::Config;
 use serde_json::Value;
-use tadsr_edge::bundle::Bundle;
+use tadsr_edge::bundle::{Bundle, HashCheck};
 use tadsr_edge::pipeline::{noise_schedule, RunOptions};
 use tadsr_edge::Error;
 
@@ -189,7 +189,7 @@ fn check_manifest(dir: &Path, text: &[u8]) -> Result<(), String> {
     note_in_flight(text);
     std::fs::write(dir.join("manifest.json"), text).unwrap();
     let caught = std::panic::catch_unwind(|| -> Result<(), String> {
-        let bundle = match Bundle::open_with(dir, false) {
+        let bundle = match Bundle::open_with(dir, HashCheck::Skip) {
             Ok(bundle) => bundle,
             Err(Error::Bundle { .. }) => return Ok(()),
             Err(other) => return Err(format!("not a bundle error: {other:?}")),
@@ -278,7 +278,7 @@ fn the_original_manifest_opens() {
     let text = serde_json::to_vec_pretty(&original()).unwrap();
     BUNDLE.with(|dir| {
         check_manifest(dir.path(), &text).unwrap();
-        Bundle::open_with(dir.path(), false).expect("the unchanged manifest opens");
+        Bundle::open_with(dir.path(), HashCheck::Skip).expect("the unchanged manifest opens");
     });
 }
 
@@ -290,7 +290,7 @@ fn a_huge_schedule_is_refused_without_allocating_it() {
     let text = serde_json::to_vec(&manifest).unwrap();
     BUNDLE.with(|dir| {
         std::fs::write(dir.path().join("manifest.json"), &text).unwrap();
-        let bundle = Bundle::open_with(dir.path(), false).unwrap();
+        let bundle = Bundle::open_with(dir.path(), HashCheck::Skip).unwrap();
         let error = noise_schedule(&bundle).unwrap_err().to_string();
         assert!(error.contains("num_train_timesteps"), "{error}");
     });
@@ -309,7 +309,7 @@ fn a_listed_schedule_over_the_cap_is_refused_too() {
     let text = serde_json::to_vec(&manifest).unwrap();
     BUNDLE.with(|dir| {
         std::fs::write(dir.path().join("manifest.json"), &text).unwrap();
-        let bundle = Bundle::open_with(dir.path(), false).unwrap();
+        let bundle = Bundle::open_with(dir.path(), HashCheck::Skip).unwrap();
         let error = noise_schedule(&bundle).unwrap_err().to_string();
         assert!(error.contains("over 100000"), "{error}");
     });

@@ -18,7 +18,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
-use tadsr_edge::bundle::Bundle;
+use tadsr_edge::bundle::{Bundle, HashCheck};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf()
@@ -83,7 +83,7 @@ impl Files {
             serde_json::to_string_pretty(manifest).unwrap(),
         )
         .unwrap();
-        Bundle::open_with(case.path(), false)
+        Bundle::open_with(case.path(), HashCheck::Skip)
             .map(|_| ())
             .map_err(|e| e.to_string())
     }

@@ -4,9 +4,11 @@
 
 mod manifest;
 mod ports;
+pub mod verified;
 
 pub use manifest::*;
 pub use ports::check_graph_ports;
+pub use verified::HashCheck;
 
 use std::path::{Component, Path, PathBuf};
 
@@ -33,22 +35,49 @@ const REQUIRED_PORTS: [(&str, &[&str], &[&str]); 3] = [
     (component::VAE_DECODER, &[port::LATENT], &[port::IMAGE]),
 ];
 
+/// How an open checked the files' sha256: files hashed, files trusted
+/// because they matched before in the same state ([`HashCheck::Remembered`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HashReport {
+    pub hashed: usize,
+    pub remembered: usize,
+}
+
 /// A validated bundle on disk.
 #[derive(Debug, Clone)]
 pub struct Bundle {
     root: PathBuf,
+    hash_report: HashReport,
     manifest: Manifest,
 }
 
 impl Bundle {
     /// Reads and validates `DIR/manifest.json`; checks every file's sha256.
     pub fn open(dir: &Path) -> Result<Bundle> {
-        Self::open_with(dir, true)
+        Self::open_with(dir, HashCheck::Full)
     }
 
-    /// Like [`Bundle::open`]; `verify_hashes = false` skips the sha256 check
-    /// (`info` on a large bundle).
-    pub fn open_with(dir: &Path, verify_hashes: bool) -> Result<Bundle> {
+    /// Like [`Bundle::open`], checking the files' sha256 as `hashes` says
+    /// (`Skip`: `info` on a large bundle; `Remembered`: a run).
+    pub fn open_with(dir: &Path, hashes: HashCheck) -> Result<Bundle> {
+        let records = match hashes {
+            HashCheck::Remembered => verified::VerifiedFiles::user(),
+            HashCheck::Skip | HashCheck::Full => None,
+        };
+        Self::open_checked(dir, hashes, records.as_ref())
+    }
+
+    /// [`HashCheck::Remembered`] with the records kept in `records` instead
+    /// of the user's cache folder.
+    pub fn open_remembering(dir: &Path, records: &verified::VerifiedFiles) -> Result<Bundle> {
+        Self::open_checked(dir, HashCheck::Remembered, Some(records))
+    }
+
+    fn open_checked(
+        dir: &Path,
+        hashes: HashCheck,
+        records: Option<&verified::VerifiedFiles>,
+    ) -> Result<Bundle> {
         let manifest_path = dir.join("manifest.json");
         if !dir.is_dir() {
             return Err(Error::bundle(
@@ -73,12 +102,23 @@ impl Bundle {
             .map_err(|e| Error::bundle(dir, format!("manifest.json: {e}")))?;
         let manifest: Manifest = serde_json::from_str(&text)
             .map_err(|e| Error::bundle(dir, format!("manifest.json is malformed: {e}")))?;
-        let bundle = Bundle { root, manifest };
+        let mut bundle = Bundle {
+            root,
+            manifest,
+            hash_report: HashReport::default(),
+        };
         bundle.validate()?;
-        if verify_hashes {
-            bundle.verify_hashes()?;
-        }
+        bundle.hash_report = match hashes {
+            HashCheck::Skip => HashReport::default(),
+            HashCheck::Remembered => bundle.verify_hashes(records)?,
+            HashCheck::Full => bundle.verify_hashes(None)?,
+        };
         Ok(bundle)
+    }
+
+    /// How the open checked the files' sha256.
+    pub fn hash_report(&self) -> HashReport {
+        self.hash_report
     }
 
     /// The parsed manifest.
@@ -251,18 +291,34 @@ impl Bundle {
         files
     }
 
-    fn verify_hashes(&self) -> Result<()> {
+    /// Hashes every file against the manifest; with `remembered`, a file
+    /// that matched before in its present state is trusted without reading
+    /// it, and each file that matches now is recorded there.
+    fn verify_hashes(&self, remembered: Option<&verified::VerifiedFiles>) -> Result<HashReport> {
+        let mut report = HashReport::default();
         for file in self.all_files() {
             let path = self.resolve(&file.file)?;
+            let before = remembered.and_then(|_| verified::FileState::of(&path));
+            if let (Some(records), Some(state)) = (remembered, &before) {
+                if records.holds(&path, &file.sha256, state) {
+                    report.remembered += 1;
+                    continue;
+                }
+            }
+            let started = std::time::SystemTime::now();
             let actual = sha256_file(&path)?;
+            report.hashed += 1;
             if !actual.eq_ignore_ascii_case(&file.sha256) {
                 return Err(self.fail(format!(
                     "{} has sha256 {actual}, the manifest says {}; the file is damaged or from another export",
                     file.file, file.sha256
                 )));
             }
+            if let (Some(records), Some(state)) = (remembered, &before) {
+                records.remember(&path, &file.sha256, state, started);
+            }
         }
-        Ok(())
+        Ok(report)
     }
 
     /// A path named by the manifest, refused if it leaves the bundle.

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use serde_json::json;
 
-use tadsr_edge::bundle::Bundle;
+use tadsr_edge::bundle::{Bundle, HashCheck};
 use tadsr_edge::image::io::InputImage;
 use tadsr_edge::image::resample::{self, ResampleFilter};
 use tadsr_edge::image::write;
@@ -56,7 +56,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
     config.threads = args.threads;
     args.gpu.apply(&mut config);
     // --tile auto: decided as `run` decides it, for this size
-    let bundle = Bundle::open_with(&config.model_dir, false).ok();
+    let bundle = Bundle::open_with(&config.model_dir, HashCheck::Skip).ok();
     let mut tile_policy = TilePolicy::new(
         args.tile,
         None,

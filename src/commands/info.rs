@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use serde::Serialize;
 use serde_json::json;
 
-use tadsr_edge::bundle::Bundle;
+use tadsr_edge::bundle::{verified, Bundle, HashCheck};
 use tadsr_edge::pipeline::TilingMode;
 use tadsr_edge::runtime::gpu_info::GpuInfo;
 use tadsr_edge::runtime::{cache_dir, graph_cache, Provider, ProviderStatus, Runtime};
@@ -28,9 +28,17 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
         .map(|p| runtime.provider_status(p, device))
         .collect();
     let bundle = match &args.model {
-        Some(dir) => {
-            Some(Bundle::open_with(dir, args.verify).with_context(|| "cannot use the bundle")?)
-        }
+        Some(dir) => Some(
+            Bundle::open_with(
+                dir,
+                if args.verify {
+                    HashCheck::Full
+                } else {
+                    HashCheck::Skip
+                },
+            )
+            .with_context(|| "cannot use the bundle")?,
+        ),
         None => None,
     };
     let plan = match (&bundle, args.plan) {
@@ -63,6 +71,7 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
                 "found_by": runtime.library().source,
             },
             "graph_cache": graph_cache_summary(),
+            "verified_files": cache_dir().map(|root| verified::summary(&root)),
             "device": device,
             "providers": statuses,
             "model": bundle_json,
@@ -93,6 +102,18 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
                 ""
             } else {
                 "; off: TADSR_EDGE_GRAPH_CACHE=0"
+            }
+        ))?;
+    }
+    if let Some(records) = cache_dir().map(|root| verified::summary(&root)) {
+        print_line(format_args!(
+            "sha256 checks remembered: {} ({} file(s){})",
+            records.folder.display(),
+            records.files,
+            if records.enabled {
+                ""
+            } else {
+                "; off: TADSR_EDGE_VERIFY_CACHE=0"
             }
         ))?;
     }

@@ -17,7 +17,7 @@ use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
-use tadsr_edge::bundle::{Bundle, Manifest};
+use tadsr_edge::bundle::{Bundle, HashCheck, Manifest};
 use tadsr_edge::image::io::{self as image_io, InputLimits};
 use tadsr_edge::image::size_plan;
 use tadsr_edge::image::write;
@@ -352,7 +352,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     config.fixed_tiles = args.tile_shape.fixed_tiles();
     // The manifest alone (cheap) for --tile auto's memory figures; a bundle
     // that cannot be read fails in Pipeline::load with its own message.
-    let bundle = Bundle::open_with(&model_dir, false).ok();
+    let bundle = Bundle::open_with(&model_dir, HashCheck::Skip).ok();
     let manifest = bundle.as_ref().map(|bundle| bundle.manifest().clone());
     let tiling = tiling_mode(args.tiling);
     let mut tile_policy = TilePolicy::new(

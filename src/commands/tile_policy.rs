@@ -254,10 +254,11 @@ fn graph_files(bundle: &Bundle) -> Option<GraphFileBytes> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tadsr_edge::bundle::HashCheck;
 
     fn tiny() -> Bundle {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("models/tiny");
-        Bundle::open_with(&dir, false).expect("models/tiny opens")
+        Bundle::open_with(&dir, HashCheck::Skip).expect("models/tiny opens")
     }
 
     #[test]

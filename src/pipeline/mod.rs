@@ -28,7 +28,7 @@ use rand::SeedableRng;
 use rand_distr::{Distribution, StandardNormal};
 use serde::Serialize;
 
-use crate::bundle::{check_graph_ports, component, Bundle};
+use crate::bundle::{check_graph_ports, component, Bundle, HashCheck};
 use crate::error::{Error, Result};
 use crate::image::io::InputImage;
 use crate::image::size_plan;
@@ -166,7 +166,14 @@ impl Pipeline {
             Some(options) => Backend::Server(Server::connect(options.clone())?),
             None => Backend::Local(Runtime::global(config.ort_lib.as_deref())?),
         };
-        let bundle = Bundle::open_with(&config.model_dir, config.verify_hashes)?;
+        let bundle = Bundle::open_with(
+            &config.model_dir,
+            if config.verify_hashes {
+                HashCheck::Remembered
+            } else {
+                HashCheck::Skip
+            },
+        )?;
         let schedule = noise_schedule(&bundle)?;
         let (prompt_embeds, prompt_shape) =
             load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
