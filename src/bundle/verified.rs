@@ -156,7 +156,7 @@ impl VerifiedFiles {
 
     /// Whether the file at `real_path` in `state` matched `sha256` before.
     pub fn holds(&self, real_path: &Path, sha256: &str, state: &FileState) -> bool {
-        fs::read_to_string(self.record_path(real_path)).is_ok_and(|recorded| {
+        read_record(&self.record_path(real_path)).is_some_and(|recorded| {
             recorded.lines().next() == Some(record_line(sha256, state).trim_end())
         })
     }
@@ -206,7 +206,7 @@ impl VerifiedFiles {
             if entry.file_name().to_string_lossy().starts_with('.') {
                 continue;
             }
-            let Ok(text) = fs::read_to_string(entry.path()) else {
+            let Some(text) = read_record(&entry.path()) else {
                 continue;
             };
             if text
@@ -220,7 +220,16 @@ impl VerifiedFiles {
     }
 }
 
-/// A record's text: the sha256 (lower case) and the file's state.
+/// A record's text; None for anything but a small regular file (never
+/// blocks on a FIFO planted in the cache).
+fn read_record(path: &Path) -> Option<String> {
+    crate::regular_file::read_text_capped(path, MAX_RECORD_BYTES).ok()
+}
+
+/// A record is two short lines; a path is at most 4 KiB.
+const MAX_RECORD_BYTES: u64 = 8 << 10;
+
+/// A record's first line: the sha256 (lower case) and the file's state.
 fn record_line(sha256: &str, state: &FileState) -> String {
     format!(
         "{} {} {} {} {} {}\n",
@@ -332,6 +341,27 @@ mod tests {
             1,
             "the removed file's record went"
         );
+    }
+
+    #[test]
+    fn a_fifo_in_place_of_a_record_is_passed_over() {
+        let folder = tempfile::tempdir().unwrap();
+        let records = VerifiedFiles::at(folder.path());
+        let file = folder.path().join("f");
+        fs::write(&file, b"x").unwrap();
+        let state = FileState::of(&file).unwrap();
+        fs::create_dir_all(folder.path().join("verified")).unwrap();
+        let fifo = records.record_path(&file);
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
+        // SAFETY: mkfifo on a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        // neither the check nor the pruning blocks on it
+        assert!(!records.holds(&file, SHA, &state));
+        let other = folder.path().join("g");
+        fs::write(&other, b"y").unwrap();
+        let other_state = FileState::of(&other).unwrap();
+        records.remember(&other, SHA, &other_state, later(10));
+        assert!(records.holds(&other, SHA, &other_state));
     }
 
     #[test]
