@@ -74,6 +74,10 @@ def torch_bench(report: dict) -> str:
     return "; ".join(parts) or "no precision measured"
 
 
+def ms(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
 def mib(value) -> str:
     return "-" if value is None else f"{value / 2**20:.0f}"
 
@@ -86,6 +90,7 @@ def bench(report: dict) -> str:
             f" in memory {upscale if upscale is None else round(upscale, 1)}"
             f" static {report.get('static_shapes', {}).get('unet')}"
             f" cuda graph {report.get('cuda_graph', {}).get('unet')}"
+            f" opened {ms(report.get('session_creation_ms'))} ms"
             f" MiB: estimate {mib(report.get('estimated_peak_bytes'))}"
             f" device {mib(report.get('device_memory_used_bytes'))}"
             f" rss {mib(report.get('peak_rss_bytes'))}")

@@ -48,6 +48,8 @@ def test_real_golden_and_bench_reports_become_one_line_of_figures(tmp_path):
     line = summary("bench", result, errors)
     assert f"e2e {report['end_to_end_ms']['p50']:.1f}" in line
     assert "'unet':" in line and "cuda graph False" in line
+    # how long the sessions took to open (the start-up a one-image run pays)
+    assert f" opened {report['session_creation_ms']:.0f} ms " in line, line
     # on the CPU: no device memory, the estimate and the peak RSS in MiB
     estimate, rss = (round(report[k] / 2**20) for k in ("estimated_peak_bytes", "peak_rss_bytes"))
     assert line.endswith(f"MiB: estimate {estimate} device - rss {rss}"), line
