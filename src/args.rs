@@ -506,7 +506,7 @@ pub struct InfoArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Also check every file's sha256 (slow on large bundles).
+    /// Also check every file's sha256, all of them read again (a run reads only files changed since their last match; slow on large bundles).
     #[arg(long)]
     pub verify: bool,
     /// GPU the providers are probed on [default: 0].
