@@ -2,7 +2,8 @@
 # A short re-check on a lent GPU box (about 9 minutes: give the device call timeout_s 600). What the issue's
 # "done when" needs comes first, so that a deadline cuts only the A/B levers: the probe; the golden cases of
 # models/tiny on CUDA (fp32 within 1e-3, the fp16 bundle at >= 35 dB); an sd21 fp16 export timed at 512 untiled;
-# PyTorch eager fp16 at 512 on the same GPU (the ratio's denominator); 2048 with --tile 512. Then the levers:
+# PyTorch eager fp16 at 512 on the same GPU (the ratio's denominator); 2048 with --tile 512; a one-image run from a
+# fresh process, twice (wall time: start-up included). Then the levers:
 # tiny free graphs vs --cuda-graph (images within one level) and sd21 512 with --cuda-graph; tiny bundles
 # exported here with --fusions cuda, fp32 and fp16, through the golden cases (ONNX Runtime's CUDA-only fused
 # operators: checked nowhere else); an sd21 --fusions cuda export at 512 with and without --cuda-graph, its
@@ -46,6 +47,13 @@ echo "--- PyTorch eager fp16 512 on this GPU (the ratio's denominator)"
 timeout 120 python3 scripts/torch_gpu_bench.py --device cuda --config sd21 --seed 0 --precisions fp16 --size 512 --runs 10 --warmup 3 --input examples/coffee.png > "$OUT/torch_fp16_512.json" 2>"$OUT/torch.err"; echo "torch rc=$?"; summary torch torch_fp16_512 torch
 date +%T
 echo "--- 2048 tile 512"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1
+# what a one-image run costs from a fresh process (start-up, the sha256 checks, the sessions, the image, the PNG):
+# the first run reads every file for its sha256, the second trusts the records the first left
+for pass in first second; do
+  start=$(date +%s%N)
+  timeout 90 "$BIN" run examples/coffee.png -o "$OUT/one-shot-$pass.png" --model /tmp/sd21-fp16 --provider cuda -q 2>>"$OUT/bench.err"; rc=$?
+  echo "one-image run ($pass, 160x120 -> 640x480) rc=$rc wall $(( ($(date +%s%N) - start) / 1000000 )) ms"
+done
 # free graphs vs --cuda-graph on tiny: fixed 256 px tiles (several tiles, one pinned shape) at two timesteps, so
 # a replay that reads a stale input (the timestep changes between them) shows as a difference
 for mode in free cuda-graph; do
