@@ -181,29 +181,29 @@ impl VerifiedFiles {
             record_line(sha256, before),
             real_path.to_string_lossy()
         );
-        if self.write_record(real_path, &text).is_ok() {
-            self.remove_records_of_missing_files();
+        let record = self.record_path(real_path);
+        if self.write_record(&record, &text).is_ok() {
+            self.remove_records_of_missing_files(&record);
         }
     }
 
-    fn write_record(&self, real_path: &Path, text: &str) -> std::io::Result<()> {
+    fn write_record(&self, record: &Path, text: &str) -> std::io::Result<()> {
         use std::io::Write;
         fs::create_dir_all(&self.folder)?;
         let mut temporary = tempfile::Builder::new()
             .prefix(".partial-")
             .tempfile_in(&self.folder)?;
         temporary.write_all(text.as_bytes())?;
-        temporary
-            .persist(self.record_path(real_path))
-            .map_err(|e| e.error)?;
+        temporary.persist(record).map_err(|e| e.error)?;
         Ok(())
     }
 
     /// Removes the records of files that are gone (a deleted bundle, a
-    /// temporary copy): they could never be used again.
-    fn remove_records_of_missing_files(&self) {
+    /// temporary copy): they could never be used again. `kept`: the record
+    /// just written (its path line is lossy for a name that is not UTF-8).
+    fn remove_records_of_missing_files(&self, kept: &Path) {
         for entry in fs::read_dir(&self.folder).into_iter().flatten().flatten() {
-            if entry.file_name().to_string_lossy().starts_with('.') {
+            if entry.file_name().to_string_lossy().starts_with('.') || entry.path() == kept {
                 continue;
             }
             let Some(text) = read_record(&entry.path()) else {
@@ -365,6 +365,20 @@ mod tests {
         let other_state = FileState::of(&other).unwrap();
         records.remember(&other, SHA, &other_state, later(10));
         assert!(records.holds(&other, SHA, &other_state));
+    }
+
+    #[test]
+    fn a_name_that_is_not_utf8_keeps_its_record() {
+        use std::os::unix::ffi::OsStrExt;
+        let folder = tempfile::tempdir().unwrap();
+        let records = VerifiedFiles::at(folder.path());
+        let file = folder
+            .path()
+            .join(std::ffi::OsStr::from_bytes(b"unet-\xff.onnx"));
+        fs::write(&file, b"graph").unwrap();
+        let state = FileState::of(&file).unwrap();
+        records.remember(&file, SHA, &state, later(10));
+        assert!(records.holds(&file, SHA, &state));
     }
 
     #[test]
