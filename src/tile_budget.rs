@@ -65,6 +65,10 @@ pub struct CostModel {
     /// Which stages (encoder, UNet, decoder) run on a GPU provider or a
     /// server: their weights count as their files' bytes.
     pub on_device: [bool; 3],
+    /// Staged tiles are all sent at the tile's full shape (GPU providers,
+    /// a server, `--tile-shape fixed`): a side of the image smaller than
+    /// the tile is padded up to it, so a tile costs its whole square.
+    pub fixed_tiles: bool,
 }
 
 /// Bytes of the bundle's graph files (each `.onnx` with its external
@@ -113,6 +117,7 @@ impl CostModel {
             tile_batch: 1,
             graph_files: None,
             on_device: [false; 3],
+            fixed_tiles: false,
         })
     }
 
@@ -212,6 +217,11 @@ pub fn peak_bytes(
         (0, _) => (image, image, image),
         // the authors' latent tiling: 96-cell UNet tiles, the VAE untiled
         (_, TilingMode::Latent) => (image, tile(768), image),
+        // every tile padded to the full square, even a single one
+        (side, TilingMode::Staged) if model.fixed_tiles => {
+            let square = u64::from(side) * u64::from(side);
+            (square, square, square)
+        }
         (side, TilingMode::Staged) => (tile(side), tile(side), tile(side)),
     };
     // a stage that runs in tiles holds `tile_batch` of them at once
@@ -333,7 +343,9 @@ fn gib(bytes: u64) -> String {
 /// `--tile auto` for the largest image of a run (`width` x `height`
 /// upscaled pixels): untiled when it fits `budget`, else the largest tile
 /// (multiples of [`TILE_STEP_PX`], from the image's longer side down to
-/// [`MIN_AUTO_TILE_PX`]) that fits; the smallest if none does.
+/// [`MIN_AUTO_TILE_PX`]; with fixed tiles from its shorter side itself in
+/// steps of [`TILE_STEP_PX`], so that no tile is padded) that fits; the
+/// smallest if none does.
 pub fn choose_tile(
     model: Option<&CostModel>,
     tiling: TilingMode,
@@ -371,8 +383,15 @@ pub fn choose_tile(
         };
         return decision(768, reason, estimate);
     }
-    let longest = width.max(height).div_ceil(TILE_STEP_PX) * TILE_STEP_PX;
-    let mut side = longest.max(MIN_AUTO_TILE_PX);
+    let mut side = if model.fixed_tiles {
+        // a tile larger than the short side would be padded: work on the
+        // padding, and the padded edge differs from an untiled run
+        // (docs/measurements/nano-gpu-shape-padding-2026-11-28.md)
+        width.min(height) / 8 * 8
+    } else {
+        width.max(height).div_ceil(TILE_STEP_PX) * TILE_STEP_PX
+    }
+    .max(MIN_AUTO_TILE_PX);
     loop {
         let estimate = peak_bytes(model, tiling, width, height, side);
         if estimate <= budget.bytes {
@@ -408,6 +427,7 @@ mod tests {
             tile_batch: 1,
             graph_files: None,
             on_device: [false; 3],
+            fixed_tiles: false,
         }
     }
 
@@ -561,6 +581,66 @@ mod tests {
             peak_bytes(&m, TilingMode::Staged, 300, 200, 512),
             peak_bytes(&m, TilingMode::Staged, 300, 200, 0)
         );
+    }
+
+    #[test]
+    fn fixed_tiles_cost_their_whole_square_even_where_the_image_is_smaller() {
+        let mut m = model();
+        let stages = |m: &CostModel, px: u64| {
+            activations(&m.encoder, px) + activations(&m.unet, px) + activations(&m.decoder, px)
+        };
+        // 1024x200 in 512 px tiles: balanced tiles are 512x200, fixed ones
+        // are padded to 512x512
+        let balanced = peak_bytes(&m, TilingMode::Staged, 1024, 200, 512);
+        m.fixed_tiles = true;
+        let fixed = peak_bytes(&m, TilingMode::Staged, 1024, 200, 512);
+        assert_eq!(
+            fixed - balanced,
+            stages(&m, 512 * 512) - stages(&m, 512 * 200)
+        );
+        // one tile larger than the whole image: padded, not the image's cost
+        assert_eq!(
+            peak_bytes(&m, TilingMode::Staged, 300, 200, 512)
+                - peak_bytes(&m, TilingMode::Staged, 300, 200, 0),
+            stages(&m, 512 * 512) - stages(&m, 300 * 200)
+        );
+        // tiles inside the image: the same either way
+        m.fixed_tiles = false;
+        let inside = peak_bytes(&m, TilingMode::Staged, 2048, 1024, 512);
+        m.fixed_tiles = true;
+        assert_eq!(peak_bytes(&m, TilingMode::Staged, 2048, 1024, 512), inside);
+    }
+
+    #[test]
+    fn auto_with_fixed_tiles_never_picks_a_tile_past_the_short_side() {
+        // a wide strip that does not fit untiled; balanced 1024 px tiles
+        // (1024x600) just fit
+        let (width, height) = (8192, 600);
+        let mut m = model();
+        let b = Budget {
+            bytes: peak_bytes(&m, TilingMode::Staged, width, height, 1024),
+            source: "test".into(),
+        };
+        assert!(peak_bytes(&m, TilingMode::Staged, width, height, 0) > b.bytes);
+        let balanced = choose_tile(Some(&m), TilingMode::Staged, width, height, b.clone());
+        assert_eq!(balanced.tile_px, 1024, "{balanced:?}");
+        m.fixed_tiles = true;
+        let fixed = choose_tile(Some(&m), TilingMode::Staged, width, height, b.clone());
+        // the short side itself: one row of tiles, none padded
+        assert_eq!(
+            (fixed.tile_px, fixed.reason),
+            (600, TileReason::LargestFittingTile)
+        );
+        // a budget under that: one step down
+        let tighter = Budget {
+            bytes: peak_bytes(&m, TilingMode::Staged, width, height, 600) - 1,
+            source: "test".into(),
+        };
+        let fixed = choose_tile(Some(&m), TilingMode::Staged, width, height, tighter);
+        assert_eq!(fixed.tile_px, 600 - TILE_STEP_PX);
+        // below the smallest auto tile, the smallest it is (and padded)
+        let strip = choose_tile(Some(&m), TilingMode::Staged, 8192, 100, budget(1 << 10));
+        assert_eq!(strip.tile_px, MIN_AUTO_TILE_PX);
     }
 
     #[test]

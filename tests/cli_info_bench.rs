@@ -500,6 +500,20 @@ fn info_plan_says_what_tile_auto_would_choose_on_the_cpu_and_on_a_gpu() {
 }
 
 #[test]
+fn on_a_gpu_auto_tiles_stay_within_the_short_side() {
+    // a wide strip that does not fit untiled: on the CPU (balanced tiles)
+    // a tile may be wider than the strip is high, on a GPU (every tile sent
+    // square) that tile would be padded: auto stops at the short side
+    let cpu = plan("4G", &["--plan", "4096x600", "--plan-on", "cpu"]);
+    let gpu = plan("4G", &["--plan", "4096x600", "--plan-on", "gpu"]);
+    for p in [&cpu, &gpu] {
+        assert_eq!(p["decision"]["reason"], "largest_fitting_tile", "{p}");
+    }
+    assert!(cpu["decision"]["tile_px"].as_u64().unwrap() > 600, "{cpu}");
+    assert_eq!(gpu["decision"]["tile_px"], 600, "{gpu}");
+}
+
+#[test]
 fn info_plan_refuses_what_is_not_an_output_size() {
     let tiny = tiny();
     for bad in ["512", "0x512", "512x", "70000x512", "5x-5", "axb"] {

@@ -63,6 +63,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         bundle.as_ref(),
         TilingMode::Staged,
         args.gpu.tile_batch,
+        None,
     );
     if args.remote.server.is_some() {
         tile_policy.assume_server_budget();

@@ -164,6 +164,7 @@ fn tile_plan(
         Some(bundle),
         TilingMode::Staged,
         1,
+        None,
     );
     let on = match on {
         PlanOn::Cpu => "cpu",

@@ -361,6 +361,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         bundle.as_ref(),
         tiling,
         args.gpu.tile_batch,
+        args.tile_shape.fixed_tiles(),
     );
     if args.remote.server.is_some() {
         tile_policy.assume_server_budget();

@@ -31,6 +31,9 @@ pub struct TilePolicy {
     /// The host's budget (or `--max-memory`), for a run planned on a GPU
     /// whose stages all ended on the CPU.
     host_budget: Budget,
+    /// `--tile-shape`: fixed (`Some(true)`), balanced (`Some(false)`), or
+    /// `None`: fixed on GPUs and servers, balanced on the CPU.
+    tile_shape: Option<bool>,
 }
 
 impl TilePolicy {
@@ -43,6 +46,7 @@ impl TilePolicy {
         bundle: Option<&Bundle>,
         tiling: TilingMode,
         tile_batch: u32,
+        tile_shape: Option<bool>,
     ) -> Self {
         let budget = match max_memory {
             Some(bytes) => system_memory::given_budget(bytes),
@@ -62,6 +66,7 @@ impl TilePolicy {
                 cost.stages_release_memory = cpu_stages_release_memory();
                 cost.tile_batch = u64::from(tile_batch.max(1));
                 cost.graph_files = graph_files(bundle);
+                cost.fixed_tiles = tile_shape.unwrap_or(false);
                 Some(cost)
             }),
             host_budget: budget.clone(),
@@ -70,6 +75,7 @@ impl TilePolicy {
             tiling,
             pinned: None,
             device_budget_read: false,
+            tile_shape,
         }
     }
 
@@ -90,6 +96,7 @@ impl TilePolicy {
         // per model instance), its weights as large as the graph files
         self.keep_stage_memory();
         self.weights_on_device([true; 3]);
+        self.set_fixed_tiles(true);
     }
 
     /// The run plans on a GPU provider (`--provider cuda` or `tensorrt`,
@@ -101,6 +108,7 @@ impl TilePolicy {
         // GPU sessions keep their memory, --max-memory given or not
         self.keep_stage_memory();
         self.weights_on_device([true; 3]);
+        self.set_fixed_tiles(true);
         if !self.given_budget {
             self.use_device_budget(device, 0);
         }
@@ -137,6 +145,17 @@ impl TilePolicy {
         if let Some(cost) = self.cost.as_mut() {
             cost.stages_release_memory = cpu_stages_release_memory();
             cost.on_device = [false; 3];
+        }
+        self.set_fixed_tiles(false);
+    }
+
+    /// Whether staged tiles go at their full shape, as `--tile-shape` says
+    /// or else as the pipeline decides where the stages run (`on_gpu`: a
+    /// GPU provider or a server).
+    fn set_fixed_tiles(&mut self, on_gpu: bool) {
+        let fixed = self.tile_shape.unwrap_or(on_gpu);
+        if let Some(cost) = self.cost.as_mut() {
+            cost.fixed_tiles = fixed;
         }
     }
 
@@ -211,6 +230,9 @@ impl TilePolicy {
         }
         self.keep_stage_memory();
         self.weights_on_device(stages.map(|p| p != Provider::Cpu));
+        if let Some(cost) = self.cost.as_mut() {
+            cost.fixed_tiles = pipeline.uses_fixed_tiles();
+        }
         if stages.contains(&Provider::TensorRt) {
             self.pinned = engine_decision;
             return;
@@ -279,6 +301,7 @@ mod tests {
                 Some(&bundle),
                 TilingMode::Staged,
                 1,
+                None,
             )
         };
         let on_cpu = policy(Some(64 << 30));

@@ -71,7 +71,7 @@ impl Pipeline {
         let run_shape = static_shapes::network_shape(
             options.tile_px,
             options.tiling,
-            self.fixed_tile_shapes(),
+            self.uses_fixed_tiles(),
             Some((height as u32, width as u32)),
         );
         for component in MAIN {

@@ -259,7 +259,7 @@ fn fixed_shape_for(
     static_shapes::network_shape(
         config.shapes.tile_px,
         config.shapes.tiling,
-        // as Pipeline::fixed_tile_shapes decides it for a stage on `provider`
+        // as Pipeline::uses_fixed_tiles decides it for a stage on `provider`
         config.fixed_tiles.unwrap_or(on_gpu),
         config.shapes.exact_px,
     )

@@ -357,7 +357,7 @@ impl Pipeline {
             (tile_px, TilingMode::Staged) => {
                 let tile = tile_px as usize / 8;
                 let overlap = options.tile_overlap_px as usize / 8;
-                let staged = if self.fixed_tile_shapes() {
+                let staged = if self.uses_fixed_tiles() {
                     TilePlan::new(latent_h, latent_w, tile, overlap)?
                 } else {
                     TilePlan::balanced(latent_h, latent_w, tile, overlap)?
@@ -380,7 +380,7 @@ impl Pipeline {
     /// the requested tile (the last one flush with the edge; an image
     /// smaller than a tile padded up to it), so one cuDNN plan or TensorRT
     /// engine serves every image. On the CPU, balanced tiles (less work).
-    fn fixed_tile_shapes(&self) -> bool {
+    pub fn uses_fixed_tiles(&self) -> bool {
         self.fixed_tiles.unwrap_or_else(|| {
             [
                 self.encoder.provider,
@@ -393,10 +393,10 @@ impl Pipeline {
     }
 
     /// The shape every staged tile is sent at, in latent cells (see
-    /// [`Pipeline::fixed_tile_shapes`]); None: tiles as planned.
+    /// [`Pipeline::uses_fixed_tiles`]); None: tiles as planned.
     fn network_tile_for(&self, options: &RunOptions) -> Option<(usize, usize)> {
         let tile = options.tile_px as usize / 8;
-        (tile > 0 && options.tiling == TilingMode::Staged && self.fixed_tile_shapes())
+        (tile > 0 && options.tiling == TilingMode::Staged && self.uses_fixed_tiles())
             .then_some((tile, tile))
     }
 

@@ -179,7 +179,7 @@ pub struct RunOptions {
     /// Largest pixel tile side; 0 = no tiling. On the CPU tiles are
     /// balanced: the fewest that cover the image, each as small as the
     /// overlap allows; on GPU providers every tile is exactly this size
-    /// (see `Pipeline::fixed_tile_shapes`).
+    /// (see `Pipeline::uses_fixed_tiles`).
     pub tile_px: u32,
     pub tile_overlap_px: u32,
     pub tiling: TilingMode,
