@@ -253,13 +253,19 @@ mod tests {
         SystemTime::now() + Duration::from_secs(seconds)
     }
 
+    /// A new file `name` in `folder` holding `bytes`, and its state.
+    fn new_file(folder: &Path, name: &str, bytes: &[u8]) -> (PathBuf, FileState) {
+        let file = folder.join(name);
+        fs::write(&file, bytes).unwrap();
+        let state = FileState::of(&file).unwrap();
+        (file, state)
+    }
+
     #[test]
     fn a_record_holds_only_for_its_hash_and_the_same_file_state() {
         let folder = tempfile::tempdir().unwrap();
         let records = VerifiedFiles::at(&folder.path().join("cache"));
-        let file = folder.path().join("unet.onnx");
-        fs::write(&file, b"graph bytes").unwrap();
-        let state = FileState::of(&file).unwrap();
+        let (file, state) = new_file(folder.path(), "unet.onnx", b"graph bytes");
         assert!(!records.holds(&file, SHA, &state), "nothing recorded yet");
         records.remember(&file, SHA, &state, later(10));
         assert!(records.holds(&file, SHA, &state));
@@ -268,12 +274,8 @@ mod tests {
             "hex case is not a difference"
         );
         assert!(!records.holds(&file, "ab13", &state), "another hash");
-        let other = folder.path().join("other.onnx");
-        fs::write(&other, b"graph bytes").unwrap();
-        assert!(
-            !records.holds(&other, SHA, &FileState::of(&other).unwrap()),
-            "another file"
-        );
+        let (other, other_state) = new_file(folder.path(), "other.onnx", b"graph bytes");
+        assert!(!records.holds(&other, SHA, &other_state), "another file");
 
         // the same bytes rewritten in place with the old modification time:
         // the change time still moves
@@ -308,9 +310,7 @@ mod tests {
     fn unsettled_or_changed_files_are_not_recorded() {
         let folder = tempfile::tempdir().unwrap();
         let records = VerifiedFiles::at(folder.path());
-        let file = folder.path().join("weights.data");
-        fs::write(&file, b"weights").unwrap();
-        let state = FileState::of(&file).unwrap();
+        let (file, state) = new_file(folder.path(), "weights.data", b"weights");
         // written just now: a write in the same timestamp tick could follow
         records.remember(&file, SHA, &state, SystemTime::now());
         assert!(!records.holds(&file, SHA, &state));
@@ -333,9 +333,7 @@ mod tests {
         assert_eq!(kept.files, 1, "{kept:?}");
         assert_eq!(kept.folder, folder.path().join("verified"));
         // a file that is gone loses its record when another is written
-        let second = folder.path().join("second.data");
-        fs::write(&second, b"more weights").unwrap();
-        let second_state = FileState::of(&second).unwrap();
+        let (second, second_state) = new_file(folder.path(), "second.data", b"more weights");
         fs::remove_file(&file).unwrap();
         records.remember(&second, SHA, &second_state, later(10));
         assert!(records.holds(&second, SHA, &second_state));
@@ -350,9 +348,7 @@ mod tests {
     fn a_fifo_in_place_of_a_record_is_passed_over() {
         let folder = tempfile::tempdir().unwrap();
         let records = VerifiedFiles::at(folder.path());
-        let file = folder.path().join("f");
-        fs::write(&file, b"x").unwrap();
-        let state = FileState::of(&file).unwrap();
+        let (file, state) = new_file(folder.path(), "f", b"x");
         fs::create_dir_all(folder.path().join("verified")).unwrap();
         let fifo = records.record_path(&file);
         let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).unwrap();
@@ -360,9 +356,7 @@ mod tests {
         assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
         // neither the check nor the pruning blocks on it
         assert!(!records.holds(&file, SHA, &state));
-        let other = folder.path().join("g");
-        fs::write(&other, b"y").unwrap();
-        let other_state = FileState::of(&other).unwrap();
+        let (other, other_state) = new_file(folder.path(), "g", b"y");
         records.remember(&other, SHA, &other_state, later(10));
         assert!(records.holds(&other, SHA, &other_state));
     }
@@ -387,9 +381,7 @@ mod tests {
         let blocker = folder.path().join("not-a-folder");
         fs::write(&blocker, b"").unwrap();
         let records = VerifiedFiles::at(&blocker);
-        let file = folder.path().join("f");
-        fs::write(&file, b"x").unwrap();
-        let state = FileState::of(&file).unwrap();
+        let (file, state) = new_file(folder.path(), "f", b"x");
         records.remember(&file, SHA, &state, later(10));
         assert!(!records.holds(&file, SHA, &state));
     }
