@@ -5,7 +5,7 @@
 #   scripts/fuzz.sh TARGET SECONDS [CASES_PER_ROUND]
 #
 # TARGET: decode (image decoding under limits), manifest (the bundle's
-# manifest parser), tiling (the tile planners), or all (each for SECONDS).
+# manifest parser), tiling (the tile planners and --tile auto's choice), or all (each for SECONDS).
 # CASES_PER_ROUND defaults to 2000 per property. FUZZ_THREADS (default 1)
 # is the number of test threads. Not part of `make test` (cargo-fuzz needs a
 # nightly toolchain; these are proptest properties in tests/fuzz_*.rs).

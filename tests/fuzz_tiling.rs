@@ -3,11 +3,20 @@
 //! gives a plan or a typed error, never a panic; a plan covers the whole
 //! area, keeps every tile inside it, gives all tiles one shape no larger
 //! than asked, and neighbours overlap by at least the overlap asked.
+//! `--tile auto`'s choice (`tile_budget::choose_tile`), for arbitrary
+//! memory figures, budgets and image sizes: a tile the runtime accepts,
+//! within the budget when it says it fits, never past a fixed-tile run's
+//! short side unless that side is under the smallest auto tile.
 //!
 //! `PROPTEST_CASES=N` sets the cases.
 
 use proptest::prelude::*;
 use proptest::test_runner::Config;
+use tadsr_edge::bundle::StageMemory;
+use tadsr_edge::pipeline::TilingMode;
+use tadsr_edge::tile_budget::{
+    choose_tile, peak_bytes, Budget, CostModel, TileReason, MIN_AUTO_TILE_PX,
+};
 use tadsr_edge::tiling::{plan_axis, TilePlan, TilingError};
 
 fn config(default: u32) -> Config {
@@ -105,8 +114,79 @@ fn side() -> impl Strategy<Value = usize> {
     prop_oneof![1usize..=16, 1usize..=600, 1usize..=32768]
 }
 
+/// A stage's figures: weights and activations at 256, 512 and 768 px
+/// (anything from nothing to absurd, not necessarily growing).
+fn stage_memory() -> impl Strategy<Value = StageMemory> {
+    let bytes = prop_oneof![0u64..=1 << 20, 0u64..=64 << 30, Just(u64::MAX / 3)];
+    (bytes.clone(), prop::collection::vec(bytes, 1..=3)).prop_map(|(weights_bytes, values)| {
+        StageMemory {
+            weights_bytes,
+            activations: values
+                .into_iter()
+                .zip([256u64, 512, 768])
+                .map(|(value, side)| (side * side, value))
+                .collect(),
+        }
+    })
+}
+
+fn cost_model() -> impl Strategy<Value = CostModel> {
+    (
+        stage_memory(),
+        stage_memory(),
+        stage_memory(),
+        any::<bool>(),
+        1u64..=8,
+        any::<bool>(),
+    )
+        .prop_map(
+            |(encoder, unet, decoder, releases, tile_batch, fixed_tiles)| CostModel {
+                encoder,
+                unet,
+                decoder,
+                extra_weights_bytes: 0,
+                stages_release_memory: releases,
+                tile_batch,
+                graph_files: None,
+                on_device: [false; 3],
+                fixed_tiles,
+            },
+        )
+}
+
 proptest! {
     #![proptest_config(config(256))]
+
+    #[test]
+    fn auto_tiles_are_valid_within_budget_and_never_padded_by_choice(
+        model in cost_model(),
+        width in 8u32..=65536,
+        height in 8u32..=65536,
+        budget in prop_oneof![0u64..=1 << 30, 0u64..=u64::MAX],
+        latent in any::<bool>(),
+    ) {
+        let tiling = if latent { TilingMode::Latent } else { TilingMode::Staged };
+        let (width, height) = (width / 8 * 8, height / 8 * 8);
+        let budget = Budget { bytes: budget, source: "fuzz".into() };
+        let decision = choose_tile(Some(&model), tiling, width, height, budget.clone());
+        let side = decision.tile_px;
+        let estimate = decision.estimate_bytes.unwrap();
+        prop_assert_eq!(estimate, peak_bytes(&model, tiling, width, height, side));
+        match decision.reason {
+            TileReason::FitsUntiled => prop_assert!(side == 0 && estimate <= budget.bytes),
+            TileReason::LargestFittingTile => prop_assert!(side > 0 && estimate <= budget.bytes),
+            TileReason::OverBudget => prop_assert!(side > 0 && estimate > budget.bytes),
+            other => prop_assert!(false, "unexpected {other:?}"),
+        }
+        if side > 0 {
+            // what `--tile` accepts
+            prop_assert!(side.is_multiple_of(8) && (64..=65536).contains(&side), "{side}");
+        }
+        if side > 0 && model.fixed_tiles && !latent {
+            let short = width.min(height);
+            prop_assert!(side <= short.max(MIN_AUTO_TILE_PX), "{side} for {width}x{height}");
+        }
+    }
 
     #[test]
     fn balanced_plans_cover_the_area(
