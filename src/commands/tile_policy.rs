@@ -55,7 +55,7 @@ impl TilePolicy {
                 source: "4 GiB assumed: /proc/meminfo is unreadable".into(),
             }),
         };
-        TilePolicy {
+        let mut policy = TilePolicy {
             requested: match tile {
                 TileArg::Auto => None,
                 TileArg::Px(side) => Some(side),
@@ -66,7 +66,6 @@ impl TilePolicy {
                 cost.stages_release_memory = cpu_stages_release_memory();
                 cost.tile_batch = u64::from(tile_batch.max(1));
                 cost.graph_files = graph_files(bundle);
-                cost.fixed_tiles = tile_shape.unwrap_or(false);
                 Some(cost)
             }),
             host_budget: budget.clone(),
@@ -76,7 +75,9 @@ impl TilePolicy {
             pinned: None,
             device_budget_read: false,
             tile_shape,
-        }
+        };
+        policy.set_fixed_tiles(false);
+        policy
     }
 
     /// With `--server` and no `--max-memory`: the server's memory is not
