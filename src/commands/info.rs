@@ -71,7 +71,7 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
                 "found_by": runtime.library().source,
             },
             "graph_cache": graph_cache_summary(),
-            "verified_files": cache_dir().map(|root| verified::summary(&root)),
+            "verified_files": verified_files_summary(),
             "device": device,
             "providers": statuses,
             "model": bundle_json,
@@ -105,7 +105,7 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
             }
         ))?;
     }
-    if let Some(records) = cache_dir().map(|root| verified::summary(&root)) {
+    if let Some(records) = verified_files_summary() {
         print_line(format_args!(
             "sha256 checks remembered: {} ({} file(s){})",
             records.folder.display(),
@@ -280,6 +280,11 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
         d.timestep, d.upscale, d.process_size, d.color_fix
     ))?;
     Ok(())
+}
+
+/// The remembered sha256 checks' folder and count (None without a cache folder).
+fn verified_files_summary() -> Option<verified::Summary> {
+    cache_dir().map(|root| verified::summary(&root))
 }
 
 /// The optimized-graph cache's folder and size (None without a cache folder).
