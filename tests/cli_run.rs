@@ -656,3 +656,107 @@ fn a_second_signal_stops_at_once() {
         folder_names(&out)
     );
 }
+
+/// The ICC profile an image file holds, read by the image crate's decoder
+/// for its format.
+fn icc_profile_of(path: &Path) -> Option<Vec<u8>> {
+    use image::ImageDecoder;
+    let mut decoder = image::ImageReader::open(path)
+        .unwrap()
+        .with_guessed_format()
+        .unwrap()
+        .into_decoder()
+        .unwrap();
+    decoder.icc_profile().unwrap()
+}
+
+/// A PNG of `image` with `profile` embedded (iCCP).
+fn png_with_profile(image: &DynamicImage, profile: &[u8], path: &Path) {
+    let mut encoder = image::codecs::png::PngEncoder::new(std::fs::File::create(path).unwrap());
+    encoder.set_icc_profile(profile.to_vec()).unwrap();
+    image.write_with_encoder(encoder).unwrap();
+}
+
+/// An input's color profile (LittleCMS's sRGB, made by Pillow:
+/// tests/fixtures/icc/make_fixtures.py) ends up in every output format that
+/// holds one, byte for byte, for JPEG and PNG inputs, 16-bit and RGBA ones
+/// too; BMP outputs are written without it and say so; a gray profile, which
+/// cannot describe the RGB output, is left out with a warning; an input
+/// without a profile gives outputs without one.
+#[test]
+fn the_input_color_profile_is_carried_to_the_outputs() {
+    let fixtures = repo().join("tests/fixtures/icc");
+    let profile = std::fs::read(fixtures.join("srgb.icc")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let upscale = |input: &Path, output: &Path| {
+        tadsr(&[
+            "run",
+            path_str(input),
+            "-o",
+            path_str(output),
+            "--process-size",
+            "0",
+        ])
+    };
+    for input in ["photo_icc.jpg", "photo_icc.png"] {
+        for extension in ["png", "jpg", "webp", "tiff"] {
+            let output = dir.path().join(format!("{input}.{extension}"));
+            let run = upscale(&fixtures.join(input), &output);
+            assert!(run.status.success(), "{}", stderr(&run));
+            assert!(!stderr(&run).contains("warning"), "{}", stderr(&run));
+            assert_eq!(
+                icc_profile_of(&output).as_deref(),
+                Some(&profile[..]),
+                "{input} -> .{extension}"
+            );
+        }
+    }
+
+    let small = small_rgb();
+    let deep = dir.path().join("deep.png");
+    png_with_profile(&DynamicImage::ImageRgb16(small.to_rgb16()), &profile, &deep);
+    let rgba = dir.path().join("rgba.png");
+    png_with_profile(&DynamicImage::ImageRgba8(small.to_rgba8()), &profile, &rgba);
+    for (input, color) in [
+        (&deep, image::ColorType::Rgb16),
+        (&rgba, image::ColorType::Rgba8),
+    ] {
+        let output = dir.path().join("out.png");
+        let run = upscale(input, &output);
+        assert!(run.status.success(), "{}", stderr(&run));
+        assert_eq!(image::open(&output).unwrap().color(), color);
+        assert_eq!(icc_profile_of(&output).as_deref(), Some(&profile[..]));
+    }
+
+    let bmp = dir.path().join("photo.bmp");
+    let run = upscale(&fixtures.join("photo_icc.jpg"), &bmp);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("its ICC color profile is not carried to")
+            && stderr(&run).contains("(BMP holds none)"),
+        "{}",
+        stderr(&run)
+    );
+    assert_eq!(image::open(&bmp).unwrap().dimensions(), (192, 144));
+
+    let mut gray_profile = profile.clone();
+    gray_profile[16..20].copy_from_slice(b"GRAY");
+    let gray = dir.path().join("gray.png");
+    png_with_profile(&small.grayscale(), &gray_profile, &gray);
+    let output = dir.path().join("gray-out.png");
+    let run = upscale(&gray, &output);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("its ICC color profile is not carried to the output")
+            && stderr(&run).contains("'GRAY'"),
+        "{}",
+        stderr(&run)
+    );
+    assert_eq!(icc_profile_of(&output), None);
+
+    let plain = dir.path().join("plain.png");
+    small.save(&plain).unwrap();
+    let output = dir.path().join("plain-out.png");
+    assert!(upscale(&plain, &output).status.success());
+    assert_eq!(icc_profile_of(&output), None);
+}

@@ -659,6 +659,7 @@ impl Batch<'_> {
             eprintln!("warning: {}: {}", shown(input), one_line(note));
         }
         let image = decoded.image;
+        let icc_profile = decoded.icc_profile;
         let read_ms = read_start.elapsed().as_secs_f64() * 1e3;
         let (model_w, model_h) = size_plan::plan_sizes(
             image.width,
@@ -726,8 +727,19 @@ impl Batch<'_> {
                     continue;
                 }
             }
+            if icc_profile.is_some()
+                && write::output_format(output_path).is_ok_and(|f| !write::holds_icc_profile(f))
+            {
+                eprintln!(
+                    "warning: {}: its ICC color profile is not carried to {} (BMP holds none); write .png, .jpg, .webp or .tiff to keep it",
+                    shown(input),
+                    shown(output_path)
+                );
+            }
             let write_start = Instant::now();
-            if let Err(error) = write::write_atomically(&upscaled.image, output_path) {
+            if let Err(error) =
+                write::write_atomically(&upscaled.image, output_path, icc_profile.as_deref())
+            {
                 drop(written);
                 self.report(input, &error.to_string());
                 continue;

@@ -200,6 +200,9 @@ pub struct DecodedInput {
     pub image: InputImage,
     /// One-line warnings (only the first frame of an animation is used, ...).
     pub notes: Vec<String>,
+    /// The input's ICC color profile, to be written into its outputs (only
+    /// one that describes RGB samples: [`super::color_profile`]).
+    pub icc_profile: Option<Vec<u8>>,
 }
 
 /// Reads one input: checks the size limits from the header, decodes, applies
@@ -326,7 +329,7 @@ fn decode_with<R: BufRead + Seek>(
     format: ImageFormat,
     limits: &InputLimits,
     check: &dyn Fn(u32, u32) -> std::result::Result<(), String>,
-    notes: Vec<String>,
+    mut notes: Vec<String>,
 ) -> Result<DecodedInput> {
     let fail = |reason: String| Error::Input(reason);
     let mut image_reader = ImageReader::with_format(reader, format);
@@ -347,6 +350,25 @@ fn decode_with<R: BufRead + Seek>(
         .set_limits(decoder_limits(limits))
         .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
     let orientation = decoder.orientation().ok();
+    let icc_profile = match decoder.icc_profile() {
+        Ok(None) => None,
+        Ok(Some(bytes)) => match super::color_profile::rgb_output_profile(&bytes) {
+            Ok(carried) => Some(carried.to_vec()),
+            Err(reason) => {
+                notes.push(format!(
+                    "its ICC color profile is not carried to the output: {reason}"
+                ));
+                None
+            }
+        },
+        Err(e) => {
+            notes.push(format!(
+                "its ICC color profile cannot be read ({}); not carried to the output",
+                one_line(&e)
+            ));
+            None
+        }
+    };
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| {
         fail(format!(
             "cannot decode (truncated or corrupt?): {}",
@@ -364,6 +386,7 @@ fn decode_with<R: BufRead + Seek>(
     Ok(DecodedInput {
         image: InputImage::from_dynamic(image),
         notes,
+        icc_profile,
     })
 }
 

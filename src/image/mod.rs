@@ -2,9 +2,11 @@
 //! ([`io`], [`container`]), the Pillow-compatible resampler ([`resample`]),
 //! the authors' size rule ([`size_plan`]), image <-> tensor conversion
 //! ([`tensor`]), the output image ([`postprocess`]), the color fix
-//! ([`colorfix`]) and atomic writes ([`write`]). Pure Rust: nothing here
+//! ([`colorfix`]), the color profiles carried to outputs ([`color_profile`])
+//! and atomic writes ([`write`]). Pure Rust: nothing here
 //! needs ONNX Runtime.
 
+pub mod color_profile;
 pub mod colorfix;
 pub mod container;
 pub mod io;

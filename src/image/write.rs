@@ -1,10 +1,12 @@
-//! Writing outputs: the format from the extension, then atomically (a
-//! `tempfile` in the same folder, synced, then renamed over the target).
+//! Writing outputs: the format from the extension, the input's color
+//! profile where the format holds one, then atomically (a `tempfile` in the
+//! same folder, synced, then renamed over the target).
 
-use std::io::{BufWriter, Write};
+use std::io::{BufWriter, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageFormat};
+use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, tiff::TiffEncoder, webp::WebPEncoder};
+use image::{DynamicImage, ImageEncoder, ImageError, ImageFormat, ImageResult};
 
 use crate::error::{Error, Result};
 
@@ -24,6 +26,45 @@ pub fn output_format(path: &Path) -> Result<ImageFormat> {
         Some(other) => Err(Error::InvalidOption(format!(
             "cannot write .{other} files; use .png, .jpg, .webp, .bmp or .tiff"
         ))),
+    }
+}
+
+/// Whether files of `format` can hold an ICC color profile as written here
+/// (BMP cannot: its encoder writes none).
+pub fn holds_icc_profile(format: ImageFormat) -> bool {
+    matches!(
+        format,
+        ImageFormat::Png | ImageFormat::Jpeg | ImageFormat::WebP | ImageFormat::Tiff
+    )
+}
+
+/// Encodes `image` as `format` into `writer`, with `icc_profile` embedded
+/// where the format holds one. Each encoder as `DynamicImage::write_to`
+/// makes it (PNG's default compression, JPEG quality 75, lossless WebP).
+fn encode<W: Write + Seek>(
+    image: &DynamicImage,
+    format: ImageFormat,
+    icc_profile: Option<&[u8]>,
+    writer: &mut W,
+) -> ImageResult<()> {
+    fn with_profile(
+        image: &DynamicImage,
+        mut encoder: impl ImageEncoder,
+        icc_profile: Option<&[u8]>,
+    ) -> ImageResult<()> {
+        if let Some(profile) = icc_profile {
+            encoder
+                .set_icc_profile(profile.to_vec())
+                .map_err(ImageError::Unsupported)?;
+        }
+        image.write_with_encoder(encoder)
+    }
+    match format {
+        ImageFormat::Png => with_profile(image, PngEncoder::new(writer), icc_profile),
+        ImageFormat::Jpeg => with_profile(image, JpegEncoder::new(writer), icc_profile),
+        ImageFormat::WebP => with_profile(image, WebPEncoder::new_lossless(writer), icc_profile),
+        ImageFormat::Tiff => with_profile(image, TiffEncoder::new(writer), icc_profile),
+        _ => image.write_to(writer, format),
     }
 }
 
@@ -60,9 +101,14 @@ pub const TEMPORARY_SUFFIX: &str = ".tmp";
 /// same folder, created exclusively (`O_EXCL`: never through a symbolic link
 /// or over an existing file) under an unpredictable name, flushed and synced,
 /// then renamed over `path` (a symbolic link at `path` is replaced, not
-/// followed). On any error the temporary file is removed and `path` is
-/// untouched.
-pub fn write_atomically(image: &DynamicImage, path: &Path) -> Result<()> {
+/// followed). `icc_profile` is embedded where the format holds one
+/// ([`holds_icc_profile`]; elsewhere it is left out). On any error the
+/// temporary file is removed and `path` is untouched.
+pub fn write_atomically(
+    image: &DynamicImage,
+    path: &Path,
+    icc_profile: Option<&[u8]>,
+) -> Result<()> {
     let format = output_format(path)?;
     let image = adapt_to_format(image, format);
     let folder = crate::naming::parent_folder(path);
@@ -93,9 +139,7 @@ pub fn write_atomically(image: &DynamicImage, path: &Path) -> Result<()> {
     let forget = |temporary_path: &Path| live_temporaries().retain(|p| p != temporary_path);
     let written = (|| -> std::result::Result<tempfile::NamedTempFile, String> {
         let mut writer = BufWriter::new(temporary);
-        image
-            .write_to(&mut writer, format)
-            .map_err(|e| e.to_string())?;
+        encode(&image, format, icc_profile, &mut writer).map_err(|e| e.to_string())?;
         writer.flush().map_err(|e| e.to_string())?;
         let temporary = writer.into_inner().map_err(|e| e.to_string())?;
         temporary.as_file().sync_all().map_err(|e| e.to_string())?;
@@ -173,7 +217,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.png");
         let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])));
-        write_atomically(&image, &path).unwrap();
+        write_atomically(&image, &path, None).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -190,7 +234,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing-folder").join("out.png");
         let image = DynamicImage::ImageRgb8(RgbImage::new(2, 2));
-        assert!(write_atomically(&image, &path).is_err());
+        assert!(write_atomically(&image, &path, None).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
