@@ -679,7 +679,7 @@ fn png_with_profile(image: &DynamicImage, profile: &[u8], path: &Path) {
 
 /// An input's color profile (LittleCMS's sRGB, made by Pillow:
 /// tests/fixtures/icc/make_fixtures.py) ends up in every output format that
-/// holds one, byte for byte, for JPEG and PNG inputs, 16-bit and RGBA ones
+/// holds one, byte for byte, for JPEG, PNG and TIFF inputs, 16-bit and RGBA ones
 /// too; BMP outputs are written without it and say so; a gray profile, which
 /// cannot describe the RGB output, is left out with a warning; an input
 /// without a profile gives outputs without one.
@@ -698,16 +698,28 @@ fn the_input_color_profile_is_carried_to_the_outputs() {
             "0",
         ])
     };
-    for input in ["photo_icc.jpg", "photo_icc.png"] {
+    let tiff = dir.path().join("photo_icc.tiff");
+    let mut encoder = image::codecs::tiff::TiffEncoder::new(std::fs::File::create(&tiff).unwrap());
+    encoder.set_icc_profile(profile.clone()).unwrap();
+    image::open(fixtures.join("photo_icc.png"))
+        .unwrap()
+        .write_with_encoder(encoder)
+        .unwrap();
+    for input in [
+        fixtures.join("photo_icc.jpg"),
+        fixtures.join("photo_icc.png"),
+        tiff,
+    ] {
+        let input_name = input.file_name().unwrap().to_str().unwrap();
         for extension in ["png", "jpg", "webp", "tiff"] {
-            let output = dir.path().join(format!("{input}.{extension}"));
-            let run = upscale(&fixtures.join(input), &output);
+            let output = dir.path().join(format!("{input_name}.{extension}"));
+            let run = upscale(&input, &output);
             assert!(run.status.success(), "{}", stderr(&run));
             assert!(!stderr(&run).contains("warning"), "{}", stderr(&run));
             assert_eq!(
                 icc_profile_of(&output).as_deref(),
                 Some(&profile[..]),
-                "{input} -> .{extension}"
+                "{input_name} -> .{extension}"
             );
         }
     }

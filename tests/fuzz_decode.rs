@@ -122,6 +122,35 @@ fn encode(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
     bytes
 }
 
+/// `image` as `format` with the committed sRGB ICC profile embedded
+/// (tests/fixtures/icc/srgb.icc), so that the mutations reach the decoders'
+/// profile parsing and ours.
+fn encode_with_profile(image: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+    use image::codecs::{jpeg::JpegEncoder, png::PngEncoder, tiff::TiffEncoder, webp::WebPEncoder};
+    use image::ImageEncoder;
+    fn with(image: &DynamicImage, mut encoder: impl ImageEncoder) {
+        encoder.set_icc_profile(srgb_profile()).unwrap();
+        image.write_with_encoder(encoder).expect("seed encodes");
+    }
+    let mut bytes = std::io::Cursor::new(Vec::new());
+    match format {
+        ImageFormat::Png => with(image, PngEncoder::new(&mut bytes)),
+        ImageFormat::Jpeg => with(image, JpegEncoder::new(&mut bytes)),
+        ImageFormat::WebP => with(image, WebPEncoder::new_lossless(&mut bytes)),
+        ImageFormat::Tiff => with(image, TiffEncoder::new(&mut bytes)),
+        _ => unreachable!("no profile for {format:?}"),
+    }
+    bytes.into_inner()
+}
+
+fn srgb_profile() -> Vec<u8> {
+    std::fs::read(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/icc/srgb.icc"))
+        .unwrap()
+}
+
+/// How many of [`seeds`] (the last ones) hold an ICC profile.
+const SEEDS_WITH_PROFILE: usize = 4;
+
 /// Small valid files of every supported format and several pixel types.
 fn seeds() -> Vec<Vec<u8>> {
     let image = gradient(13, 9);
@@ -145,6 +174,10 @@ fn seeds() -> Vec<Vec<u8>> {
         encode(&rgba8, ImageFormat::Bmp),
         encode(&rgb8, ImageFormat::Tiff),
         encode(&rgb16, ImageFormat::Tiff),
+        encode_with_profile(&rgb8, ImageFormat::Png),
+        encode_with_profile(&rgb8, ImageFormat::Jpeg),
+        encode_with_profile(&rgba8, ImageFormat::WebP),
+        encode_with_profile(&rgb16, ImageFormat::Tiff),
     ]
 }
 
@@ -401,10 +434,17 @@ proptest! {
 
 #[test]
 fn every_seed_decodes() {
-    for (index, seed) in seeds().iter().enumerate() {
+    let seeds = seeds();
+    for (index, seed) in seeds.iter().enumerate() {
         let decoded = decode_bytes(seed, &LIMITS).unwrap_or_else(|e| panic!("seed {index}: {e}"));
         let size = (decoded.image.width, decoded.image.height);
         assert!(size == (13, 9) || size == (1, 1), "seed {index}: {size:?}");
+        let with_profile = index >= seeds.len() - SEEDS_WITH_PROFILE;
+        assert_eq!(
+            decoded.icc_profile,
+            with_profile.then(srgb_profile),
+            "seed {index}"
+        );
     }
 }
 

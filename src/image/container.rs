@@ -7,6 +7,8 @@ use std::io::{BufRead, Read, Seek, SeekFrom};
 
 use image::ImageFormat;
 
+use super::color_profile::MAX_PROFILE_BYTES;
+
 /// The format from the first bytes, if it is one this build reads.
 pub(super) fn supported_format(head: &[u8]) -> Option<ImageFormat> {
     match image::guess_format(head).ok()? {
@@ -261,23 +263,50 @@ pub(super) fn webp_animation_frames(reader: &mut (impl Read + Seek)) -> Option<u
     animated.then_some(frames.max(1))
 }
 
-/// Walks a TIFF's directories (IFDs): returns how many pages it has (at
-/// most 10000; 1 when the structure cannot be read, the decoder then says
-/// why), or why it is refused: a tag or a strip/tile that claims more bytes
-/// than the file holds. The decoder would otherwise reserve memory for such
-/// claims (hundreds of MB for a 1 KB file) before finding out.
-pub(super) fn tiff_page_count(
+/// What the walk of a TIFF's directories found.
+pub(super) struct TiffLayout {
+    /// Pages (directories), at least 1.
+    pub pages: usize,
+    /// The first page's ICC profile (tag 34675), when it has one of at most
+    /// [`MAX_PROFILE_BYTES`]. Read here because the image crate's TIFF
+    /// decoder reads tags under a limit of the image's own byte size (a
+    /// 588-byte profile of a 13x9 image is refused).
+    pub icc_profile: Option<Vec<u8>>,
+}
+
+/// Walks a TIFF's directories (IFDs): how many pages it has (at most 10000;
+/// 1 when the structure cannot be read, the decoder then says why) and the
+/// first page's ICC profile, or why it is refused: a tag or a strip/tile
+/// that claims more bytes than the file holds. The decoder would otherwise
+/// reserve memory for such claims (hundreds of MB for a 1 KB file) before
+/// finding out.
+pub(super) fn tiff_layout(
     reader: &mut (impl Read + Seek),
-) -> std::result::Result<usize, String> {
+) -> std::result::Result<TiffLayout, String> {
+    let unreadable = TiffLayout {
+        pages: 1,
+        icc_profile: None,
+    };
     let Ok(file_len) = reader.seek(SeekFrom::End(0)) else {
-        return Ok(1);
+        return Ok(unreadable);
     };
     if reader.seek(SeekFrom::Start(0)).is_err() {
-        return Ok(1);
+        return Ok(unreadable);
     }
     match tiff_pages(reader, file_len) {
-        Ok(pages) => Ok(pages.max(1)),
-        Err(TiffWalk::Unreadable) => Ok(1),
+        Ok((pages, profile_at)) => {
+            let icc_profile = profile_at.and_then(|(offset, len)| {
+                let mut bytes = vec![0u8; len];
+                reader.seek(SeekFrom::Start(offset)).ok()?;
+                reader.read_exact(&mut bytes).ok()?;
+                Some(bytes)
+            });
+            Ok(TiffLayout {
+                pages: pages.max(1),
+                icc_profile,
+            })
+        }
+        Err(TiffWalk::Unreadable) => Ok(unreadable),
         Err(TiffWalk::Corrupt(reason)) => Err(format!("corrupt TIFF: {reason}")),
     }
 }
@@ -314,10 +343,14 @@ fn tiff_type_size(field_type: u16) -> u64 {
     }
 }
 
+/// The TIFF tag of an embedded ICC profile.
+const TIFF_ICC_PROFILE_TAG: u16 = 34675;
+
+/// Pages, and where the first page's ICC profile lies (offset, bytes).
 fn tiff_pages(
     reader: &mut (impl Read + Seek),
     file_len: u64,
-) -> std::result::Result<usize, TiffWalk> {
+) -> std::result::Result<(usize, Option<(u64, usize)>), TiffWalk> {
     let mut header = [0u8; 8];
     reader.read_exact(&mut header)?;
     let little = match &header[..2] {
@@ -363,6 +396,7 @@ fn tiff_pages(
     };
     let mut seen = std::collections::HashSet::new();
     let mut pages = 0;
+    let mut profile_at = None;
     while offset != 0 && pages < 10_000 && seen.insert(offset) {
         reader.seek(SeekFrom::Start(offset))?;
         let entries = read_uint(reader, count_width)?;
@@ -399,6 +433,15 @@ fn tiff_pages(
                     "tag {tag} claims {bytes} bytes at offset {value}, past the end of the file ({file_len} bytes)"
                 )));
             }
+            if tag == TIFF_ICC_PROFILE_TAG
+                && pages == 0
+                && profile_at.is_none()
+                && matches!(field_type, 1 | 7)
+                && !inline
+                && bytes <= MAX_PROFILE_BYTES as u64
+            {
+                profile_at = Some((value, bytes as usize));
+            }
             // StripByteCounts and TileByteCounts: no chunk larger than the file.
             if matches!(tag, 279 | 325) && matches!(field_type, 3 | 4 | 16) {
                 if inline {
@@ -424,5 +467,5 @@ fn tiff_pages(
             Err(_) => break,
         };
     }
-    Ok(pages)
+    Ok((pages, profile_at))
 }

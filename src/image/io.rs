@@ -7,9 +7,7 @@ use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb32FImage, RgbImage};
 
-use super::container::{
-    check_jpeg_complete, supported_format, tiff_page_count, webp_animation_frames,
-};
+use super::container::{check_jpeg_complete, supported_format, tiff_layout, webp_animation_frames};
 use crate::error::{Error, Result};
 
 /// File extensions accepted as inputs (case-insensitive).
@@ -271,6 +269,8 @@ fn decode_stream<R: BufRead + Seek>(
             .map_err(|e| fail(format!("cannot read: {e}")))
     };
     let mut notes = Vec::new();
+    // a profile the container walk found (TIFF), else the decoder's
+    let mut found_profile = None;
     rewind(&mut reader)?;
     match format {
         ImageFormat::Jpeg => {
@@ -296,7 +296,14 @@ fn decode_stream<R: BufRead + Seek>(
                 .take(layout.length)
                 .read_to_end(&mut bytes)
                 .map_err(|e| fail(format!("cannot read: {e}")))?;
-            return decode_with(std::io::Cursor::new(bytes), format, limits, check, notes);
+            return decode_with(
+                std::io::Cursor::new(bytes),
+                format,
+                limits,
+                check,
+                notes,
+                None,
+            );
         }
         ImageFormat::WebP => {
             if let Some(frames) = webp_animation_frames(&mut reader) {
@@ -306,17 +313,19 @@ fn decode_stream<R: BufRead + Seek>(
             }
         }
         ImageFormat::Tiff => {
-            let pages = tiff_page_count(&mut reader).map_err(fail)?;
-            if pages > 1 {
+            let layout = tiff_layout(&mut reader).map_err(fail)?;
+            if layout.pages > 1 {
                 notes.push(format!(
-                    "a TIFF with {pages} pages; only the first page is upscaled"
+                    "a TIFF with {} pages; only the first page is upscaled",
+                    layout.pages
                 ));
             }
+            found_profile = layout.icc_profile;
         }
         _ => {}
     }
     rewind(&mut reader)?;
-    decode_with(reader, format, limits, check, notes)
+    decode_with(reader, format, limits, check, notes, found_profile)
 }
 
 /// Most bytes a JPEG may hold besides its pixels' data (metadata, ICC
@@ -330,6 +339,7 @@ fn decode_with<R: BufRead + Seek>(
     limits: &InputLimits,
     check: &dyn Fn(u32, u32) -> std::result::Result<(), String>,
     mut notes: Vec<String>,
+    found_profile: Option<Vec<u8>>,
 ) -> Result<DecodedInput> {
     let fail = |reason: String| Error::Input(reason);
     let mut image_reader = ImageReader::with_format(reader, format);
@@ -346,11 +356,12 @@ fn decode_with<R: BufRead + Seek>(
     let (width, height) = decoder.dimensions();
     check_size(width, height, limits).map_err(fail)?;
     check(width, height).map_err(fail)?;
-    decoder
-        .set_limits(decoder_limits(limits))
-        .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
-    let orientation = decoder.orientation().ok();
-    let icc_profile = match decoder.icc_profile() {
+    // the header's allocation limit holds while the decoder reads it
+    let profile = match found_profile {
+        Some(bytes) => Ok(Some(bytes)),
+        None => decoder.icc_profile(),
+    };
+    let icc_profile = match profile {
         Ok(None) => None,
         Ok(Some(bytes)) => match super::color_profile::rgb_output_profile(&bytes) {
             Ok(carried) => Some(carried.to_vec()),
@@ -369,6 +380,10 @@ fn decode_with<R: BufRead + Seek>(
             None
         }
     };
+    decoder
+        .set_limits(decoder_limits(limits))
+        .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
+    let orientation = decoder.orientation().ok();
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| {
         fail(format!(
             "cannot decode (truncated or corrupt?): {}",
