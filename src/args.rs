@@ -110,10 +110,11 @@ Examples:
   tadsr-edge run photos/ -o out/ --tile 512 --tile-overlap 64
   tadsr-edge run a.jpg b.png -o out/ -t 200,500,800 --json
   tadsr-edge run scan.tiff -o big.png --provider cpu --threads 2 --seed 7
+  tadsr-edge run photos/ -o out/ --skip-existing   (resume an interrupted batch)
 
 Exit codes: 0 all written; 1 some inputs failed (one line each, the rest were
 written); 2 usage, model or runtime errors; 130 SIGINT (Ctrl-C), 143 SIGTERM,
-129 SIGHUP: stopped cleanly, only complete outputs left.";
+129 SIGHUP: stopped cleanly, only complete outputs left (--skip-existing resumes).";
 
 const BENCH_EXAMPLES: &str = "\
 Examples:
@@ -410,6 +411,9 @@ pub struct RunArgs {
     /// Most pixels processed for one input (its output, or its enlarged size under the minimum-size rule), 1..2^32.
     #[arg(long, default_value_t = tadsr_edge::image::io::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_MAX_PIXELS))]
     pub max_pixels: u64,
+    /// Leave the outputs that already exist as regular files, and skip the inputs whose outputs all exist: a batch resumed after an interruption redoes nothing (outputs are written atomically, so one that exists is complete)
+    #[arg(long)]
+    pub skip_existing: bool,
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,

@@ -253,6 +253,13 @@ pub enum Verdict {
     Refused(Error),
 }
 
+/// Whether `output` exists as a regular file itself (not through a symbolic
+/// link: a link at an output name is replaced when written, never
+/// followed). What `run --skip-existing` leaves as it is.
+pub fn output_exists(output: &Path) -> bool {
+    std::fs::symlink_metadata(output).is_ok_and(|meta| meta.is_file())
+}
+
 /// One input of the batch and its outputs, one per timestep.
 #[derive(Debug)]
 pub struct PlannedInput {

@@ -607,6 +607,30 @@ fn ctrl_c_stops_the_batch_and_leaves_nothing_partial() {
         image::open(out.join("a.png")).unwrap().dimensions(),
         (192, 160)
     );
+
+    // resumed: the output written before the interruption stays as it is
+    let written_before = std::fs::read(out.join("a.png")).unwrap();
+    let resumed = common::tadsr_command(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "--skip-existing",
+    ])
+    .output()
+    .unwrap();
+    let resumed_stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{resumed_stderr}");
+    assert!(
+        resumed_stderr.contains(
+            "skipping 1 input(s) whose outputs all exist (--skip-existing); 2 to compute"
+        ),
+        "{resumed_stderr}"
+    );
+    assert_eq!(folder_names(&out), ["a.png", "b.png", "c.png"]);
+    assert_eq!(std::fs::read(out.join("a.png")).unwrap(), written_before);
 }
 
 /// A second signal stops the process at once, inside a stage that cannot
@@ -771,4 +795,119 @@ fn the_input_color_profile_is_carried_to_the_outputs() {
     let output = dir.path().join("plain-out.png");
     assert!(upscale(&plain, &output).status.success());
     assert_eq!(icc_profile_of(&output), None);
+}
+
+/// `--skip-existing` resumes a batch: an input whose output exists as a
+/// regular file is not computed and its output is left byte for byte; a
+/// missing output is written; a symbolic link at an output name does not
+/// count (it is replaced, its target untouched); with several timesteps
+/// only the missing ones are written; when every output exists the model is
+/// not even loaded. `--json` accounts for every output.
+#[test]
+fn skip_existing_resumes_a_batch_and_touches_nothing_that_exists() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    for name in ["a.png", "b.png", "c.png"] {
+        small_rgb().save(inputs.join(name)).unwrap();
+    }
+    let out = dir.path().join("out");
+    std::fs::create_dir(&out).unwrap();
+    // an earlier run's output (any bytes: it must be left as it is)
+    let earlier = b"not really a PNG, left by an earlier run".to_vec();
+    std::fs::write(out.join("a.png"), &earlier).unwrap();
+    let link_target = dir.path().join("elsewhere.png");
+    std::fs::write(&link_target, b"someone else's file").unwrap();
+    std::os::unix::fs::symlink(&link_target, out.join("c.png")).unwrap();
+
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "--skip-existing",
+        "--json",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(std::fs::read(out.join("a.png")).unwrap(), earlier);
+    assert_eq!(
+        image::open(out.join("b.png")).unwrap().dimensions(),
+        (192, 160)
+    );
+    assert!(!std::fs::symlink_metadata(out.join("c.png"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    assert_eq!(
+        image::open(out.join("c.png")).unwrap().dimensions(),
+        (192, 160)
+    );
+    assert_eq!(std::fs::read(&link_target).unwrap(), b"someone else's file");
+    let lines: Vec<serde_json::Value> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let skipped: Vec<&str> = lines
+        .iter()
+        .filter(|line| line.get("skipped").is_some())
+        .map(|line| line["output"].as_str().unwrap())
+        .collect();
+    assert_eq!(skipped, [path_str(&out.join("a.png"))]);
+    assert_eq!(lines.len(), 3, "{lines:?}");
+
+    // everything there now: nothing computed, the model not loaded
+    let before: Vec<Vec<u8>> = ["a.png", "b.png", "c.png"]
+        .iter()
+        .map(|name| std::fs::read(out.join(name)).unwrap())
+        .collect();
+    let again = tadsr(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--skip-existing",
+    ]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert!(
+        stderr(&again).contains("skipping 3 input(s) whose outputs all exist")
+            && !stderr(&again).contains("loaded"),
+        "{}",
+        stderr(&again)
+    );
+    for (name, bytes) in ["a.png", "b.png", "c.png"].iter().zip(&before) {
+        assert_eq!(&std::fs::read(out.join(name)).unwrap(), bytes, "{name}");
+    }
+
+    // several timesteps: the missing one is written, the existing one left
+    let single = dir.path().join("single.png");
+    small_rgb().save(&single).unwrap();
+    let result = dir.path().join("result.png");
+    std::fs::write(dir.path().join("result_t200.png"), &earlier).unwrap();
+    let run = tadsr(&[
+        "run",
+        path_str(&single),
+        "-o",
+        path_str(&result),
+        "-t",
+        "200,500",
+        "--process-size",
+        "0",
+        "--skip-existing",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(
+        std::fs::read(dir.path().join("result_t200.png")).unwrap(),
+        earlier
+    );
+    assert_eq!(
+        image::open(dir.path().join("result_t500.png"))
+            .unwrap()
+            .dimensions(),
+        (192, 160)
+    );
 }

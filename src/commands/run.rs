@@ -270,6 +270,48 @@ fn check_bundle_defaults(args: &RunArgs, pipeline: &Pipeline) -> anyhow::Result<
     Ok(())
 }
 
+/// `--skip-existing`: drops the jobs whose outputs all exist and returns the
+/// existing outputs of the others (left as they are when written). Says how
+/// many inputs were skipped, and with `--json` prints a line per output
+/// left.
+fn skip_existing_outputs(
+    jobs: &mut Vec<(PathBuf, Vec<PathBuf>)>,
+    args: &RunArgs,
+) -> anyhow::Result<HashSet<PathBuf>> {
+    let mut existing = HashSet::new();
+    let mut skipped = 0usize;
+    let mut kept = Vec::with_capacity(jobs.len());
+    for (input, outputs) in jobs.drain(..) {
+        let present: Vec<&PathBuf> = outputs
+            .iter()
+            .filter(|output| naming::output_exists(output))
+            .collect();
+        if args.json {
+            for output in &present {
+                print_line(json!({
+                    "input": json_path(&input),
+                    "output": json_path(output),
+                    "skipped": "the output exists (--skip-existing)",
+                }))?;
+            }
+        }
+        existing.extend(present.iter().map(|output| (*output).clone()));
+        if present.len() == outputs.len() {
+            skipped += 1;
+        } else {
+            kept.push((input, outputs));
+        }
+    }
+    *jobs = kept;
+    if skipped > 0 && !args.quiet {
+        eprintln!(
+            "skipping {skipped} input(s) whose outputs all exist (--skip-existing); {} to compute",
+            jobs.len()
+        );
+    }
+    Ok(existing)
+}
+
 /// Runs the batch; returns how it ended. Everything that can be checked is
 /// checked before the first network runs: the options, every input's file
 /// type, the whole input -> output map, the output folder.
@@ -324,8 +366,17 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             }
         }
     }
+    let existing_outputs = if args.skip_existing {
+        skip_existing_outputs(&mut jobs, args)?
+    } else {
+        HashSet::new()
+    };
     if jobs.is_empty() {
-        return Ok(Outcome::SomeInputsFailed);
+        return Ok(if failed > 0 {
+            Outcome::SomeInputsFailed
+        } else {
+            Outcome::Done
+        });
     }
     // The output folder, probed now when it exists (a missing one is made
     // once the model has loaded).
@@ -469,6 +520,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         unfinished: AtomicUsize::new(0),
         show_bars: !args.quiet && inflight == 1 && std::io::stderr().is_terminal(),
         jobs: &jobs,
+        existing_outputs,
         server_requests: config.server.as_ref().map(|server| server.requests.clone()),
     };
     if inflight == 1 {
@@ -581,6 +633,9 @@ struct Batch<'a> {
     unfinished: AtomicUsize,
     show_bars: bool,
     jobs: &'a [(PathBuf, Vec<PathBuf>)],
+    /// With --skip-existing: outputs that existed before the run, left as
+    /// they are (an input with one of several timesteps' outputs missing).
+    existing_outputs: HashSet<PathBuf>,
     /// With --server: the batch's request slots (`--inflight`), for the
     /// JSON line's count of requests in flight at once.
     server_requests: Option<tadsr_edge::remote::RequestSlots>,
@@ -700,6 +755,9 @@ impl Batch<'_> {
             }
         };
         for (upscaled, output_path) in outputs.into_iter().zip(output_paths) {
+            if self.existing_outputs.contains(output_path) {
+                continue;
+            }
             // The clash check, the write and its record are one step for
             // all workers: the folder may have changed since the plan, and
             // a case-insensitive file system makes two names one file.
