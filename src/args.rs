@@ -411,6 +411,12 @@ pub struct RunArgs {
     /// Most pixels processed for one input (its output, or its enlarged size under the minimum-size rule), 1..2^32.
     #[arg(long, default_value_t = tadsr_edge::image::io::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_MAX_PIXELS))]
     pub max_pixels: u64,
+    /// Format of the outputs written into a folder (-o DIR); with -o FILE its extension decides [default: png]
+    #[arg(long, value_enum)]
+    pub format: Option<OutputFormatArg>,
+    /// JPEG quality of .jpg outputs, 1..100 (PNG, TIFF, BMP and WebP are written lossless) [default: 95]
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=100))]
+    pub quality: Option<u8>,
     /// Leave the outputs that already exist as regular files, and skip the inputs whose outputs all exist: a batch resumed after an interruption redoes nothing (outputs are written atomically, so one that exists is complete)
     #[arg(long)]
     pub skip_existing: bool,
@@ -444,6 +450,39 @@ impl TileShapeArg {
 pub enum TilingArg {
     Staged,
     Latent,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormatArg {
+    Png,
+    Jpg,
+    Webp,
+    Bmp,
+    Tiff,
+}
+
+impl OutputFormatArg {
+    /// The image format it names.
+    pub fn image_format(self) -> image::ImageFormat {
+        match self {
+            OutputFormatArg::Png => image::ImageFormat::Png,
+            OutputFormatArg::Jpg => image::ImageFormat::Jpeg,
+            OutputFormatArg::Webp => image::ImageFormat::WebP,
+            OutputFormatArg::Bmp => image::ImageFormat::Bmp,
+            OutputFormatArg::Tiff => image::ImageFormat::Tiff,
+        }
+    }
+
+    /// The extension of files of this format.
+    pub fn extension(self) -> &'static str {
+        match self {
+            OutputFormatArg::Png => "png",
+            OutputFormatArg::Jpg => "jpg",
+            OutputFormatArg::Webp => "webp",
+            OutputFormatArg::Bmp => "bmp",
+            OutputFormatArg::Tiff => "tiff",
+        }
+    }
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

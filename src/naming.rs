@@ -24,8 +24,21 @@ pub const MAX_NAME_BYTES: usize = 255;
 pub enum OutputTarget {
     /// One output file (one input).
     File(PathBuf),
-    /// A folder for all outputs (created if missing).
-    Dir(PathBuf),
+    /// A folder for all outputs (created if missing), each `<stem>.<extension>`.
+    Dir {
+        folder: PathBuf,
+        extension: &'static str,
+    },
+}
+
+impl OutputTarget {
+    /// A folder whose outputs are PNG.
+    pub fn png_folder(folder: impl Into<PathBuf>) -> Self {
+        OutputTarget::Dir {
+            folder: folder.into(),
+            extension: "png",
+        }
+    }
 }
 
 /// A path as it may be printed on one line: unchanged when it is valid UTF-8
@@ -65,8 +78,12 @@ pub fn shown_os(name: &OsStr) -> String {
 /// work: an existing folder, a path ending in `/` or a path without an
 /// extension is a folder; otherwise a file, which needs exactly one input,
 /// a supported extension and an existing parent folder. `-o -` and devices,
-/// FIFOs or sockets are refused.
-pub fn output_target(output: &Path, input_count: usize) -> Result<OutputTarget> {
+/// FIFOs or sockets are refused. Outputs in a folder get `folder_extension`.
+pub fn output_target(
+    output: &Path,
+    input_count: usize,
+    folder_extension: &'static str,
+) -> Result<OutputTarget> {
     let invalid = |m: String| Err(Error::InvalidOption(m));
     if output.as_os_str().is_empty() {
         return invalid("-o is empty; give a file or a folder".into());
@@ -80,7 +97,12 @@ pub fn output_target(output: &Path, input_count: usize) -> Result<OutputTarget> 
     let shown_output = shown(output);
     let ends_with_slash = output.as_os_str().as_encoded_bytes().ends_with(b"/");
     match std::fs::metadata(output) {
-        Ok(meta) if meta.is_dir() => return Ok(OutputTarget::Dir(output.to_path_buf())),
+        Ok(meta) if meta.is_dir() => {
+            return Ok(OutputTarget::Dir {
+                folder: output.to_path_buf(),
+                extension: folder_extension,
+            })
+        }
         Ok(meta) if !meta.is_file() => {
             return invalid(format!(
                 "-o {shown_output} is {}, not a file or a folder; give a file or a folder",
@@ -95,7 +117,10 @@ pub fn output_target(output: &Path, input_count: usize) -> Result<OutputTarget> 
         _ => {}
     }
     if ends_with_slash || output.extension().is_none() {
-        return Ok(OutputTarget::Dir(output.to_path_buf()));
+        return Ok(OutputTarget::Dir {
+            folder: output.to_path_buf(),
+            extension: folder_extension,
+        });
     }
     if input_count > 1 {
         return invalid(format!(
@@ -175,11 +200,12 @@ pub fn output_path(
         String::new()
     };
     match target {
-        OutputTarget::Dir(dir) => {
+        OutputTarget::Dir { folder, extension } => {
             let mut name: OsString = input.file_stem().unwrap_or_default().to_os_string();
             name.push(&suffix);
-            name.push(".png");
-            dir.join(name)
+            name.push(".");
+            name.push(extension);
+            folder.join(name)
         }
         OutputTarget::File(file) if several_timesteps => {
             let mut name: OsString = file.file_stem().unwrap_or_default().to_os_string();
@@ -422,27 +448,30 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
         assert_eq!(
-            output_target(&dir.path().join("out/"), 1).unwrap(),
-            OutputTarget::Dir(dir.path().join("out/"))
+            output_target(&dir.path().join("out/"), 1, "png").unwrap(),
+            OutputTarget::png_folder(dir.path().join("out/"))
         );
         assert_eq!(
-            output_target(&out, 3).unwrap(),
-            OutputTarget::Dir(out.clone())
+            output_target(&out, 3, "jpg").unwrap(),
+            OutputTarget::Dir {
+                folder: out.clone(),
+                extension: "jpg"
+            }
         );
         let file = dir.path().join("x.png");
         assert_eq!(
-            output_target(&file, 1).unwrap(),
+            output_target(&file, 1, "png").unwrap(),
             OutputTarget::File(file.clone())
         );
-        assert!(output_target(&file, 2).is_err());
-        assert!(output_target(&dir.path().join("x.gif"), 1).is_err());
-        assert!(output_target(&dir.path().join("missing/x.png"), 1).is_err());
-        assert!(output_target(Path::new("-"), 1).is_err());
+        assert!(output_target(&file, 2, "png").is_err());
+        assert!(output_target(&dir.path().join("x.gif"), 1, "png").is_err());
+        assert!(output_target(&dir.path().join("missing/x.png"), 1, "png").is_err());
+        assert!(output_target(Path::new("-"), 1, "png").is_err());
     }
 
     #[test]
     fn names() {
-        let dir = OutputTarget::Dir("out".into());
+        let dir = OutputTarget::png_folder("out");
         assert_eq!(
             output_path(&dir, Path::new("in/cat.jpg"), 500, false),
             PathBuf::from("out/cat.png")
@@ -450,6 +479,14 @@ mod tests {
         assert_eq!(
             output_path(&dir, Path::new("in/cat.jpg"), 200, true),
             PathBuf::from("out/cat_t200.png")
+        );
+        let jpeg_folder = OutputTarget::Dir {
+            folder: "out".into(),
+            extension: "jpg",
+        };
+        assert_eq!(
+            output_path(&jpeg_folder, Path::new("in/cat.png"), 200, true),
+            PathBuf::from("out/cat_t200.jpg")
         );
         let file = OutputTarget::File("res/big.png".into());
         assert_eq!(
@@ -466,7 +503,7 @@ mod tests {
     #[test]
     fn names_that_are_not_utf8_stay_distinct() {
         use std::os::unix::ffi::OsStrExt;
-        let dir = OutputTarget::Dir("out".into());
+        let dir = OutputTarget::png_folder("out");
         let a = Path::new(OsStr::from_bytes(b"caf\xe9.png"));
         let b = Path::new(OsStr::from_bytes(b"caf\xe8.png"));
         assert_ne!(
@@ -481,7 +518,7 @@ mod tests {
     #[test]
     fn two_inputs_for_one_output_are_both_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let target = OutputTarget::Dir(dir.path().join("out"));
+        let target = OutputTarget::png_folder(dir.path().join("out"));
         let inputs = vec![
             PathBuf::from("a.jpg"),
             PathBuf::from("a.png"),
@@ -506,7 +543,12 @@ mod tests {
         std::fs::write(cx.join("a.jpg"), b"x").unwrap();
         std::fs::write(cy.join("a.png"), b"y").unwrap();
         let inputs = vec![cx.join("a.jpg"), cy.join("a.png")];
-        let plans = plan_batch(&OutputTarget::Dir(cy.clone()), &inputs, &[500], &[false; 2]);
+        let plans = plan_batch(
+            &OutputTarget::png_folder(cy.clone()),
+            &inputs,
+            &[500],
+            &[false; 2],
+        );
         let reasons: Vec<String> = plans
             .iter()
             .map(|p| match &p.verdict {
@@ -527,7 +569,7 @@ mod tests {
         std::fs::write(dir.path().join("a.png"), b"x").unwrap();
         let inputs = vec![dir.path().join("a.png"), dir.path().join(".").join("a.png")];
         let plans = plan_batch(
-            &OutputTarget::Dir(dir.path().join("out")),
+            &OutputTarget::png_folder(dir.path().join("out")),
             &inputs,
             &[500],
             &[false; 2],

@@ -911,3 +911,102 @@ fn skip_existing_resumes_a_batch_and_touches_nothing_that_exists() {
         (192, 160)
     );
 }
+
+/// PSNR in dB between two 8-bit RGB images of one size.
+fn psnr(a: &image::RgbImage, b: &image::RgbImage) -> f64 {
+    assert_eq!(a.dimensions(), b.dimensions());
+    let squared: f64 = a
+        .as_raw()
+        .iter()
+        .zip(b.as_raw())
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum();
+    let mse = squared / a.as_raw().len() as f64;
+    10.0 * (255.0f64 * 255.0 / mse.max(1e-12)).log10()
+}
+
+/// `--format` writes folder outputs in another format (WebP lossless: the
+/// PNG's pixels exactly), `--quality` sets the JPEG quality (the default,
+/// 95, is closer to the lossless output than 50, and larger), and each is a
+/// usage error where it would do nothing.
+#[test]
+fn folder_outputs_in_another_format_and_the_jpeg_quality() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    small_rgb().save(inputs.join("a.png")).unwrap();
+    let upscale = |out: &str, extra: &[&str]| {
+        let out = dir.path().join(out);
+        let mut args = vec![
+            "run",
+            path_str(&inputs),
+            "-o",
+            path_str(&out),
+            "--process-size",
+            "0",
+            "-q",
+        ];
+        args.extend_from_slice(extra);
+        let run = tadsr(&args);
+        (out, run)
+    };
+    let (png, run) = upscale("png", &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (webp, run) = upscale("webp", &["--format", "webp"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (jpg, run) = upscale("jpg", &["--format", "jpg"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let (jpg50, run) = upscale("jpg50", &["--format", "jpg", "--quality", "50"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(folder_names(&webp), ["a.webp"]);
+    assert_eq!(folder_names(&jpg), ["a.jpg"]);
+
+    let lossless = image::open(png.join("a.png")).unwrap().to_rgb8();
+    assert_eq!(
+        image::open(webp.join("a.webp")).unwrap().to_rgb8(),
+        lossless
+    );
+    let open_jpeg = |folder: &Path| {
+        let path = folder.join("a.jpg");
+        let decoded = image::ImageReader::open(&path)
+            .unwrap()
+            .with_guessed_format()
+            .unwrap();
+        assert_eq!(decoded.format(), Some(image::ImageFormat::Jpeg));
+        (
+            decoded.decode().unwrap().to_rgb8(),
+            std::fs::metadata(&path).unwrap().len(),
+        )
+    };
+    let (at_95, size_95) = open_jpeg(&jpg);
+    let (at_50, size_50) = open_jpeg(&jpg50);
+    let (psnr_95, psnr_50) = (psnr(&at_95, &lossless), psnr(&at_50, &lossless));
+    assert!(
+        psnr_95 > psnr_50 + 3.0 && size_95 > size_50,
+        "quality 95: {psnr_95:.1} dB, {size_95} bytes; 50: {psnr_50:.1} dB, {size_50} bytes"
+    );
+
+    let file = dir.path().join("x.png");
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs.join("a.png")),
+        "-o",
+        path_str(&file),
+        "--format",
+        "jpg",
+    ]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("--format jpg applies to outputs in a folder"),
+        "{}",
+        stderr(&run)
+    );
+    let (_, run) = upscale("q", &["--quality", "80"]);
+    assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("--quality applies to JPEG outputs only"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(!file.exists() && !dir.path().join("q").exists());
+}

@@ -141,7 +141,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         let upscaled = outputs.pop().context("the pipeline gave no output")?;
         let upscale_ms = start.elapsed().as_secs_f64() * 1e3;
         let write_start = Instant::now();
-        write::write_atomically(&upscaled.image, &output_path, None)?;
+        write::write_atomically(&upscaled.image, &output_path, write::Encoding::default())?;
         let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
         let total_ms = start.elapsed().as_secs_f64() * 1e3;
         if run < args.warmup {

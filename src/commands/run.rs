@@ -232,6 +232,36 @@ fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `--format` only for folder outputs (or a file of that format), `--quality`
+/// only when the outputs are JPEG: anything else is a usage error, never an
+/// option silently ignored.
+fn check_output_encoding(target: &OutputTarget, args: &RunArgs) -> anyhow::Result<()> {
+    let format = match target {
+        OutputTarget::File(file) => write::output_format(file)?,
+        OutputTarget::Dir { .. } => args
+            .format
+            .map_or(image::ImageFormat::Png, |format| format.image_format()),
+    };
+    if let (OutputTarget::File(file), Some(asked)) = (target, args.format) {
+        if asked.image_format() != format {
+            return Err(Error::InvalidOption(format!(
+                "--format {} applies to outputs in a folder; -o {} names its own format (drop --format, or change the name)",
+                asked.extension(),
+                shown(file)
+            ))
+            .into());
+        }
+    }
+    if args.quality.is_some() && format != image::ImageFormat::Jpeg {
+        return Err(Error::InvalidOption(format!(
+            "--quality applies to JPEG outputs only, and these are {}, written lossless; give --format jpg or an -o name ending in .jpg",
+            format.extensions_str().first().copied().unwrap_or("png").to_ascii_uppercase()
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// The bundle's defaults used where the command line gives nothing, checked
 /// as the bundle's fault (not "invalid option").
 fn check_bundle_defaults(args: &RunArgs, pipeline: &Pipeline) -> anyhow::Result<()> {
@@ -322,7 +352,12 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     if inputs.is_empty() {
         anyhow::bail!("no input images found (png, jpg, webp, bmp, tiff)");
     }
-    let target = naming::output_target(&args.output, inputs.len())?;
+    let target = naming::output_target(
+        &args.output,
+        inputs.len(),
+        args.format.map_or("png", |format| format.extension()),
+    )?;
+    check_output_encoding(&target, args)?;
     let report = |input: &Path, reason: &str| {
         eprintln!("error: {}: {}", shown(input), one_line(reason));
     };
@@ -381,7 +416,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     // The output folder, probed now when it exists (a missing one is made
     // once the model has loaded).
     let folder = match &target {
-        OutputTarget::Dir(dir) => dir.clone(),
+        OutputTarget::Dir { folder, .. } => folder.clone(),
         OutputTarget::File(file) => naming::parent_folder(file).to_path_buf(),
     };
     let folder_exists = folder.is_dir();
@@ -795,9 +830,11 @@ impl Batch<'_> {
                 );
             }
             let write_start = Instant::now();
-            if let Err(error) =
-                write::write_atomically(&upscaled.image, output_path, icc_profile.as_deref())
-            {
+            let encoding = write::Encoding {
+                icc_profile: icc_profile.as_deref(),
+                jpeg_quality: self.args.quality.unwrap_or(write::DEFAULT_JPEG_QUALITY),
+            };
+            if let Err(error) = write::write_atomically(&upscaled.image, output_path, encoding) {
                 drop(written);
                 self.report(input, &error.to_string());
                 continue;

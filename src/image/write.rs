@@ -38,15 +38,37 @@ pub fn holds_icc_profile(format: ImageFormat) -> bool {
     )
 }
 
-/// Encodes `image` as `format` into `writer`, with `icc_profile` embedded
-/// where the format holds one. Each encoder as `DynamicImage::write_to`
-/// makes it (PNG's default compression, JPEG quality 75, lossless WebP).
+/// JPEG quality when none is asked for: high, since fine detail is what an
+/// upscaler adds (the image crate's own default, 75, blurs it into blocks).
+pub const DEFAULT_JPEG_QUALITY: u8 = 95;
+
+/// How an output is encoded besides its format.
+#[derive(Debug, Clone, Copy)]
+pub struct Encoding<'a> {
+    /// Embedded where the format holds one ([`holds_icc_profile`]).
+    pub icc_profile: Option<&'a [u8]>,
+    /// JPEG quality, 1..=100 (other formats are lossless).
+    pub jpeg_quality: u8,
+}
+
+impl Default for Encoding<'_> {
+    fn default() -> Self {
+        Encoding {
+            icc_profile: None,
+            jpeg_quality: DEFAULT_JPEG_QUALITY,
+        }
+    }
+}
+
+/// Encodes `image` as `format` into `writer` as `encoding` says (PNG with
+/// the default compression, JPEG at its quality, WebP lossless).
 fn encode<W: Write + Seek>(
     image: &DynamicImage,
     format: ImageFormat,
-    icc_profile: Option<&[u8]>,
+    encoding: Encoding<'_>,
     writer: &mut W,
 ) -> ImageResult<()> {
+    let icc_profile = encoding.icc_profile;
     fn with_profile(
         image: &DynamicImage,
         mut encoder: impl ImageEncoder,
@@ -61,7 +83,11 @@ fn encode<W: Write + Seek>(
     }
     match format {
         ImageFormat::Png => with_profile(image, PngEncoder::new(writer), icc_profile),
-        ImageFormat::Jpeg => with_profile(image, JpegEncoder::new(writer), icc_profile),
+        ImageFormat::Jpeg => with_profile(
+            image,
+            JpegEncoder::new_with_quality(writer, encoding.jpeg_quality.clamp(1, 100)),
+            icc_profile,
+        ),
         ImageFormat::WebP => with_profile(image, WebPEncoder::new_lossless(writer), icc_profile),
         ImageFormat::Tiff => with_profile(image, TiffEncoder::new(writer), icc_profile),
         _ => image.write_to(writer, format),
@@ -101,14 +127,9 @@ pub const TEMPORARY_SUFFIX: &str = ".tmp";
 /// same folder, created exclusively (`O_EXCL`: never through a symbolic link
 /// or over an existing file) under an unpredictable name, flushed and synced,
 /// then renamed over `path` (a symbolic link at `path` is replaced, not
-/// followed). `icc_profile` is embedded where the format holds one
-/// ([`holds_icc_profile`]; elsewhere it is left out). On any error the
-/// temporary file is removed and `path` is untouched.
-pub fn write_atomically(
-    image: &DynamicImage,
-    path: &Path,
-    icc_profile: Option<&[u8]>,
-) -> Result<()> {
+/// followed), encoded as `encoding` says. On any error the temporary file
+/// is removed and `path` is untouched.
+pub fn write_atomically(image: &DynamicImage, path: &Path, encoding: Encoding<'_>) -> Result<()> {
     let format = output_format(path)?;
     let image = adapt_to_format(image, format);
     let folder = crate::naming::parent_folder(path);
@@ -139,7 +160,7 @@ pub fn write_atomically(
     let forget = |temporary_path: &Path| live_temporaries().retain(|p| p != temporary_path);
     let written = (|| -> std::result::Result<tempfile::NamedTempFile, String> {
         let mut writer = BufWriter::new(temporary);
-        encode(&image, format, icc_profile, &mut writer).map_err(|e| e.to_string())?;
+        encode(&image, format, encoding, &mut writer).map_err(|e| e.to_string())?;
         writer.flush().map_err(|e| e.to_string())?;
         let temporary = writer.into_inner().map_err(|e| e.to_string())?;
         temporary.as_file().sync_all().map_err(|e| e.to_string())?;
@@ -217,7 +238,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("out.png");
         let image = DynamicImage::ImageRgb8(RgbImage::from_pixel(4, 4, image::Rgb([1, 2, 3])));
-        write_atomically(&image, &path, None).unwrap();
+        write_atomically(&image, &path, Encoding::default()).unwrap();
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name())
@@ -234,7 +255,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("missing-folder").join("out.png");
         let image = DynamicImage::ImageRgb8(RgbImage::new(2, 2));
-        assert!(write_atomically(&image, &path, None).is_err());
+        assert!(write_atomically(&image, &path, Encoding::default()).is_err());
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }
