@@ -96,6 +96,9 @@ echo "--- 512 untiled, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size
 echo "--- 512 untiled, --cuda-option prefer_nhwc=1"; b /tmp/sd21-fp16 bench.jsonl --size 512 --tile 0 --runs 10 --warmup 3 --cuda-option prefer_nhwc=1
 echo "--- 2048 tile 512, --tile-batch 4"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --tile-batch 4
 echo "--- 2048 tile 512, --static-shapes off"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile 512 --runs 2 --warmup 1 --static-shapes off
+# what a user gets by default: --tile auto plans against the GPU's free memory (NVML); the bench line shows the tile
+# it chose, the device memory the run took and the estimate beside it (never measured on a GPU before)
+echo "--- 2048, --tile auto"; b /tmp/sd21-fp16 bench.jsonl --size 2048 --tile auto --runs 2 --warmup 1; grep -h '^tiling:' "$OUT/last-bench.err" | tail -n 1
 date +%T
 echo "--- README rows (scripts/gpu_results_table.py; also in readme-rows.md)"
 python3 scripts/gpu_results_table.py "$OUT" | tee "$OUT/readme-rows.md"
