@@ -351,7 +351,7 @@ pub struct GoldenArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Input images or folders (not recursive): png, jpg, webp, bmp, tiff.
+    /// Input images or folders (their subfolders too with --recursive): png, jpg, webp, bmp, tiff.
     #[arg(required = true, value_name = "INPUT")]
     pub inputs: Vec<PathBuf>,
     /// Output file (one input) or folder (created if missing).
@@ -411,6 +411,9 @@ pub struct RunArgs {
     /// Most pixels processed for one input (its output, or its enlarged size under the minimum-size rule), 1..2^32.
     #[arg(long, default_value_t = tadsr_edge::image::io::DEFAULT_MAX_PIXELS, value_parser = clap::value_parser!(u64).range(1..=MAX_MAX_PIXELS))]
     pub max_pixels: u64,
+    /// Read folders with their subfolders: outputs go to the same subfolders under -o DIR (created as needed). Symbolic links to folders, hidden folders (.name) and the output folder itself are not entered
+    #[arg(long, short = 'r')]
+    pub recursive: bool,
     /// Format of the outputs written into a folder (-o DIR); with -o FILE its extension decides [default: png]
     #[arg(long, value_enum)]
     pub format: Option<OutputFormatArg>,

@@ -191,6 +191,7 @@ pub fn special_file_kind(meta: &std::fs::Metadata) -> &'static str {
 pub fn output_path(
     target: &OutputTarget,
     input: &Path,
+    subfolder: &Path,
     timestep: u32,
     several_timesteps: bool,
 ) -> PathBuf {
@@ -205,7 +206,7 @@ pub fn output_path(
             name.push(&suffix);
             name.push(".");
             name.push(extension);
-            folder.join(name)
+            folder.join(subfolder).join(name)
         }
         OutputTarget::File(file) if several_timesteps => {
             let mut name: OsString = file.file_stem().unwrap_or_default().to_os_string();
@@ -306,6 +307,7 @@ pub struct PlannedInput {
 pub fn plan_batch(
     target: &OutputTarget,
     inputs: &[PathBuf],
+    subfolders: &[PathBuf],
     timesteps: &[u32],
     unusable: &[bool],
 ) -> Vec<PlannedInput> {
@@ -313,11 +315,17 @@ pub fn plan_batch(
     let identities: Vec<FileIdentity> = inputs.iter().map(|p| FileIdentity::of(p)).collect();
     let mut plans: Vec<PlannedInput> = inputs
         .iter()
-        .map(|input| PlannedInput {
+        .enumerate()
+        .map(|(index, input)| PlannedInput {
             input: input.clone(),
             outputs: timesteps
                 .iter()
-                .map(|&t| (t, output_path(target, input, t, several)))
+                .map(|&t| {
+                    let subfolder = subfolders
+                        .get(index)
+                        .map_or(Path::new(""), PathBuf::as_path);
+                    (t, output_path(target, input, subfolder, t, several))
+                })
                 .collect(),
             verdict: Verdict::Go,
         })
@@ -473,11 +481,11 @@ mod tests {
     fn names() {
         let dir = OutputTarget::png_folder("out");
         assert_eq!(
-            output_path(&dir, Path::new("in/cat.jpg"), 500, false),
+            output_path(&dir, Path::new("in/cat.jpg"), Path::new(""), 500, false),
             PathBuf::from("out/cat.png")
         );
         assert_eq!(
-            output_path(&dir, Path::new("in/cat.jpg"), 200, true),
+            output_path(&dir, Path::new("in/cat.jpg"), Path::new(""), 200, true),
             PathBuf::from("out/cat_t200.png")
         );
         let jpeg_folder = OutputTarget::Dir {
@@ -485,16 +493,32 @@ mod tests {
             extension: "jpg",
         };
         assert_eq!(
-            output_path(&jpeg_folder, Path::new("in/cat.png"), 200, true),
+            output_path(
+                &jpeg_folder,
+                Path::new("in/cat.png"),
+                Path::new(""),
+                200,
+                true
+            ),
             PathBuf::from("out/cat_t200.jpg")
+        );
+        assert_eq!(
+            output_path(
+                &dir,
+                Path::new("in/2024/05/cat.jpg"),
+                Path::new("2024/05"),
+                500,
+                false
+            ),
+            PathBuf::from("out/2024/05/cat.png")
         );
         let file = OutputTarget::File("res/big.png".into());
         assert_eq!(
-            output_path(&file, Path::new("cat.jpg"), 200, false),
+            output_path(&file, Path::new("cat.jpg"), Path::new(""), 200, false),
             PathBuf::from("res/big.png")
         );
         assert_eq!(
-            output_path(&file, Path::new("cat.jpg"), 800, true),
+            output_path(&file, Path::new("cat.jpg"), Path::new(""), 800, true),
             PathBuf::from("res/big_t800.png")
         );
     }
@@ -507,8 +531,8 @@ mod tests {
         let a = Path::new(OsStr::from_bytes(b"caf\xe9.png"));
         let b = Path::new(OsStr::from_bytes(b"caf\xe8.png"));
         assert_ne!(
-            output_path(&dir, a, 500, false),
-            output_path(&dir, b, 500, false)
+            output_path(&dir, a, Path::new(""), 500, false),
+            output_path(&dir, b, Path::new(""), 500, false)
         );
         assert_eq!(shown(a), "\"caf\\xE9.png\"");
         assert_eq!(shown(Path::new("a\nb.png")), "\"a\\nb.png\"");
@@ -524,7 +548,7 @@ mod tests {
             PathBuf::from("a.png"),
             PathBuf::from("b.png"),
         ];
-        let plans = plan_batch(&target, &inputs, &[500], &[false; 3]);
+        let plans = plan_batch(&target, &inputs, &[], &[500], &[false; 3]);
         for refused in &plans[..2] {
             let Verdict::Refused(error) = &refused.verdict else {
                 panic!("{plans:?}")
@@ -546,6 +570,7 @@ mod tests {
         let plans = plan_batch(
             &OutputTarget::png_folder(cy.clone()),
             &inputs,
+            &[],
             &[500],
             &[false; 2],
         );
@@ -571,6 +596,7 @@ mod tests {
         let plans = plan_batch(
             &OutputTarget::png_folder(dir.path().join("out")),
             &inputs,
+            &[],
             &[500],
             &[false; 2],
         );

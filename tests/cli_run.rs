@@ -1010,3 +1010,91 @@ fn folder_outputs_in_another_format_and_the_jpeg_quality() {
     );
     assert!(!file.exists() && !dir.path().join("q").exists());
 }
+
+/// `--recursive`: the images of subfolders are upscaled into the same
+/// subfolders of the output folder (created only where an output is
+/// written); hidden folders, symbolic links to folders (a warning) and the
+/// output folder itself, here inside the input tree, are not entered, so
+/// earlier outputs are never taken as inputs. Without it only the top level
+/// is read, as before.
+#[cfg(unix)]
+#[test]
+fn recursive_mirrors_subfolders_and_never_reads_its_own_outputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let tree = dir.path().join("photos");
+    for folder in ["2024/05", "2024/empty", ".thumbnails", "out"] {
+        std::fs::create_dir_all(tree.join(folder)).unwrap();
+    }
+    let small = small_rgb();
+    for name in [
+        "a.png",
+        "2024/b.png",
+        "2024/05/c.png",
+        ".thumbnails/d.png",
+        "out/old.png",
+    ] {
+        small.save(tree.join(name)).unwrap();
+    }
+    std::fs::write(tree.join("2024/05/broken.png"), b"not a PNG").unwrap();
+    std::os::unix::fs::symlink(tree.join("2024"), tree.join("link-to-2024")).unwrap();
+    let out = tree.join("out");
+    let run = tadsr(&[
+        "run",
+        path_str(&tree),
+        "-o",
+        path_str(&out),
+        "--recursive",
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    let err = stderr(&run);
+    assert!(err.contains("broken.png"), "{err}");
+    assert!(
+        err.contains("link-to-2024: a symbolic link to a folder; not followed"),
+        "{err}"
+    );
+    let mut written: Vec<String> = Vec::new();
+    let mut pending = vec![out.clone()];
+    while let Some(folder) = pending.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                pending.push(path);
+            } else {
+                written.push(
+                    path.strip_prefix(&out)
+                        .unwrap()
+                        .to_str()
+                        .unwrap()
+                        .to_string(),
+                );
+            }
+        }
+    }
+    written.sort();
+    assert_eq!(written, ["2024/05/c.png", "2024/b.png", "a.png", "old.png"]);
+    assert_eq!(
+        image::open(out.join("2024/05/c.png")).unwrap().dimensions(),
+        (192, 160)
+    );
+    assert!(
+        !out.join("2024/empty").exists(),
+        "no folder without an output"
+    );
+
+    // without --recursive: the top level only
+    let flat = dir.path().join("flat");
+    let run = tadsr(&[
+        "run",
+        path_str(&tree),
+        "-o",
+        path_str(&flat),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(folder_names(&flat), ["a.png"]);
+}

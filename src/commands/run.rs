@@ -348,7 +348,19 @@ fn skip_existing_outputs(
 pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow::Result<Outcome> {
     install_signal_handlers(exit_now)?;
     check_arguments(args)?;
-    let inputs = image_io::expand_inputs(&args.inputs).context("cannot list the inputs")?;
+    let output_folder = std::fs::metadata(&args.output)
+        .is_ok_and(|meta| meta.is_dir())
+        .then(|| naming::inode(&args.output))
+        .flatten();
+    let listing = image_io::expand_inputs(&args.inputs, args.recursive, output_folder)
+        .context("cannot list the inputs")?;
+    for note in &listing.notes {
+        eprintln!("warning: {}", one_line(note));
+    }
+    for error in &listing.errors {
+        eprintln!("error: {}", one_line(error));
+    }
+    let (inputs, subfolders) = (listing.files, listing.subfolders);
     if inputs.is_empty() {
         anyhow::bail!("no input images found (png, jpg, webp, bmp, tiff)");
     }
@@ -361,7 +373,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let report = |input: &Path, reason: &str| {
         eprintln!("error: {}: {}", shown(input), one_line(reason));
     };
-    let mut failed = 0usize;
+    let mut failed = listing.errors.len();
     let unusable: Vec<bool> = inputs
         .iter()
         .map(|input| match image_io::check_input_file(input) {
@@ -381,7 +393,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     } else {
         args.timesteps.clone()
     };
-    let plans = naming::plan_batch(&target, &inputs, &planned_timesteps, &unusable);
+    let plans = naming::plan_batch(&target, &inputs, &subfolders, &planned_timesteps, &unusable);
     let mut jobs: Vec<(PathBuf, Vec<PathBuf>)> = Vec::new();
     for (plan, unusable) in plans.into_iter().zip(&unusable) {
         match plan.verdict {
@@ -594,6 +606,24 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     } else {
         Outcome::Done
     })
+}
+
+/// Creates the folder `output` goes in when it is missing (an output of
+/// `--recursive` in a subfolder no earlier output went to); returns the
+/// topmost folder it created, to remove again if the write fails.
+fn make_output_subfolder(output: &Path) -> Result<Option<PathBuf>, String> {
+    let folder = naming::parent_folder(output);
+    if folder.is_dir() {
+        return Ok(None);
+    }
+    let top = folder
+        .ancestors()
+        .take_while(|f| !f.as_os_str().is_empty() && !f.exists())
+        .last()
+        .map(Path::to_path_buf);
+    std::fs::create_dir_all(folder)
+        .map_err(|e| format!("cannot create the output folder {}: {e}", shown(folder)))?;
+    Ok(top)
 }
 
 /// Removes `folder` and its parents up to `top`, each only if empty: the
@@ -834,7 +864,19 @@ impl Batch<'_> {
                 icc_profile: icc_profile.as_deref(),
                 jpeg_quality: self.args.quality.unwrap_or(write::DEFAULT_JPEG_QUALITY),
             };
+            // --recursive: the output's subfolder, made for its first output
+            let made_subfolder = match make_output_subfolder(output_path) {
+                Ok(made) => made,
+                Err(reason) => {
+                    drop(written);
+                    self.report(input, &reason);
+                    continue;
+                }
+            };
             if let Err(error) = write::write_atomically(&upscaled.image, output_path, encoding) {
+                if let Some(top) = made_subfolder {
+                    remove_empty_folders(naming::parent_folder(output_path), &top);
+                }
                 drop(written);
                 self.report(input, &error.to_string());
                 continue;

@@ -113,28 +113,99 @@ pub fn has_input_extension(path: &Path) -> bool {
         .is_some_and(|e| INPUT_EXTENSIONS.iter().any(|x| x.eq_ignore_ascii_case(e)))
 }
 
+/// The inputs a command line names, in order, each with the subfolder (of
+/// the folder it was found in) its outputs go to: empty for files given
+/// directly and for those at a folder's top level.
+#[derive(Debug, Default)]
+pub struct InputListing {
+    pub files: Vec<PathBuf>,
+    pub subfolders: Vec<PathBuf>,
+    /// Subfolders that could not be read: one line each (their images are
+    /// missing from the batch, which counts as a failure).
+    pub errors: Vec<String>,
+    /// Symbolic links to folders met by `--recursive`, not followed.
+    pub notes: Vec<String>,
+}
+
 /// Expands the command line's inputs: files as given, folders to the names
-/// in them with a supported extension (not recursive, sorted by name). A
-/// name found in a folder is kept whatever it is (a FIFO, a dangling
-/// symbolic link, ...) except a folder, so that the same rule
+/// in them with a supported extension (sorted by name), and with
+/// `recursive` those of their subfolders too (sorted by path below the
+/// folder given). A name found in a folder is kept whatever it is (a FIFO,
+/// a dangling symbolic link, ...) except a folder, so that the same rule
 /// ([`check_input_file`]) refuses it with a reason, as for a name given
-/// explicitly.
-pub fn expand_inputs(inputs: &[PathBuf]) -> Result<Vec<PathBuf>> {
-    let mut files = Vec::new();
+/// explicitly. The walk never follows a symbolic link to a folder (a note
+/// says so), never enters hidden folders (names starting with `.`), the
+/// folder `skip` (the output folder, by device and inode) or a folder twice.
+/// A folder given that cannot be read is an error; a subfolder, a line in
+/// `errors`.
+pub fn expand_inputs(
+    inputs: &[PathBuf],
+    recursive: bool,
+    skip: Option<(u64, u64)>,
+) -> Result<InputListing> {
+    let mut listing = InputListing::default();
     for input in inputs {
-        if input.is_dir() {
-            let mut found: Vec<PathBuf> = std::fs::read_dir(input)
-                .map_err(|e| Error::io(input, e))?
-                .filter_map(|entry| entry.ok().map(|e| e.path()))
-                .filter(|path| has_input_extension(path) && !path.is_dir())
-                .collect();
-            found.sort();
-            files.extend(found);
-        } else {
-            files.push(input.clone());
+        if !input.is_dir() {
+            listing.files.push(input.clone());
+            listing.subfolders.push(PathBuf::new());
+            continue;
+        }
+        let mut found: Vec<(PathBuf, PathBuf)> = Vec::new();
+        let mut visited = std::collections::HashSet::new();
+        visited.extend(crate::naming::inode(input));
+        let mut pending = vec![PathBuf::new()];
+        while let Some(subfolder) = pending.pop() {
+            let folder = input.join(&subfolder);
+            let entries = match std::fs::read_dir(&folder) {
+                Ok(entries) => entries,
+                Err(e) if subfolder.as_os_str().is_empty() => return Err(Error::io(input, e)),
+                Err(e) => {
+                    listing.errors.push(format!(
+                        "{}: cannot read this folder ({e}); its images are not processed",
+                        crate::naming::shown(&folder)
+                    ));
+                    continue;
+                }
+            };
+            for entry in entries.filter_map(|entry| entry.ok()) {
+                let path = entry.path();
+                let name = entry.file_name();
+                let is_real_folder = entry.file_type().is_ok_and(|kind| kind.is_dir());
+                if is_real_folder {
+                    let hidden = name.as_encoded_bytes().starts_with(b".");
+                    let identity = crate::naming::inode(&path);
+                    let skipped = identity.is_some() && identity == skip;
+                    if recursive
+                        && !hidden
+                        && !skipped
+                        && identity.is_none_or(|id| visited.insert(id))
+                    {
+                        pending.push(subfolder.join(&name));
+                    }
+                    continue;
+                }
+                if path.is_dir() {
+                    // a symbolic link to a folder
+                    if recursive {
+                        listing.notes.push(format!(
+                            "{}: a symbolic link to a folder; not followed (--recursive)",
+                            crate::naming::shown(&path)
+                        ));
+                    }
+                    continue;
+                }
+                if has_input_extension(&path) {
+                    found.push((subfolder.clone(), path));
+                }
+            }
+        }
+        found.sort_by(|a, b| a.1.cmp(&b.1));
+        for (subfolder, path) in found {
+            listing.files.push(path);
+            listing.subfolders.push(subfolder);
         }
     }
-    Ok(files)
+    Ok(listing)
 }
 
 /// Whether `path` is something an input may be: a regular file, or a
