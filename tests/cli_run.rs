@@ -1046,11 +1046,17 @@ fn recursive_mirrors_subfolders_and_never_reads_its_own_outputs() {
         "--recursive",
         "--process-size",
         "0",
-        "-q",
     ]);
     assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
     let err = stderr(&run);
     assert!(err.contains("broken.png"), "{err}");
+    let last_line = err.lines().last().unwrap_or_default();
+    assert!(
+        last_line.starts_with("done in ")
+            && last_line
+                .ends_with(": 3 output(s) written, 1 input(s) failed (the error lines above)"),
+        "{err}"
+    );
     assert!(
         err.contains("link-to-2024: a symbolic link to a folder; not followed"),
         "{err}"

@@ -307,7 +307,7 @@ fn check_bundle_defaults(args: &RunArgs, pipeline: &Pipeline) -> anyhow::Result<
 fn skip_existing_outputs(
     jobs: &mut Vec<(PathBuf, Vec<PathBuf>)>,
     args: &RunArgs,
-) -> anyhow::Result<HashSet<PathBuf>> {
+) -> anyhow::Result<(HashSet<PathBuf>, usize)> {
     let mut existing = HashSet::new();
     let mut skipped = 0usize;
     let mut kept = Vec::with_capacity(jobs.len());
@@ -339,13 +339,26 @@ fn skip_existing_outputs(
             jobs.len()
         );
     }
-    Ok(existing)
+    Ok((existing, skipped))
+}
+
+/// The last line of a batch: what it did and how long it took.
+fn batch_summary(written: usize, failed: usize, skipped: usize, seconds: f64) -> String {
+    let mut parts = vec![format!("{written} output(s) written")];
+    if failed > 0 {
+        parts.push(format!("{failed} input(s) failed (the error lines above)"));
+    }
+    if skipped > 0 {
+        parts.push(format!("{skipped} input(s) skipped, their outputs exist"));
+    }
+    format!("done in {seconds:.1} s: {}", parts.join(", "))
 }
 
 /// Runs the batch; returns how it ended. Everything that can be checked is
 /// checked before the first network runs: the options, every input's file
 /// type, the whole input -> output map, the output folder.
 pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow::Result<Outcome> {
+    let started = Instant::now();
     install_signal_handlers(exit_now)?;
     check_arguments(args)?;
     let output_folder = std::fs::metadata(&args.output)
@@ -413,10 +426,10 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             }
         }
     }
-    let existing_outputs = if args.skip_existing {
+    let (existing_outputs, skipped) = if args.skip_existing {
         skip_existing_outputs(&mut jobs, args)?
     } else {
-        HashSet::new()
+        (HashSet::new(), 0)
     };
     if jobs.is_empty() {
         return Ok(if failed > 0 {
@@ -561,6 +574,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         written: Mutex::new(Default::default()),
         last_tile_note: Mutex::new(String::new()),
         failed: AtomicUsize::new(failed),
+        outputs_written: AtomicUsize::new(0),
         next_job: AtomicUsize::new(0),
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
@@ -600,6 +614,17 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let failed = batch.failed.load(Ordering::SeqCst);
     if let Some(outcome) = interrupted() {
         return Ok(outcome);
+    }
+    if !args.quiet && inputs.len() > 1 {
+        eprintln!(
+            "{}",
+            batch_summary(
+                batch.outputs_written.load(Ordering::SeqCst),
+                failed,
+                skipped,
+                started.elapsed().as_secs_f64()
+            )
+        );
     }
     Ok(if failed > 0 {
         Outcome::SomeInputsFailed
@@ -690,6 +715,7 @@ struct Batch<'a> {
     written: Mutex<HashMap<(u64, u64), PathBuf>>,
     last_tile_note: Mutex<String>,
     failed: AtomicUsize,
+    outputs_written: AtomicUsize,
     next_job: AtomicUsize,
     /// Set on a fatal error (an unreachable server): no new job starts.
     stop: AtomicBool,
@@ -885,6 +911,7 @@ impl Batch<'_> {
                 written.insert(inode, output_path.clone());
             }
             drop(written);
+            self.outputs_written.fetch_add(1, Ordering::SeqCst);
             let write_ms = write_start.elapsed().as_secs_f64() * 1e3;
             let timings = upscaled.timings;
             if args.json {
@@ -930,5 +957,22 @@ impl Batch<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::batch_summary;
+
+    #[test]
+    fn the_summary_names_only_what_happened() {
+        assert_eq!(
+            batch_summary(3, 0, 0, 12.34),
+            "done in 12.3 s: 3 output(s) written"
+        );
+        assert_eq!(
+            batch_summary(2, 1, 4, 0.5),
+            "done in 0.5 s: 2 output(s) written, 1 input(s) failed (the error lines above), 4 input(s) skipped, their outputs exist"
+        );
     }
 }
