@@ -53,6 +53,20 @@ fn small_rgb() -> DynamicImage {
     example("coffee.png").resize_exact(48, 40, image::imageops::FilterType::Lanczos3)
 }
 
+/// `run INPUT -o OUTPUT --process-size 0 EXTRA...` (plain 4x: small inputs stay small).
+fn upscale(input: &Path, output: &Path, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        path_str(input),
+        "-o",
+        path_str(output),
+        "--process-size",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    tadsr(&args)
+}
+
 #[test]
 fn one_file_to_one_file_with_the_right_size() {
     let dir = tempfile::tempdir().unwrap();
@@ -610,18 +624,8 @@ fn ctrl_c_stops_the_batch_and_leaves_nothing_partial() {
 
     // resumed: the output written before the interruption stays as it is
     let written_before = std::fs::read(out.join("a.png")).unwrap();
-    let resumed = common::tadsr_command(&[
-        "run",
-        path_str(&inputs),
-        "-o",
-        path_str(&out),
-        "--process-size",
-        "0",
-        "--skip-existing",
-    ])
-    .output()
-    .unwrap();
-    let resumed_stderr = String::from_utf8_lossy(&resumed.stderr);
+    let resumed = upscale(&inputs, &out, &["--skip-existing"]);
+    let resumed_stderr = stderr(&resumed);
     assert!(resumed.status.success(), "{resumed_stderr}");
     assert!(
         resumed_stderr.contains(
@@ -712,16 +716,6 @@ fn the_input_color_profile_is_carried_to_the_outputs() {
     let fixtures = repo().join("tests/fixtures/icc");
     let profile = std::fs::read(fixtures.join("srgb.icc")).unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let upscale = |input: &Path, output: &Path| {
-        tadsr(&[
-            "run",
-            path_str(input),
-            "-o",
-            path_str(output),
-            "--process-size",
-            "0",
-        ])
-    };
     let tiff = dir.path().join("photo_icc.tiff");
     let mut encoder = image::codecs::tiff::TiffEncoder::new(std::fs::File::create(&tiff).unwrap());
     encoder.set_icc_profile(profile.clone()).unwrap();
@@ -737,7 +731,7 @@ fn the_input_color_profile_is_carried_to_the_outputs() {
         let input_name = input.file_name().unwrap().to_str().unwrap();
         for extension in ["png", "jpg", "webp", "tiff"] {
             let output = dir.path().join(format!("{input_name}.{extension}"));
-            let run = upscale(&input, &output);
+            let run = upscale(&input, &output, &[]);
             assert!(run.status.success(), "{}", stderr(&run));
             assert!(!stderr(&run).contains("warning"), "{}", stderr(&run));
             assert_eq!(
@@ -758,14 +752,14 @@ fn the_input_color_profile_is_carried_to_the_outputs() {
         (&rgba, image::ColorType::Rgba8),
     ] {
         let output = dir.path().join("out.png");
-        let run = upscale(input, &output);
+        let run = upscale(input, &output, &[]);
         assert!(run.status.success(), "{}", stderr(&run));
         assert_eq!(image::open(&output).unwrap().color(), color);
         assert_eq!(icc_profile_of(&output).as_deref(), Some(&profile[..]));
     }
 
     let bmp = dir.path().join("photo.bmp");
-    let run = upscale(&fixtures.join("photo_icc.jpg"), &bmp);
+    let run = upscale(&fixtures.join("photo_icc.jpg"), &bmp, &[]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("its ICC color profile is not carried to")
@@ -780,7 +774,7 @@ fn the_input_color_profile_is_carried_to_the_outputs() {
     let gray = dir.path().join("gray.png");
     png_with_profile(&small.grayscale(), &gray_profile, &gray);
     let output = dir.path().join("gray-out.png");
-    let run = upscale(&gray, &output);
+    let run = upscale(&gray, &output, &[]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("its ICC color profile is not carried to the output")
@@ -793,7 +787,7 @@ fn the_input_color_profile_is_carried_to_the_outputs() {
     let plain = dir.path().join("plain.png");
     small.save(&plain).unwrap();
     let output = dir.path().join("plain-out.png");
-    assert!(upscale(&plain, &output).status.success());
+    assert!(upscale(&plain, &output, &[]).status.success());
     assert_eq!(icc_profile_of(&output), None);
 }
 
@@ -820,17 +814,7 @@ fn skip_existing_resumes_a_batch_and_touches_nothing_that_exists() {
     std::fs::write(&link_target, b"someone else's file").unwrap();
     std::os::unix::fs::symlink(&link_target, out.join("c.png")).unwrap();
 
-    let run = tadsr(&[
-        "run",
-        path_str(&inputs),
-        "-o",
-        path_str(&out),
-        "--process-size",
-        "0",
-        "--skip-existing",
-        "--json",
-        "-q",
-    ]);
+    let run = upscale(&inputs, &out, &["--skip-existing", "--json", "-q"]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(std::fs::read(out.join("a.png")).unwrap(), earlier);
     assert_eq!(
@@ -887,18 +871,11 @@ fn skip_existing_resumes_a_batch_and_touches_nothing_that_exists() {
     small_rgb().save(&single).unwrap();
     let result = dir.path().join("result.png");
     std::fs::write(dir.path().join("result_t200.png"), &earlier).unwrap();
-    let run = tadsr(&[
-        "run",
-        path_str(&single),
-        "-o",
-        path_str(&result),
-        "-t",
-        "200,500",
-        "--process-size",
-        "0",
-        "--skip-existing",
-        "-q",
-    ]);
+    let run = upscale(
+        &single,
+        &result,
+        &["-t", "200,500", "--skip-existing", "-q"],
+    );
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(
         std::fs::read(dir.path().join("result_t200.png")).unwrap(),
@@ -935,28 +912,18 @@ fn folder_outputs_in_another_format_and_the_jpeg_quality() {
     let inputs = dir.path().join("in");
     std::fs::create_dir(&inputs).unwrap();
     small_rgb().save(inputs.join("a.png")).unwrap();
-    let upscale = |out: &str, extra: &[&str]| {
+    let upscale_into = |out: &str, extra: &[&str]| {
         let out = dir.path().join(out);
-        let mut args = vec![
-            "run",
-            path_str(&inputs),
-            "-o",
-            path_str(&out),
-            "--process-size",
-            "0",
-            "-q",
-        ];
-        args.extend_from_slice(extra);
-        let run = tadsr(&args);
+        let run = upscale(&inputs, &out, &[&["-q"], extra].concat());
         (out, run)
     };
-    let (png, run) = upscale("png", &[]);
+    let (png, run) = upscale_into("png", &[]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let (webp, run) = upscale("webp", &["--format", "webp"]);
+    let (webp, run) = upscale_into("webp", &["--format", "webp"]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let (jpg, run) = upscale("jpg", &["--format", "jpg"]);
+    let (jpg, run) = upscale_into("jpg", &["--format", "jpg"]);
     assert!(run.status.success(), "{}", stderr(&run));
-    let (jpg50, run) = upscale("jpg50", &["--format", "jpg", "--quality", "50"]);
+    let (jpg50, run) = upscale_into("jpg50", &["--format", "jpg", "--quality", "50"]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(folder_names(&webp), ["a.webp"]);
     assert_eq!(folder_names(&jpg), ["a.jpg"]);
@@ -987,21 +954,14 @@ fn folder_outputs_in_another_format_and_the_jpeg_quality() {
     );
 
     let file = dir.path().join("x.png");
-    let run = tadsr(&[
-        "run",
-        path_str(&inputs.join("a.png")),
-        "-o",
-        path_str(&file),
-        "--format",
-        "jpg",
-    ]);
+    let run = upscale(&inputs.join("a.png"), &file, &["--format", "jpg"]);
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("--format jpg applies to outputs in a folder"),
         "{}",
         stderr(&run)
     );
-    let (_, run) = upscale("q", &["--quality", "80"]);
+    let (_, run) = upscale_into("q", &["--quality", "80"]);
     assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
     assert!(
         stderr(&run).contains("--quality applies to JPEG outputs only"),
@@ -1038,15 +998,7 @@ fn recursive_mirrors_subfolders_and_never_reads_its_own_outputs() {
     std::fs::write(tree.join("2024/05/broken.png"), b"not a PNG").unwrap();
     std::os::unix::fs::symlink(tree.join("2024"), tree.join("link-to-2024")).unwrap();
     let out = tree.join("out");
-    let run = tadsr(&[
-        "run",
-        path_str(&tree),
-        "-o",
-        path_str(&out),
-        "--recursive",
-        "--process-size",
-        "0",
-    ]);
+    let run = upscale(&tree, &out, &["--recursive"]);
     assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
     let err = stderr(&run);
     assert!(err.contains("broken.png"), "{err}");
@@ -1092,15 +1044,7 @@ fn recursive_mirrors_subfolders_and_never_reads_its_own_outputs() {
 
     // without --recursive: the top level only
     let flat = dir.path().join("flat");
-    let run = tadsr(&[
-        "run",
-        path_str(&tree),
-        "-o",
-        path_str(&flat),
-        "--process-size",
-        "0",
-        "-q",
-    ]);
+    let run = upscale(&tree, &flat, &["-q"]);
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(folder_names(&flat), ["a.png"]);
 }
