@@ -423,6 +423,9 @@ pub struct RunArgs {
     /// Leave the outputs that already exist as regular files, and skip the inputs whose outputs all exist: a batch resumed after an interruption redoes nothing (outputs are written atomically, so one that exists is complete)
     #[arg(long)]
     pub skip_existing: bool,
+    /// Compute nothing: print the plan, each input and the output it would get (sizes from the headers), after every check that needs no model; nothing is written
+    #[arg(long)]
+    pub dry_run: bool,
     /// No progress bars.
     #[arg(long, short = 'q')]
     pub quiet: bool,

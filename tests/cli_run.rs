@@ -1048,3 +1048,75 @@ fn recursive_mirrors_subfolders_and_never_reads_its_own_outputs() {
     assert!(run.status.success(), "{}", stderr(&run));
     assert_eq!(folder_names(&flat), ["a.png"]);
 }
+
+/// `--dry-run` prints the plan (each output with the sizes from the
+/// headers) and writes nothing: not the outputs, not the output folder;
+/// outputs `--skip-existing` would leave are not in it, an input refused by
+/// the plan still gives its error line and exit 1, and an unreadable header
+/// shows as "?".
+#[test]
+fn dry_run_prints_the_plan_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let inputs = dir.path().join("in");
+    std::fs::create_dir_all(inputs.join("sub")).unwrap();
+    small_rgb().save(inputs.join("a.png")).unwrap();
+    small_rgb().save(inputs.join("sub/b.jpg")).unwrap();
+    std::fs::write(inputs.join("sub/c.png"), b"not a PNG").unwrap();
+    let out = dir.path().join("out");
+    let run = upscale(&inputs, &out, &["--recursive", "--dry-run"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let plan = String::from_utf8(run.stdout).unwrap();
+    let expected = format!(
+        "{} (48x40) -> {} (192x160)\n{} (48x40) -> {} (192x160)\n{} (?) -> {} (?)\n",
+        path_str(&inputs.join("a.png")),
+        path_str(&out.join("a.png")),
+        path_str(&inputs.join("sub/b.jpg")),
+        path_str(&out.join("sub/b.png")),
+        path_str(&inputs.join("sub/c.png")),
+        path_str(&out.join("sub/c.png")),
+    );
+    assert_eq!(plan, expected);
+    assert!(!out.exists(), "a dry run writes nothing");
+
+    // with outputs there and --skip-existing: only what is missing; a plan
+    // clash (b.jpg and b.png into one output) is refused as in a real run
+    std::fs::create_dir(&out).unwrap();
+    small_rgb().save(out.join("a.png")).unwrap();
+    small_rgb().save(inputs.join("sub/b.png")).unwrap();
+    let run = upscale(
+        &inputs,
+        &out,
+        &[
+            "--recursive",
+            "--dry-run",
+            "--skip-existing",
+            "--json",
+            "-q",
+        ],
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert!(stderr(&run).contains("b.jpg"), "{}", stderr(&run));
+    let lines: Vec<serde_json::Value> = String::from_utf8(run.stdout)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let planned: Vec<(&str, bool)> = lines
+        .iter()
+        .map(|line| {
+            (
+                line["output"].as_str().unwrap(),
+                line.get("dry_run").is_some(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        planned,
+        [
+            (path_str(&out.join("a.png")), false),
+            (path_str(&out.join("sub/c.png")), true)
+        ],
+        "{lines:?}"
+    );
+    assert_eq!(folder_names(&out), ["a.png"]);
+}

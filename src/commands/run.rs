@@ -342,6 +342,56 @@ fn skip_existing_outputs(
     Ok((existing, skipped))
 }
 
+/// `--dry-run`: one line per output the batch would write (stdout), the
+/// input's size from its header and the output's (the upscale factor from
+/// the command line, else the bundle's manifest, else 4); "?" where the
+/// header cannot be read (that input would fail with its reason).
+fn print_plan(
+    jobs: &[(PathBuf, Vec<PathBuf>)],
+    existing_outputs: &HashSet<PathBuf>,
+    args: &RunArgs,
+) -> anyhow::Result<()> {
+    let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
+    let upscale = args
+        .upscale
+        .or_else(|| {
+            Bundle::open_with(&model_dir, HashCheck::Skip)
+                .ok()
+                .map(|bundle| bundle.manifest().defaults.upscale)
+        })
+        .unwrap_or(4);
+    for (input, outputs) in jobs {
+        let input_size = image_io::header_dimensions(input);
+        let output_size =
+            input_size.map(|(w, h)| (w.saturating_mul(upscale), h.saturating_mul(upscale)));
+        let shown_size =
+            |size: Option<(u32, u32)>| size.map_or("?".to_string(), |(w, h)| format!("{w}x{h}"));
+        for output in outputs
+            .iter()
+            .filter(|output| !existing_outputs.contains(*output))
+        {
+            if args.json {
+                print_line(json!({
+                    "input": json_path(input),
+                    "output": json_path(output),
+                    "input_size": input_size.map(|(w, h)| [w, h]),
+                    "output_size": output_size.map(|(w, h)| [w, h]),
+                    "dry_run": true,
+                }))?;
+            } else {
+                print_line(format!(
+                    "{} ({}) -> {} ({})",
+                    shown(input),
+                    shown_size(input_size),
+                    shown(output),
+                    shown_size(output_size)
+                ))?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The last line of a batch: what it did and how long it took.
 fn batch_summary(written: usize, failed: usize, skipped: usize, seconds: f64) -> String {
     let mut parts = vec![format!("{written} output(s) written")];
@@ -431,12 +481,17 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     } else {
         (HashSet::new(), 0)
     };
+    let outcome_so_far = if failed > 0 {
+        Outcome::SomeInputsFailed
+    } else {
+        Outcome::Done
+    };
+    if args.dry_run {
+        print_plan(&jobs, &existing_outputs, args)?;
+        return Ok(outcome_so_far);
+    }
     if jobs.is_empty() {
-        return Ok(if failed > 0 {
-            Outcome::SomeInputsFailed
-        } else {
-            Outcome::Done
-        });
+        return Ok(outcome_so_far);
     }
     // The output folder, probed now when it exists (a missing one is made
     // once the model has loaded).
