@@ -1119,4 +1119,18 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
         "{lines:?}"
     );
     assert_eq!(folder_names(&out), ["a.png"]);
+
+    // an input the size rules refuse gets its error line, as in a real run
+    let run = upscale(
+        &inputs.join("a.png"),
+        &dir.path().join("big.png"),
+        &["--dry-run", "--max-pixels", "1000"],
+    );
+    assert_eq!(run.status.code(), Some(1), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("a.png: ") && stderr(&run).contains("over the limit of 1000"),
+        "{}",
+        stderr(&run)
+    );
+    assert!(run.stdout.is_empty());
 }

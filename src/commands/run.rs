@@ -342,26 +342,55 @@ fn skip_existing_outputs(
     Ok((existing, skipped))
 }
 
+/// Whether an input of `width x height` may be processed: the size rule
+/// (enlargement of small inputs) within `--max-pixels`. Checked from the
+/// header, before any pixel is decoded.
+fn check_input_size(
+    width: u32,
+    height: u32,
+    upscale: u32,
+    process_size: u32,
+    max_pixels: u64,
+) -> Result<(), String> {
+    let plan =
+        size_plan::plan_sizes(width, height, upscale, process_size).map_err(|e| e.to_string())?;
+    size_plan::check_plan_bounds(&plan, upscale, process_size, max_pixels)
+        .map_err(|e| e.to_string())
+}
+
 /// `--dry-run`: one line per output the batch would write (stdout), the
-/// input's size from its header and the output's (the upscale factor from
-/// the command line, else the bundle's manifest, else 4); "?" where the
-/// header cannot be read (that input would fail with its reason).
+/// input's size from its header and the output's (upscale factor and
+/// process size from the command line, else the bundle's manifest, else 4
+/// and 512); "?" where the header cannot be read (that input would fail with
+/// its reason). An input the size rules refuse gets its error line instead;
+/// returns how many.
 fn print_plan(
     jobs: &[(PathBuf, Vec<PathBuf>)],
     existing_outputs: &HashSet<PathBuf>,
     args: &RunArgs,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<usize> {
     let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
+    let defaults = Bundle::open_with(&model_dir, HashCheck::Skip)
+        .ok()
+        .map(|bundle| bundle.manifest().defaults.clone());
     let upscale = args
         .upscale
-        .or_else(|| {
-            Bundle::open_with(&model_dir, HashCheck::Skip)
-                .ok()
-                .map(|bundle| bundle.manifest().defaults.upscale)
-        })
+        .or(defaults.as_ref().map(|d| d.upscale))
         .unwrap_or(4);
+    let process_size = args
+        .process_size
+        .or(defaults.as_ref().map(|d| d.process_size))
+        .unwrap_or(512);
+    let mut refused = 0;
     for (input, outputs) in jobs {
         let input_size = image_io::header_dimensions(input);
+        if let Some(Err(reason)) =
+            input_size.map(|(w, h)| check_input_size(w, h, upscale, process_size, args.max_pixels))
+        {
+            eprintln!("error: {}: {}", shown(input), one_line(&reason));
+            refused += 1;
+            continue;
+        }
         let output_size =
             input_size.map(|(w, h)| (w.saturating_mul(upscale), h.saturating_mul(upscale)));
         let shown_size =
@@ -389,7 +418,7 @@ fn print_plan(
             }
         }
     }
-    Ok(())
+    Ok(refused)
 }
 
 /// The last line of a batch: what it did and how long it took.
@@ -481,17 +510,15 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     } else {
         (HashSet::new(), 0)
     };
-    let outcome_so_far = if failed > 0 {
-        Outcome::SomeInputsFailed
-    } else {
-        Outcome::Done
-    };
     if args.dry_run {
-        print_plan(&jobs, &existing_outputs, args)?;
-        return Ok(outcome_so_far);
+        failed += print_plan(&jobs, &existing_outputs, args)?;
     }
-    if jobs.is_empty() {
-        return Ok(outcome_so_far);
+    if args.dry_run || jobs.is_empty() {
+        return Ok(if failed > 0 {
+            Outcome::SomeInputsFailed
+        } else {
+            Outcome::Done
+        });
     }
     // The output folder, probed now when it exists (a missing one is made
     // once the model has loaded).
@@ -837,16 +864,14 @@ impl Batch<'_> {
                 shown(input)
             );
         }
-        let size_check = |width: u32, height: u32| -> Result<(), String> {
-            let plan = size_plan::plan_sizes(width, height, options.upscale, options.process_size)
-                .map_err(|e| e.to_string())?;
-            size_plan::check_plan_bounds(
-                &plan,
+        let size_check = |width: u32, height: u32| {
+            check_input_size(
+                width,
+                height,
                 options.upscale,
                 options.process_size,
                 args.max_pixels,
             )
-            .map_err(|e| e.to_string())
         };
         let read_start = Instant::now();
         let decoded = match image_io::read_input_checked(input, &self.limits, &size_check) {
