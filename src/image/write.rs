@@ -39,7 +39,8 @@ pub fn holds_icc_profile(format: ImageFormat) -> bool {
 }
 
 /// JPEG quality when none is asked for: high, since fine detail is what an
-/// upscaler adds (the image crate's own default, 75, blurs it into blocks).
+/// upscaler adds (the image crate's own default is 75; nano on
+/// examples/coffee.png against the PNG: 48.4 dB at 95, 42.9 dB at 75).
 pub const DEFAULT_JPEG_QUALITY: u8 = 95;
 
 /// How an output is encoded besides its format.
