@@ -131,16 +131,25 @@ fn model_sizes(
     args: &RunArgs,
     manifest: Option<&Manifest>,
 ) -> Vec<(u32, u32)> {
-    let defaults = manifest.map(|m| (m.defaults.upscale, m.defaults.process_size));
-    let (upscale, process_size) = (
-        args.upscale.or(defaults.map(|d| d.0)).unwrap_or(4),
-        args.process_size.or(defaults.map(|d| d.1)).unwrap_or(512),
-    );
+    let (upscale, process_size) = size_rule(args, manifest);
     jobs.iter()
         .filter_map(|(input, _)| image_io::header_dimensions(input))
         .filter_map(|(w, h)| size_plan::plan_sizes(w, h, upscale, process_size).ok())
         .map(|plan| plan.model)
         .collect()
+}
+
+/// The upscale factor and process size a run uses before its bundle is
+/// loaded: the command line's, else the manifest's defaults, else 4 and 512.
+fn size_rule(args: &RunArgs, manifest: Option<&Manifest>) -> (u32, u32) {
+    (
+        args.upscale
+            .or(manifest.map(|m| m.defaults.upscale))
+            .unwrap_or(4),
+        args.process_size
+            .or(manifest.map(|m| m.defaults.process_size))
+            .unwrap_or(512),
+    )
 }
 
 /// The size of the largest image (by pixels) the run will send the
@@ -370,17 +379,8 @@ fn print_plan(
     args: &RunArgs,
 ) -> anyhow::Result<usize> {
     let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
-    let defaults = Bundle::open_with(&model_dir, HashCheck::Skip)
-        .ok()
-        .map(|bundle| bundle.manifest().defaults.clone());
-    let upscale = args
-        .upscale
-        .or(defaults.as_ref().map(|d| d.upscale))
-        .unwrap_or(4);
-    let process_size = args
-        .process_size
-        .or(defaults.as_ref().map(|d| d.process_size))
-        .unwrap_or(512);
+    let bundle = Bundle::open_with(&model_dir, HashCheck::Skip).ok();
+    let (upscale, process_size) = size_rule(args, bundle.as_ref().map(Bundle::manifest));
     let mut refused = 0;
     for (input, outputs) in jobs {
         let input_size = image_io::header_dimensions(input);
