@@ -40,16 +40,13 @@ def tiny_vocab():
     return {tok: i for i, tok in enumerate(tokens)}
 
 
-def write_tiny_clip(root: Path, hidden_size: int = 32, seed: int = 0) -> None:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    root = Path(root)
-    tok_dir = root / "tokenizer"
+def write_clip_tokenizer(tok_dir: Path, vocab: dict, merges: list) -> None:
+    """A CLIP tokenizer folder as SD-2.1 ships it (vocab.json, merges.txt, pads with ``!``)."""
+    tok_dir = Path(tok_dir)
     tok_dir.mkdir(parents=True, exist_ok=True)
-    vocab = tiny_vocab()
     (tok_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
-    merges = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in MERGES)
-    (tok_dir / "merges.txt").write_text(merges, encoding="utf-8")
+    text = "#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges)
+    (tok_dir / "merges.txt").write_text(text, encoding="utf-8")
     (tok_dir / "special_tokens_map.json").write_text(json.dumps({
         "bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "!",
         "unk_token": "<|endoftext|>"}, indent=2))
@@ -57,6 +54,14 @@ def write_tiny_clip(root: Path, hidden_size: int = 32, seed: int = 0) -> None:
         "tokenizer_class": "CLIPTokenizer", "model_max_length": 77, "bos_token": "<|startoftext|>",
         "eos_token": "<|endoftext|>", "pad_token": "!", "unk_token": "<|endoftext|>",
         "do_lower_case": True}, indent=2))
+
+
+def write_tiny_clip(root: Path, hidden_size: int = 32, seed: int = 0) -> None:
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    root = Path(root)
+    vocab = tiny_vocab()
+    write_clip_tokenizer(root / "tokenizer", vocab, MERGES)
 
     config = CLIPTextConfig(
         vocab_size=len(vocab), hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=2,

@@ -12,6 +12,8 @@
 #     `tadsr-edge run --server`: the files of the wheel pinned in
 #     export/triton-requirements.txt, keyed by that file's hash (skipped with
 #     RUNTIME_ONLY=1; where it cannot be installed the tests that need it skip);
+#   - the real CLIP BPE vocabulary for the tokenizer tests (one file of a
+#     hash-pinned PyPI wheel, export/clip-vocab-requirements.txt);
 #   - rustfmt and clippy when rustup can add them.
 # A second run finds everything in place and installs nothing.
 # Prints the venv's path on the last line of stdout (for the Makefile).
@@ -121,6 +123,31 @@ setup_triton() {
   log "Triton Inference Server: $triton_dir"
 }
 
+# --- The real CLIP vocabulary for the tokenizer tests --------------------------
+# One 1.5 MB wheel downloaded (not installed), its vocabulary file kept; found
+# by export/tests/clip_vocab.py by the same hash.
+setup_clip_vocab() {
+  local req=$ROOT/export/clip-vocab-requirements.txt vocab_dir
+  vocab_dir=$CACHE/clip-vocab-$(sha256sum "$req" | cut -c1-16)
+  if [ ! -f "$vocab_dir/.complete" ]; then
+    log "downloading the CLIP BPE vocabulary (open_clip_torch wheel, 1.5 MB, once) into $vocab_dir"
+    rm -rf "$vocab_dir"
+    mkdir -p "$vocab_dir"
+    "$venv/bin/python" -m pip download --quiet --disable-pip-version-check --no-deps \
+      --only-binary=:all: --require-hashes -r "$req" -d "$vocab_dir/wheel" >&2
+    "$venv/bin/python" - "$vocab_dir" <<'PY'
+import pathlib, sys, zipfile
+folder = pathlib.Path(sys.argv[1])
+(wheel,) = (folder / "wheel").glob("*.whl")
+with zipfile.ZipFile(wheel) as archive:
+    (folder / "bpe_simple_vocab_16e6.txt.gz").write_bytes(archive.read("open_clip/bpe_simple_vocab_16e6.txt.gz"))
+PY
+    rm -rf "$vocab_dir/wheel"
+    touch "$vocab_dir/.complete"
+  fi
+  log "CLIP vocabulary: $vocab_dir"
+}
+
 # --- Rust components (tests only: rustfmt and clippy) -------------------------
 setup_rust_components() {
   command -v rustup >/dev/null 2>&1 || return 0
@@ -137,6 +164,7 @@ venv=""
 if [ "$RUNTIME_ONLY" != 1 ]; then
   setup_export_venv
   setup_triton
+  setup_clip_vocab
   setup_rust_components
 fi
 

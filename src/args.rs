@@ -154,6 +154,34 @@ pub enum Command {
     /// Run a bundle's golden cases (PyTorch references) on a provider and report the error.
     #[command(after_help = GOLDEN_EXAMPLES)]
     Golden(GoldenArgs),
+    /// Tokenize a prompt with a bundle's tokenizer; with -o, write its embedding by the bundle's text encoder as a .npy for --prompt-embeds.
+    #[command(after_help = PROMPT_EXAMPLES)]
+    Prompt(PromptArgs),
+}
+
+const PROMPT_EXAMPLES: &str = "\
+Examples:
+  tadsr-edge prompt --model models/tadsr \"a photo of a cat, sharp fur\"
+  tadsr-edge prompt --model models/tadsr \"a photo of a cat, sharp fur\" -o cat.npy
+  tadsr-edge run photo.png -o photo_x4.png --model models/tadsr --prompt-embeds cat.npy";
+
+/// `tadsr-edge prompt`.
+#[derive(Debug, Args)]
+pub struct PromptArgs {
+    /// The text, encoded exactly as given (the authors' code conditions on "TAGS, PROMPT,").
+    pub text: String,
+    /// Model bundle folder with a text encoder (exported with --text-encoder) [default: models/tadsr if present, else models/nano, else models/tiny].
+    #[arg(long, short = 'm', value_name = "DIR")]
+    pub model: Option<PathBuf>,
+    /// Write the prompt embedding here ([1, tokens, width] float32 .npy, written atomically), for `run --prompt-embeds`. Without it only the tokens are shown and no model is loaded.
+    #[arg(long, short = 'o', value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Intra-op threads for the text encoder; 0 = one per core; at most 4 per usable CPU.
+    #[arg(long, default_value_t = 0, value_parser = parse_threads)]
+    pub threads: usize,
+    /// One JSON object on stdout (the ids, the token counts, the file written).
+    #[arg(long)]
+    pub json: bool,
 }
 
 const GOLDEN_EXAMPLES: &str = "\
@@ -405,6 +433,9 @@ pub struct RunArgs {
     /// Prompt embedding [1, 77, D] .npy replacing the bundle's default.
     #[arg(long, value_name = "FILE")]
     pub prompt_embeds: Option<PathBuf>,
+    /// Text the UNet is conditioned on instead of the bundle's default prompt, encoded by the bundle's tokenizer and text encoder (bundles exported with --text-encoder; run on the CPU, once). Encoded exactly as given: the authors' code conditions on "TAGS, PROMPT,".
+    #[arg(long, value_name = "TEXT", conflicts_with = "prompt_embeds")]
+    pub prompt: Option<String>,
     /// Intra-op threads per session; 0 = one per core; at most 4 per usable CPU.
     #[arg(long, default_value_t = 0, value_parser = parse_threads)]
     pub threads: usize,

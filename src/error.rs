@@ -60,6 +60,11 @@ pub enum Error {
     #[error("prompt embedding {path}: {reason}")]
     PromptEmbeds { path: PathBuf, reason: String },
 
+    /// `--prompt` cannot be encoded (no text encoder, a tokenizer this
+    /// runtime does not read, a text too long to tokenize).
+    #[error("--prompt: {0}")]
+    Prompt(String),
+
     /// An input image cannot be used.
     #[error("{0}")]
     Input(String),

@@ -6,7 +6,8 @@
 //! [`pipeline`] (the stage order for one image, the stages, the tile loop,
 //! shared statistics), [`runtime`] (ONNX Runtime: the only module that uses
 //! `ort`), [`tiling`] (tile plans and blending), [`schedule`] (the DDPM
-//! schedule, the clean latent), [`bundle`] (the model folder).
+//! schedule, the clean latent), [`bundle`] (the model folder), [`prompt`]
+//! (`--prompt` text to the prompt embedding: tokenizer and text encoder).
 
 pub mod bundle;
 pub mod error;
@@ -16,6 +17,7 @@ pub mod image;
 pub mod naming;
 pub mod npy;
 pub mod pipeline;
+pub mod prompt;
 pub mod regular_file;
 pub mod remote;
 pub mod runtime;

@@ -50,6 +50,7 @@ fn main() -> ExitCode {
         Command::Info(args) => commands::info::info(ort_lib, args),
         Command::Bench(args) => commands::bench::bench(ort_lib, args),
         Command::Golden(args) => commands::golden::golden(ort_lib, args),
+        Command::Prompt(args) => commands::prompt::prompt(ort_lib, args, exit_now),
         Command::Run(args) => commands::run::run(ort_lib, args, exit_now),
     };
     match result {

@@ -1134,3 +1134,33 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     );
     assert!(run.stdout.is_empty());
 }
+
+/// `--prompt` on a bundle without a text encoder (models/tiny has none):
+/// refused before anything is computed, with what to do instead; `prompt`
+/// says the same. (Prompts on a bundle with a text encoder are tested
+/// against PyTorch in export/tests/test_prompt.py.)
+#[test]
+fn a_prompt_needs_a_text_encoder() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("a.png");
+    small_rgb().save(&input).unwrap();
+    let out = dir.path().join("out.png");
+    for extra in [&["--prompt", "a cat"][..], &["--prompt", "a cat", "--dry-run"]] {
+        let run = upscale(&input, &out, extra);
+        assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
+        let message = stderr(&run);
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(
+            message.contains("has no text encoder") && message.contains("--prompt-embeds"),
+            "{message}"
+        );
+        assert!(!out.exists());
+    }
+    let run = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
+        .args(["prompt", "a cat", "--model"])
+        .arg(repo().join("models/tiny"))
+        .output()
+        .unwrap();
+    assert_eq!(run.status.code(), Some(2));
+    assert!(stderr(&run).contains("has no text encoder"), "{}", stderr(&run));
+}

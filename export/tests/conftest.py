@@ -59,6 +59,35 @@ def synthetic_checkpoint(tmp_path_factory):
     return write_synthetic_checkpoint(out, config="tiny", seed=3, rank=4)
 
 
+# --- a checkpoint with a text encoder (tiny random CLIP) and its bundle (--text-encoder) -----------------------
+TEXT_PROMPT = "The cat and the dog, on grass"
+
+
+@pytest.fixture(scope="session")
+def text_checkpoint(tmp_path_factory):
+    from export.synthetic_checkpoint import write_synthetic_checkpoint
+
+    return write_synthetic_checkpoint(tmp_path_factory.mktemp("ck_text"), config="tiny", seed=5, rank=2,
+                                      text_encoder=True)
+
+
+@pytest.fixture(scope="session")
+def text_models(text_checkpoint):
+    from export.checkpoint import load_checkpoint
+
+    return load_checkpoint(text_checkpoint, prompt=TEXT_PROMPT, want_text_encoder=True)
+
+
+@pytest.fixture(scope="session")
+def text_bundle(text_models, tmp_path_factory):
+    from export.bundle import export_bundle
+
+    out = tmp_path_factory.mktemp("bundle_text")
+    export_bundle(text_models, out, precision="fp32", text_encoder=True, verify=False, quiet=True,
+                  measure_memory=False)
+    return out
+
+
 # --- a real Triton Inference Server (export/triton_server.py) -------------------------------------------
 def start_triton_or_skip(repo: Path, **kwargs):
     """A started ``TritonServer`` for ``repo``; skips the test, saying why, when no server can run here

@@ -3,37 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 
-from export.checkpoint import encode_prompt, load_checkpoint
+from export.checkpoint import encode_prompt
 from export.manifest import read_manifest, verify_bundle
 from export.onnx_export import ort_session
-
-PROMPT = "The cat and the dog, on grass"
-
-
-@pytest.fixture(scope="module")
-def text_checkpoint(tmp_path_factory):
-    from export.synthetic_checkpoint import write_synthetic_checkpoint
-
-    return write_synthetic_checkpoint(tmp_path_factory.mktemp("ck_text"), config="tiny", seed=5, rank=2,
-                                      text_encoder=True)
-
-
-@pytest.fixture(scope="module")
-def text_models(text_checkpoint):
-    return load_checkpoint(text_checkpoint, prompt=PROMPT, want_text_encoder=True)
-
-
-@pytest.fixture(scope="module")
-def text_bundle(text_models, tmp_path_factory):
-    from export.bundle import export_bundle
-
-    out = tmp_path_factory.mktemp("bundle_text")
-    export_bundle(text_models, out, precision="fp32", text_encoder=True, verify=False, quiet=True,
-                  measure_memory=False)
-    return out
+from export.tests.conftest import TEXT_PROMPT as PROMPT
 
 
 def test_prompt_embeds_come_from_text_encoder(text_models):

@@ -153,6 +153,8 @@ pub mod component {
     pub const VAE_ENCODER_TILED: &str = "vae_encoder_tiled";
     /// Optional: the decoder taking shared GroupNorm statistics.
     pub const VAE_DECODER_TILED: &str = "vae_decoder_tiled";
+    /// Optional: the text encoder (`--prompt`), with its tokenizer.
+    pub const TEXT_ENCODER: &str = "text_encoder";
     /// The three every bundle has (and `--fusions cuda` rewrites).
     pub const MAIN: [&str; 3] = [VAE_ENCODER, UNET, VAE_DECODER];
 }
@@ -171,6 +173,8 @@ pub mod port {
     pub const GROUP_NORM_FIXED: &str = "group_norm_fixed";
     pub const GROUP_NORM_MEAN_OUT: &str = "group_norm_mean_out";
     pub const GROUP_NORM_VAR_OUT: &str = "group_norm_var_out";
+    pub const INPUT_IDS: &str = "input_ids";
+    pub const LAST_HIDDEN_STATE: &str = "last_hidden_state";
 }
 
 /// One graph input or output as the manifest describes it.
@@ -203,6 +207,18 @@ pub struct ComponentSpec {
     /// Decoder only: `scaled` (the graph divides by the scaling factor) or `unscaled`.
     #[serde(default)]
     pub latent_input: Option<LatentInput>,
+    /// Text encoder only: the tokenizer giving its `input_ids`.
+    #[serde(default)]
+    pub tokenizer: Option<TokenizerFile>,
+}
+
+/// `text_encoder.tokenizer`: a Hugging Face `tokenizers` file that
+/// truncates and pads to `max_length` ids itself.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+pub struct TokenizerFile {
+    pub file: String,
+    pub sha256: String,
+    pub max_length: usize,
 }
 
 /// The noise schedule.

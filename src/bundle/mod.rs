@@ -282,6 +282,10 @@ impl Bundle {
                     sha256: c.sha256.clone(),
                 })
                 .chain(c.external_data.iter().cloned())
+                .chain(c.tokenizer.iter().map(|t| HashedFile {
+                    file: t.file.clone(),
+                    sha256: t.sha256.clone(),
+                }))
             })
             .collect();
         files.push(HashedFile {

@@ -218,6 +218,7 @@ fn bundle_summary_json(bundle: &Bundle) -> serde_json::Value {
         "bytes": bundle.total_bytes(),
         "prompt_embeds_shape": m.prompt.shape,
         "prompt": m.prompt.text,
+        "text_prompts": tadsr_edge::prompt::has_text_encoder(bundle),
         "defaults": m.defaults,
         "scaling_factor": m.scaling_factor,
         "graph_forms": {
@@ -274,6 +275,11 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
             .map(|t| format!(" from {t:?}"))
             .unwrap_or_default()
     ))?;
+    print_line(if tadsr_edge::prompt::has_text_encoder(bundle) {
+        "  --prompt TEXT: yes (the bundle's text encoder and tokenizer)"
+    } else {
+        "  --prompt TEXT: no (no text encoder in the bundle; --prompt-embeds FILE replaces the default)"
+    })?;
     let d = &m.defaults;
     print_line(format_args!(
         "  defaults: timestep {}, upscale {}, process size {}, color fix {}",

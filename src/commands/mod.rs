@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod golden;
 pub mod info;
+pub mod prompt;
 pub mod run;
 pub mod signals;
 pub mod tile_policy;

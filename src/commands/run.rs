@@ -436,6 +436,25 @@ fn batch_summary(written: usize, failed: usize, skipped: usize, seconds: f64) ->
 /// Runs the batch; returns how it ended. Everything that can be checked is
 /// checked before the first network runs: the options, every input's file
 /// type, the whole input -> output map, the output folder.
+/// `--prompt` tokenized before anything is computed (the tokenizer needs no
+/// model): a bundle without a text encoder or a tokenizer this runtime
+/// cannot read is a usage error at once, also under --dry-run; a text too
+/// long for the text encoder is a warning line.
+fn check_prompt(args: &RunArgs) -> anyhow::Result<()> {
+    let Some(text) = &args.prompt else {
+        return Ok(());
+    };
+    let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
+    let bundle = Bundle::open_with(&model_dir, HashCheck::Skip)?;
+    let encoding = tadsr_edge::prompt::bundle_tokenizer(&bundle)?
+        .encode(text)
+        .map_err(|e| tadsr_edge::Error::Prompt(e.to_string()))?;
+    if let Some(note) = tadsr_edge::prompt::truncation_note(&encoding) {
+        eprintln!("warning: {note}");
+    }
+    Ok(())
+}
+
 pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     install_signal_handlers(exit_now)?;
@@ -462,6 +481,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         args.format.map_or("png", |format| format.extension()),
     )?;
     check_output_encoding(&target, args)?;
+    check_prompt(args)?;
     let report = |input: &Path, reason: &str| {
         eprintln!("error: {}: {}", shown(input), one_line(reason));
     };
@@ -541,6 +561,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     args.gpu.apply(&mut config);
     config.threads = args.threads;
     config.prompt_embeds = args.prompt_embeds.clone();
+    config.prompt_text = args.prompt.clone();
     config.server = args.remote.options();
     config.fixed_tiles = args.tile_shape.fixed_tiles();
     // The manifest alone (cheap) for --tile auto's memory figures; a bundle

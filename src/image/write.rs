@@ -124,15 +124,27 @@ pub fn remove_temporary_files() -> usize {
 pub const TEMPORARY_PREFIX: &str = ".tadsr-";
 pub const TEMPORARY_SUFFIX: &str = ".tmp";
 
-/// Writes `image` to `path` atomically: into a new temporary file in the
-/// same folder, created exclusively (`O_EXCL`: never through a symbolic link
-/// or over an existing file) under an unpredictable name, flushed and synced,
-/// then renamed over `path` (a symbolic link at `path` is replaced, not
-/// followed), encoded as `encoding` says. On any error the temporary file
-/// is removed and `path` is untouched.
+/// Writes `image` to `path` atomically ([`write_file_atomically`]), encoded
+/// as `encoding` says.
 pub fn write_atomically(image: &DynamicImage, path: &Path, encoding: Encoding<'_>) -> Result<()> {
     let format = output_format(path)?;
     let image = adapt_to_format(image, format);
+    write_file_atomically(path, |writer| {
+        encode(&image, format, encoding, writer).map_err(|e| e.to_string())
+    })
+}
+
+/// Writes a file atomically: `write` fills a new temporary file in the same
+/// folder, created exclusively (`O_EXCL`: never through a symbolic link or
+/// over an existing file) under an unpredictable name and registered for
+/// removal on a signal ([`remove_temporary_files`]); it is flushed, synced,
+/// then renamed over `path` (a symbolic link at `path` is replaced, not
+/// followed). On any error the temporary file is removed and `path` is
+/// untouched.
+pub fn write_file_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut BufWriter<tempfile::NamedTempFile>) -> std::result::Result<(), String>,
+) -> Result<()> {
     let folder = crate::naming::parent_folder(path);
     let output_error = |reason: String| Error::Output {
         path: path.to_path_buf(),
@@ -161,7 +173,7 @@ pub fn write_atomically(image: &DynamicImage, path: &Path, encoding: Encoding<'_
     let forget = |temporary_path: &Path| live_temporaries().retain(|p| p != temporary_path);
     let written = (|| -> std::result::Result<tempfile::NamedTempFile, String> {
         let mut writer = BufWriter::new(temporary);
-        encode(&image, format, encoding, &mut writer).map_err(|e| e.to_string())?;
+        write(&mut writer)?;
         writer.flush().map_err(|e| e.to_string())?;
         let temporary = writer.into_inner().map_err(|e| e.to_string())?;
         temporary.as_file().sync_all().map_err(|e| e.to_string())?;

@@ -91,25 +91,7 @@ pub(super) fn load_prompt_embeds(
             expected[2]
         )));
     }
-    // a UNet exported with a fixed token count (77, as the authors' CLIP
-    // pads to) takes only that many
-    let fixed_tokens = bundle
-        .manifest()
-        .components
-        .get(component::UNET)
-        .and_then(|unet| {
-            unet.inputs
-                .iter()
-                .find(|p| p.name == port::ENCODER_HIDDEN_STATES)
-        })
-        .and_then(|port| port.shape.get(1))
-        .and_then(serde_json::Value::as_u64);
-    if let Some(tokens) = fixed_tokens.filter(|&tokens| tokens as usize != shape[1]) {
-        return Err(fail(format!(
-            "shape {shape:?}; this bundle's UNet takes exactly {tokens} tokens: [1, {tokens}, {}]",
-            expected[2]
-        )));
-    }
+    check_prompt_tokens(bundle, &shape).map_err(fail)?;
     let array = npy::parse_npy(&bytes).map_err(|e| fail(e.to_string()))?;
     if let Some(index) = array.iter().position(|v| !v.is_finite()) {
         return Err(fail(format!(
@@ -121,6 +103,44 @@ pub(super) fn load_prompt_embeds(
         array.iter().copied().collect(),
         [shape[0], shape[1], shape[2]],
     ))
+}
+
+/// `--prompt`'s embedding by the bundle's text encoder, checked as a
+/// `--prompt-embeds` file is. The text encoder runs here even when the
+/// networks run on a server.
+pub(super) fn encode_prompt_text(
+    runtime: &Runtime,
+    bundle: &Bundle,
+    text: &str,
+    threads: usize,
+) -> Result<crate::prompt::PromptEmbedding> {
+    let embedding = crate::prompt::encode_prompt(runtime, bundle, text, threads)?;
+    check_prompt_tokens(bundle, &embedding.shape).map_err(Error::Prompt)?;
+    Ok(embedding)
+}
+
+/// A UNet exported with a fixed token count (77, as the authors' CLIP pads
+/// to) takes only that many.
+fn check_prompt_tokens(bundle: &Bundle, shape: &[usize]) -> std::result::Result<(), String> {
+    let expected = &bundle.manifest().prompt.shape;
+    let fixed_tokens = bundle
+        .manifest()
+        .components
+        .get(component::UNET)
+        .and_then(|unet| {
+            unet.inputs
+                .iter()
+                .find(|p| p.name == port::ENCODER_HIDDEN_STATES)
+        })
+        .and_then(|port| port.shape.get(1))
+        .and_then(serde_json::Value::as_u64);
+    match fixed_tokens.filter(|&tokens| tokens as usize != shape[1]) {
+        Some(tokens) => Err(format!(
+            "shape {shape:?}; this bundle's UNet takes exactly {tokens} tokens: [1, {tokens}, {}]",
+            expected.get(2).copied().unwrap_or(0)
+        )),
+        None => Ok(()),
+    }
 }
 
 /// The largest side TensorRT profiles admit when the run did not say.

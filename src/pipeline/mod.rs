@@ -48,7 +48,7 @@ pub use options::{
 pub use stages::{SpentIn, StageTimings};
 pub use static_shapes::StaticShapes;
 
-use loading::{load_prompt_embeds, open_stage};
+use loading::{encode_prompt_text, load_prompt_embeds, open_stage};
 use shared_stats::{open_tiled_stage, TiledStage};
 use stages::{millis_since, Stage};
 
@@ -143,6 +143,8 @@ pub struct Pipeline {
     schedule: NoiseSchedule,
     prompt_embeds: Vec<f32>,
     prompt_shape: [usize; 3],
+    /// How `--prompt` was tokenized (None: an embedding file).
+    prompt_encoding: Option<crate::prompt::Encoding>,
     /// Provider attempts that failed under `auto`, for the user to see.
     fallbacks: Vec<String>,
     cancel: Option<&'static AtomicBool>,
@@ -175,8 +177,20 @@ impl Pipeline {
             },
         )?;
         let schedule = noise_schedule(&bundle)?;
-        let (prompt_embeds, prompt_shape) =
-            load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
+        let (prompt_embeds, prompt_shape, prompt_encoding) = match &config.prompt_text {
+            Some(text) => {
+                let runtime = match &backend {
+                    Backend::Local(runtime) => runtime,
+                    Backend::Server(_) => Runtime::global(config.ort_lib.as_deref())?,
+                };
+                let embedding = encode_prompt_text(runtime, &bundle, text, config.threads)?;
+                (embedding.values, embedding.shape, Some(embedding.encoding))
+            }
+            None => {
+                let (values, shape) = load_prompt_embeds(&bundle, config.prompt_embeds.as_deref())?;
+                (values, shape, None)
+            }
+        };
         let mut fallbacks = Vec::new();
         let mut open = |component: &str| -> Result<Stage> {
             open_component(
@@ -224,6 +238,7 @@ impl Pipeline {
             schedule,
             prompt_embeds,
             prompt_shape,
+            prompt_encoding,
             fallbacks,
             cancel: None,
             fixed_tiles: config.fixed_tiles,
@@ -234,6 +249,12 @@ impl Pipeline {
                 .as_ref()
                 .map_or(config.tile_batch.max(1), |server| server.inflight()),
         })
+    }
+
+    /// How `--prompt`'s text was tokenized; None when the embedding came
+    /// from a file (the bundle's or `--prompt-embeds`).
+    pub fn prompt_encoding(&self) -> Option<&crate::prompt::Encoding> {
+        self.prompt_encoding.as_ref()
     }
 
     /// The bundle in use.

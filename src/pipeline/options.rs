@@ -36,6 +36,9 @@ pub struct PipelineConfig {
     pub threads: usize,
     /// Replaces the bundle's default prompt embedding ([1, 77, D] .npy).
     pub prompt_embeds: Option<PathBuf>,
+    /// Replaces it with this text's embedding by the bundle's text encoder
+    /// (`--prompt`; not with `prompt_embeds`).
+    pub prompt_text: Option<String>,
     /// What the runs will send the networks: TensorRT builds its engines
     /// for this. The tiling itself is [`RunOptions`]'; a run whose tiling
     /// differs is refused on TensorRT ([`ShapeHint::check`]).
@@ -86,6 +89,7 @@ impl PipelineConfig {
             device_id: 0,
             threads: 0,
             prompt_embeds: None,
+            prompt_text: None,
             shapes: ShapeHint::default(),
             notify: |_| {},
             io_binding: None,

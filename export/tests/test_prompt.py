@@ -1,0 +1,173 @@
+"""`tadsr-edge prompt` and `run --prompt`: the Rust tokenizer against Hugging Face `tokenizers` (the real CLIP
+vocabulary and the tiny one), the Rust-run text encoder against PyTorch, and a run conditioned on a text against
+the same run given PyTorch's embedding of that text."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from export.tests.binary import BIN, needs_binary
+from export.tests.clip_vocab import CLIP_VOCAB_SIZE, vocab_file, write_clip_tokenizer_json
+from export.tests.conftest import TEXT_PROMPT
+
+pytestmark = needs_binary
+
+# What people type, and what trips tokenizers: case, runs of white space, punctuation runs, digits (one token
+# each), contractions, accents (composed and not), other scripts, emoji, the pad token "!" and the special tokens
+# inside the text, an empty text, and texts longer than 75 tokens.
+TEXTS = [
+    "",
+    "a photo of a cat",
+    TEXT_PROMPT,
+    "clean, high-resolution, 8k, ultra-detailed",
+    "  Leading and trailing spaces\t\tand\ttabs \n and new\nlines  ",
+    "It's the dog's bone; they'll say we'd've done it, I'm sure!!",
+    "don't DON'T Don'T o'clock 's 't",
+    "Price: $1,299.99 (was 1999) -- 50% off!!! #deal @shop",
+    "Crème brûlée, naïve café, Ångström, Straße, ΟΔΟΣ, İstanbul",
+    "e\u0301cole vs \u00e9cole",
+    "東京の夜景、高精細 写真",
+    "Москва зимой, 4K",
+    "emoji 🐱🐶 and 👩‍👩‍👧 family",
+    "<|startoftext|>inside<|endoftext|> text",
+    "a!b!!c",
+    "...!?,;:()[]{}<>/\\|~`^&*_+=-",
+    "x" * 300,
+    "the cat " * 60,
+    "Ⅻ ½ ² ٣ 𝟙 numbers",
+    "\u200bzero\u00a0width\u3000spaces",
+]
+
+
+def prompt_ids(bundle, text):
+    proc = subprocess.run([str(BIN), "prompt", "--model", str(bundle), "--json", "--", text],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout), proc.stderr
+
+
+@pytest.fixture(scope="module")
+def real_clip_bundle(text_bundle, tmp_path_factory):
+    """The text bundle with SD-2.1's tokenizer (real CLIP vocabulary) in place of the tiny one: for tokenizing only
+    (its tiny text encoder knows 524 ids)."""
+    if not vocab_file().is_file():
+        pytest.fail(f"{vocab_file()} is missing: run scripts/setup.sh (make test runs it)")
+    work = tmp_path_factory.mktemp("real_clip")
+    bundle = work / "bundle"
+    shutil.copytree(text_bundle, bundle)
+    tokenizer = write_clip_tokenizer_json(bundle / "tokenizer" / "tokenizer.json", work / "tokenizer_src")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["components"]["text_encoder"]["tokenizer"]["sha256"] = hashlib.sha256(tokenizer.read_bytes()).hexdigest()
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    return bundle
+
+
+def test_the_real_clip_tokenizer_gives_the_ids_of_hugging_face_tokenizers(real_clip_bundle):
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(str(real_clip_bundle / "tokenizer" / "tokenizer.json"))
+    assert reference.get_vocab_size() == CLIP_VOCAB_SIZE
+    # known ids of SD-2.1's tokenizer: start, "a</w>", "photo</w>", "of</w>", end, then "!" (0) as padding
+    assert reference.encode("a photo of").ids[:5] == [49406, 320, 1125, 539, 49407]
+    for text in TEXTS:
+        got, stderr = prompt_ids(real_clip_bundle, text)
+        want = reference.encode(text).ids
+        assert got["ids"] == want, text
+        kept = got["text_tokens"]
+        assert len(got["ids"]) == 77 and want[kept + 1] == 49407
+        if got["dropped_tokens"]:
+            assert "were dropped" in stderr
+            assert kept == 75
+        else:
+            assert stderr == ""
+
+
+def test_the_tiny_tokenizer_gives_the_ids_of_hugging_face_tokenizers(text_bundle, text_models):
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(str(text_bundle / "tokenizer" / "tokenizer.json"))
+    for text in TEXTS:
+        got, _ = prompt_ids(text_bundle, text)
+        assert got["ids"] == reference.encode(text).ids, text
+    # and the tokenizer the export used for prompt_embeds.npy agrees
+    want = text_models.tokenizer(TEXT_PROMPT, max_length=77, padding="max_length", truncation=True).input_ids
+    assert prompt_ids(text_bundle, TEXT_PROMPT)[0]["ids"] == want
+
+
+def test_the_embedding_written_is_pytorchs(text_bundle, text_models, tmp_path):
+    for index, text in enumerate([TEXT_PROMPT, "a dog", "the cat " * 60, ""]):
+        out = tmp_path / f"e{index}.npy"
+        proc = subprocess.run([str(BIN), "prompt", "--model", str(text_bundle), "-o", str(out), "--", text],
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert "wrote" in proc.stdout
+        ids = text_models.tokenizer(text, max_length=77, padding="max_length", truncation=True,
+                                    return_tensors="pt").input_ids
+        with torch.no_grad():
+            want = text_models.text_encoder(ids)[0].numpy()
+        got = np.load(out)
+        assert got.shape == want.shape == (1, 77, 32)
+        # fp32, the same 2-layer encoder: round-off only (observed ~1e-6)
+        assert np.abs(got - want).max() <= 1e-4, text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["e0.npy", "e1.npy", "e2.npy", "e3.npy"]
+
+
+def test_run_with_a_prompt_is_the_run_with_pytorchs_embedding_of_it(text_bundle, text_models, repo, tmp_path):
+    text = "a dog on a sofa, sharp, detailed"
+    ids = text_models.tokenizer(text, max_length=77, padding="max_length", truncation=True,
+                                return_tensors="pt").input_ids
+    with torch.no_grad():
+        np.save(tmp_path / "dog.npy", text_models.text_encoder(ids)[0].numpy().astype(np.float32))
+    image = repo / "examples" / "coffee.png"
+
+    def run(name, *extra):
+        out = tmp_path / name
+        proc = subprocess.run([str(BIN), "run", str(image), "-o", str(out), "--model", str(text_bundle),
+                               "--provider", "cpu", "-q", *extra], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        return np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+
+    by_text = run("text.png", "--prompt", text)
+    by_torch = run("torch.png", "--prompt-embeds", str(tmp_path / "dog.npy"))
+    default = run("default.png")
+    # the same conditioning up to fp32 round-off: at most one 8-bit level apart
+    assert np.abs(by_text - by_torch).max() <= 1
+    # and the conditioning matters (the test could fail): the default prompt gives another image
+    assert np.abs(by_text - default).mean() > 2
+
+
+def test_prompt_errors_are_one_line_and_exit_2(text_bundle, repo, tmp_path):
+    def run(*argv):
+        return subprocess.run([str(BIN), *argv], capture_output=True, text=True, timeout=60)
+
+    no_encoder = run("run", str(repo / "examples" / "coffee.png"), "-o", str(tmp_path / "x.png"),
+                     "--model", str(repo / "models" / "tiny"), "--prompt", "a cat")
+    assert no_encoder.returncode == 2
+    assert no_encoder.stderr.count("\n") == 1 and "has no text encoder" in no_encoder.stderr
+    assert not (tmp_path / "x.png").exists()
+    both = run("run", str(repo / "examples" / "coffee.png"), "-o", str(tmp_path / "x.png"), "--model",
+               str(text_bundle), "--prompt", "a", "--prompt-embeds", str(tmp_path / "e.npy"))
+    assert both.returncode == 2 and "cannot be used with" in both.stderr
+    folder = run("prompt", "--model", str(text_bundle), "a", "-o", str(tmp_path))
+    assert folder.returncode == 2 and ".npy" in folder.stderr
+    # a damaged tokenizer.json: the bundle's fault, named, and nothing written
+    damaged = tmp_path / "damaged"
+    shutil.copytree(text_bundle, damaged)
+    tokenizer = damaged / "tokenizer" / "tokenizer.json"
+    data = json.loads(tokenizer.read_text())
+    data["model"]["type"] = "WordPiece"
+    tokenizer.write_text(json.dumps(data))
+    bad = run("prompt", "--model", str(damaged), "a")
+    assert bad.returncode == 2 and "not BPE" in bad.stderr and bad.stderr.count("\n") == 1
+    # with -o the files are hash-checked: the edited tokenizer.json is caught by its sha256
+    bad = run("prompt", "--model", str(damaged), "a", "-o", str(tmp_path / "e.npy"))
+    assert bad.returncode == 2 and "sha256" in bad.stderr
+    assert not (tmp_path / "e.npy").exists()

@@ -1,0 +1,139 @@
+//! `tadsr-edge prompt`: a text as the bundle's tokenizer splits it and, with
+//! `-o`, its embedding by the bundle's text encoder written as a `.npy` that
+//! `run --prompt-embeds` reads (for a bundle or a machine without the text
+//! encoder, or a Triton client that should not hold it).
+
+use std::path::Path;
+
+use anyhow::Context as _;
+use serde_json::json;
+
+use tadsr_edge::bundle::{Bundle, HashCheck};
+use tadsr_edge::image::write::write_file_atomically;
+use tadsr_edge::npy::{encode_npy, NpyDtype};
+use tadsr_edge::prompt::{bundle_tokenizer, encode_prompt, truncation_note, Encoding};
+use tadsr_edge::runtime::Runtime;
+use tadsr_edge::Error;
+
+use super::signals::{install_signal_handlers, interrupted};
+use super::{default_model_dir, escape_controls, print_line, ExitNow, Outcome};
+use crate::args::PromptArgs;
+
+/// `-o`'s checks before anything is computed: a `.npy` name in an existing
+/// folder, not a folder or a special file.
+fn check_output(path: &Path) -> Result<(), Error> {
+    let invalid = |reason: String| Err(Error::InvalidOption(reason));
+    let shown = path.display();
+    if path.extension().and_then(|e| e.to_str()) != Some("npy") {
+        return invalid(format!("-o {shown}: give a .npy file name"));
+    }
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.is_dir() => {
+            return invalid(format!("-o {shown} is a folder; give a .npy file name"))
+        }
+        Ok(meta) if !meta.is_file() && !meta.file_type().is_symlink() => {
+            return invalid(format!("-o {shown} is not a regular file"))
+        }
+        _ => {}
+    }
+    let folder = tadsr_edge::naming::parent_folder(path);
+    if !folder.is_dir() {
+        return invalid(format!(
+            "-o {shown}: the folder {} does not exist",
+            folder.display()
+        ));
+    }
+    Ok(())
+}
+
+/// "5 token(s): ids 49406 320 1125 539 2368 49407, then 71 x 0 (padding to 77)"
+fn describe(encoding: &Encoding) -> String {
+    let ids = &encoding.ids;
+    let content = ids.len() - encoding.padding;
+    let shown: Vec<String> = ids[..content].iter().map(i64::to_string).collect();
+    format!(
+        "{} token(s){}: ids {}{}",
+        encoding.text_tokens,
+        if encoding.dropped_tokens > 0 {
+            format!(" kept, {} dropped", encoding.dropped_tokens)
+        } else {
+            String::new()
+        },
+        shown.join(" "),
+        match (encoding.padding, ids.last()) {
+            (0, _) | (_, None) => String::new(),
+            (n, Some(pad)) => format!(", then {n} x {pad} (padding to {})", ids.len()),
+        }
+    )
+}
+
+pub fn prompt(
+    ort_lib: Option<&Path>,
+    args: &PromptArgs,
+    exit_now: ExitNow,
+) -> anyhow::Result<Outcome> {
+    if let Some(output) = &args.output {
+        check_output(output)?;
+        install_signal_handlers(exit_now)?;
+    }
+    let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
+    let bundle = Bundle::open_with(
+        &model_dir,
+        if args.output.is_some() {
+            HashCheck::Remembered
+        } else {
+            HashCheck::Skip
+        },
+    )
+    .with_context(|| "cannot use the bundle")?;
+    let (encoding, written) = match &args.output {
+        None => {
+            let tokenizer = bundle_tokenizer(&bundle)?;
+            let encoding = tokenizer
+                .encode(&args.text)
+                .map_err(|e| Error::Prompt(e.to_string()))?;
+            (encoding, None)
+        }
+        Some(output) => {
+            let runtime = Runtime::global(ort_lib)?;
+            let embedding = encode_prompt(runtime, &bundle, &args.text, args.threads)?;
+            if let Some(outcome) = interrupted() {
+                return Ok(outcome);
+            }
+            let array = ndarray::ArrayViewD::from_shape(&embedding.shape[..], &embedding.values)
+                .context("the embedding's shape")?;
+            let bytes = encode_npy(&array, NpyDtype::Float32);
+            write_file_atomically(output, |writer| {
+                std::io::Write::write_all(writer, &bytes).map_err(|e| e.to_string())
+            })?;
+            (embedding.encoding, Some((output.clone(), embedding.shape)))
+        }
+    };
+    if let Some(note) = truncation_note(&encoding) {
+        eprintln!("warning: {note}");
+    }
+    if args.json {
+        print_line(json!({
+            "text": args.text,
+            "model": bundle.root(),
+            "ids": encoding.ids,
+            "text_tokens": encoding.text_tokens,
+            "dropped_tokens": encoding.dropped_tokens,
+            "output": written.as_ref().map(|(path, _)| path),
+            "shape": written.as_ref().map(|(_, shape)| shape),
+        }))?;
+    } else {
+        print_line(format!(
+            "{:?}: {}",
+            escape_controls(&args.text),
+            describe(&encoding)
+        ))?;
+        if let Some((path, shape)) = written {
+            print_line(format!(
+                "wrote {}: the embedding, {shape:?} float32 (use it with run --prompt-embeds)",
+                path.display()
+            ))?;
+        }
+    }
+    Ok(interrupted().unwrap_or(Outcome::Done))
+}

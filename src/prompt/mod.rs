@@ -1,0 +1,157 @@
+//! `--prompt`: a text turned into the prompt embedding the UNet takes, by
+//! the bundle's own tokenizer ([`tokenizer`]) and text encoder graph (run on
+//! the CPU, once per run: a 77-token pass, small next to one image).
+
+mod pretokenize;
+pub mod tokenizer;
+mod tokenizer_json;
+
+use std::io::Read as _;
+
+pub use tokenizer::{Encoding, Tokenizer, TokenizerError};
+
+use crate::bundle::{component, port, Bundle};
+use crate::error::{Error, Result};
+use crate::runtime::{InputTensor, Runtime, SessionOptions};
+
+/// Largest tokenizer.json read (CLIP's is about 3.6 MB).
+const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
+
+/// A prompt encoded: the embedding [1, tokens, width] and how the text was
+/// tokenized.
+#[derive(Debug, Clone)]
+pub struct PromptEmbedding {
+    pub values: Vec<f32>,
+    pub shape: [usize; 3],
+    pub encoding: Encoding,
+}
+
+fn no_text_encoder(bundle: &Bundle) -> Error {
+    Error::Prompt(format!(
+        "the bundle {} has no text encoder; export it with --text-encoder, or give --prompt-embeds FILE (a [1, 77, {}] .npy)",
+        bundle.root().display(),
+        bundle.manifest().prompt.shape.get(2).copied().unwrap_or(0)
+    ))
+}
+
+/// Whether the bundle can encode `--prompt` text.
+pub fn has_text_encoder(bundle: &Bundle) -> bool {
+    bundle
+        .manifest()
+        .components
+        .get(component::TEXT_ENCODER)
+        .is_some_and(|spec| spec.tokenizer.is_some())
+}
+
+/// The bundle's tokenizer, read and checked against the text encoder's
+/// input length.
+pub fn bundle_tokenizer(bundle: &Bundle) -> Result<Tokenizer> {
+    let spec = bundle
+        .manifest()
+        .components
+        .get(component::TEXT_ENCODER)
+        .ok_or_else(|| no_text_encoder(bundle))?;
+    let file = spec
+        .tokenizer
+        .as_ref()
+        .ok_or_else(|| no_text_encoder(bundle))?;
+    let path = bundle.resolve(&file.file)?;
+    let damaged = |reason: String| Error::bundle(&path, format!("tokenizer: {reason}"));
+    let mut text = String::new();
+    crate::image::io::open_regular(&path)
+        .map_err(|e| damaged(e.to_string()))?
+        .take(MAX_TOKENIZER_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(|e| damaged(format!("cannot read: {e}")))?;
+    if text.len() as u64 > MAX_TOKENIZER_BYTES {
+        return Err(damaged(format!(
+            "larger than {} MiB",
+            MAX_TOKENIZER_BYTES >> 20
+        )));
+    }
+    let tokenizer = Tokenizer::from_json(&text).map_err(|e| damaged(e.0))?;
+    if tokenizer.padded_length() != Some(file.max_length) {
+        return Err(damaged(format!(
+            "it pads to {:?} ids, the manifest says max_length {}",
+            tokenizer.padded_length(),
+            file.max_length
+        )));
+    }
+    Ok(tokenizer)
+}
+
+/// `text` tokenized and run through the bundle's text encoder on the CPU
+/// with `threads` intra-op threads (0: one per core).
+pub fn encode_prompt(
+    runtime: &Runtime,
+    bundle: &Bundle,
+    text: &str,
+    threads: usize,
+) -> Result<PromptEmbedding> {
+    let tokenizer = bundle_tokenizer(bundle)?;
+    let encoding = tokenizer
+        .encode(text)
+        .map_err(|e| Error::Prompt(e.to_string()))?;
+    let spec = bundle.component(component::TEXT_ENCODER);
+    let path = bundle.resolve(&spec.file)?;
+    let options = SessionOptions {
+        threads,
+        graph_sha256: Some(spec.sha256.clone()),
+        ..SessionOptions::default()
+    };
+    let mut session = runtime.session(&path, &options)?;
+    let ids_shape = [1, encoding.ids.len()];
+    let mut outputs = session.run(
+        &[(
+            port::INPUT_IDS,
+            InputTensor::Int64 {
+                shape: &ids_shape,
+                data: &encoding.ids,
+            },
+        )],
+        &[port::LAST_HIDDEN_STATE],
+    )?;
+    let hidden = outputs.remove(0);
+    let width = bundle.manifest().prompt.shape.get(2).copied().unwrap_or(0);
+    let [1, tokens, got_width] = hidden.shape[..] else {
+        return Err(Error::bundle(
+            &path,
+            format!(
+                "the text encoder gave shape {:?}, expected [1, tokens, {width}]",
+                hidden.shape
+            ),
+        ));
+    };
+    if got_width != width {
+        return Err(Error::bundle(
+            &path,
+            format!("the text encoder gives {got_width} values per token, the UNet takes {width}"),
+        ));
+    }
+    if let Some(index) = hidden.data.iter().position(|v| !v.is_finite()) {
+        return Err(Error::bundle(
+            &path,
+            format!(
+                "the text encoder produced {} at element {index}; the graph is damaged or overflowed (an fp16 export?)",
+                hidden.data[index]
+            ),
+        ));
+    }
+    Ok(PromptEmbedding {
+        values: hidden.data,
+        shape: [1, tokens, width],
+        encoding,
+    })
+}
+
+/// A warning line when the text was cut to fit the text encoder, else None.
+pub fn truncation_note(encoding: &Encoding) -> Option<String> {
+    (encoding.dropped_tokens > 0).then(|| {
+        format!(
+            "--prompt: the text is {} tokens, the text encoder takes {}: the last {} were dropped",
+            encoding.text_tokens + encoding.dropped_tokens,
+            encoding.text_tokens,
+            encoding.dropped_tokens
+        )
+    })
+}
