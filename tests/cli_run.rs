@@ -1145,7 +1145,10 @@ fn a_prompt_needs_a_text_encoder() {
     let input = dir.path().join("a.png");
     small_rgb().save(&input).unwrap();
     let out = dir.path().join("out.png");
-    for extra in [&["--prompt", "a cat"][..], &["--prompt", "a cat", "--dry-run"]] {
+    for extra in [
+        &["--prompt", "a cat"][..],
+        &["--prompt", "a cat", "--dry-run"],
+    ] {
         let run = upscale(&input, &out, extra);
         assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
         let message = stderr(&run);
@@ -1162,5 +1165,9 @@ fn a_prompt_needs_a_text_encoder() {
         .output()
         .unwrap();
     assert_eq!(run.status.code(), Some(2));
-    assert!(stderr(&run).contains("has no text encoder"), "{}", stderr(&run));
+    assert!(
+        stderr(&run).contains("has no text encoder"),
+        "{}",
+        stderr(&run)
+    );
 }

@@ -573,6 +573,38 @@ mod tests {
     }
 
     #[test]
+    fn any_text_tokenizes_to_the_fixed_length() {
+        use rand::{Rng as _, SeedableRng as _};
+        let t = Tokenizer::from_json(&clip_like(&[("t", "h"), ("th", "e</w>")])).unwrap();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        // ASCII with controls, Latin-1, combining marks, Greek, CJK, emoji, ZWJ, odd spaces
+        let ranges = [
+            0x00..0x80,
+            0x80..0x100,
+            0x300..0x370,
+            0x370..0x400,
+            0x4E00..0x4E40,
+            0x1F400..0x1F440,
+            0x2000..0x2030,
+        ];
+        for _ in 0..2000 {
+            let length = rng.random_range(0..30);
+            let specials = rng.random_range(0..4);
+            let mut text: String = (0..length)
+                .filter_map(|_| {
+                    let range = ranges[rng.random_range(0..ranges.len())].clone();
+                    char::from_u32(rng.random_range(range))
+                })
+                .collect();
+            text.extend(["!", "<|endoftext|>", " "].iter().take(specials).copied());
+            let e = t.encode(&text).unwrap();
+            assert_eq!(e.ids.len(), 8, "{text:?}");
+            assert_eq!(e.text_tokens + 2 + e.padding, 8, "{text:?}");
+            assert!(e.ids.iter().all(|&id| (id as usize) < t.vocab_size()));
+        }
+    }
+
+    #[test]
     fn added_tokens_are_cut_from_the_raw_text_first() {
         let t = Tokenizer::from_json(&clip_like(&[])).unwrap();
         let e = t.encode("a!b").unwrap();
