@@ -4,8 +4,8 @@ tritonserver, Python backend, models/tiny), started and stopped by the tests on 
 The binary is the one `make test` builds (export/tests/binary.py). Checked: a server run gives the
 local run's image (untiled and tiled; the tiles of one image in flight together), a batch with bad files
 ends as locally, a server killed mid-batch gives one clear error, exit 2 and no partial file, 8 clients at
-once all finish right, and a missing model, a server holding another bundle's graphs or a server that is
-down is a one-line error.
+once all finish right, a --prompt encoded on the client reaches the server's UNet, and a missing model, a
+server holding another bundle's graphs or a server that is down is a one-line error.
 """
 
 from __future__ import annotations
@@ -193,3 +193,28 @@ def test_missing_model_down_server_and_bad_url_are_one_line_errors(start_triton,
         lines = ran.stderr.strip().splitlines()
         assert len(lines) == 1 and expected in lines[0], (extra, ran.stderr)
         assert not (tmp_path / "out.png").exists()
+
+
+def test_a_prompt_is_encoded_here_and_the_server_run_gives_the_local_image(start_triton, text_bundle, photos,
+                                                                           tmp_path_factory, tmp_path):
+    """--prompt with --server: the text encoder runs on the client (the repository holds the three image
+    networks), and the server's image is the local one."""
+    from export.triton import write_repository
+
+    repo = tmp_path_factory.mktemp("text_triton") / "repo"
+    write_repository(text_bundle, repo, variant="python")
+    assert not (repo / "text_encoder").exists()
+    text = "a dog on a sofa, sharp, detailed"
+    local = tadsr("run", photos / "coffee.png", "-o", tmp_path / "local.png", "--model", text_bundle, "-q",
+                  "--tile", "0", "--prompt", text)
+    assert local.returncode == 0, local.stderr
+    default = tadsr("run", photos / "coffee.png", "-o", tmp_path / "default.png", "--model", text_bundle, "-q",
+                    "--tile", "0")
+    assert default.returncode == 0, default.stderr
+    with start_triton(repo) as server:
+        remote = tadsr("run", photos / "coffee.png", "-o", tmp_path / "remote.png", "--model", text_bundle, "-q",
+                       "--tile", "0", "--prompt", text, "--server", server.url)
+    assert remote.returncode == 0, remote.stderr
+    assert_same_image(tmp_path / "local.png", tmp_path / "remote.png")
+    # the prompt reached the server's UNet: the default prompt's image is another one
+    assert np.abs(pixels(tmp_path / "remote.png") - pixels(tmp_path / "default.png")).mean() > 2
