@@ -32,6 +32,10 @@ pub(super) fn fail<T>(reason: impl Into<String>) -> Result<T> {
 /// Longest text tokenized, in bytes: a prompt, not a document.
 pub const MAX_TEXT_BYTES: usize = 64 << 10;
 
+/// Longest text the normalizers may make of it (NFKC and lower case grow
+/// a text by a few times at most).
+const MAX_NORMALIZED_BYTES: usize = 16 * MAX_TEXT_BYTES;
+
 /// A token the file lists in `added_tokens`: found in the text as it is,
 /// before any other step.
 #[derive(Debug, Clone)]
@@ -148,7 +152,7 @@ impl Tokenizer {
                 ids.push(id);
                 continue;
             }
-            let normalized = self.normalize(segment);
+            let normalized = self.normalize(segment)?;
             for (piece, added_id) in split_added(&normalized, &self.added, true) {
                 match added_id {
                     Some(id) => ids.push(id),
@@ -187,7 +191,10 @@ impl Tokenizer {
         })
     }
 
-    fn normalize(&self, text: &str) -> String {
+    /// The normalizers in order. A Replace that would grow the text past
+    /// [`MAX_NORMALIZED_BYTES`] (a file's regex matching everywhere with a
+    /// long replacement) is refused before it is made.
+    fn normalize(&self, text: &str) -> Result<String> {
         let mut text = text.to_string();
         for normalizer in &self.normalizers {
             text = match normalizer {
@@ -197,12 +204,35 @@ impl Tokenizer {
                 Normalizer::Nfkd => text.nfkd().collect(),
                 // per character, as `tokenizers` does (no final-sigma rule)
                 Normalizer::Lowercase => text.chars().flat_map(char::to_lowercase).collect(),
-                Normalizer::Replace { pattern, content } => match pattern {
-                    Pattern::Literal(literal) => text.replace(literal.as_str(), content),
-                    Pattern::Regex(regex) => regex
-                        .replace_all(&text, regex::NoExpand(content))
-                        .into_owned(),
-                },
+                Normalizer::Replace { pattern, content } => {
+                    let matches: Vec<(usize, usize)> = match pattern {
+                        Pattern::Literal(literal) => text
+                            .match_indices(literal.as_str())
+                            .map(|(at, m)| (at, at + m.len()))
+                            .collect(),
+                        Pattern::Regex(regex) => regex
+                            .find_iter(&text)
+                            .map(|m| (m.start(), m.end()))
+                            .collect(),
+                    };
+                    let removed: usize = matches.iter().map(|(start, end)| end - start).sum();
+                    let grown = (text.len() - removed)
+                        .saturating_add(matches.len().saturating_mul(content.len()));
+                    if grown > MAX_NORMALIZED_BYTES {
+                        return fail(format!(
+                            "the tokenizer's Replace normalizer would make the text {grown} bytes long (at most {MAX_NORMALIZED_BYTES}); the tokenizer.json is not a usable one"
+                        ));
+                    }
+                    let mut replaced = String::with_capacity(grown);
+                    let mut last = 0;
+                    for (start, end) in matches {
+                        replaced.push_str(&text[last..start]);
+                        replaced.push_str(content);
+                        last = end;
+                    }
+                    replaced.push_str(&text[last..]);
+                    replaced
+                }
                 Normalizer::Strip { left, right } => {
                     let mut stripped = text.as_str();
                     if *left {
@@ -215,7 +245,7 @@ impl Tokenizer {
                 }
             };
         }
-        text
+        Ok(text)
     }
 
     /// The words BPE runs on, in order.
@@ -651,6 +681,19 @@ mod tests {
             .unwrap_err()
             .0
             .contains("not JSON"));
+        // a Replace matching everywhere with a long replacement: refused, not grown to gigabytes
+        let mut json = good.clone();
+        json["normalizer"]["normalizers"][1] = serde_json::json!({"type": "Replace", "pattern": {"Regex": "x*"}, "content": "y".repeat(4096)});
+        let t = Tokenizer::from_json(&json.to_string()).unwrap();
+        assert!(t
+            .encode(&"ab".repeat(1000))
+            .unwrap_err()
+            .0
+            .contains("Replace"));
+        assert!(
+            t.encode("ab").is_ok(),
+            "a short text stays within the bound"
+        );
         let long = "a".repeat(MAX_TEXT_BYTES + 1);
         let t = Tokenizer::from_json(&clip_like(&[])).unwrap();
         assert!(t.encode(&long).unwrap_err().0.contains("KiB"));
