@@ -131,13 +131,18 @@ def test_run_with_a_prompt_is_the_run_with_pytorchs_embedding_of_it(text_bundle,
     def run(name, *extra):
         out = tmp_path / name
         proc = subprocess.run([str(BIN), "run", str(image), "-o", str(out), "--model", str(text_bundle),
-                               "--provider", "cpu", "-q", *extra], capture_output=True, text=True, timeout=300)
+                               "--provider", "cpu", "-q", "--json", *extra], capture_output=True, text=True,
+                              timeout=300)
         assert proc.returncode == 0, proc.stderr
-        return np.asarray(Image.open(out).convert("RGB"), dtype=np.int16)
+        return np.asarray(Image.open(out).convert("RGB"), dtype=np.int16), json.loads(proc.stdout)["prompt"]
 
-    by_text = run("text.png", "--prompt", text)
-    by_torch = run("torch.png", "--prompt-embeds", str(tmp_path / "dog.npy"))
-    default = run("default.png")
+    by_text, said = run("text.png", "--prompt", text)
+    tokens = len(text_models.tokenizer(text).input_ids) - 2  # without the start and end tokens
+    assert said == {"source": "text", "text": text, "tokens": tokens, "dropped_tokens": 0}
+    by_torch, said = run("torch.png", "--prompt-embeds", str(tmp_path / "dog.npy"))
+    assert said == {"source": "file", "file": str(tmp_path / "dog.npy")}
+    default, said = run("default.png")
+    assert said == {"source": "bundle", "text": TEXT_PROMPT}
     # the same conditioning up to fp32 round-off: at most one 8-bit level apart
     assert np.abs(by_text - by_torch).max() <= 1
     # and the conditioning matters (the test could fail): the default prompt gives another image

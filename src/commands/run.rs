@@ -686,6 +686,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         jobs: &jobs,
         existing_outputs,
         server_requests: config.server.as_ref().map(|server| server.requests.clone()),
+        prompt: prompt_json(args, &pipeline),
     };
     if inflight == 1 {
         batch.work(&mut pipeline);
@@ -833,6 +834,28 @@ struct Batch<'a> {
     /// With --server: the batch's request slots (`--inflight`), for the
     /// JSON line's count of requests in flight at once.
     server_requests: Option<tadsr_edge::remote::RequestSlots>,
+    /// The JSON line's `prompt`: which conditioning the UNet had.
+    prompt: serde_json::Value,
+}
+
+/// What the UNet was conditioned on, for the JSON lines: the bundle's
+/// default (its text when the manifest has it), a `--prompt-embeds` file, or
+/// a `--prompt` text with its token counts.
+fn prompt_json(args: &RunArgs, pipeline: &Pipeline) -> serde_json::Value {
+    match (
+        &args.prompt,
+        &args.prompt_embeds,
+        pipeline.prompt_encoding(),
+    ) {
+        (Some(text), _, Some(encoding)) => json!({
+            "source": "text",
+            "text": text,
+            "tokens": encoding.text_tokens,
+            "dropped_tokens": encoding.dropped_tokens,
+        }),
+        (_, Some(file), _) => json!({"source": "file", "file": json_path(file)}),
+        _ => json!({"source": "bundle", "text": pipeline.bundle().manifest().prompt.text}),
+    }
 }
 
 impl Batch<'_> {
@@ -1030,6 +1053,7 @@ impl Batch<'_> {
                     "input_size": [image.width, image.height],
                     "output_size": [upscaled.image.width(), upscaled.image.height()],
                     "timestep": upscaled.timestep,
+                    "prompt": self.prompt,
                     "provider": self.providers,
                     "tile": tile,
                     "ms": ms,
