@@ -176,3 +176,23 @@ def test_prompt_errors_are_one_line_and_exit_2(text_bundle, repo, tmp_path):
     bad = run("prompt", "--model", str(damaged), "a", "-o", str(tmp_path / "e.npy"))
     assert bad.returncode == 2 and "sha256" in bad.stderr
     assert not (tmp_path / "e.npy").exists()
+
+
+def test_an_fp16_bundles_text_encoder_runs_here_close_to_pytorch(text_models, tmp_path):
+    """fp16 bundles carry an fp16 text encoder; `prompt` runs it on the CPU (float16 in, widened out)."""
+    from export.bundle import export_bundle
+
+    bundle = tmp_path / "fp16"
+    export_bundle(text_models, bundle, precision="fp16", text_encoder=True, verify=False, quiet=True,
+                  measure_memory=False)
+    out = tmp_path / "e.npy"
+    proc = subprocess.run([str(BIN), "prompt", "--model", str(bundle), "-o", str(out), "--", TEXT_PROMPT],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    got = np.load(out)
+    assert got.dtype == np.float32
+    want = text_models.prompt_embeds.numpy()
+    # float16 keeps 11 bits: ~5e-4 relative per rounding, values up to ~3, a few dozen roundings deep
+    # (observed 2.5e-3)
+    assert np.abs(got - want).max() <= 2e-2
+    assert np.abs(got - want).max() > 0, "an fp16 graph that matches fp32 exactly did not run in fp16"
