@@ -3,7 +3,8 @@
 # source, runs the tests that exist to catch it, and reports whether they
 # did ("killed", with every test run that failed) or not ("SURVIVED"). The
 # source is restored after each mutant, also on Ctrl-C. Run by hand (each mutant rebuilds
-# the crate: all twenty-three in about 14 min on a 2-core machine, 2026-11-28, 18:33-18:47 UTC); not part of `make test`.
+# the crate: all twenty-three in about 14 min on a 2-core machine, 2026-11-28, 18:33-18:47 UTC; the two
+# tokenizer mutants added after, each killed, run ending 2026-11-28 19:55 UTC); not part of `make test`.
 #
 #   scripts/mutation_check.sh            # every mutant
 #   scripts/mutation_check.sh scale-0.1822 blend-midpoints-swapped
@@ -37,6 +38,8 @@ MUTANTS=(
   "tiff-profile-left-to-decoder#src/image/container.rs#s/profile_at = Some\(\(value, bytes as usize\)\);/profile_at = None::<(u64, usize)>;/#--test cli_run color_profile;--test fuzz_decode every_seed"
   "skip-existing-overwrites#src/naming.rs#s/std::fs::symlink_metadata\(output\)\.is_ok_and\(\|meta\| meta\.is_file\(\)\)/false/#--test cli_run skip_existing"
   "recursive-reads-its-outputs#src/image/io.rs#s/let skipped = identity\.is_some\(\) && identity == skip;/let skipped = false;/#--test cli_run recursive"
+  "tokenizer-without-nfc#src/prompt/tokenizer.rs#s/Normalizer::Nfc => text\.nfc\(\)\.collect\(\),/Normalizer::Nfc => text.clone(),/#--lib prompt"
+  "bpe-ties-merged-rightmost#src/prompt/tokenizer.rs#s/Reverse\(\(rank, left, ids\[left\]/Reverse((rank, usize::MAX - left, ids[left]/;s/let Some\(Reverse\(\(_, left, left_id/let Some(Reverse((_, left_key, left_id/;s/(\) = heap\.pop\(\) \{)/\$1 let left = usize::MAX - left_key;/#--lib prompt"
 )
 
 backup_dir=$(mktemp -d)
