@@ -6,8 +6,6 @@ mod pretokenize;
 pub mod tokenizer;
 mod tokenizer_json;
 
-use std::io::Read as _;
-
 pub use tokenizer::{Encoding, Tokenizer, TokenizerError};
 
 use crate::bundle::{component, port, Bundle};
@@ -57,18 +55,8 @@ pub fn bundle_tokenizer(bundle: &Bundle) -> Result<Tokenizer> {
         .ok_or_else(|| no_text_encoder(bundle))?;
     let path = bundle.resolve(&file.file)?;
     let damaged = |reason: String| Error::bundle(&path, format!("tokenizer: {reason}"));
-    let mut text = String::new();
-    crate::image::io::open_regular(&path)
-        .map_err(|e| damaged(e.to_string()))?
-        .take(MAX_TOKENIZER_BYTES + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| damaged(format!("cannot read: {e}")))?;
-    if text.len() as u64 > MAX_TOKENIZER_BYTES {
-        return Err(damaged(format!(
-            "larger than {} MiB",
-            MAX_TOKENIZER_BYTES >> 20
-        )));
-    }
+    let text =
+        crate::regular_file::read_text_capped(&path, MAX_TOKENIZER_BYTES).map_err(damaged)?;
     let tokenizer = Tokenizer::from_json(&text).map_err(|e| damaged(e.0))?;
     if tokenizer.padded_length() != Some(file.max_length) {
         return Err(damaged(format!(
