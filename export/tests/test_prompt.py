@@ -77,6 +77,8 @@ def test_the_real_clip_tokenizer_gives_the_ids_of_hugging_face_tokenizers(real_c
     assert reference.get_vocab_size() == CLIP_VOCAB_SIZE
     # known ids of SD-2.1's tokenizer: start, "a</w>", "photo</w>", "of</w>", end, then "!" (0) as padding
     assert reference.encode("a photo of").ids[:5] == [49406, 320, 1125, 539, 49407]
+    got, _ = prompt_ids(real_clip_bundle, "A photo of a CAT, it's 42!")
+    assert got["tokens"] == ["a", "photo", "of", "a", "cat", ",", "it", "'s", "4", "2", "!"]
     for text in TEXTS:
         got, stderr = prompt_ids(real_clip_bundle, text)
         want = reference.encode(text).ids

@@ -46,23 +46,26 @@ fn check_output(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
-/// "5 token(s): ids 49406 320 1125 539 2368 49407, then 71 x 0 (padding to 77)"
-fn describe(encoding: &Encoding) -> String {
+/// `5 token(s): a|photo|of|a|cat (ids 49406 320 1125 539 320 2368 49407, then 70 x 0: padding to 77)`
+fn describe(encoding: &Encoding, token_texts: &[String]) -> String {
     let ids = &encoding.ids;
-    let content = ids.len() - encoding.padding;
-    let shown: Vec<String> = ids[..content].iter().map(i64::to_string).collect();
+    let shown: Vec<String> = ids[..ids.len() - encoding.padding]
+        .iter()
+        .map(i64::to_string)
+        .collect();
     format!(
-        "{} token(s){}: ids {}{}",
+        "{} token(s){}: {} (ids {}{})",
         encoding.text_tokens,
         if encoding.dropped_tokens > 0 {
             format!(" kept, {} dropped", encoding.dropped_tokens)
         } else {
             String::new()
         },
+        escape_controls(&token_texts.join("|")),
         shown.join(" "),
         match (encoding.padding, ids.last()) {
             (0, _) | (_, None) => String::new(),
-            (n, Some(pad)) => format!(", then {n} x {pad} (padding to {})", ids.len()),
+            (n, Some(pad)) => format!(", then {n} x {pad}: padding to {}", ids.len()),
         }
     )
 }
@@ -86,14 +89,15 @@ pub fn prompt(
         },
     )
     .with_context(|| "cannot use the bundle")?;
-    let (encoding, written) = match &args.output {
-        None => {
-            let tokenizer = bundle_tokenizer(&bundle)?;
-            let encoding = tokenizer
-                .encode(&args.text)
-                .map_err(|e| Error::Prompt(e.to_string()))?;
-            (encoding, None)
-        }
+    let tokenizer = bundle_tokenizer(&bundle)?;
+    let encoding = tokenizer
+        .encode(&args.text)
+        .map_err(|e| Error::Prompt(e.to_string()))?;
+    let token_texts = tokenizer.token_texts(
+        &encoding.ids[encoding.text_start..encoding.text_start + encoding.text_tokens],
+    );
+    let written = match &args.output {
+        None => None,
         Some(output) => {
             let runtime = Runtime::global(ort_lib)?;
             let embedding = encode_prompt(runtime, &bundle, &args.text, args.threads)?;
@@ -106,7 +110,7 @@ pub fn prompt(
             write_file_atomically(output, |writer| {
                 std::io::Write::write_all(writer, &bytes).map_err(|e| e.to_string())
             })?;
-            (embedding.encoding, Some((output.clone(), embedding.shape)))
+            Some((output.clone(), embedding.shape))
         }
     };
     if let Some(note) = truncation_note(&encoding) {
@@ -117,6 +121,7 @@ pub fn prompt(
             "text": args.text,
             "model": bundle.root(),
             "ids": encoding.ids,
+            "tokens": token_texts,
             "text_tokens": encoding.text_tokens,
             "dropped_tokens": encoding.dropped_tokens,
             "output": written.as_ref().map(|(path, _)| path),
@@ -126,7 +131,7 @@ pub fn prompt(
         print_line(format!(
             "{:?}: {}",
             escape_controls(&args.text),
-            describe(&encoding)
+            describe(&encoding, &token_texts)
         ))?;
         if let Some((path, shape)) = written {
             print_line(format!(

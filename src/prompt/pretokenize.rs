@@ -29,6 +29,14 @@ pub fn byte_level_alphabet() -> &'static [char; 256] {
     })
 }
 
+/// The byte a printable stand-in stands for ([`byte_level_alphabet`]).
+pub fn byte_of(c: char) -> Option<u8> {
+    byte_level_alphabet()
+        .iter()
+        .position(|&stand_in| stand_in == c)
+        .and_then(|byte| u8::try_from(byte).ok())
+}
+
 const CONTRACTIONS: [&str; 7] = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"];
 
 /// `\p{L}` (the regex crate's class: `char::is_alphabetic` also holds for

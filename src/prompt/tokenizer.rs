@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use regex::Regex;
 use unicode_normalization::UnicodeNormalization as _;
 
-use super::pretokenize::{byte_level_alphabet, gpt2_pieces};
+use super::pretokenize::{byte_level_alphabet, byte_of, gpt2_pieces};
 
 /// Why a tokenizer.json cannot be read or a text cannot be tokenized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -102,6 +102,8 @@ pub struct Encoding {
     pub dropped_tokens: usize,
     /// Padding ids at the end.
     pub padding: usize,
+    /// Where the text's own ids start in `ids` (after the special tokens).
+    pub text_start: usize,
 }
 
 /// A tokenizer.json, read.
@@ -130,6 +132,38 @@ impl Tokenizer {
     /// One more than the largest id the tokenizer gives.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
+    }
+
+    /// What each id stands for, readable: an added token's text, or a BPE
+    /// token's bytes as text (its end-of-word mark dropped; a character
+    /// split between tokens shows as U+FFFD); `?` for an unknown id.
+    pub fn token_texts(&self, ids: &[i64]) -> Vec<String> {
+        let mut by_id: HashMap<u32, &str> = HashMap::new();
+        for (token, &id) in &self.bpe.vocab {
+            by_id.insert(id, token);
+        }
+        for added in &self.added {
+            by_id.insert(added.id, &added.content);
+        }
+        ids.iter()
+            .map(|&id| {
+                let Some(token) = u32::try_from(id).ok().and_then(|id| by_id.get(&id)) else {
+                    return "?".to_string();
+                };
+                if self.added.iter().any(|a| a.content == *token) {
+                    return token.to_string();
+                }
+                let body = token
+                    .strip_suffix(self.bpe.end_of_word_suffix.as_str())
+                    .filter(|_| !self.bpe.end_of_word_suffix.is_empty())
+                    .unwrap_or(token);
+                let bytes: Option<Vec<u8>> = body.chars().map(byte_of).collect();
+                match bytes {
+                    Some(bytes) => String::from_utf8_lossy(&bytes).into_owned(),
+                    None => body.to_string(),
+                }
+            })
+            .collect()
     }
 
     /// The length every encoding is padded to, if fixed.
@@ -184,6 +218,7 @@ impl Tokenizer {
             }
         }
         Ok(Encoding {
+            text_start: self.prefix.len(),
             padding: all.len() - unpadded,
             ids: all,
             text_tokens: keep,
@@ -632,6 +667,20 @@ mod tests {
             assert_eq!(e.text_tokens + 2 + e.padding, 8, "{text:?}");
             assert!(e.ids.iter().all(|&id| (id as usize) < t.vocab_size()));
         }
+    }
+
+    #[test]
+    fn tokens_read_back_as_text() {
+        let t = Tokenizer::from_json(&clip_like(&[("t", "h"), ("th", "e</w>")])).unwrap();
+        let e = t.encode("The É!").unwrap();
+        let text_ids = &e.ids[e.text_start..e.text_start + e.text_tokens];
+        // "é" is two bytes in two tokens: each half alone is not UTF-8
+        assert_eq!(
+            t.token_texts(text_ids),
+            ["the", "\u{FFFD}", "\u{FFFD}", "!"]
+        );
+        assert_eq!(t.token_texts(&e.ids[..1]), ["<|startoftext|>"]);
+        assert_eq!(t.token_texts(&[-1, 1 << 40]), ["?", "?"]);
     }
 
     #[test]
