@@ -198,3 +198,11 @@ def test_an_fp16_bundles_text_encoder_runs_here_close_to_pytorch(text_models, tm
     # (observed 2.5e-3)
     assert np.abs(got - want).max() <= 2e-2
     assert np.abs(got - want).max() > 0, "an fp16 graph that matches fp32 exactly did not run in fp16"
+
+
+def test_info_says_whether_a_bundle_takes_text_prompts(text_bundle, repo):
+    for bundle, expected in [(text_bundle, True), (repo / "models" / "tiny", False)]:
+        proc = subprocess.run([str(BIN), "info", "--model", str(bundle), "--json"], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads(proc.stdout)["model"]["text_prompts"] is expected
