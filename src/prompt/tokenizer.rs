@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 
+use aho_corasick::{AhoCorasick, MatchKind};
 use regex::Regex;
 use unicode_normalization::UnicodeNormalization as _;
 
@@ -110,6 +111,8 @@ pub struct Encoding {
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
     pub(super) added: Vec<AddedToken>,
+    pub(super) added_raw: AddedMatcher,
+    pub(super) added_normalized: AddedMatcher,
     pub(super) normalizers: Vec<Normalizer>,
     pub(super) pre_tokenizers: Vec<PreTokenizer>,
     pub(super) bpe: Bpe,
@@ -181,13 +184,13 @@ impl Tokenizer {
             ));
         }
         let mut ids: Vec<u32> = Vec::new();
-        for (segment, added_id) in split_added(text, &self.added, false) {
+        for (segment, added_id) in self.added_raw.split(text) {
             if let Some(id) = added_id {
                 ids.push(id);
                 continue;
             }
             let normalized = self.normalize(segment)?;
-            for (piece, added_id) in split_added(&normalized, &self.added, true) {
+            for (piece, added_id) in self.added_normalized.split(&normalized) {
                 match added_id {
                     Some(id) => ids.push(id),
                     None => {
@@ -326,42 +329,65 @@ impl Tokenizer {
     }
 }
 
-/// `text` cut at the added tokens of the given `normalized` kind, leftmost
-/// and longest first: (segment, Some(id)) for a token, (segment, None) for
-/// the text between.
-fn split_added<'a>(
-    text: &'a str,
-    added: &[AddedToken],
-    normalized: bool,
-) -> Vec<(&'a str, Option<u32>)> {
-    let tokens: Vec<&AddedToken> = added
-        .iter()
-        .filter(|a| a.normalized == normalized)
-        .collect();
-    let mut out = Vec::new();
-    let (mut start, mut at) = (0, 0);
-    while at < text.len() {
-        let best = tokens
+/// The added tokens of one kind (matched in the raw text, or in the
+/// normalized text), found leftmost and longest first in one pass over the
+/// text, as `tokenizers` finds them (Aho-Corasick), whatever their number.
+#[derive(Debug, Clone)]
+pub(super) struct AddedMatcher {
+    automaton: Option<AhoCorasick>,
+    ids: Vec<u32>,
+}
+
+impl AddedMatcher {
+    pub(super) fn new(added: &[AddedToken], normalized: bool) -> Result<AddedMatcher> {
+        let tokens: Vec<&AddedToken> = added
             .iter()
-            .filter(|token| text[at..].starts_with(token.content.as_str()))
-            .max_by_key(|token| token.content.len());
-        match best {
-            Some(token) => {
-                if start < at {
-                    out.push((&text[start..at], None));
-                }
-                let end = at + token.content.len();
-                out.push((&text[at..end], Some(token.id)));
-                start = end;
-                at = end;
-            }
-            None => at += text[at..].chars().next().map_or(1, char::len_utf8),
+            .filter(|a| a.normalized == normalized)
+            .collect();
+        if tokens.is_empty() {
+            return Ok(AddedMatcher {
+                automaton: None,
+                ids: Vec::new(),
+            });
         }
+        let automaton = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(tokens.iter().map(|t| t.content.as_bytes()))
+            .map_err(|e| TokenizerError(format!("added_tokens: {e}")))?;
+        Ok(AddedMatcher {
+            automaton: Some(automaton),
+            ids: tokens.iter().map(|t| t.id).collect(),
+        })
     }
-    if start < text.len() {
-        out.push((&text[start..], None));
+
+    /// `text` cut at the tokens: (segment, Some(id)) for a token, (segment,
+    /// None) for the text between. (A token is valid UTF-8, so a match
+    /// starts and ends on character boundaries.)
+    fn split<'a>(&self, text: &'a str) -> Vec<(&'a str, Option<u32>)> {
+        let Some(automaton) = &self.automaton else {
+            return if text.is_empty() {
+                Vec::new()
+            } else {
+                vec![(text, None)]
+            };
+        };
+        let mut out = Vec::new();
+        let mut last = 0;
+        for found in automaton.find_iter(text) {
+            if last < found.start() {
+                out.push((&text[last..found.start()], None));
+            }
+            out.push((
+                &text[found.start()..found.end()],
+                Some(self.ids[found.pattern().as_usize()]),
+            ));
+            last = found.end();
+        }
+        if last < text.len() {
+            out.push((&text[last..], None));
+        }
+        out
     }
-    out
 }
 
 /// A `Split` pre-tokenizer on one piece.
@@ -726,6 +752,8 @@ mod tests {
         assert!(with("/model/merges/0", serde_json::json!(["t", "q"])).contains("\"tq\""));
         assert!(with("/added_tokens/0/lstrip", true.into()).contains("lstrip"));
         assert!(with("/truncation/max_length", 1.into()).contains("no room"));
+        // a fixed length far beyond any text encoder is refused, not allocated
+        assert!(with("/padding/strategy/Fixed", (1u64 << 40).into()).contains("padding to"));
         assert!(Tokenizer::from_json("{")
             .unwrap_err()
             .0

@@ -7,11 +7,16 @@ use regex::Regex;
 use serde_json::Value;
 
 use super::tokenizer::{
-    fail, AddedToken, Bpe, Normalizer, Pattern, PreTokenizer, Result, Tokenizer, TokenizerError,
+    fail, AddedMatcher, AddedToken, Bpe, Normalizer, Pattern, PreTokenizer, Result, Tokenizer,
+    TokenizerError,
 };
 
 /// Most vocabulary entries or merges read (CLIP has 49408 and 48894).
 const MAX_ENTRIES: usize = 1 << 20;
+
+/// Longest fixed length padded to (a prompt embedding has at most 4096
+/// tokens, as `--prompt-embeds` files).
+const MAX_PADDED_IDS: u64 = 4096;
 
 fn string_field<'a>(value: &'a Value, key: &str, what: &str) -> Result<&'a str> {
     match value.get(key) {
@@ -341,6 +346,11 @@ pub(super) fn read(text: &str) -> Result<Tokenizer> {
                     "padding: only a fixed length is read (the text encoder takes a fixed number of ids)",
                 );
             };
+            if length == 0 || length > MAX_PADDED_IDS {
+                return fail(format!(
+                    "padding to {length} ids; a text encoder takes 1 to {MAX_PADDED_IDS} (CLIP's: 77)"
+                ));
+            }
             let pad_id = id_value(
                 padding.get("pad_id").unwrap_or(&Value::Null),
                 "padding pad_id",
@@ -363,6 +373,8 @@ pub(super) fn read(text: &str) -> Result<Tokenizer> {
         .max()
         .map_or(0, |max| *max as usize + 1);
     Ok(Tokenizer {
+        added_raw: AddedMatcher::new(&added, false)?,
+        added_normalized: AddedMatcher::new(&added, true)?,
         added,
         normalizers,
         pre_tokenizers,
