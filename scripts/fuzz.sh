@@ -5,7 +5,8 @@
 #   scripts/fuzz.sh TARGET SECONDS [CASES_PER_ROUND]
 #
 # TARGET: decode (image decoding under limits), manifest (the bundle's
-# manifest parser), tiling (the tile planners and --tile auto's choice), or all (each for SECONDS).
+# manifest parser), tiling (the tile planners and --tile auto's choice),
+# tokenizer (a bundle's tokenizer.json and --prompt texts), or all (each for SECONDS).
 # CASES_PER_ROUND defaults to 2000 per property. FUZZ_THREADS (default 1)
 # is the number of test threads. Not part of `make test` (cargo-fuzz needs a
 # nightly toolchain; these are proptest properties in tests/fuzz_*.rs).
@@ -18,7 +19,7 @@
 set -euo pipefail
 
 usage() {
-    echo "usage: $0 decode|manifest|tiling|all SECONDS [CASES_PER_ROUND]" >&2
+    echo "usage: $0 decode|manifest|tiling|tokenizer|all SECONDS [CASES_PER_ROUND]" >&2
     exit 2
 }
 [[ $# -ge 2 ]] || usage
@@ -29,13 +30,13 @@ cases=${3:-2000}
 cd "$(dirname "$0")/.."
 
 if [[ $target == all ]]; then
-    for one in decode manifest tiling; do
+    for one in decode manifest tiling tokenizer; do
         "$0" "$one" "$seconds" "$cases"
     done
     exit 0
 fi
 case $target in
-    decode | manifest | tiling) ;;
+    decode | manifest | tiling | tokenizer) ;;
     *) usage ;;
 esac
 
