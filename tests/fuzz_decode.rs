@@ -14,9 +14,11 @@ use std::path::PathBuf;
 
 use image::{DynamicImage, ImageFormat};
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use tadsr_edge::image::io::{decode_bytes, InputLimits};
 use tadsr_edge::Error;
+
+mod fuzz_support;
+use fuzz_support::{config, note_in_flight, save_crasher};
 
 // ---------------------------------------------------------------------------
 // Allocation accounting, per thread (tests run in parallel threads).
@@ -301,45 +303,12 @@ fn apply(bytes: &mut Vec<u8>, mutation: &Mutation) {
 // The property
 // ---------------------------------------------------------------------------
 
-fn crashers_dir() -> PathBuf {
-    std::env::var_os("FUZZ_CRASHERS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("fuzz-crashers"))
-}
-
-/// Under scripts/fuzz.sh, the input of the case in progress, so that one
-/// that aborts the process (not a panic: an allocation failure, a stack
-/// overflow) is left on disk. The script removes these after a good round.
-fn note_in_flight(input: &[u8]) {
-    if std::env::var_os("FUZZ_CRASHERS_DIR").is_some() {
-        let dir = crashers_dir().join("decode");
-        let _ = std::fs::create_dir_all(&dir);
-        let name = format!("in-flight-{:?}.bin", std::thread::current().id()).replace(
-            |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
-            "",
-        );
-        let _ = std::fs::write(dir.join(name), input);
-    }
-}
-
-/// Saves an input that broke a property, named by its content.
-fn save_crasher(bytes: &[u8]) -> PathBuf {
-    let hash = bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
-    });
-    let dir = crashers_dir().join("decode");
-    let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("{hash:016x}.bin"));
-    let _ = std::fs::write(&path, bytes);
-    path
-}
-
 /// Decodes `bytes` and checks every promise; returns why one was broken
 /// (the input is then saved).
 fn check_decode(bytes: &[u8]) -> Result<(), String> {
-    note_in_flight(bytes);
+    note_in_flight("decode", "bin", bytes);
     check_decode_promises(bytes).map_err(|broken| {
-        let saved = save_crasher(bytes);
+        let saved = save_crasher("decode", "bin", bytes);
         format!("{broken} (input saved to {})", saved.display())
     })
 }
@@ -375,19 +344,6 @@ fn check_decode_promises(bytes: &[u8]) -> Result<(), String> {
             Ok(())
         }
         Err(other) => Err(format!("not a one-line input error: {other:?}")),
-    }
-}
-
-/// Cases per property: `PROPTEST_CASES`, else `default`.
-fn config(default: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
     }
 }
 

@@ -18,7 +18,7 @@ use tadsr_edge::pipeline::{noise_schedule, RunOptions};
 use tadsr_edge::Error;
 
 mod fuzz_support;
-use fuzz_support::{apply, config, edit, note_in_flight, save_crasher};
+use fuzz_support::{config, edit, edited, flipped, note_in_flight, save_crasher};
 
 fn tiny() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/tiny")
@@ -51,7 +51,7 @@ fn bundle_copy() -> tempfile::TempDir {
 /// Opens a bundle whose manifest is `text` and derives what the runtime
 /// derives before loading graphs; returns why a promise was broken.
 fn check_manifest(dir: &Path, text: &[u8]) -> Result<(), String> {
-    note_in_flight("manifest", text);
+    note_in_flight("manifest", "json", text);
     std::fs::write(dir.join("manifest.json"), text).unwrap();
     let caught = std::panic::catch_unwind(|| -> Result<(), String> {
         let bundle = match Bundle::open_with(dir, HashCheck::Skip) {
@@ -79,11 +79,11 @@ fn check_manifest(dir: &Path, text: &[u8]) -> Result<(), String> {
     });
     match caught {
         Ok(result) => result.map_err(|broken| {
-            let saved = save_crasher("manifest", text);
+            let saved = save_crasher("manifest", "json", text);
             format!("{broken} (manifest saved to {})", saved.display())
         }),
         Err(_) => {
-            let saved = save_crasher("manifest", text);
+            let saved = save_crasher("manifest", "json", text);
             Err(format!("panicked (manifest saved to {})", saved.display()))
         }
     }
@@ -98,11 +98,7 @@ proptest! {
 
     #[test]
     fn mutated_json_opens_or_fails_cleanly(edits in proptest::collection::vec(edit(), 1..6)) {
-        let mut manifest = original();
-        for e in &edits {
-            apply(&mut manifest, e);
-        }
-        let text = serde_json::to_vec_pretty(&manifest).unwrap();
+        let text = serde_json::to_vec_pretty(&edited(original(), &edits)).unwrap();
         let result = BUNDLE.with(|dir| check_manifest(dir.path(), &text));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
@@ -112,15 +108,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         cut in proptest::option::of(any::<usize>()),
     ) {
-        let mut text = serde_json::to_vec_pretty(&original()).unwrap();
-        for (at, value) in &flips {
-            let n = text.len();
-            text[at % n] = *value;
-        }
-        if let Some(cut) = cut {
-            let n = text.len();
-            text.truncate(cut % n);
-        }
+        let text = flipped(serde_json::to_vec_pretty(&original()).unwrap(), &flips, cut);
         let result = BUNDLE.with(|dir| check_manifest(dir.path(), &text));
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }

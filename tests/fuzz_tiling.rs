@@ -11,7 +11,6 @@
 //! `PROPTEST_CASES=N` sets the cases.
 
 use proptest::prelude::*;
-use proptest::test_runner::Config;
 use tadsr_edge::bundle::StageMemory;
 use tadsr_edge::pipeline::TilingMode;
 use tadsr_edge::tile_budget::{
@@ -19,17 +18,8 @@ use tadsr_edge::tile_budget::{
 };
 use tadsr_edge::tiling::{plan_axis, TilePlan, TilingError};
 
-fn config(default: u32) -> Config {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(default);
-    Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    }
-}
+mod fuzz_support;
+use fuzz_support::config;
 
 /// Checks one axis of a plan: offsets sorted, in bounds, covering
 /// `0..size`, neighbours overlapping by at least `overlap`.

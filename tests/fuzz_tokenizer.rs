@@ -19,7 +19,7 @@ use serde_json::Value;
 use tadsr_edge::prompt::Tokenizer;
 
 mod fuzz_support;
-use fuzz_support::{apply, config, edit, note_in_flight, save_crasher};
+use fuzz_support::{config, edit, edited, flipped, note_in_flight, save_crasher};
 
 const TEXT_MARK: &[u8] = b"\n--- text ---\n";
 
@@ -52,7 +52,7 @@ fn check(json: &[u8], texts: &[&str]) -> Result<(), String> {
         input.extend_from_slice(TEXT_MARK);
         input.extend_from_slice(text.as_bytes());
     }
-    note_in_flight("tokenizer", &input);
+    note_in_flight("tokenizer", "json", &input);
     let caught = std::panic::catch_unwind(|| -> Result<(), String> {
         let Ok(json) = std::str::from_utf8(json) else {
             return Ok(()); // the bundle reads tokenizer.json as UTF-8 text first
@@ -85,11 +85,11 @@ fn check(json: &[u8], texts: &[&str]) -> Result<(), String> {
     });
     match caught {
         Ok(result) => result.map_err(|broken| {
-            let saved = save_crasher("tokenizer", &input);
+            let saved = save_crasher("tokenizer", "json", &input);
             format!("{broken} (input saved to {})", saved.display())
         }),
         Err(_) => {
-            let saved = save_crasher("tokenizer", &input);
+            let saved = save_crasher("tokenizer", "json", &input);
             Err(format!("panicked (input saved to {})", saved.display()))
         }
     }
@@ -100,11 +100,7 @@ proptest! {
 
     #[test]
     fn mutated_json_reads_or_fails_cleanly(edits in proptest::collection::vec(edit(), 1..6)) {
-        let mut json = original();
-        for e in &edits {
-            apply(&mut json, e);
-        }
-        let text = serde_json::to_vec(&json).unwrap();
+        let text = serde_json::to_vec(&edited(original(), &edits)).unwrap();
         let result = check(&text, &TEXTS);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }
@@ -114,15 +110,7 @@ proptest! {
         flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 1..8),
         cut in proptest::option::of(any::<usize>()),
     ) {
-        let mut text = original_text().into_bytes();
-        for (at, value) in &flips {
-            let n = text.len();
-            text[at % n] = *value;
-        }
-        if let Some(cut) = cut {
-            let n = text.len();
-            text.truncate(cut % n);
-        }
+        let text = flipped(original_text().into_bytes(), &flips, cut);
         let result = check(&text, &TEXTS[..3]);
         prop_assert!(result.is_ok(), "{}", result.unwrap_err());
     }

@@ -1,7 +1,9 @@
 //! What the JSON fuzz targets share (tests/fuzz_manifest.rs,
 //! tests/fuzz_tokenizer.rs): hostile values, edits of a JSON document by
 //! path, the proptest configuration, and where inputs that broke a property
-//! are kept (`$FUZZ_CRASHERS_DIR/<target>/`, see scripts/fuzz.sh).
+//! are kept (`$FUZZ_CRASHERS_DIR/<target>/`, see scripts/fuzz.sh). Each
+//! target uses what it needs.
+#![allow(dead_code)]
 
 use std::path::PathBuf;
 
@@ -114,6 +116,28 @@ pub fn apply(manifest: &mut Value, edit: &Edit) {
     }
 }
 
+/// `document` with `edits` applied in order.
+pub fn edited(mut document: Value, edits: &[Edit]) -> Value {
+    for e in edits {
+        apply(&mut document, e);
+    }
+    document
+}
+
+/// Byte flips of a text: each `(at, value)` sets the byte at `at` modulo
+/// the length; then the text is cut at `cut` modulo the length, if given.
+pub fn flipped(mut text: Vec<u8>, flips: &[(usize, u8)], cut: Option<usize>) -> Vec<u8> {
+    for (at, value) in flips {
+        let n = text.len();
+        text[at % n] = *value;
+    }
+    if let Some(cut) = cut {
+        let n = text.len();
+        text.truncate(cut % n);
+    }
+    text
+}
+
 pub fn crashers_dir() -> PathBuf {
     std::env::var_os("FUZZ_CRASHERS_DIR")
         .map(PathBuf::from)
@@ -123,11 +147,11 @@ pub fn crashers_dir() -> PathBuf {
 /// Under scripts/fuzz.sh, the input of the case in progress, so that one
 /// that aborts the process (not a panic: an allocation failure, a stack
 /// overflow) is left on disk. The script removes these after a good round.
-pub fn note_in_flight(target: &str, input: &[u8]) {
+pub fn note_in_flight(target: &str, extension: &str, input: &[u8]) {
     if std::env::var_os("FUZZ_CRASHERS_DIR").is_some() {
         let dir = crashers_dir().join(target);
         let _ = std::fs::create_dir_all(&dir);
-        let name = format!("in-flight-{:?}.json", std::thread::current().id()).replace(
+        let name = format!("in-flight-{:?}.{extension}", std::thread::current().id()).replace(
             |c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '-',
             "",
         );
@@ -135,17 +159,19 @@ pub fn note_in_flight(target: &str, input: &[u8]) {
     }
 }
 
-pub fn save_crasher(target: &str, text: &[u8]) -> PathBuf {
+/// Saves an input that broke a property, named by its content.
+pub fn save_crasher(target: &str, extension: &str, text: &[u8]) -> PathBuf {
     let hash = text.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3)
     });
     let dir = crashers_dir().join(target);
     let _ = std::fs::create_dir_all(&dir);
-    let path = dir.join(format!("{hash:016x}.json"));
+    let path = dir.join(format!("{hash:016x}.{extension}"));
     let _ = std::fs::write(&path, text);
     path
 }
 
+/// Cases per property: `PROPTEST_CASES`, else `default`.
 pub fn config(default: u32) -> Config {
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
