@@ -436,6 +436,9 @@ pub struct RunArgs {
     /// Text the UNet is conditioned on instead of the bundle's default prompt, encoded by the bundle's tokenizer and text encoder (bundles exported with --text-encoder; run on the CPU, once). Encoded exactly as given: the authors' code conditions on "TAGS, PROMPT,".
     #[arg(long, value_name = "TEXT", conflicts_with = "prompt_embeds")]
     pub prompt: Option<String>,
+    /// A text per input, from DIR/NAME.txt (NAME: the input's file name up to its first dot, in the subfolder of its output under -o DIR), encoded by the bundle's text encoder: the layout of the txt/ folder the authors' test script writes beside its outputs, so their per-image tags reproduce. An input without its file fails (one line), the others go on.
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["prompt", "prompt_embeds"])]
+    pub prompt_dir: Option<PathBuf>,
     /// Intra-op threads per session; 0 = one per core; at most 4 per usable CPU.
     #[arg(long, default_value_t = 0, value_parser = parse_threads)]
     pub threads: usize,

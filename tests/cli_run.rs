@@ -1145,9 +1145,13 @@ fn a_prompt_needs_a_text_encoder() {
     let input = dir.path().join("a.png");
     small_rgb().save(&input).unwrap();
     let out = dir.path().join("out.png");
+    let prompts = dir.path().join("prompts");
+    std::fs::create_dir(&prompts).unwrap();
+    let prompt_dir = ["--prompt-dir", path_str(&prompts)];
     for extra in [
         &["--prompt", "a cat"][..],
         &["--prompt", "a cat", "--dry-run"],
+        &prompt_dir,
     ] {
         let run = upscale(&input, &out, extra);
         assert_eq!(run.status.code(), Some(2), "{}", stderr(&run));
@@ -1159,6 +1163,10 @@ fn a_prompt_needs_a_text_encoder() {
         );
         assert!(!out.exists());
     }
+    // --prompt-dir names a folder
+    let run = upscale(&input, &out, &["--prompt-dir", path_str(&input)]);
+    assert_eq!(run.status.code(), Some(2));
+    assert!(stderr(&run).contains("not a folder"), "{}", stderr(&run));
     let run = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"))
         .args(["prompt", "a cat", "--model"])
         .arg(repo().join("models/tiny"))

@@ -8,6 +8,7 @@ import hashlib
 import json
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -206,3 +207,48 @@ def test_info_says_whether_a_bundle_takes_text_prompts(text_bundle, repo):
                               timeout=60)
         assert proc.returncode == 0, proc.stderr
         assert json.loads(proc.stdout)["model"]["text_prompts"] is expected
+
+
+def test_prompt_dir_conditions_each_image_on_its_own_file(text_bundle, repo, tmp_path):
+    """--prompt-dir reads DIR/<subfolder>/<name up to the first dot>.txt per input (the authors' txt/ layout):
+    each output is the output of a run with --prompt and that file's text; an input without its file fails alone."""
+    inputs, prompts = tmp_path / "in", tmp_path / "prompts"
+    (inputs / "sub").mkdir(parents=True)
+    (prompts / "sub").mkdir(parents=True)
+    shutil.copy(repo / "examples" / "coffee.png", inputs / "a.b.png")
+    shutil.copy(repo / "examples" / "chelsea.png", inputs / "sub" / "c.png")
+    shutil.copy(repo / "examples" / "astronaut.png", inputs / "d.png")
+    texts = {"a.b.png": "a dog on a sofa, sharp, detailed", "sub/c.png": TEXT_PROMPT}
+    (prompts / "a.txt").write_text(texts["a.b.png"])
+    (prompts / "sub" / "c.txt").write_text(texts["sub/c.png"] + "\n")  # an editor's newline changes nothing
+
+    def run(*argv):
+        return subprocess.run([str(BIN), "run", *map(str, argv), "--model", str(text_bundle), "--provider", "cpu",
+                               "--tile", "0", "-q"], capture_output=True, text=True, timeout=300)
+
+    out = tmp_path / "out"
+    batch = run(inputs, "-o", out, "--recursive", "--prompt-dir", prompts, "--json")
+    assert batch.returncode == 1, batch.stderr
+    errors = [line for line in batch.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "d.png" in errors[0] and "d.txt" in errors[0], batch.stderr
+    assert not (out / "d.png").exists()
+    said = {Path(line["input"]).relative_to(inputs).as_posix(): line["prompt"]
+            for line in map(json.loads, batch.stdout.splitlines())}
+    assert said["a.b.png"]["file"] == str(prompts / "a.txt") and said["a.b.png"]["text"] == texts["a.b.png"]
+    assert said["sub/c.png"]["source"] == "prompt_dir"
+    for name, text in texts.items():
+        single = tmp_path / f"single-{Path(name).stem}.png"
+        alone = run(inputs / name, "-o", single, "--prompt", text)
+        assert alone.returncode == 0, alone.stderr
+        got = np.asarray(Image.open(out / name).convert("RGB"), dtype=np.int16)
+        want = np.asarray(Image.open(single).convert("RGB"), dtype=np.int16)
+        assert np.abs(got - want).max() <= 1, name
+    # the two prompts gave two conditionings: a.b.png with c's text is another image
+    other = tmp_path / "other.png"
+    assert run(inputs / "a.b.png", "-o", other, "--prompt", TEXT_PROMPT).returncode == 0
+    a = np.asarray(Image.open(out / "a.b.png").convert("RGB"), dtype=np.int16)
+    assert np.abs(a - np.asarray(Image.open(other).convert("RGB"), dtype=np.int16)).mean() > 2
+    # --dry-run finds the missing file too, and computes nothing
+    dry = run(inputs, "-o", tmp_path / "dry", "--recursive", "--prompt-dir", prompts, "--dry-run")
+    assert dry.returncode == 1 and "d.txt" in dry.stderr and ", prompt " in dry.stdout
+    assert not (tmp_path / "dry").exists()

@@ -376,8 +376,13 @@ fn check_input_size(
 fn print_plan(
     jobs: &[(PathBuf, Vec<PathBuf>)],
     existing_outputs: &HashSet<PathBuf>,
+    target: &OutputTarget,
     args: &RunArgs,
 ) -> anyhow::Result<usize> {
+    let output_folder = match target {
+        OutputTarget::Dir { folder, .. } => Some(folder.as_path()),
+        OutputTarget::File(_) => None,
+    };
     let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
     let bundle = Bundle::open_with(&model_dir, HashCheck::Skip).ok();
     let (upscale, process_size) = size_rule(args, bundle.as_ref().map(Bundle::manifest));
@@ -391,6 +396,27 @@ fn print_plan(
             refused += 1;
             continue;
         }
+        // --prompt-dir: the input's prompt file must be there and readable
+        let prompt = match &args.prompt_dir {
+            None => None,
+            Some(dir) => {
+                let file = prompt_file(dir, output_folder, input, outputs.first());
+                if let Err(reason) = tadsr_edge::regular_file::read_text_capped(
+                    &file,
+                    tadsr_edge::prompt::tokenizer::MAX_TEXT_BYTES as u64,
+                ) {
+                    eprintln!(
+                        "error: {}: prompt file {} (--prompt-dir): {}",
+                        shown(input),
+                        shown(&file),
+                        one_line(&reason)
+                    );
+                    refused += 1;
+                    continue;
+                }
+                Some(file)
+            }
+        };
         let output_size =
             input_size.map(|(w, h)| (w.saturating_mul(upscale), h.saturating_mul(upscale)));
         let shown_size =
@@ -405,15 +431,20 @@ fn print_plan(
                     "output": json_path(output),
                     "input_size": input_size.map(|(w, h)| [w, h]),
                     "output_size": output_size.map(|(w, h)| [w, h]),
+                    "prompt_file": prompt.as_deref().map(json_path),
                     "dry_run": true,
                 }))?;
             } else {
                 print_line(format!(
-                    "{} ({}) -> {} ({})",
+                    "{} ({}) -> {} ({}){}",
                     shown(input),
                     shown_size(input_size),
                     shown(output),
-                    shown_size(output_size)
+                    shown_size(output_size),
+                    prompt
+                        .as_deref()
+                        .map(|file| format!(", prompt {}", shown(file)))
+                        .unwrap_or_default()
                 ))?;
             }
         }
@@ -441,18 +472,55 @@ fn batch_summary(written: usize, failed: usize, skipped: usize, seconds: f64) ->
 /// cannot read is a usage error at once, also under --dry-run; a text too
 /// long for the text encoder is a warning line.
 fn check_prompt(args: &RunArgs) -> anyhow::Result<()> {
-    let Some(text) = &args.prompt else {
+    if let Some(dir) = &args.prompt_dir {
+        if !dir.is_dir() {
+            return Err(Error::InvalidOption(format!(
+                "--prompt-dir {}: not a folder; give the folder of NAME.txt prompt files",
+                shown(dir)
+            ))
+            .into());
+        }
+    }
+    if args.prompt.is_none() && args.prompt_dir.is_none() {
         return Ok(());
-    };
+    }
     let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
     let bundle = Bundle::open_with(&model_dir, HashCheck::Skip)?;
-    let encoding = tadsr_edge::prompt::bundle_tokenizer(&bundle)?
-        .encode(text)
-        .map_err(|e| tadsr_edge::Error::Prompt(e.to_string()))?;
-    if let Some(note) = tadsr_edge::prompt::truncation_note(&encoding) {
-        eprintln!("warning: {note}");
+    let tokenizer = tadsr_edge::prompt::bundle_tokenizer(&bundle)?;
+    if let Some(text) = &args.prompt {
+        let encoding = tokenizer
+            .encode(text)
+            .map_err(|e| tadsr_edge::Error::Prompt(e.to_string()))?;
+        if let Some(note) = tadsr_edge::prompt::truncation_note(&encoding) {
+            eprintln!("warning: {note}");
+        }
     }
     Ok(())
+}
+
+/// `--prompt-dir`: the prompt file of `input` whose first output is
+/// `first_output`: DIR, then the output's subfolder under `-o DIR`, then
+/// the input's file name up to its first dot (as the authors' test script
+/// names them), `.txt`.
+fn prompt_file(
+    dir: &Path,
+    output_folder: Option<&Path>,
+    input: &Path,
+    first_output: Option<&PathBuf>,
+) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt as _;
+    let name = input.file_name().unwrap_or_default().as_bytes();
+    let stem = name.split(|&b| b == b'.').next().unwrap_or_default();
+    let mut file_name = std::ffi::OsStr::from_bytes(stem).to_os_string();
+    file_name.push(".txt");
+    let subfolder = match (output_folder, first_output) {
+        (Some(folder), Some(output)) => naming::parent_folder(output)
+            .strip_prefix(folder)
+            .map(Path::to_path_buf)
+            .unwrap_or_default(),
+        _ => PathBuf::new(),
+    };
+    dir.join(subfolder).join(file_name)
 }
 
 pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow::Result<Outcome> {
@@ -531,7 +599,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         (HashSet::new(), 0)
     };
     if args.dry_run {
-        failed += print_plan(&jobs, &existing_outputs, args)?;
+        failed += print_plan(&jobs, &existing_outputs, &target, args)?;
     }
     if args.dry_run || jobs.is_empty() {
         return Ok(if failed > 0 {
@@ -603,6 +671,29 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
     tile_policy.after_load(&pipeline, args.gpu.device.unwrap_or(0), engine_decision);
     check_bundle_defaults(args, &pipeline)?;
+    // --prompt-dir: the text encoder stays open on the CPU for the batch
+    let prompt_dir = match &args.prompt_dir {
+        None => None,
+        Some(dir) => {
+            let runtime = tadsr_edge::runtime::Runtime::global(ort_lib)?;
+            let encoder =
+                tadsr_edge::prompt::PromptEncoder::open(runtime, pipeline.bundle(), args.threads)?;
+            if let Some(bytes) = pipeline
+                .bundle()
+                .graph_file_bytes(tadsr_edge::bundle::component::TEXT_ENCODER)
+            {
+                tile_policy.reserve_host(bytes, "the text encoder of --prompt-dir");
+            }
+            Some(PromptDir {
+                folder: dir.clone(),
+                output_folder: match &target {
+                    OutputTarget::Dir { folder, .. } => Some(folder.clone()),
+                    OutputTarget::File(_) => None,
+                },
+                encoder: Mutex::new(encoder),
+            })
+        }
+    };
     let options = run_options(args, &pipeline);
     // Options are checked once, before any work, as usage errors.
     options.check(pipeline.schedule())?;
@@ -687,6 +778,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         existing_outputs,
         server_requests: config.server.as_ref().map(|server| server.requests.clone()),
         prompt: prompt_json(args, &pipeline),
+        prompt_dir,
     };
     if inflight == 1 {
         batch.work(&mut pipeline);
@@ -836,6 +928,16 @@ struct Batch<'a> {
     server_requests: Option<tadsr_edge::remote::RequestSlots>,
     /// The JSON line's `prompt`: which conditioning the UNet had.
     prompt: serde_json::Value,
+    /// `--prompt-dir`: the folder, the output folder (for subfolders) and
+    /// the open text encoder, shared by the workers.
+    prompt_dir: Option<PromptDir>,
+}
+
+/// `--prompt-dir`'s state during a batch.
+struct PromptDir {
+    folder: PathBuf,
+    output_folder: Option<PathBuf>,
+    encoder: Mutex<tadsr_edge::prompt::PromptEncoder>,
 }
 
 /// What the UNet was conditioned on, for the JSON lines: the bundle's
@@ -862,6 +964,69 @@ impl Batch<'_> {
     fn report(&self, input: &Path, reason: &str) {
         eprintln!("error: {}: {}", shown(input), one_line(reason));
         self.failed.fetch_add(1, Ordering::SeqCst);
+    }
+
+    /// The JSON line's `prompt` for `input`, after conditioning `pipeline`
+    /// on its prompt file with `--prompt-dir`; Ok(None) when that file
+    /// cannot be used (reported as the input's failure). The batch's prompt
+    /// without `--prompt-dir`.
+    fn condition_on_prompt_file(
+        &self,
+        pipeline: &mut Pipeline,
+        input: &Path,
+        output_paths: &[PathBuf],
+    ) -> Result<Option<serde_json::Value>, Stop> {
+        let Some(prompt_dir) = &self.prompt_dir else {
+            return Ok(Some(self.prompt.clone()));
+        };
+        let file = prompt_file(
+            &prompt_dir.folder,
+            prompt_dir.output_folder.as_deref(),
+            input,
+            output_paths.first(),
+        );
+        let text = match tadsr_edge::regular_file::read_text_capped(
+            &file,
+            tadsr_edge::prompt::tokenizer::MAX_TEXT_BYTES as u64,
+        ) {
+            Ok(text) => text,
+            Err(reason) => {
+                self.report(
+                    input,
+                    &format!("prompt file {} (--prompt-dir): {reason}", shown(&file)),
+                );
+                return Ok(None);
+            }
+        };
+        let encoded = match prompt_dir.encoder.lock() {
+            Ok(mut encoder) => encoder.encode(&text),
+            Err(_) => Err(Error::Prompt("a worker panicked".into())),
+        };
+        let embedding = match encoded {
+            Ok(embedding) => embedding,
+            // the text encoder itself failing fails every input the same way
+            Err(error @ (Error::Bundle { .. } | Error::OrtIn { .. } | Error::Ort(_))) => {
+                return Err(Stop::Fatal(error.into()))
+            }
+            Err(error) => {
+                self.report(input, &format!("prompt file {}: {error}", shown(&file)));
+                return Ok(None);
+            }
+        };
+        if let Some(note) = tadsr_edge::prompt::truncation_note(&embedding.encoding) {
+            eprintln!("warning: {}: {}: {note}", shown(input), shown(&file));
+        }
+        let json = json!({
+            "source": "prompt_dir",
+            "file": json_path(&file),
+            "text": text,
+            "tokens": embedding.encoding.text_tokens,
+            "dropped_tokens": embedding.encoding.dropped_tokens,
+        });
+        if let Err(error) = pipeline.set_prompt_embedding(embedding) {
+            return Err(Stop::Fatal(error.into()));
+        }
+        Ok(Some(json))
     }
 
     /// Takes jobs until none is left, the run is interrupted or stopped.
@@ -948,6 +1113,9 @@ impl Batch<'_> {
                 }
             }
         }
+        let Some(prompt) = self.condition_on_prompt_file(pipeline, input, output_paths)? else {
+            return Ok(());
+        };
         let mut image_options = options.clone();
         image_options.tile_px = tile.tile_px;
         let bar = TileBar::new(
@@ -1053,7 +1221,7 @@ impl Batch<'_> {
                     "input_size": [image.width, image.height],
                     "output_size": [upscaled.image.width(), upscaled.image.height()],
                     "timestep": upscaled.timestep,
-                    "prompt": self.prompt,
+                    "prompt": prompt,
                     "provider": self.providers,
                     "tile": tile,
                     "ms": ms,

@@ -191,6 +191,24 @@ impl TilePolicy {
         ))
     }
 
+    /// Memory held on the host beside the stages for the whole run (the
+    /// text encoder of `--prompt-dir`): taken off the host's budget, and off
+    /// the budget in use when that is the host's.
+    pub fn reserve_host(&mut self, bytes: u64, what: &str) {
+        let planning_on_host = self.budget == self.host_budget;
+        self.host_budget = Budget {
+            bytes: self.host_budget.bytes.saturating_sub(bytes),
+            source: format!(
+                "{} less {:.2} GiB for {what}",
+                self.host_budget.source,
+                bytes as f64 / f64::from(1u32 << 30)
+            ),
+        };
+        if planning_on_host {
+            self.budget = self.host_budget.clone();
+        }
+    }
+
     pub fn is_auto(&self) -> bool {
         self.requested.is_none()
     }

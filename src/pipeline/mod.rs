@@ -257,6 +257,24 @@ impl Pipeline {
         self.prompt_encoding.as_ref()
     }
 
+    /// Conditions the next images on `embedding` (`--prompt-dir`: one text
+    /// per image). It must have the shape the pipeline was opened with (the
+    /// graphs, TensorRT profiles and a server's batches are made for it).
+    pub fn set_prompt_embedding(
+        &mut self,
+        embedding: crate::prompt::PromptEmbedding,
+    ) -> Result<()> {
+        if embedding.shape != self.prompt_shape {
+            return Err(Error::Prompt(format!(
+                "an embedding of shape {:?}; this pipeline takes {:?}",
+                embedding.shape, self.prompt_shape
+            )));
+        }
+        self.prompt_embeds = embedding.values;
+        self.prompt_encoding = Some(embedding.encoding);
+        Ok(())
+    }
+
     /// The bundle in use.
     pub fn bundle(&self) -> &Bundle {
         &self.bundle

@@ -68,68 +68,114 @@ pub fn bundle_tokenizer(bundle: &Bundle) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
+/// The bundle's tokenizer and text encoder, open on the CPU, for texts one
+/// after another (`--prompt-dir`: one per image). Each distinct text is
+/// encoded once: later requests for it are served from memory.
+pub struct PromptEncoder {
+    tokenizer: Tokenizer,
+    session: crate::runtime::ModelSession,
+    path: std::path::PathBuf,
+    width: usize,
+    cache: std::collections::HashMap<String, PromptEmbedding>,
+}
+
+/// Most distinct texts kept encoded (a [1, 77, 1024] embedding is 315 KB).
+const MAX_CACHED_TEXTS: usize = 256;
+
+impl PromptEncoder {
+    /// Reads the tokenizer and opens the text encoder with `threads`
+    /// intra-op threads (0: one per core).
+    pub fn open(runtime: &Runtime, bundle: &Bundle, threads: usize) -> Result<PromptEncoder> {
+        let tokenizer = bundle_tokenizer(bundle)?;
+        let spec = bundle.component(component::TEXT_ENCODER);
+        let path = bundle.resolve(&spec.file)?;
+        let options = SessionOptions {
+            threads,
+            graph_sha256: Some(spec.sha256.clone()),
+            ..SessionOptions::default()
+        };
+        let session = runtime.session(&path, &options)?;
+        Ok(PromptEncoder {
+            tokenizer,
+            session,
+            path,
+            width: bundle.manifest().prompt.shape.get(2).copied().unwrap_or(0),
+            cache: std::collections::HashMap::new(),
+        })
+    }
+
+    /// `text`'s embedding [1, tokens, width], checked: the width the UNet
+    /// takes, every value finite.
+    pub fn encode(&mut self, text: &str) -> Result<PromptEmbedding> {
+        if let Some(known) = self.cache.get(text) {
+            return Ok(known.clone());
+        }
+        let encoding = self
+            .tokenizer
+            .encode(text)
+            .map_err(|e| Error::Prompt(e.to_string()))?;
+        let ids_shape = [1, encoding.ids.len()];
+        let mut outputs = self.session.run(
+            &[(
+                port::INPUT_IDS,
+                InputTensor::Int64 {
+                    shape: &ids_shape,
+                    data: &encoding.ids,
+                },
+            )],
+            &[port::LAST_HIDDEN_STATE],
+        )?;
+        let hidden = outputs.remove(0);
+        let (path, width) = (&self.path, self.width);
+        let [1, tokens, got_width] = hidden.shape[..] else {
+            return Err(Error::bundle(
+                path,
+                format!(
+                    "the text encoder gave shape {:?}, expected [1, tokens, {width}]",
+                    hidden.shape
+                ),
+            ));
+        };
+        if got_width != width {
+            return Err(Error::bundle(
+                path,
+                format!(
+                    "the text encoder gives {got_width} values per token, the UNet takes {width}"
+                ),
+            ));
+        }
+        if let Some(index) = hidden.data.iter().position(|v| !v.is_finite()) {
+            return Err(Error::bundle(
+                path,
+                format!(
+                    "the text encoder produced {} at element {index}; the graph is damaged or overflowed (an fp16 export?)",
+                    hidden.data[index]
+                ),
+            ));
+        }
+        let embedding = PromptEmbedding {
+            values: hidden.data,
+            shape: [1, tokens, width],
+            encoding,
+        };
+        if self.cache.len() >= MAX_CACHED_TEXTS {
+            self.cache.clear();
+        }
+        self.cache.insert(text.to_string(), embedding.clone());
+        Ok(embedding)
+    }
+}
+
 /// `text` tokenized and run through the bundle's text encoder on the CPU
-/// with `threads` intra-op threads (0: one per core).
+/// with `threads` intra-op threads (0: one per core); the text encoder is
+/// closed again on return.
 pub fn encode_prompt(
     runtime: &Runtime,
     bundle: &Bundle,
     text: &str,
     threads: usize,
 ) -> Result<PromptEmbedding> {
-    let tokenizer = bundle_tokenizer(bundle)?;
-    let encoding = tokenizer
-        .encode(text)
-        .map_err(|e| Error::Prompt(e.to_string()))?;
-    let spec = bundle.component(component::TEXT_ENCODER);
-    let path = bundle.resolve(&spec.file)?;
-    let options = SessionOptions {
-        threads,
-        graph_sha256: Some(spec.sha256.clone()),
-        ..SessionOptions::default()
-    };
-    let mut session = runtime.session(&path, &options)?;
-    let ids_shape = [1, encoding.ids.len()];
-    let mut outputs = session.run(
-        &[(
-            port::INPUT_IDS,
-            InputTensor::Int64 {
-                shape: &ids_shape,
-                data: &encoding.ids,
-            },
-        )],
-        &[port::LAST_HIDDEN_STATE],
-    )?;
-    let hidden = outputs.remove(0);
-    let width = bundle.manifest().prompt.shape.get(2).copied().unwrap_or(0);
-    let [1, tokens, got_width] = hidden.shape[..] else {
-        return Err(Error::bundle(
-            &path,
-            format!(
-                "the text encoder gave shape {:?}, expected [1, tokens, {width}]",
-                hidden.shape
-            ),
-        ));
-    };
-    if got_width != width {
-        return Err(Error::bundle(
-            &path,
-            format!("the text encoder gives {got_width} values per token, the UNet takes {width}"),
-        ));
-    }
-    if let Some(index) = hidden.data.iter().position(|v| !v.is_finite()) {
-        return Err(Error::bundle(
-            &path,
-            format!(
-                "the text encoder produced {} at element {index}; the graph is damaged or overflowed (an fp16 export?)",
-                hidden.data[index]
-            ),
-        ));
-    }
-    Ok(PromptEmbedding {
-        values: hidden.data,
-        shape: [1, tokens, width],
-        encoding,
-    })
+    PromptEncoder::open(runtime, bundle, threads)?.encode(text)
 }
 
 /// A warning line when the text was cut to fit the text encoder, else None.
