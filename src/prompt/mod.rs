@@ -1,6 +1,7 @@
-//! `--prompt`: a text turned into the prompt embedding the UNet takes, by
-//! the bundle's own tokenizer ([`tokenizer`]) and text encoder graph (run on
-//! the CPU, once per run: a 77-token pass, small next to one image).
+//! `--prompt` and `--prompt-dir`: a text turned into the prompt embedding
+//! the UNet takes, by the bundle's own tokenizer ([`tokenizer`]) and text
+//! encoder graph, run on the CPU ([`PromptEncoder`]: a 77-token pass, small
+//! next to one image; once per run, or once per distinct text of a batch).
 
 mod pretokenize;
 pub mod tokenizer;
