@@ -198,23 +198,24 @@ def test_missing_model_down_server_and_bad_url_are_one_line_errors(start_triton,
 def test_a_prompt_is_encoded_here_and_the_server_run_gives_the_local_image(start_triton, text_bundle, photos,
                                                                            tmp_path_factory, tmp_path):
     """--prompt with --server: the text encoder runs on the client (the repository holds the three image
-    networks), and the server's image is the local one."""
+    networks), once for all the images in flight, and the server's images are the local ones."""
     from export.triton import write_repository
 
     repo = tmp_path_factory.mktemp("text_triton") / "repo"
     write_repository(text_bundle, repo, variant="python")
     assert not (repo / "text_encoder").exists()
     text = "a dog on a sofa, sharp, detailed"
-    local = tadsr("run", photos / "coffee.png", "-o", tmp_path / "local.png", "--model", text_bundle, "-q",
-                  "--tile", "0", "--prompt", text)
+    local = tadsr("run", photos, "-o", tmp_path / "local", "--model", text_bundle, "-q", "--tile", "0",
+                  "--prompt", text)
     assert local.returncode == 0, local.stderr
     default = tadsr("run", photos / "coffee.png", "-o", tmp_path / "default.png", "--model", text_bundle, "-q",
                     "--tile", "0")
     assert default.returncode == 0, default.stderr
     with start_triton(repo) as server:
-        remote = tadsr("run", photos / "coffee.png", "-o", tmp_path / "remote.png", "--model", text_bundle, "-q",
-                       "--tile", "0", "--prompt", text, "--server", server.url)
+        remote = tadsr("run", photos, "-o", tmp_path / "remote", "--model", text_bundle, "-q", "--tile", "0",
+                       "--prompt", text, "--server", server.url, "--inflight", "2")
     assert remote.returncode == 0, remote.stderr
-    assert_same_image(tmp_path / "local.png", tmp_path / "remote.png")
+    for name in ("coffee.png", "chelsea.png"):
+        assert_same_image(tmp_path / "local" / name, tmp_path / "remote" / name)
     # the prompt reached the server's UNet: the default prompt's image is another one
-    assert np.abs(pixels(tmp_path / "remote.png") - pixels(tmp_path / "default.png")).mean() > 2
+    assert np.abs(pixels(tmp_path / "remote" / "coffee.png") - pixels(tmp_path / "default.png")).mean() > 2

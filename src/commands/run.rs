@@ -785,10 +785,19 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     } else {
         // One pipeline per image in flight: with a server each holds only
         // its connection and the prompt, the networks run there.
+        // --prompt's text is encoded once: the others get its embedding
+        let embedding = pipeline.prompt_embedding();
+        let mut extra_config = config.clone();
+        if embedding.is_some() {
+            extra_config.prompt_text = None;
+        }
         let mut pipelines = vec![pipeline];
         for _ in 1..inflight {
-            let mut extra = Pipeline::load(&config)?;
+            let mut extra = Pipeline::load(&extra_config)?;
             extra.set_cancel_flag(&INTERRUPTED);
+            if let Some(embedding) = &embedding {
+                extra.set_prompt_embedding(embedding.clone())?;
+            }
             pipelines.push(extra);
         }
         std::thread::scope(|scope| {

@@ -257,6 +257,18 @@ impl Pipeline {
         self.prompt_encoding.as_ref()
     }
 
+    /// The embedding of `--prompt`'s text in use, to hand to another
+    /// pipeline of the same run (None: an embedding file's).
+    pub fn prompt_embedding(&self) -> Option<crate::prompt::PromptEmbedding> {
+        self.prompt_encoding
+            .as_ref()
+            .map(|encoding| crate::prompt::PromptEmbedding {
+                values: self.prompt_embeds.clone(),
+                shape: self.prompt_shape,
+                encoding: encoding.clone(),
+            })
+    }
+
     /// Conditions the next images on `embedding` (`--prompt-dir`: one text
     /// per image). It must have the shape the pipeline was opened with (the
     /// graphs, TensorRT profiles and a server's batches are made for it).
