@@ -220,7 +220,8 @@ def test_prompt_dir_conditions_each_image_on_its_own_file(text_bundle, repo, tmp
     shutil.copy(repo / "examples" / "astronaut.png", inputs / "d.png")
     texts = {"a.b.png": "a dog on a sofa, sharp, detailed", "sub/c.png": TEXT_PROMPT}
     (prompts / "a.txt").write_text(texts["a.b.png"])
-    (prompts / "sub" / "c.txt").write_text(texts["sub/c.png"] + "\n")  # an editor's newline changes nothing
+    # an editor's byte-order mark and newline change nothing
+    (prompts / "sub" / "c.txt").write_text("\ufeff" + texts["sub/c.png"] + "\r\n", encoding="utf-8")
 
     def run(*argv):
         return subprocess.run([str(BIN), "run", *map(str, argv), "--model", str(text_bundle), "--provider", "cpu",
@@ -235,7 +236,7 @@ def test_prompt_dir_conditions_each_image_on_its_own_file(text_bundle, repo, tmp
     said = {Path(line["input"]).relative_to(inputs).as_posix(): line["prompt"]
             for line in map(json.loads, batch.stdout.splitlines())}
     assert said["a.b.png"]["file"] == str(prompts / "a.txt") and said["a.b.png"]["text"] == texts["a.b.png"]
-    assert said["sub/c.png"]["source"] == "prompt_dir"
+    assert said["sub/c.png"]["source"] == "prompt_dir" and said["sub/c.png"]["text"] == texts["sub/c.png"] + "\r\n"
     for name, text in texts.items():
         single = tmp_path / f"single-{Path(name).stem}.png"
         alone = run(inputs / name, "-o", single, "--prompt", text)

@@ -998,7 +998,11 @@ impl Batch<'_> {
             &file,
             tadsr_edge::prompt::tokenizer::MAX_TEXT_BYTES as u64,
         ) {
-            Ok(text) => text,
+            // a byte-order mark (some editors write one) is not part of the text
+            Ok(text) => text
+                .strip_prefix('\u{feff}')
+                .map(str::to_string)
+                .unwrap_or(text),
             Err(reason) => {
                 self.report(
                     input,
