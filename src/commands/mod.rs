@@ -7,6 +7,7 @@ pub mod golden;
 pub mod info;
 pub mod prompt;
 pub mod run;
+mod run_prompt;
 pub mod signals;
 pub mod tile_policy;
 

@@ -4,7 +4,8 @@
 //! Over 500 lines: the command's checks before anything runs (inputs,
 //! outputs, options, the server) and the batch they feed (workers, fatal
 //! errors, each input's steps) read best together; no unit is reused
-//! elsewhere.
+//! elsewhere. What the UNet is conditioned on (`--prompt`, `--prompt-dir`)
+//! is `run_prompt.rs`.
 
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
@@ -29,6 +30,9 @@ use tadsr_edge::pipeline::{
 use tadsr_edge::runtime::Provider;
 use tadsr_edge::Error;
 
+use super::run_prompt::{
+    check_prompt, prompt_file, prompt_json, read_prompt_file, PromptDir, PromptFailure,
+};
 use super::signals::{install_signal_handlers, interrupted, INTERRUPTED};
 use super::tile_policy::TilePolicy;
 use super::{default_model_dir, escape_controls, print_line, provider_choice, ExitNow, Outcome};
@@ -173,7 +177,7 @@ fn common_model_size(sizes: &[(u32, u32)]) -> Option<(u32, u32)> {
 
 /// A path as it goes into a `--json` line: the name itself when it is
 /// UTF-8 (JSON escapes control characters), the escaped form otherwise.
-fn json_path(path: &Path) -> String {
+pub(super) fn json_path(path: &Path) -> String {
     match path.to_str() {
         Some(text) => text.to_string(),
         None => shown(path),
@@ -401,10 +405,7 @@ fn print_plan(
             None => None,
             Some(dir) => {
                 let file = prompt_file(dir, output_folder, input, outputs.first());
-                if let Err(reason) = tadsr_edge::regular_file::read_text_capped(
-                    &file,
-                    tadsr_edge::prompt::tokenizer::MAX_TEXT_BYTES as u64,
-                ) {
+                if let Err(reason) = read_prompt_file(&file) {
                     eprintln!(
                         "error: {}: prompt file {} (--prompt-dir): {}",
                         shown(input),
@@ -467,62 +468,6 @@ fn batch_summary(written: usize, failed: usize, skipped: usize, seconds: f64) ->
 /// Runs the batch; returns how it ended. Everything that can be checked is
 /// checked before the first network runs: the options, every input's file
 /// type, the whole input -> output map, the output folder.
-/// `--prompt` tokenized before anything is computed (the tokenizer needs no
-/// model): a bundle without a text encoder or a tokenizer this runtime
-/// cannot read is a usage error at once, also under --dry-run; a text too
-/// long for the text encoder is a warning line.
-fn check_prompt(args: &RunArgs) -> anyhow::Result<()> {
-    if let Some(dir) = &args.prompt_dir {
-        if !dir.is_dir() {
-            return Err(Error::InvalidOption(format!(
-                "--prompt-dir {}: not a folder; give the folder of NAME.txt prompt files",
-                shown(dir)
-            ))
-            .into());
-        }
-    }
-    if args.prompt.is_none() && args.prompt_dir.is_none() {
-        return Ok(());
-    }
-    let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
-    let bundle = Bundle::open_with(&model_dir, HashCheck::Skip)?;
-    let tokenizer = tadsr_edge::prompt::bundle_tokenizer(&bundle)?;
-    if let Some(text) = &args.prompt {
-        let encoding = tokenizer
-            .encode(text)
-            .map_err(|e| tadsr_edge::Error::Prompt(e.to_string()))?;
-        if let Some(note) = tadsr_edge::prompt::truncation_note(&encoding) {
-            eprintln!("warning: {note}");
-        }
-    }
-    Ok(())
-}
-
-/// `--prompt-dir`: the prompt file of `input` whose first output is
-/// `first_output`: DIR, then the output's subfolder under `-o DIR`, then
-/// the input's file name up to its first dot (as the authors' test script
-/// names them), `.txt`.
-fn prompt_file(
-    dir: &Path,
-    output_folder: Option<&Path>,
-    input: &Path,
-    first_output: Option<&PathBuf>,
-) -> PathBuf {
-    use std::os::unix::ffi::OsStrExt as _;
-    let name = input.file_name().unwrap_or_default().as_bytes();
-    let stem = name.split(|&b| b == b'.').next().unwrap_or_default();
-    let mut file_name = std::ffi::OsStr::from_bytes(stem).to_os_string();
-    file_name.push(".txt");
-    let subfolder = match (output_folder, first_output) {
-        (Some(folder), Some(output)) => naming::parent_folder(output)
-            .strip_prefix(folder)
-            .map(Path::to_path_buf)
-            .unwrap_or_default(),
-        _ => PathBuf::new(),
-    };
-    dir.join(subfolder).join(file_name)
-}
-
 pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow::Result<Outcome> {
     let started = Instant::now();
     install_signal_handlers(exit_now)?;
@@ -672,28 +617,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     tile_policy.after_load(&pipeline, args.gpu.device.unwrap_or(0), engine_decision);
     check_bundle_defaults(args, &pipeline)?;
     // --prompt-dir: the text encoder stays open on the CPU for the batch
-    let prompt_dir = match &args.prompt_dir {
-        None => None,
-        Some(dir) => {
-            let runtime = tadsr_edge::runtime::Runtime::global(ort_lib)?;
-            let encoder =
-                tadsr_edge::prompt::PromptEncoder::open(runtime, pipeline.bundle(), args.threads)?;
-            if let Some(bytes) = pipeline
-                .bundle()
-                .graph_file_bytes(tadsr_edge::bundle::component::TEXT_ENCODER)
-            {
-                tile_policy.reserve_host(bytes, "the text encoder of --prompt-dir");
-            }
-            Some(PromptDir {
-                folder: dir.clone(),
-                output_folder: match &target {
-                    OutputTarget::Dir { folder, .. } => Some(folder.clone()),
-                    OutputTarget::File(_) => None,
-                },
-                encoder: Mutex::new(encoder),
-            })
-        }
-    };
+    let prompt_dir = PromptDir::open(args, ort_lib, &pipeline, &target, &mut tile_policy)?;
     let options = run_options(args, &pipeline);
     // Options are checked once, before any work, as usage errors.
     options.check(pipeline.schedule())?;
@@ -942,33 +866,6 @@ struct Batch<'a> {
     prompt_dir: Option<PromptDir>,
 }
 
-/// `--prompt-dir`'s state during a batch.
-struct PromptDir {
-    folder: PathBuf,
-    output_folder: Option<PathBuf>,
-    encoder: Mutex<tadsr_edge::prompt::PromptEncoder>,
-}
-
-/// What the UNet was conditioned on, for the JSON lines: the bundle's
-/// default (its text when the manifest has it), a `--prompt-embeds` file, or
-/// a `--prompt` text with its token counts.
-fn prompt_json(args: &RunArgs, pipeline: &Pipeline) -> serde_json::Value {
-    match (
-        &args.prompt,
-        &args.prompt_embeds,
-        pipeline.prompt_encoding(),
-    ) {
-        (Some(text), _, Some(encoding)) => json!({
-            "source": "text",
-            "text": text,
-            "tokens": encoding.text_tokens,
-            "dropped_tokens": encoding.dropped_tokens,
-        }),
-        (_, Some(file), _) => json!({"source": "file", "file": json_path(file)}),
-        _ => json!({"source": "bundle", "text": pipeline.bundle().manifest().prompt.text}),
-    }
-}
-
 impl Batch<'_> {
     fn report(&self, input: &Path, reason: &str) {
         eprintln!("error: {}: {}", shown(input), one_line(reason));
@@ -988,58 +885,14 @@ impl Batch<'_> {
         let Some(prompt_dir) = &self.prompt_dir else {
             return Ok(Some(self.prompt.clone()));
         };
-        let file = prompt_file(
-            &prompt_dir.folder,
-            prompt_dir.output_folder.as_deref(),
-            input,
-            output_paths.first(),
-        );
-        let text = match tadsr_edge::regular_file::read_text_capped(
-            &file,
-            tadsr_edge::prompt::tokenizer::MAX_TEXT_BYTES as u64,
-        ) {
-            // a byte-order mark (some editors write one) is not part of the text
-            Ok(text) => text
-                .strip_prefix('\u{feff}')
-                .map(str::to_string)
-                .unwrap_or(text),
-            Err(reason) => {
-                self.report(
-                    input,
-                    &format!("prompt file {} (--prompt-dir): {reason}", shown(&file)),
-                );
-                return Ok(None);
+        match prompt_dir.condition(pipeline, input, output_paths) {
+            Ok(json) => Ok(Some(json)),
+            Err(PromptFailure::Input(reason)) => {
+                self.report(input, &reason);
+                Ok(None)
             }
-        };
-        let encoded = match prompt_dir.encoder.lock() {
-            Ok(mut encoder) => encoder.encode(&text),
-            Err(_) => Err(Error::Prompt("a worker panicked".into())),
-        };
-        let embedding = match encoded {
-            Ok(embedding) => embedding,
-            // the text encoder itself failing fails every input the same way
-            Err(error @ (Error::Bundle { .. } | Error::OrtIn { .. } | Error::Ort(_))) => {
-                return Err(Stop::Fatal(error.into()))
-            }
-            Err(error) => {
-                self.report(input, &format!("prompt file {}: {error}", shown(&file)));
-                return Ok(None);
-            }
-        };
-        if let Some(note) = tadsr_edge::prompt::truncation_note(&embedding.encoding) {
-            eprintln!("warning: {}: {}: {note}", shown(input), shown(&file));
+            Err(PromptFailure::Batch(error)) => Err(Stop::Fatal(error.into())),
         }
-        let json = json!({
-            "source": "prompt_dir",
-            "file": json_path(&file),
-            "text": text,
-            "tokens": embedding.encoding.text_tokens,
-            "dropped_tokens": embedding.encoding.dropped_tokens,
-        });
-        if let Err(error) = pipeline.set_prompt_embedding(embedding) {
-            return Err(Stop::Fatal(error.into()));
-        }
-        Ok(Some(json))
     }
 
     /// Takes jobs until none is left, the run is interrupted or stopped.
