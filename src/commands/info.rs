@@ -276,9 +276,9 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
             .unwrap_or_default()
     ))?;
     print_line(if tadsr_edge::prompt::has_text_encoder(bundle) {
-        "  --prompt TEXT: yes (the bundle's text encoder and tokenizer)"
+        "  --prompt TEXT, --prompt-dir DIR: yes (the bundle's text encoder and tokenizer)"
     } else {
-        "  --prompt TEXT: no (no text encoder in the bundle; --prompt-embeds FILE replaces the default)"
+        "  --prompt TEXT, --prompt-dir DIR: no (no text encoder in the bundle; --prompt-embeds FILE replaces the default)"
     })?;
     let d = &m.defaults;
     print_line(format_args!(
