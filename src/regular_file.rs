@@ -41,10 +41,12 @@ pub fn read_text_capped(path: &Path, max_bytes: u64) -> Result<String, String> {
         .read_to_string(&mut text)
         .map_err(|e| format!("cannot read: {e}"))?;
     if text.len() as u64 > max_bytes {
-        return Err(format!(
-            "over {} MiB, far more than such a file holds",
-            max_bytes >> 20
-        ));
+        let limit = if max_bytes >= 1 << 20 {
+            format!("{} MiB", max_bytes >> 20)
+        } else {
+            format!("{} KiB", max_bytes >> 10)
+        };
+        return Err(format!("over {limit}, far more than such a file holds"));
     }
     Ok(text)
 }
@@ -76,6 +78,10 @@ mod tests {
             .unwrap_err()
             .contains("over 2 MiB"));
         assert_eq!(read_text_capped(&long, 4 << 20).unwrap().len(), 3 << 20);
+        // a cap under 1 MiB is said in KiB (a prompt file's: 64 KiB), never "0 MiB"
+        assert!(read_text_capped(&long, 64 << 10)
+            .unwrap_err()
+            .contains("over 64 KiB"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
