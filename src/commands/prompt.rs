@@ -11,7 +11,7 @@ use serde_json::json;
 use tadsr_edge::bundle::{Bundle, HashCheck};
 use tadsr_edge::image::write::write_file_atomically;
 use tadsr_edge::npy::{encode_npy, NpyDtype};
-use tadsr_edge::prompt::{bundle_tokenizer, encode_prompt, truncation_note, Encoding};
+use tadsr_edge::prompt::{bundle_tokenizer, truncation_note, Encoding, PromptEncoder};
 use tadsr_edge::runtime::Runtime;
 use tadsr_edge::Error;
 
@@ -89,18 +89,20 @@ pub fn prompt(
         },
     )
     .with_context(|| "cannot use the bundle")?;
-    let tokenizer = bundle_tokenizer(&bundle)?;
-    let encoding = tokenizer
-        .encode(&args.text)
-        .map_err(|e| Error::Prompt(e.to_string()))?;
-    let token_texts = tokenizer.token_texts(
-        &encoding.ids[encoding.text_start..encoding.text_start + encoding.text_tokens],
-    );
-    let written = match &args.output {
-        None => None,
+    // the tokenizer alone without -o; with it, the encoder's (read once)
+    let (encoding, token_texts, written) = match &args.output {
+        None => {
+            let tokenizer = bundle_tokenizer(&bundle)?;
+            let encoding = tokenizer
+                .encode(&args.text)
+                .map_err(|e| Error::Prompt(e.to_string()))?;
+            let token_texts = tokenizer.token_texts(encoding.text_ids());
+            (encoding, token_texts, None)
+        }
         Some(output) => {
-            let runtime = Runtime::global(ort_lib)?;
-            let embedding = encode_prompt(runtime, &bundle, &args.text, args.threads)?;
+            let mut encoder =
+                PromptEncoder::open(Runtime::global(ort_lib)?, &bundle, args.threads)?;
+            let embedding = encoder.encode(&args.text)?;
             if let Some(outcome) = interrupted() {
                 return Ok(outcome);
             }
@@ -110,7 +112,14 @@ pub fn prompt(
             write_file_atomically(output, |writer| {
                 std::io::Write::write_all(writer, &bytes).map_err(|e| e.to_string())
             })?;
-            Some((output.clone(), embedding.shape))
+            let token_texts = encoder
+                .tokenizer()
+                .token_texts(embedding.encoding.text_ids());
+            (
+                embedding.encoding,
+                token_texts,
+                Some((output.clone(), embedding.shape)),
+            )
         }
     };
     if let Some(note) = truncation_note(&encoding) {

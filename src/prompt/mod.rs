@@ -105,6 +105,11 @@ impl PromptEncoder {
         })
     }
 
+    /// The tokenizer in use.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
     /// `text`'s embedding [1, tokens, width], checked: the width the UNet
     /// takes, every value finite.
     pub fn encode(&mut self, text: &str) -> Result<PromptEmbedding> {

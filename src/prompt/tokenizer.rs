@@ -107,6 +107,13 @@ pub struct Encoding {
     pub text_start: usize,
 }
 
+impl Encoding {
+    /// The text's own ids (no special tokens, no padding).
+    pub fn text_ids(&self) -> &[i64] {
+        &self.ids[self.text_start..self.text_start + self.text_tokens]
+    }
+}
+
 /// A tokenizer.json, read.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -699,7 +706,7 @@ mod tests {
     fn tokens_read_back_as_text() {
         let t = Tokenizer::from_json(&clip_like(&[("t", "h"), ("th", "e</w>")])).unwrap();
         let e = t.encode("The É!").unwrap();
-        let text_ids = &e.ids[e.text_start..e.text_start + e.text_tokens];
+        let text_ids = e.text_ids();
         // "é" is two bytes in two tokens: each half alone is not UTF-8
         assert_eq!(
             t.token_texts(text_ids),
