@@ -34,6 +34,8 @@ pub struct TilePolicy {
     /// `--tile-shape`: fixed (`Some(true)`), balanced (`Some(false)`), or
     /// `None`: fixed on GPUs and servers, balanced on the CPU.
     tile_shape: Option<bool>,
+    /// The stages run on a server (`--server`): the budget is its memory.
+    server: bool,
 }
 
 impl TilePolicy {
@@ -75,6 +77,7 @@ impl TilePolicy {
             pinned: None,
             device_budget_read: false,
             tile_shape,
+            server: false,
         };
         policy.set_fixed_tiles(false);
         policy
@@ -84,6 +87,7 @@ impl TilePolicy {
     /// known here, so `auto` plans for a server GPU of
     /// [`SERVER_BUDGET_BYTES`].
     pub fn assume_server_budget(&mut self) {
+        self.server = true;
         if !self.given_budget {
             self.budget = Budget {
                 bytes: SERVER_BUDGET_BYTES,
@@ -195,7 +199,7 @@ impl TilePolicy {
     /// text encoder of `--prompt-dir`): taken off the host's budget, and off
     /// the budget in use when that is the host's.
     pub fn reserve_host(&mut self, bytes: u64, what: &str) {
-        let planning_on_host = self.budget == self.host_budget;
+        let planning_on_host = self.budget_is_host();
         self.host_budget = Budget {
             bytes: self.host_budget.bytes.saturating_sub(bytes),
             source: format!(
@@ -207,6 +211,18 @@ impl TilePolicy {
         if planning_on_host {
             self.budget = self.host_budget.clone();
         }
+    }
+
+    /// Whether the budget in use is the host's memory: not a server's,
+    /// not one read from a discrete GPU, not `--max-memory` given for
+    /// stages on a GPU (taken as the GPU's; on a Jetson, whose GPU shares
+    /// the host's memory, that leaves held host memory uncounted).
+    fn budget_is_host(&self) -> bool {
+        let on_device = self
+            .cost
+            .as_ref()
+            .is_some_and(|cost| cost.on_device.iter().any(|&on| on));
+        !(self.server || self.device_budget_read || (self.given_budget && on_device))
     }
 
     pub fn is_auto(&self) -> bool {
@@ -355,6 +371,54 @@ mod tests {
                 on_cpu.estimate(width, height, tile)
             );
         }
+        assert_eq!(on_gpu.budget, on_cpu.budget);
+    }
+
+    /// --prompt-dir's text encoder stays loaded: its bytes come off the
+    /// host's budget (and the budget in use when that is the host's), not
+    /// off a server's.
+    #[test]
+    fn memory_held_beside_the_stages_comes_off_the_host_budget() {
+        let bundle = tiny();
+        let policy = || {
+            TilePolicy::new(
+                TileArg::Auto,
+                Some(8 << 30),
+                Some(&bundle),
+                TilingMode::Staged,
+                1,
+                None,
+            )
+        };
+        let mut on_cpu = policy();
+        let before = on_cpu.budget.bytes;
+        on_cpu.reserve_host(3 << 30, "the text encoder");
+        assert_eq!(on_cpu.budget.bytes, before - (3 << 30));
+        assert!(on_cpu
+            .budget
+            .source
+            .ends_with("less 3.00 GiB for the text encoder"));
+        // a budget this small picks a smaller tile for a large image
+        let (wide, tight) = (policy().for_image(4096, 4096), on_cpu.for_image(4096, 4096));
+        assert!(
+            tight.tile_px < wide.tile_px,
+            "{} vs {}",
+            tight.tile_px,
+            wide.tile_px
+        );
+        let mut on_server = policy();
+        on_server.assume_server_budget();
+        let server_budget = on_server.budget.clone();
+        on_server.reserve_host(3 << 30, "the text encoder");
+        assert_eq!(on_server.budget, server_budget);
+        // --max-memory given for stages on a GPU is the GPU's: untouched too
+        let mut on_gpu = policy();
+        on_gpu.assume_device_budget(0);
+        let gpu_budget = on_gpu.budget.clone();
+        on_gpu.reserve_host(3 << 30, "the text encoder");
+        assert_eq!(on_gpu.budget, gpu_budget);
+        // and if its stages all end on the CPU, the host's plan has it
+        on_gpu.plan_for_cpu();
         assert_eq!(on_gpu.budget, on_cpu.budget);
     }
 }
