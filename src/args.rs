@@ -411,7 +411,7 @@ pub struct RunArgs {
     /// Overlap between tiles in output pixels (multiple of 8, at most half the tile) [default: 64; for tiles under 128 px half the tile, rounded down to a multiple of 8].
     #[arg(long, value_name = "PX", value_parser = clap::value_parser!(u32).range(0..=MAX_TILE as i64))]
     pub tile_overlap: Option<u32>,
-    /// staged: encoder, UNet and decoder all tiled (bounded memory); latent: only the UNet, as the authors do.
+    /// staged: encoder, UNet and decoder all tiled (bounded memory); latent: only the UNet, in the authors' 96-cell tiles wherever the latent is larger (also under --tile auto; --tile 0 turns it off), the VAE whole.
     #[arg(long, value_enum, default_value_t = TilingArg::Staged)]
     pub tiling: TilingArg,
     /// Staged tiles all of the tile's shape (fixed: one GPU engine or plan, batches on a server; edge tiles overlap more) or the fewest that cover the image (balanced); auto: fixed on GPUs and with --server, balanced on the CPU.

@@ -42,6 +42,9 @@ pub const MIN_AUTO_TILE_PX: u32 = 256;
 /// former default).
 pub const FALLBACK_TILE_PX: u32 = 512;
 
+/// The tile `--tiling latent` plans with: the authors' 96 latent cells.
+pub const AUTHORS_LATENT_TILE_PX: u32 = 768;
+
 /// The measured cost of the three stages.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CostModel {
@@ -271,6 +274,8 @@ pub enum TileReason {
     OverBudget,
     /// The bundle has no memory figures.
     NoMemoryFigures,
+    /// `--tiling latent`: the authors' UNet tiles, whatever the budget.
+    AuthorsLatentTiling,
 }
 
 /// The tile a run uses and why.
@@ -315,6 +320,10 @@ impl TileDecision {
             TileReason::FitsUntiled => {
                 format!("{plan}: estimated peak {estimate} fits the budget {budget}")
             }
+            TileReason::AuthorsLatentTiling => format!(
+                "the authors' latent tiling (--tiling latent): 96x96-cell UNet tiles where the \
+                 latent is larger, the VAE whole; estimated peak {estimate} fits the budget {budget}"
+            ),
             TileReason::LargestFittingTile => format!(
                 "{plan}: untiled would need an estimated {untiled}, over the budget {budget}; \
                  the largest tile that fits needs {estimate}"
@@ -370,18 +379,21 @@ pub fn choose_tile(
         untiled_bytes: Some(untiled),
         budget: Some(budget.clone()),
     };
-    if untiled <= budget.bytes {
-        return decision(0, TileReason::FitsUntiled, untiled);
-    }
     if tiling == TilingMode::Latent {
-        // one tile size only: the authors'
-        let estimate = peak_bytes(model, tiling, width, height, 768);
+        // The authors' tiling is part of what their code computes, not a
+        // memory choice: their 96-cell UNet tiles whenever the latent
+        // exceeds 96x96 (the plan leaves smaller latents whole), whatever
+        // the budget. Untiled only with `--tile 0`.
+        let estimate = peak_bytes(model, tiling, width, height, AUTHORS_LATENT_TILE_PX);
         let reason = if estimate <= budget.bytes {
-            TileReason::LargestFittingTile
+            TileReason::AuthorsLatentTiling
         } else {
             TileReason::OverBudget
         };
-        return decision(768, reason, estimate);
+        return decision(AUTHORS_LATENT_TILE_PX, reason, estimate);
+    }
+    if untiled <= budget.bytes {
+        return decision(0, TileReason::FitsUntiled, untiled);
     }
     let mut side = if model.fixed_tiles {
         // a tile larger than the short side would be padded: work on the
@@ -735,9 +747,21 @@ mod tests {
     }
 
     #[test]
-    fn latent_mode_uses_the_authors_tiles_when_untiled_does_not_fit() {
+    fn latent_mode_always_uses_the_authors_tiles() {
+        // their tiling is part of their output, not a memory choice: an
+        // image that fits untiled still gets it (found against the authors'
+        // own code, scripts/authors_parity.py: auto had run such an image
+        // untiled, up to 255 levels away from theirs on random weights)
         let m = model();
-        let decision = choose_tile(Some(&m), TilingMode::Latent, 8192, 8192, budget(4 << 10));
-        assert_eq!(decision.tile_px, 768);
+        for (side, budget_mib) in [(8192, 4 << 10), (896, 64 << 10), (512, 64 << 10)] {
+            let decision =
+                choose_tile(Some(&m), TilingMode::Latent, side, side, budget(budget_mib));
+            assert_eq!(decision.tile_px, AUTHORS_LATENT_TILE_PX, "{side} px");
+        }
+        let fits = choose_tile(Some(&m), TilingMode::Latent, 896, 832, budget(64 << 10));
+        assert_eq!(fits.reason, TileReason::AuthorsLatentTiling);
+        assert!(fits.describe().contains("the authors' latent tiling"));
+        let over = choose_tile(Some(&m), TilingMode::Latent, 8192, 8192, budget(1));
+        assert_eq!(over.reason, TileReason::OverBudget);
     }
 }

@@ -531,28 +531,40 @@ fn several_timesteps_name_outputs_and_json_reports_each() {
     assert_ne!(a, b, "different timesteps give different images");
 }
 
+/// `--tiling latent` under the default `--tile auto` tiles the UNet as the
+/// authors do even when the image fits untiled (their tiling is part of
+/// their output; an earlier auto ran such images untiled, found against the
+/// authors' own code by scripts/authors_parity.py).
 #[test]
-fn latent_tiling_runs_on_an_output_over_768_pixels() {
+fn latent_tiling_tiles_an_output_over_768_pixels_that_fits_untiled() {
     let dir = tempfile::tempdir().unwrap();
     let input = dir.path().join("in.png");
     example("coffee.png")
         .resize_exact(200, 196, image::imageops::FilterType::Lanczos3)
         .save(&input)
         .unwrap();
-    let tiled = dir.path().join("latent.png");
-    let run = tadsr(&[
-        "run",
-        path_str(&input),
-        "-o",
-        path_str(&tiled),
-        "--tiling",
-        "latent",
-        "--process-size",
-        "0",
-        "-q",
-    ]);
-    assert!(run.status.success(), "{}", stderr(&run));
-    assert_eq!(image::open(&tiled).unwrap().dimensions(), (800, 784));
+    let output = |name: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        let run = upscale(
+            &input,
+            &path,
+            &[&["--tiling", "latent", "-q"], extra].concat(),
+        );
+        assert!(run.status.success(), "{}", stderr(&run));
+        image::open(&path).unwrap().to_rgb8()
+    };
+    let auto = output("auto.png", &["--max-memory", "64G"]);
+    assert_eq!(auto.dimensions(), (800, 784));
+    assert_eq!(
+        auto,
+        output("tiles.png", &["--tile", "768"]),
+        "auto = the authors' tiles"
+    );
+    assert_ne!(
+        auto,
+        output("whole.png", &["--tile", "0"]),
+        "--tile 0 is untiled"
+    );
 }
 
 #[test]
