@@ -153,6 +153,15 @@ CONFIGS: Dict[str, ModelConfig] = {
                         decode_head=(64, 4)),
         unet=_unet_config((32, 64, 96, 96), (1, 2, 3, 3), 32, 8, 16, latent_channels=16),
     ),
+    # tiny's UNet with a VAE that the authors' own code can build and run (scripts/authors_parity.py):
+    # their tiled-VAE hook computes GroupNorm statistics in 32 groups and their time-aware encoder's mid
+    # attention has a head width of 512, both hard-coded for SD-2.1; so 32 groups and 512 channels at
+    # the bottom, narrow above.
+    "tiny-g32": ModelConfig(
+        name="tiny-g32",
+        vae=_vae_config((32, 64, 128, 512), 32, 64),
+        unet=_unet_config((16, 32, 32, 32), (1, 2, 2, 2), 32, 8, 16),
+    ),
     "sd21": ModelConfig(
         name="sd21",
         vae=_vae_config((128, 256, 512, 512), 32, 768),

@@ -1,6 +1,6 @@
 """Write a synthetic checkpoint in the authors' on-disk format.
 
-    python -m export.synthetic_checkpoint --config tiny --seed 0 --out DIR [--rank 4] [--text-encoder]
+    python -m export.synthetic_checkpoint --config tiny|tiny-g32|sd21 --seed 0 --out DIR [--rank 4] [--text-encoder]
 
 ``DIR`` gets what the authors' ``preset/weights`` folder holds for inference:
 
@@ -171,7 +171,8 @@ def write_synthetic_checkpoint(out: Path, config: str = "tiny", seed: int = 0, r
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.synthetic_checkpoint", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", choices=["tiny", "sd21"], default="tiny")
+    parser.add_argument("--config", choices=["tiny", "tiny-g32", "sd21"], default="tiny",
+                        help="tiny-g32: a VAE the authors' own code runs (scripts/authors_parity.py)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rank", type=int, default=4)
     parser.add_argument("--text-encoder", action="store_true", help="add a tiny random CLIP text encoder")

@@ -77,3 +77,17 @@ def write_tiny_clip(root: Path, hidden_size: int = 32, seed: int = 0) -> None:
                 continue
             p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
     model.save_pretrained(str(root / "text_encoder"))
+    _use_published_key_names(root / "text_encoder" / "model.safetensors")
+
+
+def _use_published_key_names(weights: Path) -> None:
+    """Rewrites the tensors' names as SD-2.1's published text_encoder file has
+    them (``text_model.encoder.layers.0...``): transformers 5 saves a
+    CLIPTextModel without that prefix, which older readers (the authors'
+    pinned transformers 4.28) do not find."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(weights))
+    renamed = {name if name.startswith("text_model.") else f"text_model.{name}": tensor
+               for name, tensor in tensors.items()}
+    save_file(renamed, str(weights), metadata={"format": "pt"})
