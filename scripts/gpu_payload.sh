@@ -11,11 +11,12 @@
 #   .device/whl/                   wheels the device's python3 lacks (diffusers, jsonschema and its
 #                                  compiled/pure dependencies the device image does not hold)
 #   .device/tiny-fp16/             an fp16 export of models/tiny (seed 0)
+#   .device/tiny-text/             a tiny bundle with a text encoder (--prompt-dir on CUDA)
 #
 # A device call carries at most 64 MiB with the work tree (50 MiB with the committed demo bundle
 # models/nano; ~15 MiB without it: scripts/gpu_lean_tree.sh on|off around the calls), so the pieces travel one
 # per call: calls 1..N-1 carry .device/chunkK and run `bash scripts/gpu_reassemble.sh`; the last
-# call carries the smallest piece (chunkN) with .device/payload, .device/whl and .device/tiny-fp16
+# call carries the smallest piece (chunkN) with .device/payload, .device/whl, .device/tiny-fp16 and .device/tiny-text
 # and runs `bash scripts/gpu_check.sh` (which reassembles first). The plan is printed at the end.
 #
 # xz, not zstd: the device image is not known to have zstd (nor python's zstandard), while
@@ -152,6 +153,24 @@ else
   say "reusing $TINY"
 fi
 
+# (e) a tiny bundle with a text encoder (for --prompt-dir's text encoder on CUDA) ---------------
+TEXT=.device/tiny-text
+stale=1
+if [[ $FORCE != 1 && -f $TEXT/manifest.json ]]; then
+  stale=0
+  for f in export/*.py; do [[ $f -nt $TEXT/manifest.json ]] && stale=1; done
+fi
+if [[ $stale == 1 ]]; then
+  say "exporting a tiny bundle with a text encoder into $TEXT"
+  rm -rf "$TEXT" "$GPUWHEEL/tiny-text-checkpoint"
+  PYTHONPATH=$ROOT "$PYTHON" -m export.synthetic_checkpoint --config tiny --seed 0 --text-encoder \
+    --out "$GPUWHEEL/tiny-text-checkpoint" >/dev/null || die "tiny text checkpoint failed"
+  PYTHONPATH=$ROOT "$PYTHON" -m export --weights "$GPUWHEEL/tiny-text-checkpoint" --text-encoder --out "$TEXT" \
+    --no-verify --no-memory --no-tiled-vae >/dev/null || die "tiny text export failed"
+else
+  say "reusing $TEXT"
+fi
+
 # Sizes and the plan ----------------------------------------------------------------------------
 tree_bytes=$( { git ls-files -z; git ls-files -z --others --exclude-standard; } | xargs -0 -r stat -c %s 2>/dev/null \
   | awk '{s += $1} END {print s}')
@@ -159,18 +178,18 @@ mib() { awk -v b="$1" 'BEGIN {printf "%.1f MiB", b / 1048576}'; }
 dir_bytes() { du -sb "$1" | cut -f1; }
 echo
 echo "work tree (travels with every call): $(mib "$tree_bytes")"
-for d in .device/payload .device/whl .device/tiny-fp16 .device/chunk[0-9]*; do
+for d in .device/payload .device/whl .device/tiny-fp16 .device/tiny-text .device/chunk[0-9]*; do
   printf '  %-20s %s\n' "$d" "$(mib "$(dir_bytes "$d")")"
 done
 last_bytes=$(( tree_bytes + $(dir_bytes ".device/chunk$n") + $(dir_bytes .device/payload) \
-  + $(dir_bytes .device/whl) + $(dir_bytes .device/tiny-fp16) ))
+  + $(dir_bytes .device/whl) + $(dir_bytes .device/tiny-fp16) + $(dir_bytes .device/tiny-text) ))
 echo "sha256: .device/chunks/SHA256SUMS"
 echo
 echo "device calls (back to back, so that /tmp/ortchunks survives on the warm machine):"
 for ((k = 1; k < n; k++)); do
   echo "  $k. carry [\".device/chunk$k\"]  command: bash scripts/gpu_reassemble.sh"
 done
-echo "  $n. carry [\".device/chunk$n\", \".device/payload\", \".device/whl\", \".device/tiny-fp16\"]" \
+echo "  $n. carry [\".device/chunk$n\", \".device/payload\", \".device/whl\", \".device/tiny-fp16\", \".device/tiny-text\"]" \
   " command: bash scripts/gpu_check.sh   ($(mib "$last_bytes") with the work tree)"
 largest_chunk=$(for d in .device/chunk[0-9]*; do dir_bytes "$d"; done | sort -n | tail -1)
 over=0

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A short re-check on a lent GPU box (about 9 minutes: give the device call timeout_s 600). What the issue's
 # "done when" needs comes first, so that a deadline cuts only the A/B levers: the probe; the golden cases of
-# models/tiny on CUDA (fp32 within 1e-3, the fp16 bundle at >= 35 dB); an sd21 fp16 export timed at 512 untiled;
+# models/tiny on CUDA (fp32 within 1e-3, the fp16 bundle at >= 35 dB); --prompt-dir with its text encoder on CUDA
+# against the CPU (images within one level); an sd21 fp16 export timed at 512 untiled;
 # PyTorch eager fp16 at 512 on the same GPU (the ratio's denominator); 2048 with --tile 512; a one-image run from a
 # fresh process, twice (wall time: start-up included). Then the levers:
 # tiny free graphs vs --cuda-graph (images within one level) and sd21 512 with --cuda-graph; tiny bundles
@@ -9,7 +10,8 @@
 # operators: checked nowhere else); an sd21 --fusions cuda export at 512 with and without --cuda-graph, its
 # image against the plain bundle's, and at 2048; a per-node profile at 512 (scripts/ort_profile_summary.py);
 # last, --static-shapes off, --cuda-option prefer_nhwc=1 and --tile-batch 4 at 2048. Needs what scripts/gpu_payload.sh prepares (the
-# last call carries .device/chunk5, .device/payload, .device/whl and .device/tiny-fp16 after the other chunks).
+# last call carries .device/chunk5, .device/payload, .device/whl, .device/tiny-fp16 and .device/tiny-text after the
+# other chunks).
 # Writes each result to $OUT as it goes. Prints SKIP and exits 0 where there is no GPU.
 set -uo pipefail
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
@@ -31,6 +33,17 @@ date +%T
 timeout 30 "$BIN" info > "$OUT/info.txt" 2>&1; head -8 "$OUT/info.txt"
 timeout 60 "$BIN" golden --model models/tiny --provider cuda --max-abs-error 1e-3 --json > "$OUT/golden_cuda.json" 2>"$OUT/golden_cuda.err"; echo "golden cuda rc=$? $(summary golden golden_cuda)"
 timeout 60 "$BIN" golden --model .device/tiny-fp16 --golden models/tiny/golden --provider cuda --min-psnr 35 --json > "$OUT/golden_cuda_fp16.json" 2>"$OUT/golden_cuda_fp16.err"; echo "golden cuda fp16 rc=$? $(summary golden golden_cuda_fp16)"
+# --prompt-dir's text encoder opens on CUDA beside CUDA stages (never run on a GPU before): its images against an
+# all-CPU run of the same bundle and texts, within one level (fp32, TF32 off: the golden cases are ~2e-5 apart)
+if [[ -f .device/tiny-text/manifest.json ]]; then
+  mkdir -p /tmp/prompts && printf 'a tabby cat on a sofa, sharp fur' > /tmp/prompts/coffee.txt && printf 'a red sports car' > /tmp/prompts/chelsea.txt
+  for where in cuda cpu; do
+    timeout 90 "$BIN" run examples/coffee.png examples/chelsea.png -o "$OUT/prompt-dir-$where/" --model .device/tiny-text --provider "$where" --tile 0 --prompt-dir /tmp/prompts 2>"$OUT/prompt-dir-$where.err"; echo "--prompt-dir on $where rc=$? $(grep -o 'text encoder (--prompt-dir) on [a-z]*' "$OUT/prompt-dir-$where.err")"
+  done
+  for name in coffee chelsea; do png_diff "$OUT/prompt-dir-cuda/$name.png" "$OUT/prompt-dir-cpu/$name.png" 1; echo "$name: --prompt-dir text encoder on CUDA vs CPU rc=$?"; done
+else
+  echo "--prompt-dir on CUDA: SKIP (.device/tiny-text not carried)"
+fi
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 b() {
   local bundle=$1 log=$2 rc; shift 2

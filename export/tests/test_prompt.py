@@ -237,6 +237,8 @@ def test_prompt_dir_conditions_each_image_on_its_own_file(text_bundle, repo, tmp
             for line in map(json.loads, batch.stdout.splitlines())}
     assert said["a.b.png"]["file"] == str(prompts / "a.txt") and said["a.b.png"]["text"] == texts["a.b.png"]
     assert said["sub/c.png"]["source"] == "prompt_dir" and said["sub/c.png"]["text"] == texts["sub/c.png"] + "\r\n"
+    # CPU stages: the text encoder beside them on the CPU too
+    assert {prompt["text_encoder_on"] for prompt in said.values()} == {"cpu"}
     for name, text in texts.items():
         single = tmp_path / f"single-{Path(name).stem}.png"
         alone = run(inputs / name, "-o", single, "--prompt", text)

@@ -594,6 +594,17 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         tile_policy.assume_server_budget();
     } else if super::plans_on_device(args.provider, ort_lib, args.gpu.device.unwrap_or(0)) {
         tile_policy.assume_device_budget(args.gpu.device.unwrap_or(0));
+        // --prompt-dir's text encoder will sit beside the GPU stages: room
+        // for it before the tile the graphs are opened for is chosen
+        let text_encoder = bundle
+            .as_ref()
+            .filter(|_| args.prompt_dir.is_some())
+            .and_then(|bundle| {
+                bundle.graph_file_bytes(tadsr_edge::bundle::component::TEXT_ENCODER)
+            });
+        if let Some(bytes) = text_encoder {
+            tile_policy.reserve_device(bytes, super::run_prompt::TEXT_ENCODER_ON_GPU);
+        }
     }
     let sizes = model_sizes(&jobs, args, manifest.as_ref());
     let engine_decision =
@@ -616,7 +627,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let session_ms = load_start.elapsed().as_secs_f64() * 1e3;
     tile_policy.after_load(&pipeline, args.gpu.device.unwrap_or(0), engine_decision);
     check_bundle_defaults(args, &pipeline)?;
-    // --prompt-dir: the text encoder stays open on the CPU for the batch
+    // --prompt-dir: the text encoder stays open for the batch (CUDA beside GPU stages, else the CPU)
     let prompt_dir = PromptDir::open(args, ort_lib, &pipeline, &target, &mut tile_policy)?;
     let options = run_options(args, &pipeline);
     // Options are checked once, before any work, as usage errors.
@@ -626,8 +637,13 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         for fallback in pipeline.fallbacks() {
             eprintln!("note: {fallback}");
         }
+        let text_encoder = prompt_dir
+            .as_ref()
+            .and_then(PromptDir::provider)
+            .map(|provider| format!(", text encoder (--prompt-dir) on {provider}"))
+            .unwrap_or_default();
         eprintln!(
-            "model {} loaded in {session_ms:.0} ms; encoder on {}, unet on {}, decoder on {}",
+            "model {} loaded in {session_ms:.0} ms; encoder on {}, unet on {}, decoder on {}{text_encoder}",
             shown(pipeline.bundle().root()),
             providers.vae_encoder,
             providers.unet,

@@ -15,7 +15,7 @@ use tadsr_edge::pipeline::Pipeline;
 use tadsr_edge::prompt::{
     bundle_tokenizer, tokenizer::MAX_TEXT_BYTES, truncation_note, PromptEncoder,
 };
-use tadsr_edge::runtime::Runtime;
+use tadsr_edge::runtime::{Provider, Runtime};
 use tadsr_edge::Error;
 
 use super::default_model_dir;
@@ -110,6 +110,10 @@ pub(super) fn prompt_json(args: &RunArgs, pipeline: &Pipeline) -> serde_json::Va
     }
 }
 
+/// What `--tile auto`'s budget names the memory of `--prompt-dir`'s text
+/// encoder on the GPU.
+pub(super) const TEXT_ENCODER_ON_GPU: &str = "the text encoder of --prompt-dir on the GPU";
+
 /// Why an image could not be conditioned on its prompt file.
 pub(super) enum PromptFailure {
     /// This input's file (missing, unreadable, a text that cannot be
@@ -120,8 +124,8 @@ pub(super) enum PromptFailure {
 }
 
 /// `--prompt-dir`'s state during a batch: the folder, the output folder
-/// (for subfolders) and the text encoder, open on the CPU, shared by the
-/// workers.
+/// (for subfolders) and the text encoder (on the CPU, or on CUDA beside GPU
+/// stages), shared by the workers.
 pub(super) struct PromptDir {
     folder: PathBuf,
     output_folder: Option<PathBuf>,
@@ -129,9 +133,10 @@ pub(super) struct PromptDir {
 }
 
 impl PromptDir {
-    /// With `--prompt-dir`: opens the text encoder and takes its graph's
-    /// bytes off `--tile auto`'s host budget (it stays loaded beside the
-    /// stages); None without.
+    /// With `--prompt-dir`: opens the text encoder where
+    /// `Pipeline::text_encoder_options` says (CUDA beside GPU stages, else
+    /// the CPU) and takes its graph's bytes off `--tile auto`'s budget there
+    /// (it stays loaded beside the stages); None without.
     pub(super) fn open(
         args: &RunArgs,
         ort_lib: Option<&Path>,
@@ -142,10 +147,17 @@ impl PromptDir {
         let Some(folder) = &args.prompt_dir else {
             return Ok(None);
         };
-        let encoder =
-            PromptEncoder::open(Runtime::global(ort_lib)?, pipeline.bundle(), args.threads)?;
+        let encoder = PromptEncoder::open_with(
+            Runtime::global(ort_lib)?,
+            pipeline.bundle(),
+            pipeline.text_encoder_options(),
+        )?;
         if let Some(bytes) = pipeline.bundle().graph_file_bytes(component::TEXT_ENCODER) {
-            tile_policy.reserve_host(bytes, "the text encoder of --prompt-dir");
+            if encoder.provider() == Provider::Cpu {
+                tile_policy.reserve_host(bytes, "the text encoder of --prompt-dir");
+            } else {
+                tile_policy.reserve_device(bytes, TEXT_ENCODER_ON_GPU);
+            }
         }
         Ok(Some(PromptDir {
             folder: folder.clone(),
@@ -155,6 +167,11 @@ impl PromptDir {
             },
             encoder: Mutex::new(encoder),
         }))
+    }
+
+    /// Where the text encoder runs.
+    pub(super) fn provider(&self) -> Option<Provider> {
+        self.encoder.lock().ok().map(|encoder| encoder.provider())
     }
 
     /// Conditions `pipeline` on the text of `input`'s prompt file; returns
@@ -177,9 +194,9 @@ impl PromptDir {
                 shown(&file)
             ))
         })?;
-        let encoded = match self.encoder.lock() {
-            Ok(mut encoder) => encoder.encode(&text),
-            Err(_) => Err(Error::Prompt("a worker panicked".into())),
+        let (encoded, encoder_provider) = match self.encoder.lock() {
+            Ok(mut encoder) => (encoder.encode(&text), Some(encoder.provider())),
+            Err(_) => (Err(Error::Prompt("a worker panicked".into())), None),
         };
         let embedding = encoded.map_err(|error| match error {
             Error::Bundle { .. } | Error::OrtIn { .. } | Error::Ort(_) => {
@@ -196,6 +213,7 @@ impl PromptDir {
             "text": text,
             "tokens": embedding.encoding.text_tokens,
             "dropped_tokens": embedding.encoding.dropped_tokens,
+            "text_encoder_on": encoder_provider.map(|provider| provider.to_string()),
         });
         pipeline
             .set_prompt_embedding(embedding)

@@ -36,6 +36,8 @@ pub struct TilePolicy {
     tile_shape: Option<bool>,
     /// The stages run on a server (`--server`): the budget is its memory.
     server: bool,
+    /// [`TilePolicy::reserve_device`] has taken its bytes off.
+    device_reserved: bool,
 }
 
 impl TilePolicy {
@@ -78,6 +80,7 @@ impl TilePolicy {
             device_budget_read: false,
             tile_shape,
             server: false,
+            device_reserved: false,
         };
         policy.set_fixed_tiles(false);
         policy
@@ -211,6 +214,27 @@ impl TilePolicy {
         if planning_on_host {
             self.budget = self.host_budget.clone();
         }
+    }
+
+    /// Memory held on the GPU beside the stages for the whole run (the
+    /// text encoder of `--prompt-dir`, on CUDA next to CUDA stages): taken
+    /// once off the budget in use (the GPU's, or on a Jetson the host's
+    /// memory that its GPU shares). Called before loading, when the run
+    /// plans on a GPU, so that the tile the graphs are opened for already
+    /// leaves room for it; again after loading it does nothing.
+    pub fn reserve_device(&mut self, bytes: u64, what: &str) {
+        if self.device_reserved || self.server {
+            return;
+        }
+        self.device_reserved = true;
+        self.budget = Budget {
+            bytes: self.budget.bytes.saturating_sub(bytes),
+            source: format!(
+                "{} less {:.2} GiB for {what}",
+                self.budget.source,
+                bytes as f64 / f64::from(1u32 << 30)
+            ),
+        };
     }
 
     /// Whether the budget in use is the host's memory: not a server's,
@@ -420,5 +444,47 @@ mod tests {
         // and if its stages all end on the CPU, the host's plan has it
         on_gpu.plan_for_cpu();
         assert_eq!(on_gpu.budget, on_cpu.budget);
+    }
+
+    #[test]
+    fn memory_held_on_the_gpu_comes_off_the_budget_in_use_once() {
+        let bundle = tiny();
+        let mut on_gpu = TilePolicy::new(
+            TileArg::Auto,
+            Some(8 << 30),
+            Some(&bundle),
+            TilingMode::Staged,
+            1,
+            None,
+        );
+        on_gpu.assume_device_budget(0);
+        let before = on_gpu.budget.bytes;
+        on_gpu.reserve_device(3 << 30, "the text encoder");
+        assert_eq!(on_gpu.budget.bytes, before - (3 << 30));
+        assert!(on_gpu
+            .budget
+            .source
+            .ends_with("less 3.00 GiB for the text encoder"));
+        // before loading and again after: taken once
+        on_gpu.reserve_device(3 << 30, "the text encoder");
+        assert_eq!(on_gpu.budget.bytes, before - (3 << 30));
+        // stages that all end on the CPU plan with the host's memory, which
+        // the GPU's reservation never touched
+        let host = on_gpu.host_budget.clone();
+        on_gpu.plan_for_cpu();
+        assert_eq!(on_gpu.budget, host);
+        // a server's budget: the client's text encoder is not on it
+        let mut on_server = TilePolicy::new(
+            TileArg::Auto,
+            None,
+            Some(&bundle),
+            TilingMode::Staged,
+            1,
+            None,
+        );
+        on_server.assume_server_budget();
+        let server_budget = on_server.budget.clone();
+        on_server.reserve_device(3 << 30, "the text encoder");
+        assert_eq!(on_server.budget, server_budget);
     }
 }

@@ -34,7 +34,7 @@ use crate::image::io::InputImage;
 use crate::image::size_plan;
 use crate::image::tensor;
 use crate::remote::Server;
-use crate::runtime::{Provider, Runtime};
+use crate::runtime::{Provider, Runtime, SessionOptions};
 use crate::schedule::{self, NoiseSchedule};
 use crate::tiling::TilePlan;
 
@@ -158,6 +158,20 @@ pub struct Pipeline {
     /// `--inflight` (one request each, in flight together); locally
     /// `--tile-batch` (one batched run).
     tiles_in_flight: usize,
+}
+
+/// Where a text encoder kept open beside the stages runs, given the UNet's
+/// provider: CUDA when the UNet runs on a GPU (a 77-token pass there takes
+/// milliseconds against about a second on a few CPU cores; not TensorRT,
+/// which would build an engine for it first), else the CPU. A text encoded
+/// once per run (`--prompt`) stays on the CPU: it is encoded before the
+/// stages are opened, and one pass costs less than opening it on a GPU.
+/// With a server (`Triton`) the text encoder runs on this machine's CPU.
+pub fn text_encoder_provider(unet: Provider) -> Provider {
+    match unet {
+        Provider::Cuda | Provider::TensorRt => Provider::Cuda,
+        Provider::Cpu | Provider::Triton => Provider::Cpu,
+    }
 }
 
 impl Pipeline {
@@ -303,6 +317,26 @@ impl Pipeline {
             vae_encoder: self.encoder.provider,
             unet: self.unet.provider,
             vae_decoder: self.decoder.provider,
+        }
+    }
+
+    /// Where `--prompt-dir`'s text encoder runs beside these stages, and
+    /// how: see [`text_encoder_provider`]; on CUDA with the UNet's device,
+    /// TF32 setting and `--cuda-option`s.
+    pub fn text_encoder_options(&self) -> SessionOptions {
+        let provider = text_encoder_provider(self.unet.provider);
+        let on_gpu = provider != Provider::Cpu;
+        SessionOptions {
+            provider,
+            device_id: self.config.device_id,
+            threads: self.config.threads,
+            tf32: on_gpu && self.config.tf32,
+            cuda_options: if on_gpu {
+                self.config.cuda_options.clone()
+            } else {
+                Vec::new()
+            },
+            ..SessionOptions::default()
         }
     }
 
@@ -570,6 +604,16 @@ impl Pipeline {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_text_encoder_beside_gpu_stages_runs_on_cuda() {
+        assert_eq!(text_encoder_provider(Provider::Cuda), Provider::Cuda);
+        // TensorRT would build an engine for it first: CUDA instead
+        assert_eq!(text_encoder_provider(Provider::TensorRt), Provider::Cuda);
+        assert_eq!(text_encoder_provider(Provider::Cpu), Provider::Cpu);
+        // with a server, on this machine: its CPU
+        assert_eq!(text_encoder_provider(Provider::Triton), Provider::Cpu);
+    }
 
     #[test]
     fn options_are_validated() {

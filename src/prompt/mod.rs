@@ -11,7 +11,7 @@ pub use tokenizer::{Encoding, Tokenizer, TokenizerError};
 
 use crate::bundle::{component, port, Bundle};
 use crate::error::{Error, Result};
-use crate::runtime::{InputTensor, Runtime, SessionOptions};
+use crate::runtime::{InputTensor, Provider, Runtime, SessionOptions};
 
 /// Largest tokenizer.json read (CLIP's is about 3.6 MB).
 const MAX_TOKENIZER_BYTES: u64 = 64 << 20;
@@ -69,8 +69,9 @@ pub fn bundle_tokenizer(bundle: &Bundle) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// The bundle's tokenizer and text encoder, open on the CPU, for texts one
-/// after another (`--prompt-dir`: one per image). Each distinct text is
+/// The bundle's tokenizer and text encoder, open on the CPU (or, for
+/// `--prompt-dir` beside stages on a GPU, on CUDA), for texts one after
+/// another (`--prompt-dir`: one per image). Each distinct text is
 /// encoded once: later requests for it are served from memory.
 pub struct PromptEncoder {
     tokenizer: Tokenizer,
@@ -78,6 +79,7 @@ pub struct PromptEncoder {
     path: std::path::PathBuf,
     width: usize,
     cache: std::collections::HashMap<String, PromptEmbedding>,
+    provider: Provider,
 }
 
 /// Most distinct texts kept encoded (a [1, 77, 1024] embedding is 315 KB).
@@ -87,14 +89,28 @@ impl PromptEncoder {
     /// Reads the tokenizer and opens the text encoder with `threads`
     /// intra-op threads (0: one per core).
     pub fn open(runtime: &Runtime, bundle: &Bundle, threads: usize) -> Result<PromptEncoder> {
+        let options = SessionOptions {
+            threads,
+            ..SessionOptions::default()
+        };
+        PromptEncoder::open_with(runtime, bundle, options)
+    }
+
+    /// Reads the tokenizer and opens the text encoder with `options` (the
+    /// provider among them: see `Pipeline::text_encoder_options`).
+    pub fn open_with(
+        runtime: &Runtime,
+        bundle: &Bundle,
+        options: SessionOptions,
+    ) -> Result<PromptEncoder> {
         let tokenizer = bundle_tokenizer(bundle)?;
         let spec = bundle.component(component::TEXT_ENCODER);
         let path = bundle.resolve(&spec.file)?;
         let options = SessionOptions {
-            threads,
             graph_sha256: Some(spec.sha256.clone()),
-            ..SessionOptions::default()
+            ..options
         };
+        let provider = options.provider;
         let session = runtime.session(&path, &options)?;
         Ok(PromptEncoder {
             tokenizer,
@@ -102,7 +118,13 @@ impl PromptEncoder {
             path,
             width: bundle.manifest().prompt.shape.get(2).copied().unwrap_or(0),
             cache: std::collections::HashMap::new(),
+            provider,
         })
+    }
+
+    /// Where the text encoder runs.
+    pub fn provider(&self) -> Provider {
+        self.provider
     }
 
     /// The tokenizer in use.
