@@ -158,6 +158,30 @@ fn size_rule(args: &RunArgs, manifest: Option<&Manifest>) -> (u32, u32) {
 
 /// The size of the largest image (by pixels) the run will send the
 /// networks ([`model_sizes`]); None when no header is readable.
+/// The longest side the authors' encoder takes in one piece: their
+/// tiled-VAE hook splits a larger image (1024 px tiles with 32 px of
+/// context), pooling GroupNorm statistics over the tiles their way.
+const AUTHORS_ENCODER_ONE_TILE_PX: u32 = 1024 + 2 * 32;
+
+/// Under `--tiling latent`, a note when some inputs are larger than the
+/// authors' encoder takes whole: there their output comes from their tiled
+/// encoder, which this runtime does not reproduce (README, Exactness).
+fn authors_encoder_tiles_note(sizes: &[(u32, u32)]) -> Option<String> {
+    let larger: Vec<(u32, u32)> = sizes
+        .iter()
+        .copied()
+        .filter(|&(w, h)| w.max(h) > AUTHORS_ENCODER_ONE_TILE_PX)
+        .collect();
+    let (width, height) = largest_model_size(&larger)?;
+    Some(format!(
+        "--tiling latent: {} input(s) are processed at more than {AUTHORS_ENCODER_ONE_TILE_PX} px on the \
+         longer side (the largest at {width}x{height}); there the authors' code encodes in tiles with \
+         GroupNorm statistics pooled over them, which tadsr-edge does not reproduce (it encodes the \
+         whole image): those outputs differ from theirs (README: Exactness)",
+        larger.len()
+    ))
+}
+
 fn largest_model_size(sizes: &[(u32, u32)]) -> Option<(u32, u32)> {
     sizes
         .iter()
@@ -607,6 +631,11 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         }
     }
     let sizes = model_sizes(&jobs, args, manifest.as_ref());
+    if tiling == TilingMode::Latent && !args.quiet {
+        if let Some(note) = authors_encoder_tiles_note(&sizes) {
+            eprintln!("note: {note}");
+        }
+    }
     let engine_decision =
         largest_model_size(&sizes).map(|(width, height)| tile_policy.for_image(width, height));
     config.shapes = ShapeHint {
@@ -1137,7 +1166,22 @@ impl Batch<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::batch_summary;
+    use super::{authors_encoder_tiles_note, batch_summary};
+
+    #[test]
+    fn latent_tiling_says_when_the_authors_would_encode_in_tiles() {
+        // their hook takes 1088 px whole (1024 + 2 x 32), larger in tiles
+        assert_eq!(
+            authors_encoder_tiles_note(&[(1088, 1088), (512, 640)]),
+            None
+        );
+        let note = authors_encoder_tiles_note(&[(1088, 600), (1280, 960), (1096, 200)]).unwrap();
+        assert!(
+            note.starts_with("--tiling latent: 2 input(s)")
+                && note.contains("the largest at 1280x960"),
+            "{note}"
+        );
+    }
 
     #[test]
     fn the_summary_names_only_what_happened() {
