@@ -156,8 +156,6 @@ fn size_rule(args: &RunArgs, manifest: Option<&Manifest>) -> (u32, u32) {
     )
 }
 
-/// The size of the largest image (by pixels) the run will send the
-/// networks ([`model_sizes`]); None when no header is readable.
 /// The longest side the authors' encoder takes in one piece: their
 /// tiled-VAE hook splits a larger image (1024 px tiles with 32 px of
 /// context), pooling GroupNorm statistics over the tiles their way.
@@ -182,6 +180,8 @@ fn authors_encoder_tiles_note(sizes: &[(u32, u32)]) -> Option<String> {
     ))
 }
 
+/// The size of the largest image (by pixels) the run will send the
+/// networks ([`model_sizes`]); None when no header is readable.
 fn largest_model_size(sizes: &[(u32, u32)]) -> Option<(u32, u32)> {
     sizes
         .iter()

@@ -147,11 +147,21 @@ impl PromptDir {
         let Some(folder) = &args.prompt_dir else {
             return Ok(None);
         };
-        let encoder = PromptEncoder::open_with(
-            Runtime::global(ort_lib)?,
-            pipeline.bundle(),
-            pipeline.text_encoder_options(),
-        )?;
+        let runtime = Runtime::global(ort_lib)?;
+        let options = pipeline.text_encoder_options();
+        let provider = options.provider;
+        let encoder = match PromptEncoder::open_with(runtime, pipeline.bundle(), options) {
+            // where it runs is our choice, not the user's: the CPU still encodes
+            Err(error) if provider != Provider::Cpu => {
+                if !args.quiet {
+                    eprintln!(
+                        "note: --prompt-dir: the text encoder could not be opened on {provider} ({error}); it runs on the CPU"
+                    );
+                }
+                PromptEncoder::open(runtime, pipeline.bundle(), args.threads)?
+            }
+            opened => opened?,
+        };
         if let Some(bytes) = pipeline.bundle().graph_file_bytes(component::TEXT_ENCODER) {
             if encoder.provider() == Provider::Cpu {
                 tile_policy.reserve_host(bytes, "the text encoder of --prompt-dir");
