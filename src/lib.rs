@@ -9,6 +9,7 @@
 //! schedule, the clean latent), [`bundle`] (the model folder), [`prompt`]
 //! (`--prompt` text to the prompt embedding: tokenizer and text encoder).
 
+pub mod authors_encoder_tiles;
 pub mod bundle;
 pub mod error;
 pub mod golden;

@@ -162,22 +162,33 @@ fn size_rule(args: &RunArgs, manifest: Option<&Manifest>) -> (u32, u32) {
 const AUTHORS_ENCODER_ONE_TILE_PX: u32 = 1024 + 2 * 32;
 
 /// Under `--tiling latent`, a note when some inputs are larger than the
-/// authors' encoder takes whole: there their output comes from their tiled
-/// encoder, which this runtime does not reproduce (README, Exactness).
-fn authors_encoder_tiles_note(sizes: &[(u32, u32)]) -> Option<String> {
+/// authors' encoder takes whole: with the bundle's tiled encoder graph
+/// (`has_tiled_encoder`) they are encoded in the authors' tiles, slowly
+/// (`pipeline::authors_encoder`); without it, whole, not as they do.
+fn authors_encoder_tiles_note(sizes: &[(u32, u32)], has_tiled_encoder: bool) -> Option<String> {
     let larger: Vec<(u32, u32)> = sizes
         .iter()
         .copied()
         .filter(|&(w, h)| w.max(h) > AUTHORS_ENCODER_ONE_TILE_PX)
         .collect();
     let (width, height) = largest_model_size(&larger)?;
-    Some(format!(
+    let what = format!(
         "--tiling latent: {} input(s) are processed at more than {AUTHORS_ENCODER_ONE_TILE_PX} px on the \
-         longer side (the largest at {width}x{height}); there the authors' code encodes in tiles with \
-         GroupNorm statistics pooled over them, which tadsr-edge does not reproduce (it encodes the \
-         whole image): those outputs differ from theirs (README: Exactness)",
+         longer side (the largest at {width}x{height}), which the authors' code encodes in tiles with \
+         GroupNorm statistics pooled over them layer by layer",
         larger.len()
-    ))
+    );
+    Some(if has_tiled_encoder {
+        format!(
+            "{what}: so does this run, at the cost of one pass of the encoder per GroupNorm layer \
+             (about 23 times the encoder's time)"
+        )
+    } else {
+        format!(
+            "{what}; this bundle has no tiled encoder graph (exported with --no-tiled-vae), so those \
+             images are encoded whole and differ from the authors' outputs (README: Exactness)"
+        )
+    })
 }
 
 /// The size of the largest image (by pixels) the run will send the
@@ -632,7 +643,12 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     }
     let sizes = model_sizes(&jobs, args, manifest.as_ref());
     if tiling == TilingMode::Latent && !args.quiet {
-        if let Some(note) = authors_encoder_tiles_note(&sizes) {
+        let has_tiled_encoder = manifest.as_ref().is_some_and(|manifest| {
+            manifest
+                .components
+                .contains_key(tadsr_edge::bundle::component::VAE_ENCODER_TILED)
+        });
+        if let Some(note) = authors_encoder_tiles_note(&sizes, has_tiled_encoder) {
             eprintln!("note: {note}");
         }
     }
@@ -1172,15 +1188,19 @@ mod tests {
     fn latent_tiling_says_when_the_authors_would_encode_in_tiles() {
         // their hook takes 1088 px whole (1024 + 2 x 32), larger in tiles
         assert_eq!(
-            authors_encoder_tiles_note(&[(1088, 1088), (512, 640)]),
+            authors_encoder_tiles_note(&[(1088, 1088), (512, 640)], true),
             None
         );
-        let note = authors_encoder_tiles_note(&[(1088, 600), (1280, 960), (1096, 200)]).unwrap();
+        let sizes = [(1088, 600), (1280, 960), (1096, 200)];
+        let note = authors_encoder_tiles_note(&sizes, true).unwrap();
         assert!(
             note.starts_with("--tiling latent: 2 input(s)")
-                && note.contains("the largest at 1280x960"),
+                && note.contains("the largest at 1280x960")
+                && note.contains("so does this run"),
             "{note}"
         );
+        let without = authors_encoder_tiles_note(&sizes, false).unwrap();
+        assert!(without.contains("no tiled encoder graph"), "{without}");
     }
 
     #[test]

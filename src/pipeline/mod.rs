@@ -10,6 +10,7 @@
 //! Over 500 lines only with its unit tests beside the code (the code is
 //! under 470).
 
+mod authors_encoder;
 mod gpu_plan;
 mod graph_setup;
 mod loading;
@@ -546,14 +547,27 @@ impl Pipeline {
         // the shared GroupNorm statistics come from a sample of up to one
         // requested tile (balanced plans may use smaller tiles)
         let sample_tile = options.tile_px as usize / 8;
-        let (latent_mean, latent_logvar) = self.encode(
-            &image,
-            timestep,
-            &encoder_plan,
-            sample_tile,
-            &mut timings,
-            progress,
-        )?;
+        // --tiling latent: the encoder as the authors' code runs it (in
+        // their tiles beyond 1088 px; whole below, which is the same)
+        let as_authors = if options.tiling == TilingMode::Latent && options.tile_px != 0 {
+            self.encode_as_authors(&image, timestep, &mut timings)?
+        } else {
+            None
+        };
+        let (latent_mean, latent_logvar) = match as_authors {
+            Some(moments) => {
+                progress.step(); // the encoder plan's one step
+                moments
+            }
+            None => self.encode(
+                &image,
+                timestep,
+                &encoder_plan,
+                sample_tile,
+                &mut timings,
+                progress,
+            )?,
+        };
         let scaling_factor = self.bundle.manifest().scaling_factor;
         let start = Instant::now();
         let latent = match options.seed {

@@ -123,7 +123,24 @@ const TILED_STATS_INPUTS: [&str; 3] = [
 ];
 const TILED_STATS_OUTPUTS: [&str; 2] = [port::GROUP_NORM_MEAN_OUT, port::GROUP_NORM_VAR_OUT];
 
+impl SharedStats {
+    /// Statistics `[layers * groups]` each, row-major.
+    pub(super) fn new(mean: Vec<f32>, var: Vec<f32>) -> SharedStats {
+        SharedStats { mean, var }
+    }
+
+    /// Whether these are exactly `mean` and `var`.
+    pub(super) fn equals(&self, mean: &[f32], var: &[f32]) -> bool {
+        self.mean == mean && self.var == var
+    }
+}
+
 impl TiledStage {
+    /// The graph's GroupNorm layers.
+    pub(super) fn layers(&self) -> usize {
+        self.layers
+    }
+
     /// Runs the graph on the main graph's `inputs` with the statistics
     /// `stats` (None: each GroupNorm's own).
     pub(super) fn run<const N: usize>(
