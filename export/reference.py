@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -151,6 +151,79 @@ def unet_latent_tiled(unet, z: torch.Tensor, t: torch.Tensor, embeds: torch.Tens
     return blended / total
 
 
+# The authors' tiled encoder: every call of their time-aware encoder goes through their tiled-VAE hook, which
+# splits an image longer than 1024 + 2 x 32 px into tiles of up to 1024 px with 32 px of context and normalizes
+# every GroupNorm with statistics pooled over the tiles, layer by layer (the pixel-weighted mean of the tiles'
+# means and of their biased variances). Reached here as the runtime reaches it (src/pipeline/authors_encoder.rs),
+# with this file's own geometry and pooling: passes of the shared-statistics encoder graph until the pooled
+# statistics are a fixed point. scripts/authors_parity.py holds the runtime to their own code.
+AUTHORS_VAE_TILE = 1024
+AUTHORS_VAE_PAD = 32
+
+
+def _best_tile_size(lower: int, upper: int) -> int:
+    divider = 32
+    while divider >= 2:
+        if lower % divider == 0:
+            return lower
+        candidate = lower - lower % divider + divider
+        if candidate <= upper:
+            return candidate
+        divider //= 2
+    return lower
+
+
+def authors_encoder_tiles(height: int, width: int) -> List[Tuple[List[int], List[int]]]:
+    """[(padded input [x0, x1, y0, y1] in pixels, output [x0, x1, y0, y1] in latent cells)], row by row."""
+    tile, pad = AUTHORS_VAE_TILE, AUTHORS_VAE_PAD
+    rows = max(-(-(height - 2 * pad) // tile), 1)
+    cols = max(-(-(width - 2 * pad) // tile), 1)
+    tile_h = _best_tile_size(-(-(height - 2 * pad) // rows), tile)
+    tile_w = _best_tile_size(-(-(width - 2 * pad) // cols), tile)
+    tiles = []
+    for i in range(rows):
+        for j in range(cols):
+            x0, x1 = pad + j * tile_w, min(pad + (j + 1) * tile_w, width)
+            y0, y1 = pad + i * tile_h, min(pad + (i + 1) * tile_h, height)
+            output = [x0 if x0 > pad else 0, x1 if x1 < width - pad else width,
+                      y0 if y0 > pad else 0, y1 if y1 < height - pad else height]
+            tiles.append(([max(0, x0 - pad), min(width, x1 + pad), max(0, y0 - pad), min(height, y1 + pad)],
+                          [v // 8 for v in output]))
+    return tiles
+
+
+def authors_tiled_encode(models: TadsrModels, x: torch.Tensor, t: torch.Tensor):
+    """(mean, logvar) of x [1, 3, H, W] as the authors' tiled encoder computes them."""
+    from .tiled_vae import tiled_graphs
+
+    graph = tiled_graphs(models)["vae_encoder_tiled"]
+    _, _, height, width = x.shape
+    tiles = authors_encoder_tiles(height, width)
+    crops = [x[:, :, y0:y1, x0:x1] for (x0, x1, y0, y1), _ in tiles]
+    pixels = torch.tensor([c.shape[2] * c.shape[3] for c in crops], dtype=torch.float32)
+    weights = (pixels / pixels.max()) / (pixels / pixels.max()).sum()
+    layers, groups = graph.layers, graph.groups
+    mean = torch.zeros(layers, groups)
+    var = torch.ones(layers, groups)
+    fixed = torch.zeros(1)
+    for _ in range(layers + 1):
+        runs = [graph(crop, t, mean, var, fixed) for crop in crops]
+        pooled_mean = sum(w * run[2] for w, run in zip(weights, runs))
+        pooled_var = sum(w * run[3] for w, run in zip(weights, runs))
+        done = bool(fixed.item()) and torch.equal(pooled_mean, mean) and torch.equal(pooled_var, var)
+        mean, var, fixed = pooled_mean, pooled_var, torch.ones(1)
+        if done:
+            break
+    moments = []
+    for index in (0, 1):
+        whole = torch.zeros(1, runs[0][index].shape[1], height // 8, width // 8)
+        for ((ix0, _, iy0, _), (ox0, ox1, oy0, oy1)), run in zip(tiles, runs):
+            whole[:, :, oy0:oy1, ox0:ox1] = run[index][:, :, oy0 - iy0 // 8:oy1 - iy0 // 8,
+                                                       ox0 - ix0 // 8:ox1 - ix0 // 8]
+        moments.append(whole)
+    return moments[0], moments[1]
+
+
 @torch.no_grad()
 def super_resolve(models: TadsrModels, upscaled: Image.Image, timestep: int, color: str = "adain",
                   noise: Optional[np.ndarray] = None, prompt_embeds: Optional[torch.Tensor] = None,
@@ -164,7 +237,10 @@ def super_resolve(models: TadsrModels, upscaled: Image.Image, timestep: int, col
     t = torch.tensor([int(timestep)], dtype=torch.int64)
     embeds = (models.prompt_embeds if prompt_embeds is None else prompt_embeds).to(torch.float32)
 
-    mean, logvar = models.encoder_graph()(x, t)
+    if latent_tiling and len(authors_encoder_tiles(x.shape[2], x.shape[3])) > 1:
+        mean, logvar = authors_tiled_encode(models, x, t)
+    else:
+        mean, logvar = models.encoder_graph()(x, t)
     if noise is not None:
         noise_t = torch.from_numpy(np.asarray(noise, dtype=np.float32)).reshape(mean.shape)
         latent = mean + torch.exp(0.5 * logvar) * noise_t
