@@ -208,8 +208,8 @@ def authors_tiled_encode(models: TadsrModels, x: torch.Tensor, t: torch.Tensor):
     fixed = torch.zeros(1)
     for _ in range(layers + 1):
         runs = [graph(crop, t, mean, var, fixed) for crop in crops]
-        pooled_mean = sum(w * run[2] for w, run in zip(weights, runs))
-        pooled_var = sum(w * run[3] for w, run in zip(weights, runs))
+        pooled_mean = sum(w * run[2] for w, run in zip(weights, runs, strict=True))
+        pooled_var = sum(w * run[3] for w, run in zip(weights, runs, strict=True))
         done = bool(fixed.item()) and torch.equal(pooled_mean, mean) and torch.equal(pooled_var, var)
         mean, var, fixed = pooled_mean, pooled_var, torch.ones(1)
         if done:
@@ -217,7 +217,7 @@ def authors_tiled_encode(models: TadsrModels, x: torch.Tensor, t: torch.Tensor):
     moments = []
     for index in (0, 1):
         whole = torch.zeros(1, runs[0][index].shape[1], height // 8, width // 8)
-        for ((ix0, _, iy0, _), (ox0, ox1, oy0, oy1)), run in zip(tiles, runs):
+        for ((ix0, _, iy0, _), (ox0, ox1, oy0, oy1)), run in zip(tiles, runs, strict=True):
             whole[:, :, oy0:oy1, ox0:ox1] = run[index][:, :, oy0 - iy0 // 8:oy1 - iy0 // 8,
                                                        ox0 - ix0 // 8:ox1 - ix0 // 8]
         moments.append(whole)
