@@ -119,6 +119,41 @@ def write_latent_tiling_golden(bundle: Path, repo: Path, quiet: bool = False) ->
     return case
 
 
+# The same beyond the authors' encoder tile: examples/coffee.png at 288x272 -> U 1152x1088, longer than
+# 1088 px, so their encoder runs in 2 tiles with GroupNorm statistics pooled layer by layer
+# (export/reference.py authors_tiled_encode), and the UNet in 2x2 latent tiles.
+AUTHORS_ENCODER_SIZE = (288, 272)
+AUTHORS_ENCODER_ROW_STEP = 32
+
+
+def write_authors_encoder_golden(bundle: Path, repo: Path, quiet: bool = False) -> Dict:
+    golden = Path(bundle) / "golden"
+    models = load_models(str(bundle))
+    photo = Image.open(repo / "examples" / "coffee.png").convert("RGB")
+    photo.resize(AUTHORS_ENCODER_SIZE, Image.LANCZOS).save(golden / "xlarge.png")
+    upscaled = upscaled_input(Image.open(golden / "xlarge.png"), 4, 0)
+    result = super_resolve(models, upscaled, LATENT_TILING_TIMESTEP, "adain", latent_tiling=True)
+    rows = result[::AUTHORS_ENCODER_ROW_STEP]
+    np.save(golden / "xlarge_t500_latent_tiling_rows.npy", rows.astype(np.float32), allow_pickle=False)
+    case = {
+        "name": "xlarge_t500_latent_tiling_authors_encoder",
+        "input": "xlarge.png",
+        "upscale": 4,
+        "process_size": 0,
+        "timestep": LATENT_TILING_TIMESTEP,
+        "color_fix": "adain",
+        "sample": "mean",
+        "tiling": "latent",
+        "output_size": [upscaled.size[0], upscaled.size[1]],
+        "row_step": AUTHORS_ENCODER_ROW_STEP,
+        "reference_rows": "xlarge_t500_latent_tiling_rows.npy",
+    }
+    (golden / "latent_tiling_authors_encoder.json").write_text(json.dumps(case, indent=2) + "\n", encoding="utf-8")
+    if not quiet:
+        print(f"  {case['name']}: U {upscaled.size[0]}x{upscaled.size[1]}, rows every {AUTHORS_ENCODER_ROW_STEP}")
+    return case
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m export.golden", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -126,6 +161,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     write_golden(Path(args.bundle))
     write_latent_tiling_golden(Path(args.bundle), Path(__file__).resolve().parents[1])
+    write_authors_encoder_golden(Path(args.bundle), Path(__file__).resolve().parents[1])
     return 0
 
 

@@ -14,7 +14,8 @@ use proptest::prelude::*;
 use tadsr_edge::bundle::StageMemory;
 use tadsr_edge::pipeline::TilingMode;
 use tadsr_edge::tile_budget::{
-    choose_tile, peak_bytes, Budget, CostModel, TileReason, MIN_AUTO_TILE_PX,
+    choose_tile, peak_bytes, Budget, CostModel, TileReason, AUTHORS_LATENT_TILE_PX,
+    MIN_AUTO_TILE_PX,
 };
 use tadsr_edge::tiling::{plan_axis, TilePlan, TilingError};
 
@@ -166,7 +167,12 @@ proptest! {
             TileReason::FitsUntiled => prop_assert!(side == 0 && estimate <= budget.bytes),
             TileReason::LargestFittingTile => prop_assert!(side > 0 && estimate <= budget.bytes),
             TileReason::OverBudget => prop_assert!(side > 0 && estimate > budget.bytes),
+            // the authors' tiles whatever the budget (their tiling is part of their output)
+            TileReason::AuthorsLatentTiling => prop_assert!(latent && side == AUTHORS_LATENT_TILE_PX && estimate <= budget.bytes),
             other => prop_assert!(false, "unexpected {other:?}"),
+        }
+        if latent {
+            prop_assert_eq!(side, AUTHORS_LATENT_TILE_PX);
         }
         if side > 0 {
             // what `--tile` accepts

@@ -372,7 +372,20 @@ struct LatentTilingCase {
 /// tiles of 96 latent cells; the reference keeps every `row_step`-th row.
 #[test]
 fn latent_tiling_matches_pytorch() {
-    let text = std::fs::read_to_string(golden_dir().join("latent_tiling.json")).unwrap();
+    latent_tiling_case_matches_pytorch("latent_tiling.json");
+}
+
+/// The same beyond the authors' encoder tile: a 1152x1088 output, whose
+/// encoder runs in their 2 tiles with GroupNorm statistics pooled layer by
+/// layer (`export/reference.py` `authors_tiled_encode`; the runtime's
+/// `pipeline::authors_encoder`), the UNet in 2x2 latent tiles.
+#[test]
+fn latent_tiling_beyond_the_authors_encoder_tile_matches_pytorch() {
+    latent_tiling_case_matches_pytorch("latent_tiling_authors_encoder.json");
+}
+
+fn latent_tiling_case_matches_pytorch(case_file: &str) {
+    let text = std::fs::read_to_string(golden_dir().join(case_file)).unwrap();
     let case: LatentTilingCase = serde_json::from_str(&text).unwrap();
     assert_eq!(case.tiling, "latent");
     let input = read_input(&golden_dir().join(&case.input), &InputLimits::default()).unwrap();
