@@ -173,7 +173,7 @@ def test_golden_cases_cover_the_contract(tiny_dir):
     assert any((w // 8) % 8 and (h // 8) % 8 for w, h in sizes.values())  # latent sides not multiples of 8
     assert any(c["process_size"] == 128 for c in cases)
     total = sum(p.stat().st_size for p in (tiny_dir / "golden").iterdir())
-    assert total < 2.1e6
+    assert total < 2.4e6  # 2.28 MB with the 1152x1088 authors-encoder case (2026-11-28)
 
 
 def test_golden_upscaled_images_follow_pillow(tiny_dir):
