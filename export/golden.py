@@ -91,18 +91,20 @@ LATENT_TILING_TIMESTEP = 500
 LATENT_TILING_ROW_STEP = 16
 
 
-def write_latent_tiling_golden(bundle: Path, repo: Path, quiet: bool = False) -> Dict:
+def _write_latent_tiling_case(bundle: Path, photo: Image.Image, stem: str, name: str, row_step: int,
+                              case_file: str, quiet: bool) -> Dict:
+    """One `--tiling latent` case: `photo` saved as golden/<stem>.png, the reference (U without the minimum-size
+    rule, t = LATENT_TILING_TIMESTEP, adain) stored on every `row_step`-th row, the case in golden/<case_file>."""
     golden = Path(bundle) / "golden"
     models = load_models(str(bundle))
-    photo = Image.open(repo / "examples" / "coffee.png").convert("RGB")
-    photo.crop(LATENT_TILING_CROP).save(golden / "large.png")
-    upscaled = upscaled_input(Image.open(golden / "large.png"), 4, 0)
+    photo.save(golden / f"{stem}.png")
+    upscaled = upscaled_input(Image.open(golden / f"{stem}.png"), 4, 0)
     result = super_resolve(models, upscaled, LATENT_TILING_TIMESTEP, "adain", latent_tiling=True)
-    rows = result[::LATENT_TILING_ROW_STEP]
-    np.save(golden / "large_t500_latent_tiling_rows.npy", rows.astype(np.float32), allow_pickle=False)
+    rows_file = f"{stem}_t500_latent_tiling_rows.npy"
+    np.save(golden / rows_file, result[::row_step].astype(np.float32), allow_pickle=False)
     case = {
-        "name": "large_t500_latent_tiling",
-        "input": "large.png",
+        "name": name,
+        "input": f"{stem}.png",
         "upscale": 4,
         "process_size": 0,
         "timestep": LATENT_TILING_TIMESTEP,
@@ -110,13 +112,19 @@ def write_latent_tiling_golden(bundle: Path, repo: Path, quiet: bool = False) ->
         "sample": "mean",
         "tiling": "latent",
         "output_size": [upscaled.size[0], upscaled.size[1]],
-        "row_step": LATENT_TILING_ROW_STEP,
-        "reference_rows": "large_t500_latent_tiling_rows.npy",
+        "row_step": row_step,
+        "reference_rows": rows_file,
     }
-    (golden / "latent_tiling.json").write_text(json.dumps(case, indent=2) + "\n", encoding="utf-8")
+    (golden / case_file).write_text(json.dumps(case, indent=2) + "\n", encoding="utf-8")
     if not quiet:
-        print(f"  {case['name']}: U {upscaled.size[0]}x{upscaled.size[1]}, rows every {LATENT_TILING_ROW_STEP}")
+        print(f"  {case['name']}: U {upscaled.size[0]}x{upscaled.size[1]}, rows every {row_step}")
     return case
+
+
+def write_latent_tiling_golden(bundle: Path, repo: Path, quiet: bool = False) -> Dict:
+    photo = Image.open(repo / "examples" / "coffee.png").convert("RGB").crop(LATENT_TILING_CROP)
+    return _write_latent_tiling_case(bundle, photo, "large", "large_t500_latent_tiling", LATENT_TILING_ROW_STEP,
+                                     "latent_tiling.json", quiet)
 
 
 # The same beyond the authors' encoder tile: examples/coffee.png at 288x272 -> U 1152x1088, longer than
@@ -127,31 +135,9 @@ AUTHORS_ENCODER_ROW_STEP = 64  # keeps the golden folder under test_bundle's cap
 
 
 def write_authors_encoder_golden(bundle: Path, repo: Path, quiet: bool = False) -> Dict:
-    golden = Path(bundle) / "golden"
-    models = load_models(str(bundle))
-    photo = Image.open(repo / "examples" / "coffee.png").convert("RGB")
-    photo.resize(AUTHORS_ENCODER_SIZE, Image.LANCZOS).save(golden / "xlarge.png")
-    upscaled = upscaled_input(Image.open(golden / "xlarge.png"), 4, 0)
-    result = super_resolve(models, upscaled, LATENT_TILING_TIMESTEP, "adain", latent_tiling=True)
-    rows = result[::AUTHORS_ENCODER_ROW_STEP]
-    np.save(golden / "xlarge_t500_latent_tiling_rows.npy", rows.astype(np.float32), allow_pickle=False)
-    case = {
-        "name": "xlarge_t500_latent_tiling_authors_encoder",
-        "input": "xlarge.png",
-        "upscale": 4,
-        "process_size": 0,
-        "timestep": LATENT_TILING_TIMESTEP,
-        "color_fix": "adain",
-        "sample": "mean",
-        "tiling": "latent",
-        "output_size": [upscaled.size[0], upscaled.size[1]],
-        "row_step": AUTHORS_ENCODER_ROW_STEP,
-        "reference_rows": "xlarge_t500_latent_tiling_rows.npy",
-    }
-    (golden / "latent_tiling_authors_encoder.json").write_text(json.dumps(case, indent=2) + "\n", encoding="utf-8")
-    if not quiet:
-        print(f"  {case['name']}: U {upscaled.size[0]}x{upscaled.size[1]}, rows every {AUTHORS_ENCODER_ROW_STEP}")
-    return case
+    photo = Image.open(repo / "examples" / "coffee.png").convert("RGB").resize(AUTHORS_ENCODER_SIZE, Image.LANCZOS)
+    return _write_latent_tiling_case(bundle, photo, "xlarge", "xlarge_t500_latent_tiling_authors_encoder",
+                                     AUTHORS_ENCODER_ROW_STEP, "latent_tiling_authors_encoder.json", quiet)
 
 
 def main(argv=None) -> int:
