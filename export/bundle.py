@@ -158,6 +158,14 @@ def export_bundle(models: TadsrModels, out: Path, precision: str = "fp32", name:
         # the fuser's version decides the fused graph
         manifest["provenance"]["onnxruntime"] = onnxruntime.__version__
     write_manifest(out, manifest)
+    if tiled_vae:
+        from .encoder_segments import write_encoder_segments
+
+        started = time.time()
+        manifest["vae_encoder_segments"] = write_encoder_segments(out)
+        write_manifest(out, manifest)
+        _log(f"  vae_encoder_segments: {len(manifest['vae_encoder_segments']['segments'])} in "
+             f"{time.time() - started:.1f} s", quiet)
     if cuda_fused and verify:
         _log("  the CUDA-fused graphs have operators ONNX Runtime runs on CUDA only: no CPU check against PyTorch "
              "for them (check them on a GPU: tadsr-edge golden --provider cuda)", quiet)

@@ -140,6 +140,7 @@ def bundle_files(manifest: Dict) -> List[str]:
         files.extend(d["file"] for d in comp.get("external_data", []))
         if "tokenizer" in comp:
             files.append(comp["tokenizer"]["file"])
+    files.extend(segment["file"] for segment in manifest.get("vae_encoder_segments", {}).get("segments", []))
     files.append(manifest["prompt"]["embeds_file"])
     return files
 
@@ -163,5 +164,7 @@ def verify_bundle(bundle: Path) -> List[str]:
             check(data["file"], data["sha256"])
         if "tokenizer" in comp:
             check(comp["tokenizer"]["file"], comp["tokenizer"]["sha256"])
+    for segment in manifest.get("vae_encoder_segments", {}).get("segments", []):
+        check(segment["file"], segment["sha256"])
     check(manifest["prompt"]["embeds_file"], manifest["prompt"]["sha256"])
     return problems

@@ -186,6 +186,9 @@ def quantize_bundle(bundle: Path, out: Path, calibration_images: Sequence[Path],
             for rel in files:
                 (out / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(bundle / rel, out / rel)
+    for segment in manifest.get("vae_encoder_segments", {}).get("segments", []):  # cut from the tiled encoder
+        (out / segment["file"]).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(bundle / segment["file"], out / segment["file"])
     shutil.copy2(bundle / manifest["prompt"]["embeds_file"], out / manifest["prompt"]["embeds_file"])
     new["precision"] = PRECISION
     new["name"] = f"{manifest['name']}-int8"
