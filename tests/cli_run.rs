@@ -567,6 +567,80 @@ fn latent_tiling_tiles_an_output_over_768_pixels_that_fits_untiled() {
     );
 }
 
+/// Beyond 1088 px the authors' code encodes in tiles with GroupNorm
+/// statistics pooled layer by layer. models/tiny has encoder segments (one
+/// pass); without them, or when their activations would not fit the
+/// memory, the tiled encoder runs one pass per layer. Both reach the same
+/// statistics (the segments are that graph cut at its GroupNorms), so the
+/// same image; their distance to PyTorch is tests/golden_parity.rs's.
+#[test]
+fn latent_tiling_encodes_beyond_1088_px_alike_by_segments_and_by_passes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    example("coffee.png")
+        .resize_exact(288, 160, image::imageops::FilterType::Lanczos3)
+        .save(&input)
+        .unwrap();
+    let without = dir.path().join("no-segments");
+    common::copy_tiny_bundle(&without);
+    let manifest_path = without.join("manifest.json");
+    let mut manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&manifest_path).unwrap()).unwrap();
+    assert!(
+        manifest
+            .as_object_mut()
+            .unwrap()
+            .remove("vae_encoder_segments")
+            .is_some(),
+        "models/tiny should carry encoder segments"
+    );
+    std::fs::write(&manifest_path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    std::fs::remove_dir_all(without.join("vae_encoder/segments")).unwrap();
+
+    let output = |name: &str, model: &Path, extra: &[&str]| {
+        let path = dir.path().join(name);
+        let mut command = Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
+        command
+            .args(["run", path_str(&input), "-o", path_str(&path)])
+            .args(["--model", path_str(model), "--provider", "cpu"])
+            .args(["--process-size", "0", "--tiling", "latent", "-t", "700"])
+            .args(extra);
+        let run = command.output().unwrap();
+        assert!(run.status.success(), "{}", stderr(&run));
+        (image::open(&path).unwrap().to_rgb8(), stderr(&run))
+    };
+    let (segmented, said) = output("segments.png", &common::tiny_model(), &[]);
+    assert_eq!(segmented.dimensions(), (1152, 640));
+    assert!(
+        said.contains("with the bundle's encoder segments"),
+        "{said}"
+    );
+    let (passes, said) = output("passes.png", &without, &[]);
+    assert!(
+        said.contains("one pass of the encoder per GroupNorm layer"),
+        "{said}"
+    );
+    let (short_of_memory, said) = output(
+        "little.png",
+        &common::tiny_model(),
+        &["--max-memory", "64M"],
+    );
+    assert!(said.contains("encoding it by passes"), "{said}");
+    assert_eq!(short_of_memory, passes, "the fallback is the passes");
+    // the same ONNX operators on the same inputs; a level of rounding at most
+    let most = segmented
+        .as_raw()
+        .iter()
+        .zip(passes.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(most <= 1, "segments and passes differ by {most} levels");
+    // and the authors' tiles matter: the whole image encoded at once differs
+    let (whole, _) = output("whole.png", &without, &["--tile", "0"]);
+    assert_ne!(whole, passes);
+}
+
 #[test]
 fn help_shows_examples() {
     for args in [

@@ -276,6 +276,46 @@ pub struct MemoryFigures {
     pub components: BTreeMap<String, StageMemory>,
 }
 
+/// `vae_encoder_segments.group_norm`: the tiled encoder's GroupNorm layers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupNormShape {
+    pub layers: usize,
+    pub groups: usize,
+}
+
+/// One graph of `vae_encoder_segments` (export/encoder_segments.py): its
+/// ports by name; the graph says their types and shapes.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSegmentSpec {
+    /// The statistics row its GroupNorm observes; None on the last segment.
+    #[serde(default)]
+    pub layer: Option<usize>,
+    pub file: String,
+    pub sha256: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// `vae_encoder_segments`: `vae_encoder_tiled` cut at its GroupNorms, in the
+/// order they run (`--tiling latent` beyond the authors' encoder tile).
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EncoderSegments {
+    pub group_norm: GroupNormShape,
+    pub segments: Vec<EncoderSegmentSpec>,
+}
+
+/// Port names of the encoder segments besides the tiled encoder's.
+pub mod segment_port {
+    /// Prefix of the activations one segment hands to later ones.
+    pub const STATE_PREFIX: &str = "state_";
+    /// What a segment's GroupNorm observed, pooled over the batch: [groups].
+    pub const LAYER_MEAN: &str = "group_norm_mean_layer";
+    pub const LAYER_VAR: &str = "group_norm_var_layer";
+}
+
 /// `manifest.json`.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 pub struct Manifest {
@@ -285,6 +325,9 @@ pub struct Manifest {
     pub name: Option<String>,
     pub precision: Precision,
     pub components: BTreeMap<String, ComponentSpec>,
+    /// Optional: the tiled encoder cut at its GroupNorms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vae_encoder_segments: Option<EncoderSegments>,
     pub latent_channels: usize,
     pub vae_scale_factor: usize,
     pub scaling_factor: f32,

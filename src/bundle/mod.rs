@@ -217,6 +217,31 @@ impl Bundle {
             return Err(self.fail("latent_channels must be > 0 and vae_scale_factor 8"));
         }
         self.check_channel_dims()?;
+        if let Some(segments) = &m.vae_encoder_segments {
+            if !m.components.contains_key(component::VAE_ENCODER_TILED) {
+                return Err(self.fail(
+                    "vae_encoder_segments needs the vae_encoder_tiled component they are cut from",
+                ));
+            }
+            check_encoder_segments(segments)
+                .map_err(|reason| self.fail(format!("vae_encoder_segments: {reason}")))?;
+            let tiled_shape: Option<Vec<u64>> = self
+                .component(component::VAE_ENCODER_TILED)
+                .inputs
+                .iter()
+                .find(|p| p.name == port::GROUP_NORM_MEAN)
+                .and_then(|p| p.shape.iter().map(serde_json::Value::as_u64).collect());
+            let GroupNormShape { layers, groups } = segments.group_norm;
+            // (a shape left out is the pipeline's to refuse when it opens the graph)
+            if tiled_shape.as_ref().is_some_and(|shape| {
+                !shape.is_empty() && shape[..] != [layers as u64, groups as u64]
+            }) {
+                return Err(self.fail(format!(
+                    "vae_encoder_segments are cut for {layers} layers of {groups} groups, \
+                     vae_encoder_tiled's group_norm_mean is {tiled_shape:?}"
+                )));
+            }
+        }
         if !(m.scaling_factor.is_finite() && m.scaling_factor > 0.0) {
             return Err(self.fail("scaling_factor must be a positive number"));
         }
@@ -288,6 +313,15 @@ impl Bundle {
                 }))
             })
             .collect();
+        files.extend(
+            m.vae_encoder_segments
+                .iter()
+                .flat_map(|cut| &cut.segments)
+                .map(|segment| HashedFile {
+                    file: segment.file.clone(),
+                    sha256: segment.sha256.clone(),
+                }),
+        );
         files.push(HashedFile {
             file: m.prompt.embeds_file.clone(),
             sha256: m.prompt.sha256.clone(),
@@ -420,4 +454,157 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect())
+}
+
+/// The segments' structure: one per GroupNorm layer (each row once) and a
+/// last one giving the latent moments; every carried state made by an
+/// earlier segment than the ones taking it; ports named as the format says.
+pub fn check_encoder_segments(cut: &EncoderSegments) -> std::result::Result<(), String> {
+    let GroupNormShape { layers, groups } = cut.group_norm;
+    if layers == 0 || groups == 0 {
+        return Err("group_norm layers and groups must be > 0".into());
+    }
+    if cut.segments.len() != layers + 1 {
+        return Err(format!(
+            "{} segments for {layers} GroupNorm layers, expected {}",
+            cut.segments.len(),
+            layers + 1
+        ));
+    }
+    let graph_inputs = [
+        port::IMAGE,
+        port::TIMESTEP,
+        port::GROUP_NORM_MEAN,
+        port::GROUP_NORM_VAR,
+        port::GROUP_NORM_FIXED,
+    ];
+    let mut rows_seen = vec![false; layers];
+    let mut made: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    for (number, segment) in cut.segments.iter().enumerate() {
+        let last = number == layers;
+        match (segment.layer, last) {
+            (Some(row), false) if row < layers && !rows_seen[row] => rows_seen[row] = true,
+            (Some(row), false) => {
+                return Err(format!(
+                    "segment {number}: layer {row} is out of range or taken twice"
+                ))
+            }
+            (None, true) => {}
+            (Some(_), true) => return Err("the last segment has a layer".into()),
+            (None, false) => return Err(format!("segment {number} has no layer")),
+        }
+        for input in &segment.inputs {
+            let known = graph_inputs.contains(&input.as_str())
+                || (input.starts_with(segment_port::STATE_PREFIX) && made.contains(input.as_str()));
+            if !known {
+                return Err(format!(
+                    "segment {number} takes {input:?}, which no earlier segment gives"
+                ));
+            }
+        }
+        let results: &[&str] = if last {
+            &[port::LATENT_MEAN, port::LATENT_LOGVAR]
+        } else {
+            &[segment_port::LAYER_MEAN, segment_port::LAYER_VAR]
+        };
+        for result in results {
+            if !segment.outputs.iter().any(|output| output == result) {
+                return Err(format!("segment {number} does not give {result:?}"));
+            }
+        }
+        for output in &segment.outputs {
+            if output.starts_with(segment_port::STATE_PREFIX) {
+                if !made.insert(output) {
+                    return Err(format!("{output:?} is given by two segments"));
+                }
+            } else if !results.contains(&output.as_str()) {
+                return Err(format!("segment {number} gives an unknown {output:?}"));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod segment_tests {
+    use super::*;
+
+    fn segment(layer: Option<usize>, inputs: &[&str], outputs: &[&str]) -> EncoderSegmentSpec {
+        EncoderSegmentSpec {
+            layer,
+            file: "s.onnx".into(),
+            sha256: "0".repeat(64),
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: outputs.iter().map(|s| s.to_string()).collect(),
+        }
+    }
+
+    fn cut(segments: Vec<EncoderSegmentSpec>) -> EncoderSegments {
+        EncoderSegments {
+            group_norm: GroupNormShape {
+                layers: segments.len().saturating_sub(1),
+                groups: 8,
+            },
+            segments,
+        }
+    }
+
+    fn good() -> Vec<EncoderSegmentSpec> {
+        vec![
+            segment(
+                Some(1),
+                &["image"],
+                &["state_000", "group_norm_mean_layer", "group_norm_var_layer"],
+            ),
+            segment(
+                Some(0),
+                &["state_000", "group_norm_mean", "group_norm_fixed"],
+                &["state_001", "group_norm_mean_layer", "group_norm_var_layer"],
+            ),
+            segment(
+                None,
+                &["state_000", "state_001", "timestep"],
+                &["latent_mean", "latent_logvar"],
+            ),
+        ]
+    }
+
+    #[test]
+    fn a_well_formed_cut_passes() {
+        assert_eq!(check_encoder_segments(&cut(good())), Ok(()));
+    }
+
+    #[test]
+    fn malformed_cuts_are_refused_with_the_reason() {
+        let mut twice = good();
+        twice[1].layer = Some(1);
+        let mut unknown_state = good();
+        unknown_state[1].inputs.push("state_009".into());
+        let mut later_state = good();
+        later_state[0].inputs.push("state_001".into());
+        let mut no_moments = good();
+        no_moments[2].outputs.pop();
+        let mut layer_on_last = good();
+        layer_on_last[2].layer = Some(0);
+        let mut stray_output = good();
+        stray_output[0].outputs.push("extra".into());
+        let mut short = good();
+        short.pop();
+        for (case, expected) in [
+            (twice, "taken twice"),
+            (unknown_state, "no earlier segment gives"),
+            (later_state, "no earlier segment gives"),
+            (no_moments, "does not give \"latent_logvar\""),
+            (layer_on_last, "the last segment has a layer"),
+            (stray_output, "unknown \"extra\""),
+        ] {
+            let error = check_encoder_segments(&cut(case)).unwrap_err();
+            assert!(error.contains(expected), "{error}");
+        }
+        let mut wrong_count = cut(short);
+        wrong_count.group_norm.layers = 2;
+        assert!(check_encoder_segments(&wrong_count)
+            .unwrap_err()
+            .contains("2 segments for 2 GroupNorm layers"));
+    }
 }

@@ -215,6 +215,7 @@ fn bundle_summary_json(bundle: &Bundle) -> serde_json::Value {
         "format_version": m.format_version,
         "precision": m.precision,
         "components": m.components.keys().collect::<Vec<_>>(),
+        "encoder_segments": m.vae_encoder_segments.as_ref().map(|cut| cut.segments.len()),
         "bytes": bundle.total_bytes(),
         "prompt_embeds_shape": m.prompt.shape,
         "prompt": m.prompt.text,
@@ -264,6 +265,14 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
             component.file,
             ports(&component.inputs),
             ports(&component.outputs)
+        ))?;
+    }
+    if let Some(cut) = &m.vae_encoder_segments {
+        print_line(format_args!(
+            "  vae_encoder_segments: {} graphs, vae_encoder_tiled cut at its {} GroupNorm layers \
+             (--tiling latent beyond 1088 px in one pass of the encoder)",
+            cut.segments.len(),
+            cut.group_norm.layers
         ))?;
     }
     print_line(format_args!(

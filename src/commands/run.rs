@@ -161,11 +161,23 @@ fn size_rule(args: &RunArgs, manifest: Option<&Manifest>) -> (u32, u32) {
 /// context), pooling GroupNorm statistics over the tiles their way.
 const AUTHORS_ENCODER_ONE_TILE_PX: u32 = 1024 + 2 * 32;
 
+/// How a `--tiling latent` run encodes the images the authors' code
+/// encodes in tiles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AuthorsEncoder {
+    /// The bundle's encoder segments: their tiles, one pass
+    /// (`pipeline::encoder_segments`).
+    Segments,
+    /// Passes of the tiled encoder graph, one per GroupNorm layer
+    /// (`pipeline::authors_encoder`): no segments, or a server.
+    Passes,
+    /// No tiled encoder graph: whole.
+    Whole,
+}
+
 /// Under `--tiling latent`, a note when some inputs are larger than the
-/// authors' encoder takes whole: with the bundle's tiled encoder graph
-/// (`has_tiled_encoder`) they are encoded in the authors' tiles, slowly
-/// (`pipeline::authors_encoder`); without it, whole, not as they do.
-fn authors_encoder_tiles_note(sizes: &[(u32, u32)], has_tiled_encoder: bool) -> Option<String> {
+/// authors' encoder takes whole, saying how this run encodes them.
+fn authors_encoder_tiles_note(sizes: &[(u32, u32)], encoder: AuthorsEncoder) -> Option<String> {
     let larger: Vec<(u32, u32)> = sizes
         .iter()
         .copied()
@@ -178,16 +190,21 @@ fn authors_encoder_tiles_note(sizes: &[(u32, u32)], has_tiled_encoder: bool) -> 
          GroupNorm statistics pooled over them layer by layer",
         larger.len()
     );
-    Some(if has_tiled_encoder {
-        format!(
+    Some(match encoder {
+        AuthorsEncoder::Segments => format!(
+            "{what}: so does this run, with the bundle's encoder segments (one pass of the encoder, \
+             holding every tile's activations at once; by passes, about 23 times slower, where they \
+             would take more than half the memory available)"
+        ),
+        AuthorsEncoder::Passes => format!(
             "{what}: so does this run, at the cost of one pass of the encoder per GroupNorm layer \
-             (about 23 times the encoder's time)"
-        )
-    } else {
-        format!(
+             (about 23 times the encoder's time; a bundle with encoder segments, \
+             `python -m export.encoder_segments BUNDLE`, does it in one pass where the graphs run here)"
+        ),
+        AuthorsEncoder::Whole => format!(
             "{what}; this bundle has no tiled encoder graph (exported with --no-tiled-vae), so those \
              images are encoded whole and differ from the authors' outputs (README: Exactness)"
-        )
+        ),
     })
 }
 
@@ -640,15 +657,25 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         if let Some(bytes) = text_encoder {
             tile_policy.reserve_device(bytes, super::run_prompt::TEXT_ENCODER_ON_GPU);
         }
+    } else {
+        // --max-memory is the host's: it bounds what the encoder segments hold
+        config.host_memory_limit = args.max_memory;
     }
     let sizes = model_sizes(&jobs, args, manifest.as_ref());
     if tiling == TilingMode::Latent && !args.quiet {
-        let has_tiled_encoder = manifest.as_ref().is_some_and(|manifest| {
-            manifest
-                .components
-                .contains_key(tadsr_edge::bundle::component::VAE_ENCODER_TILED)
+        let encoder = manifest.as_ref().map_or(AuthorsEncoder::Whole, |manifest| {
+            match (
+                manifest
+                    .components
+                    .contains_key(tadsr_edge::bundle::component::VAE_ENCODER_TILED),
+                manifest.vae_encoder_segments.is_some() && args.remote.server.is_none(),
+            ) {
+                (true, true) => AuthorsEncoder::Segments,
+                (true, false) => AuthorsEncoder::Passes,
+                (false, _) => AuthorsEncoder::Whole,
+            }
         });
-        if let Some(note) = authors_encoder_tiles_note(&sizes, has_tiled_encoder) {
+        if let Some(note) = authors_encoder_tiles_note(&sizes, encoder) {
             eprintln!("note: {note}");
         }
     }
@@ -1182,24 +1209,29 @@ impl Batch<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::{authors_encoder_tiles_note, batch_summary};
+    use super::{authors_encoder_tiles_note, batch_summary, AuthorsEncoder};
 
     #[test]
     fn latent_tiling_says_when_the_authors_would_encode_in_tiles() {
         // their hook takes 1088 px whole (1024 + 2 x 32), larger in tiles
         assert_eq!(
-            authors_encoder_tiles_note(&[(1088, 1088), (512, 640)], true),
+            authors_encoder_tiles_note(&[(1088, 1088), (512, 640)], AuthorsEncoder::Segments),
             None
         );
         let sizes = [(1088, 600), (1280, 960), (1096, 200)];
-        let note = authors_encoder_tiles_note(&sizes, true).unwrap();
+        let note = authors_encoder_tiles_note(&sizes, AuthorsEncoder::Segments).unwrap();
         assert!(
             note.starts_with("--tiling latent: 2 input(s)")
                 && note.contains("the largest at 1280x960")
-                && note.contains("so does this run"),
+                && note.contains("so does this run, with the bundle's encoder segments"),
             "{note}"
         );
-        let without = authors_encoder_tiles_note(&sizes, false).unwrap();
+        let passes = authors_encoder_tiles_note(&sizes, AuthorsEncoder::Passes).unwrap();
+        assert!(
+            passes.contains("one pass of the encoder per GroupNorm layer"),
+            "{passes}"
+        );
+        let without = authors_encoder_tiles_note(&sizes, AuthorsEncoder::Whole).unwrap();
         assert!(without.contains("no tiled encoder graph"), "{without}");
     }
 

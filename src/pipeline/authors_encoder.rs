@@ -21,13 +21,15 @@ use std::time::Instant;
 
 use ndarray::{s, Array3, ArrayView3};
 
+use super::encoder_segments::{EncoderSegmentStages, SegmentedEncode};
 use super::shared_stats::SharedStats;
 use super::stages::{millis_since, StageTimings};
-use super::Pipeline;
+use super::{Backend, Pipeline};
 use crate::authors_encoder_tiles::{encoder_tiles, pool_stats, EncoderTile};
 use crate::bundle::port;
 use crate::error::{Error, Result};
-use crate::runtime::InputTensor;
+use crate::runtime::{InputTensor, OutputTensor};
+use crate::system_memory::host_budget;
 
 impl Pipeline {
     /// The latent moments `(mean, logvar)` of `image` ([3, H, W]) as the
@@ -46,10 +48,9 @@ impl Pipeline {
             return Ok(None);
         }
         self.open_tiled_stages()?;
-        let cancel = self.cancel;
-        let Some(tiled) = self.encoder_tiled.as_mut() else {
+        if self.encoder_tiled.is_none() {
             return Ok(None);
-        };
+        }
         let start = Instant::now();
         let crops: Vec<([usize; 4], Vec<f32>)> = tiles
             .iter()
@@ -63,6 +64,75 @@ impl Pipeline {
             })
             .collect();
         let pixels: Vec<usize> = tiles.iter().map(EncoderTile::pixels).collect();
+        let moments = match self.encode_by_segments(&crops, &pixels, timestep)? {
+            Some(moments) => moments,
+            None => self.encode_by_passes(&crops, &pixels, timestep)?,
+        };
+        timings.encoder += millis_since(start);
+        let start = Instant::now();
+        let assembled = assemble(&tiles, moments, height / 8, width / 8)?;
+        timings.blend += millis_since(start);
+        Ok(Some(assembled))
+    }
+
+    /// The tiles' moments by the bundle's encoder segments (one pass);
+    /// None when the bundle has none, the graphs run on a server, or every
+    /// tile's activations would not fit in half the memory available.
+    fn encode_by_segments(
+        &mut self,
+        crops: &[([usize; 4], Vec<f32>)],
+        pixels: &[usize],
+        timestep: u32,
+    ) -> Result<Option<Vec<Vec<OutputTensor>>>> {
+        if !self.segments_opened {
+            self.segments_opened = true;
+            if let (Backend::Local(runtime), Some(tiled)) = (&self.backend, &self.encoder_tiled) {
+                self.encoder_segments = EncoderSegmentStages::open(
+                    runtime,
+                    &self.bundle,
+                    &self.config,
+                    tiled.provider(),
+                )?;
+            }
+        }
+        let Some(segments) = self.encoder_segments.as_mut() else {
+            return Ok(None);
+        };
+        let limit = match self.config.host_memory_limit {
+            Some(bytes) => Some(bytes / 2),
+            None => host_budget().map(|budget| budget.bytes / 2),
+        };
+        match segments.encode(crops, pixels, i64::from(timestep), self.cancel, limit)? {
+            SegmentedEncode::Moments(moments) => {
+                Ok(Some(moments.into_iter().map(Vec::from).collect()))
+            }
+            SegmentedEncode::TooLarge { needed, limit } => {
+                let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+                (self.config.notify)(&format!(
+                    "--tiling latent: the encoder segments would hold {:.2} GiB of activations for this \
+                     image's {} encoder tiles, more than half the memory this run may use ({:.2} GiB); encoding \
+                     it by passes of the tiled encoder instead (the same result, about 23 times slower)",
+                    gib(needed),
+                    crops.len(),
+                    gib(limit * 2)
+                ));
+                Ok(None)
+            }
+        }
+    }
+
+    /// The tiles' moments by passes of the tiled encoder graph, one per
+    /// GroupNorm layer (the fixed point this module's comment explains).
+    fn encode_by_passes(
+        &mut self,
+        crops: &[([usize; 4], Vec<f32>)],
+        pixels: &[usize],
+        timestep: u32,
+    ) -> Result<Vec<Vec<OutputTensor>>> {
+        let cancel = self.cancel;
+        let Some(tiled) = self.encoder_tiled.as_mut() else {
+            return Err(Error::Ort("the tiled encoder graph is not open".into()));
+        };
         let timestep_tensor = [i64::from(timestep)];
         let outputs = [
             port::LATENT_MEAN,
@@ -78,7 +148,7 @@ impl Pipeline {
             }
             let mut observed = Vec::with_capacity(crops.len());
             moments.clear();
-            for (shape, data) in &crops {
+            for (shape, data) in crops {
                 let inputs = [
                     (port::IMAGE, InputTensor::Float { shape, data }),
                     (
@@ -95,24 +165,20 @@ impl Pipeline {
                 observed.push((mean, var));
                 moments.push(out);
             }
-            let (mean, var) = pool_stats(&observed, &pixels);
+            let (mean, var) = pool_stats(&observed, pixels);
             if stats.as_ref().is_some_and(|used| used.equals(&mean, &var)) {
                 break; // this pass normalized with the fixed point already
             }
             stats = Some(SharedStats::new(mean, var));
         }
-        timings.encoder += millis_since(start);
-        let start = Instant::now();
-        let assembled = assemble(&tiles, moments, height / 8, width / 8)?;
-        timings.blend += millis_since(start);
-        Ok(Some(assembled))
+        Ok(moments)
     }
 }
 
 /// Each tile's kept latent cells put in place (their `crop_valid_region`).
 fn assemble(
     tiles: &[EncoderTile],
-    moments: Vec<Vec<crate::runtime::OutputTensor>>,
+    moments: Vec<Vec<OutputTensor>>,
     latent_h: usize,
     latent_w: usize,
 ) -> Result<(Array3<f32>, Array3<f32>)> {

@@ -11,6 +11,7 @@
 //! under 470).
 
 mod authors_encoder;
+mod encoder_segments;
 mod gpu_plan;
 mod graph_setup;
 mod loading;
@@ -138,6 +139,10 @@ pub struct Pipeline {
     encoder_tiled: Option<TiledStage>,
     decoder_tiled: Option<TiledStage>,
     tiled_opened: bool,
+    /// The bundle's encoder segments (`--tiling latent` beyond the authors'
+    /// encoder tile), opened on the first image that needs them.
+    encoder_segments: Option<encoder_segments::EncoderSegmentStages>,
+    segments_opened: bool,
     backend: Backend,
     /// What the pipeline was loaded with (to open the tiled graphs later).
     config: PipelineConfig,
@@ -248,6 +253,8 @@ impl Pipeline {
             encoder_tiled: None,
             decoder_tiled: None,
             tiled_opened: false,
+            encoder_segments: None,
+            segments_opened: false,
             backend,
             config: config.clone(),
             schedule,

@@ -77,6 +77,10 @@ pub struct PipelineConfig {
     /// memory at fixed addresses, as CUDA graphs need: Some forces it on
     /// or off (on the CPU: host memory, for tests); None: with `cuda_graph`.
     pub device_io: Option<bool>,
+    /// The most host memory a run may plan for (`--max-memory` on a host
+    /// run): the encoder segments hold every tile's activations within half
+    /// of it; None: half of what the host has available.
+    pub host_memory_limit: Option<u64>,
 }
 
 impl PipelineConfig {
@@ -98,6 +102,7 @@ impl PipelineConfig {
             tf32: false,
             conv_search: ConvSearch::default(),
             tensorrt: TensorRtOptions::default(),
+            host_memory_limit: None,
             server: None,
             tile_batch: 1,
             static_shapes: StaticShapes::default(),

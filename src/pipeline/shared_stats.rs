@@ -141,6 +141,11 @@ impl TiledStage {
         self.layers
     }
 
+    /// Where the graph runs.
+    pub(super) fn provider(&self) -> crate::runtime::Provider {
+        self.stage.provider
+    }
+
     /// Runs the graph on the main graph's `inputs` with the statistics
     /// `stats` (None: each GroupNorm's own).
     pub(super) fn run<const N: usize>(
