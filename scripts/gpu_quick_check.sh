@@ -2,7 +2,8 @@
 # A short re-check on a lent GPU box (about 9 minutes: give the device call timeout_s 600). What the issue's
 # "done when" needs comes first, so that a deadline cuts only the A/B levers: the probe; the golden cases of
 # models/tiny on CUDA (fp32 within 1e-3, the fp16 bundle at >= 35 dB); --prompt-dir with its text encoder on CUDA
-# against the CPU (images within one level); an sd21 fp16 export timed at 512 untiled;
+# and --tiling latent's encoder segments on CUDA, each against the CPU (images within one level); an sd21 fp16
+# export timed at 512 untiled;
 # PyTorch eager fp16 at 512 on the same GPU (the ratio's denominator); 2048 with --tile 512; a one-image run from a
 # fresh process, twice (wall time: start-up included). Then the levers:
 # tiny free graphs vs --cuda-graph (images within one level) and sd21 512 with --cuda-graph; tiny bundles
@@ -44,6 +45,12 @@ if [[ -f .device/tiny-text/manifest.json ]]; then
 else
   echo "--prompt-dir on CUDA: SKIP (.device/tiny-text not carried)"
 fi
+# --tiling latent beyond 1088 px: the authors' tiled encoder by models/tiny's encoder segments (never run on a GPU
+# before), on CUDA against the CPU, within one level; coffee at 8x is 1280x960, two of their encoder tiles
+for where in cuda cpu; do
+  timeout 120 "$BIN" run examples/coffee.png -o "$OUT/latent-segments-$where.png" --model models/tiny --provider "$where" --upscale 8 --tiling latent -t 700 2>"$OUT/latent-segments-$where.err"; echo "--tiling latent 1280x960 on $where rc=$? $(grep -o 'with the bundle.s encoder segments' "$OUT/latent-segments-$where.err" | head -n 1)"
+done
+png_diff "$OUT/latent-segments-cuda.png" "$OUT/latent-segments-cpu.png" 1; echo "--tiling latent encoder segments on CUDA vs CPU rc=$?"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .device/whl/*.whl && export PYTHONPATH=/tmp/site:$PWD
 b() {
   local bundle=$1 log=$2 rc; shift 2

@@ -40,6 +40,7 @@ MUTANTS=(
   "recursive-reads-its-outputs#src/image/io.rs#s/let skipped = identity\.is_some\(\) && identity == skip;/let skipped = false;/#--test cli_run recursive"
   "tokenizer-without-nfc#src/prompt/tokenizer.rs#s/Normalizer::Nfc => text\.nfc\(\)\.collect\(\),/Normalizer::Nfc => text.clone(),/#--lib prompt"
   "bpe-ties-merged-rightmost#src/prompt/tokenizer.rs#s/Reverse\(\(rank, left, ids\[left\]/Reverse((rank, usize::MAX - left, ids[left]/;s/let Some\(Reverse\(\(_, left, left_id/let Some(Reverse((_, left_key, left_id/;s/(\) = heap\.pop\(\) \{)/\$1 let left = usize::MAX - left_key;/#--lib prompt"
+  "segment-stats-in-run-order-row#src/pipeline/encoder_segments.rs#s/mean\[row \* groups\.\.\(row \+ 1\) \* groups\]/mean[number * groups..(number + 1) * groups]/#--test cli_run latent_tiling_encodes;--test golden_parity beyond"
   "latent-tiling-only-when-short-of-memory#src/tile_budget.rs#s/if tiling == TilingMode::Latent \{/if tiling == TilingMode::Latent \&\& untiled > budget.bytes {/#--lib tile_budget;--test cli_run latent_tiling"
 )
 

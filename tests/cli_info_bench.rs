@@ -96,6 +96,15 @@ fn info_json_describes_the_runtime_and_the_bundle() {
         .map(|c| c.as_str().unwrap())
         .collect();
     assert_eq!(listed, components, "components");
+    assert_eq!(
+        model["encoder_segments"].as_u64(),
+        Some(
+            manifest["vae_encoder_segments"]["segments"]
+                .as_array()
+                .unwrap()
+                .len() as u64
+        )
+    );
     assert!(model["bytes"].as_u64().unwrap() > 1_000_000);
 }
 
