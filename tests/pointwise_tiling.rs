@@ -44,6 +44,11 @@ fn pointwise_bundle(dir: &Path, decoder: &str) -> PathBuf {
     let tiny = repo().join("models/tiny");
     let text = std::fs::read_to_string(tiny.join("manifest.json")).unwrap();
     let mut manifest: serde_json::Value = serde_json::from_str(&text).unwrap();
+    // the encoder segments are cut from the tiled encoder: they go with it
+    manifest
+        .as_object_mut()
+        .unwrap()
+        .remove("vae_encoder_segments");
     let components = manifest["components"].as_object_mut().unwrap();
     components.remove("vae_encoder_tiled");
     components.remove("vae_decoder_tiled");

@@ -456,13 +456,20 @@ pub fn sha256_file(path: &Path) -> Result<String> {
         .collect())
 }
 
+/// The most GroupNorm layers, or groups per layer, a tiled VAE graph may
+/// have (SD-2.1's: 22 or 30 layers of 32 groups): statistics buffers are
+/// sized from the manifest before any graph runs.
+pub const MAX_GROUP_NORM_DIM: usize = 4096;
+
 /// The segments' structure: one per GroupNorm layer (each row once) and a
 /// last one giving the latent moments; every carried state made by an
 /// earlier segment than the ones taking it; ports named as the format says.
 pub fn check_encoder_segments(cut: &EncoderSegments) -> std::result::Result<(), String> {
     let GroupNormShape { layers, groups } = cut.group_norm;
-    if layers == 0 || groups == 0 {
-        return Err("group_norm layers and groups must be > 0".into());
+    if !(1..=MAX_GROUP_NORM_DIM).contains(&layers) || !(1..=MAX_GROUP_NORM_DIM).contains(&groups) {
+        return Err(format!(
+            "group_norm layers and groups must lie in 1..={MAX_GROUP_NORM_DIM} (got {layers} and {groups})"
+        ));
     }
     if cut.segments.len() != layers + 1 {
         return Err(format!(
@@ -601,6 +608,11 @@ mod segment_tests {
             let error = check_encoder_segments(&cut(case)).unwrap_err();
             assert!(error.contains(expected), "{error}");
         }
+        let mut huge = cut(good());
+        huge.group_norm.groups = usize::MAX;
+        assert!(check_encoder_segments(&huge)
+            .unwrap_err()
+            .contains("must lie in 1..=4096"));
         let mut wrong_count = cut(short);
         wrong_count.group_norm.layers = 2;
         assert!(check_encoder_segments(&wrong_count)

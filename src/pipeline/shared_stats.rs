@@ -11,7 +11,7 @@ use super::stages::{millis_since, Stage, StageTimings};
 use super::Pipeline;
 use crate::bundle::check_graph_ports;
 use crate::bundle::port;
-use crate::bundle::Bundle;
+use crate::bundle::{Bundle, MAX_GROUP_NORM_DIM};
 use crate::error::{Error, Result};
 use crate::runtime::{InputTensor, OutputTensor};
 use crate::tiling::TilePlan;
@@ -264,12 +264,18 @@ pub(super) fn open_tiled_stage(
         Error::bundle(
             bundle.root(),
             format!(
-                "{component}: input \"group_norm_mean\" must have a fixed shape [layers, groups]"
+                "{component}: input \"group_norm_mean\" must have a fixed shape [layers, groups], \
+                 each 1..={MAX_GROUP_NORM_DIM}"
             ),
         )
     };
     let (layers, groups) = match dims.as_deref() {
-        Some(&[layers, groups]) if layers > 0 && groups > 0 => (layers, groups),
+        Some(&[layers, groups])
+            if (1..=MAX_GROUP_NORM_DIM).contains(&layers)
+                && (1..=MAX_GROUP_NORM_DIM).contains(&groups) =>
+        {
+            (layers, groups)
+        }
         _ => return Err(shape_error()),
     };
     let stage = open(component)?;
