@@ -420,6 +420,9 @@ pub struct RunArgs {
     /// Color fix against the upscaled input [default: the bundle's, adain].
     #[arg(long, value_enum)]
     pub color_fix: Option<ColorFixArg>,
+    /// How samples become 8-bit: round (once, at the end: the most accurate) or truncate (before and after the color fix, as the authors' test script does through torchvision's ToPILImage: their PNGs value for value, about half a level darker; 8-bit outputs even for 16-bit inputs).
+    #[arg(long, value_enum, default_value_t = RoundingArg::Round)]
+    pub rounding: RoundingArg,
     /// Execution provider; auto tries tensorrt, cuda, cpu.
     #[arg(long, value_enum, default_value_t = ProviderArg::Auto)]
     pub provider: ProviderArg,
@@ -523,6 +526,12 @@ impl OutputFormatArg {
             OutputFormatArg::Tiff => "tiff",
         }
     }
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RoundingArg {
+    Round,
+    Truncate,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]

@@ -106,6 +106,7 @@ pub fn run_case(pipeline: &mut Pipeline, dir: &Path, case: &GoldenCase) -> Resul
         tiling: TilingMode::Staged,
         color_fix,
         seed: None,
+        rounding: crate::image::tensor::Quantization::Round,
     };
     let (ours, _) = pipeline.upscale_tensor(
         &prepared.model_input,

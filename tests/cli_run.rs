@@ -641,6 +641,57 @@ fn latent_tiling_encodes_beyond_1088_px_alike_by_segments_and_by_passes() {
     assert_ne!(whole, passes);
 }
 
+/// `--rounding truncate` makes 8-bit samples as the authors' script does
+/// (torchvision's ToPILImage truncates, before and after the color fix):
+/// with no color fix that is the rounded output, less one level on about
+/// half the samples and never more; a 16-bit input still gives 8 bits, as
+/// theirs does. How close it comes to their PNGs: scripts/authors_parity.py.
+#[test]
+fn truncating_rounding_is_the_authors_8_bit_conversion() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.png");
+    common::photo(96, 80).save(&input).unwrap();
+    let output = |name: &str, extra: &[&str]| {
+        let path = dir.path().join(name);
+        let run = upscale(&input, &path, extra);
+        assert!(run.status.success(), "{}", stderr(&run));
+        image::open(&path).unwrap()
+    };
+    let rounded = output("round.png", &["--color-fix", "none"]).to_rgb8();
+    let truncated = output(
+        "truncate.png",
+        &["--color-fix", "none", "--rounding", "truncate"],
+    )
+    .to_rgb8();
+    let mut lower = 0usize;
+    for (r, t) in rounded.as_raw().iter().zip(truncated.as_raw()) {
+        assert!(*r == *t || *r == t + 1, "rounded {r}, truncated {t}");
+        lower += usize::from(r != t);
+    }
+    let share = lower as f64 / rounded.as_raw().len() as f64;
+    assert!(
+        (0.3..0.7).contains(&share),
+        "{share} of the samples one level lower"
+    );
+    // with the color fix in between, the two differ too (not only by the last step)
+    let adain_round = output("adain.png", &[]).to_rgb8();
+    let adain_truncate = output("adain-truncate.png", &["--rounding", "truncate"]).to_rgb8();
+    assert_ne!(adain_round, adain_truncate);
+
+    let wide = dir.path().join("in16.png");
+    image::DynamicImage::ImageRgb16(common::photo(96, 80).to_rgb16())
+        .save(&wide)
+        .unwrap();
+    let path = dir.path().join("wide.png");
+    let run = upscale(&wide, &path, &["--rounding", "truncate"]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(image::open(&path).unwrap().color(), image::ColorType::Rgb8);
+    let path = dir.path().join("wide-round.png");
+    let run = upscale(&wide, &path, &[]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    assert_eq!(image::open(&path).unwrap().color(), image::ColorType::Rgb16);
+}
+
 #[test]
 fn help_shows_examples() {
     for args in [

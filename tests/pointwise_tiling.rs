@@ -130,6 +130,7 @@ fn options(tile_px: u32, tile_overlap_px: u32, tiling: TilingMode) -> RunOptions
         tiling,
         color_fix: ColorFix::None,
         seed: None,
+        rounding: tadsr_edge::image::tensor::Quantization::Round,
     }
 }
 

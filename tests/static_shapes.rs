@@ -36,6 +36,7 @@ fn options() -> RunOptions {
         tiling: TilingMode::Staged,
         color_fix: ColorFix::Adain,
         seed: None,
+        rounding: tadsr_edge::image::tensor::Quantization::Round,
     }
 }
 

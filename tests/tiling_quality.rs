@@ -71,6 +71,7 @@ fn options(tile_px: u32) -> RunOptions {
         tiling: TilingMode::Staged,
         color_fix: ColorFix::Adain,
         seed: None,
+        rounding: tadsr_edge::image::tensor::Quantization::Round,
     }
 }
 

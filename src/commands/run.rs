@@ -21,6 +21,7 @@ use serde_json::json;
 use tadsr_edge::bundle::{Bundle, HashCheck, Manifest};
 use tadsr_edge::image::io::{self as image_io, InputLimits};
 use tadsr_edge::image::size_plan;
+use tadsr_edge::image::tensor::Quantization;
 use tadsr_edge::image::write;
 use tadsr_edge::naming::{self, shown, shown_os, OutputTarget, Verdict};
 use tadsr_edge::pipeline::{
@@ -36,7 +37,9 @@ use super::run_prompt::{
 use super::signals::{install_signal_handlers, interrupted, INTERRUPTED};
 use super::tile_policy::TilePolicy;
 use super::{default_model_dir, escape_controls, print_line, provider_choice, ExitNow, Outcome};
-use crate::args::{ColorFixArg, ProviderArg, RunArgs, TileArg, TilingArg, MAX_PROCESS_SIZE};
+use crate::args::{
+    ColorFixArg, ProviderArg, RoundingArg, RunArgs, TileArg, TilingArg, MAX_PROCESS_SIZE,
+};
 
 fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
     let mut options = RunOptions::from_bundle(pipeline.bundle());
@@ -66,6 +69,10 @@ fn run_options(args: &RunArgs, pipeline: &Pipeline) -> RunOptions {
         };
     }
     options.seed = args.seed;
+    options.rounding = match args.rounding {
+        RoundingArg::Round => Quantization::Round,
+        RoundingArg::Truncate => Quantization::Truncate,
+    };
     options
 }
 

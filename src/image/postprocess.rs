@@ -13,12 +13,14 @@ use crate::error::Result;
 
 /// From color-fixed planes at the model's size to the output image: resize to
 /// `upscale x` the input (when the multiple-of-8 crop or the minimum-size rule
-/// changed it), put the alpha back, quantize to 8 or 16 bits.
+/// changed it), put the alpha back, quantize to 8 (as `quantization` says)
+/// or 16 bits.
 pub fn finish_image(
     planes: &mut Array3<f32>,
     plan: &SizePlan,
     input: &InputImage,
     high_precision: bool,
+    quantization: Quantization,
 ) -> Result<DynamicImage> {
     let (out_w, out_h) = plan.output;
     let planes = if plan.needs_output_resize() {
@@ -71,12 +73,10 @@ pub fn finish_image(
     };
     let rgb = planes.view();
     Ok(match (high_precision, alpha) {
-        (false, None) => {
-            DynamicImage::ImageRgb8(tensor::unit_planes_to_rgb8(rgb, Quantization::Round)?)
-        }
+        (false, None) => DynamicImage::ImageRgb8(tensor::unit_planes_to_rgb8(rgb, quantization)?),
         (true, None) => DynamicImage::ImageRgb16(tensor::unit_planes_to_rgb16(rgb)?),
         (false, Some(alpha)) => {
-            let rgb8 = tensor::unit_planes_to_rgb8(rgb, Quantization::Round)?;
+            let rgb8 = tensor::unit_planes_to_rgb8(rgb, quantization)?;
             let alpha8: ImageBuffer<Luma<u8>, Vec<u8>> = ImageBuffer::from_raw(
                 out_w,
                 out_h,

@@ -116,6 +116,15 @@ pub fn rgb16_to_rgb32f(image: &ImageBuffer<Rgb<u16>, Vec<u16>>) -> Rgb32FImage {
 }
 
 /// Decoder output in about [-1, 1] to [0, 1], in place: `clamp(y, -1, 1) * 0.5 + 0.5`.
+/// Each value in [0, 1] made an 8-bit level and back (`level / 255`), as
+/// `quantization` makes it: what the authors' script does to the decoded
+/// image before its color fix (torchvision's `ToPILImage`, then `ToTensor`).
+pub fn to_8bit_levels(values: &mut [f32], quantization: Quantization) {
+    values
+        .par_iter_mut()
+        .for_each(|value| *value = quantization.apply(*value, 255.0) as f32 / 255.0);
+}
+
 pub fn decoder_output_to_unit(values: &mut [f32]) {
     values
         .par_iter_mut()
@@ -214,6 +223,21 @@ mod tests {
             unit_planes_to_rgb8(bad.view(), Quantization::Round),
             Err(PreprocessError::PlaneShape(_))
         ));
+    }
+
+    #[test]
+    fn eight_bit_levels_as_the_authors_script_makes_them() {
+        // torchvision: mul(255) in float32, then a cast that truncates; ToTensor divides by 255
+        let mut values = vec![0.999f32, 0.5, 1.0, 0.0, 1.3, -0.1, 254.5 / 255.0];
+        to_8bit_levels(&mut values, Quantization::Truncate);
+        let levels: Vec<f32> = [254.0f32, 127.0, 255.0, 0.0, 255.0, 0.0, 254.0]
+            .iter()
+            .map(|l| l / 255.0)
+            .collect();
+        assert_eq!(values, levels);
+        let mut values = vec![0.999f32, 0.5, 254.5 / 255.0];
+        to_8bit_levels(&mut values, Quantization::Round);
+        assert_eq!(values, vec![1.0, 128.0 / 255.0, 1.0]);
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::bundle::{check_graph_ports, component, Bundle, HashCheck};
 use crate::error::{Error, Result};
 use crate::image::io::InputImage;
 use crate::image::size_plan;
-use crate::image::tensor;
+use crate::image::tensor::{self, Quantization};
 use crate::remote::Server;
 use crate::runtime::{Provider, Runtime, SessionOptions};
 use crate::schedule::{self, NoiseSchedule};
@@ -394,7 +394,14 @@ impl Pipeline {
                 timings.preprocess = preprocess_ms;
             }
             let start = Instant::now();
-            let image = finish_image(&mut planes, &plan, input, prepared.high_precision)?;
+            let image = finish_image(
+                &mut planes,
+                &plan,
+                input,
+                // their script writes 8 bits whatever the input
+                prepared.high_precision && options.rounding == Quantization::Round,
+                options.rounding,
+            )?;
             timings.postprocess = millis_since(start);
             outputs.push(Upscaled {
                 timestep,
@@ -614,6 +621,13 @@ impl Pipeline {
         )?;
         let start = Instant::now();
         tensor::decoder_output_to_unit(decoded.as_slice_mut().expect("contiguous"));
+        if options.rounding == Quantization::Truncate {
+            // the authors' script: to 8 bits (truncating), then the color fix
+            tensor::to_8bit_levels(
+                decoded.as_slice_mut().expect("contiguous"),
+                options.rounding,
+            );
+        }
         options
             .color_fix
             .apply(decoded.view_mut(), source_planes.view())?;
@@ -647,6 +661,7 @@ mod tests {
             tiling: TilingMode::Staged,
             color_fix: ColorFix::Adain,
             seed: None,
+            rounding: crate::image::tensor::Quantization::Round,
         };
         let schedule = NoiseSchedule::sd21();
         assert!(options.check(&schedule).is_ok());

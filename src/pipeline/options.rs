@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use crate::bundle::Bundle;
 use crate::error::{Error, Result};
+use crate::image::tensor::Quantization;
 use crate::remote::ServerOptions;
 use crate::runtime::{ConvSearch, Provider, TensorRtOptions};
 
@@ -195,6 +196,9 @@ pub struct RunOptions {
     pub color_fix: ColorFix,
     /// None: the posterior mean; Some(seed): a reproducible sample.
     pub seed: Option<u64>,
+    /// How samples become 8-bit: `Round` once at the end, or `Truncate`
+    /// before and after the color fix, as the authors' script does.
+    pub rounding: Quantization,
 }
 
 /// The tile overlap when `--tile-overlap` is not given (output pixels).
@@ -224,6 +228,7 @@ impl RunOptions {
             tiling: TilingMode::Staged,
             color_fix: defaults.color_fix,
             seed: None,
+            rounding: Quantization::Round,
         }
     }
 
@@ -273,6 +278,7 @@ mod tests {
             tiling,
             color_fix: ColorFix::Adain,
             seed: None,
+            rounding: Quantization::Round,
         }
     }
 
