@@ -78,6 +78,7 @@ fn options_for(case: &GoldenCase) -> RunOptions {
         tiling: TilingMode::Staged,
         color_fix: case.color_fix.parse::<ColorFix>().expect("known color fix"),
         seed: None,
+        rounding: tadsr_edge::image::tensor::Quantization::Round,
     }
 }
 
@@ -401,6 +402,7 @@ fn latent_tiling_case_matches_pytorch(case_file: &str) {
         tiling: TilingMode::Latent,
         color_fix: case.color_fix.parse::<ColorFix>().unwrap(),
         seed: None,
+        rounding: tadsr_edge::image::tensor::Quantization::Round,
     };
     let mut pipeline = cpu_pipeline();
     let (ours, _) = pipeline
