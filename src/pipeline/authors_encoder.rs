@@ -13,8 +13,13 @@
 //! gets layers 0..=p right. After one pass per layer the statistics are
 //! theirs, and the last pass's latents are their encoder's output (cropped
 //! and placed as their `crop_valid_region` does). It costs layers + 1
-//! passes of the encoder (23 for SD-2.1's): a mode for matching their
-//! output, not for speed.
+//! passes of the encoder (23 for SD-2.1's), so it is the fallback: with the
+//! bundle's encoder segments ([`super::encoder_segments`]) the same
+//! statistics come from one pass; the passes serve bundles without them,
+//! a server, and images whose tiles' activations would not fit in memory.
+//! (A cheaper fixed-point iteration does not work: started from estimated
+//! statistics, the passes diverge before they settle, so only the layer
+//! by layer order is sure.)
 
 use std::sync::atomic::Ordering;
 use std::time::Instant;
