@@ -214,13 +214,10 @@ def run_segments(sessions, layers_of, image: np.ndarray, timestep: np.ndarray, t
     pixels = np.array([c.shape[2] * c.shape[3] for c in crops], np.float32)
     weights = (pixels / pixels.max()) / (pixels / pixels.max()).sum()
     layers = len(sessions) - 1
-    first_stats = sessions[0].get_outputs()
-    groups = None
-    for out in first_stats:
-        if out.name == STATS_OUTPUTS[0]:
-            groups = out.shape[-1]
+    (groups,) = next(out.shape for out in sessions[0].get_outputs() if out.name == STATS_OUTPUTS[0])
+    mean = np.zeros((layers, groups), np.float32)
+    var = np.ones((layers, groups), np.float32)
     states: List[Dict[str, np.ndarray]] = [{} for _ in crops]
-    mean = var = None
     results = []
     for number, session in enumerate(sessions):
         names = [out.name for out in session.get_outputs()]
@@ -247,10 +244,6 @@ def run_segments(sessions, layers_of, image: np.ndarray, timestep: np.ndarray, t
             else:
                 results.append((values[MOMENTS[0]], values[MOMENTS[1]]))
         if number < layers:
-            if mean is None:
-                groups = observed[0][0].shape[-1]
-                mean = np.zeros((layers, groups), np.float32)
-                var = np.ones((layers, groups), np.float32)
             mean[layers_of[number]] = sum(w * o[0] for w, o in zip(weights, observed, strict=True))
             var[layers_of[number]] = sum(w * o[1] for w, o in zip(weights, observed, strict=True))
     return results

@@ -75,10 +75,13 @@ def test_segments_over_tiles_equal_passes_of_the_uncut_graph(fresh_tiny_bundle):
     weights = (pixels / pixels.max()) / (pixels / pixels.max()).sum()
     uncut = ort.InferenceSession(str(fresh_tiny_bundle / "vae_encoder/tiled.onnx"), providers=["CPUExecutionProvider"])
     passes = _multi_pass(uncut, crops, weights, layers, groups, t)
+    # the same operators on the same inputs (equal here); ONNX Runtime may fuse a cut graph differently
+    # on another CPU, which moves float32 results by ~1e-6 relative: 1e-4 holds that and fails on a wrong
+    # statistics row (off by far more than the 1e-3 the tiles' own statistics give, checked below)
     for got, want in zip(segmented, passes, strict=True):
         for a, b in zip(got, want, strict=True):
             assert a.shape == b.shape
-            np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+            np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
     # and the pooling matters: the tiles' own statistics give something else
     own = [uncut.run(None, {"image": c, "timestep": t, "group_norm_mean": np.zeros((layers, groups), np.float32),
                             "group_norm_var": np.ones((layers, groups), np.float32),
