@@ -33,6 +33,7 @@ test: setup
 	TADSR_EDGE_BIN=$(abspath $(BIN)) $(PY) -m pytest -q export/tests
 	$(PY) -m ruff check export scripts tests/fixtures src/runtime
 	cargo clippy --release --locked --all-targets -- -D warnings
+	RUSTDOCFLAGS="-D warnings" cargo doc --release --locked --no-deps
 	cargo fmt --all -- --check
 
 bench: build

@@ -311,7 +311,7 @@ pub struct EncoderSegments {
 pub mod segment_port {
     /// Prefix of the activations one segment hands to later ones.
     pub const STATE_PREFIX: &str = "state_";
-    /// What a segment's GroupNorm observed, pooled over the batch: [groups].
+    /// What a segment's GroupNorm observed, pooled over the batch: `[groups]`.
     pub const LAYER_MEAN: &str = "group_norm_mean_layer";
     pub const LAYER_VAR: &str = "group_norm_var_layer";
 }

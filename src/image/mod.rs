@@ -3,7 +3,7 @@
 //! the authors' size rule ([`size_plan`]), image <-> tensor conversion
 //! ([`tensor`]), the output image ([`postprocess`]), the color fix
 //! ([`colorfix`]), the color profiles carried to outputs ([`color_profile`])
-//! and atomic writes ([`write`]). Pure Rust: nothing here
+//! and atomic writes ([`write`](mod@write)). Pure Rust: nothing here
 //! needs ONNX Runtime.
 
 pub mod color_profile;

@@ -104,7 +104,7 @@ pub fn rgb32f_to_unit_planes(image: &Rgb32FImage) -> Array3<f32> {
 }
 
 /// A 16-bit RGB image as float samples on the 0..255 scale (`v * 255 / 65535`),
-/// ready for [`resize_rgb32f`] and [`rgb32f_to_model_input`].
+/// ready for [`resize_rgb32f`](super::resample::resize_rgb32f) and [`rgb32f_to_model_input`].
 pub fn rgb16_to_rgb32f(image: &ImageBuffer<Rgb<u16>, Vec<u16>>) -> Rgb32FImage {
     let (width, height) = image.dimensions();
     let samples = image

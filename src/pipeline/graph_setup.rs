@@ -118,7 +118,7 @@ impl Pipeline {
     }
 
     /// The one shape (height, width in pixels) each main graph was opened
-    /// for, None for any shape ([`static_shapes`]).
+    /// for, None for any shape (`--static-shapes`).
     pub fn fixed_shapes(&self) -> [(&'static str, Option<(usize, usize)>); 3] {
         MAIN.map(|c| (c, self.main_stage(c).fixed_px))
     }

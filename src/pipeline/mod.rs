@@ -3,9 +3,9 @@
 //! output size, alpha and quantization. Stages run whole or over tiles.
 //!
 //! Here: the options, the stage order for one image and the tile plans.
-//! [`stages`] declares and runs each network stage, [`tile_run`] is the tile
-//! loop they share, [`shared_stats`] the GroupNorm statistics shared across
-//! tiles, [`loading`] what `Pipeline::load` reads from the bundle.
+//! `stages` declares and runs each network stage, `tile_run` is the tile
+//! loop they share, `shared_stats` the GroupNorm statistics shared across
+//! tiles, `loading` what [`Pipeline::load`] reads from the bundle.
 //!
 //! Over 500 lines only with its unit tests beside the code (the code is
 //! under 470).
@@ -500,9 +500,10 @@ impl Pipeline {
             .then_some((tile, tile))
     }
 
-    /// Steps 5-11 of the spec on image U: `model_input` is NCHW [1,3,H,W] in
-    /// [-1,1], `source_planes` U as [3,H,W] in [0,1] (the color-fix source).
-    /// Returns the color-fixed image as [3,H,W] in [0,1], unquantized.
+    /// Steps 5-11 of the spec on image U: `model_input` is NCHW `[1, 3, H, W]`
+    /// in -1..1, `source_planes` U as `[3, H, W]` in 0..1 (the color-fix
+    /// source). Returns the color-fixed image as `[3, H, W]` in 0..1,
+    /// unquantized.
     pub fn upscale_tensor(
         &mut self,
         model_input: &Array4<f32>,

@@ -67,7 +67,7 @@ pub struct PipelineConfig {
     /// (`--tile-batch`; 1: one tile per run). Local sessions only.
     pub tile_batch: usize,
     /// Main graphs opened for the runs' one shape (`--static-shapes`; see
-    /// [`super::static_shapes`]).
+    /// `pipeline/static_shapes.rs`).
     pub static_shapes: StaticShapes,
     /// Further CUDA provider settings (`--cuda-option`).
     pub cuda_options: Vec<(String, String)>,

@@ -1,6 +1,6 @@
 //! The bundle's `tokenizer/tokenizer.json` (the Hugging Face `tokenizers`
 //! format the exporter writes) run: text to the token ids the text encoder
-//! takes ([`super::tokenizer_json`] reads the file). Pure: no files, no ONNX
+//! takes (`tokenizer_json.rs` reads the file). Pure: no files, no ONNX
 //! Runtime.
 //!
 //! Only what byte-level BPE tokenizers of the CLIP family use is read; any
@@ -134,7 +134,7 @@ pub struct Tokenizer {
 }
 
 impl Tokenizer {
-    /// Reads a tokenizer.json's text ([`super::tokenizer_json`]).
+    /// Reads a tokenizer.json's text (parsed by `tokenizer_json.rs`).
     pub fn from_json(text: &str) -> Result<Tokenizer> {
         super::tokenizer_json::read(text)
     }

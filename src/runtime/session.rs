@@ -5,7 +5,7 @@
 //! Runtime's I/O binding, which copies them to the device once, not per tile.
 //! A group of tile runs can go as one batched run ([`super::batch`]). For
 //! CUDA graphs every input and output lives in device memory at a fixed
-//! address ([`super::device_io`]).
+//! address (`device_io.rs`).
 //!
 //! Over 500 lines: one type's four run paths (plain, I/O-bound, device
 //! memory, batched) share its private state (session, constants, binding,
