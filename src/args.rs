@@ -80,6 +80,22 @@ fn parse_max_memory(text: &str) -> Result<u64, String> {
 }
 
 /// `--threads`: 0 (one per core) up to [`THREADS_PER_CPU`] x the usable CPUs.
+/// A bound of `golden`: a finite number over 0 (NaN would pass every case).
+fn parse_bound<T>(text: &str) -> Result<T, String>
+where
+    T: std::str::FromStr + Into<f64> + Copy,
+{
+    let value: T = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    let number: f64 = value.into();
+    if !number.is_finite() || number <= 0.0 {
+        return Err(format!("{text:?}: give a finite number over 0"));
+    }
+    Ok(value)
+}
+
 fn parse_threads(text: &str) -> Result<usize, String> {
     let threads: usize = text
         .parse()
@@ -364,10 +380,10 @@ pub struct GoldenArgs {
     #[command(flatten)]
     pub gpu: GpuArgs,
     /// Largest error allowed per sample, pixels in [0, 1] [default: 1e-4 on cpu, 1e-3 on a GPU; none with --min-psnr].
-    #[arg(long, value_name = "X")]
+    #[arg(long, value_name = "X", value_parser = parse_bound::<f32>)]
     pub max_abs_error: Option<f32>,
     /// Smallest PSNR allowed per case, in dB (for fp16 bundles against fp32 references).
-    #[arg(long, value_name = "DB")]
+    #[arg(long, value_name = "DB", value_parser = parse_bound::<f64>)]
     pub min_psnr: Option<f64>,
     /// Intra-op threads per session; 0 = one per core.
     #[arg(long, default_value_t = 0, value_parser = parse_threads)]
@@ -549,13 +565,18 @@ pub enum ProviderArg {
     Tensorrt,
 }
 
+/// The largest `bench --size`: its square is `run`'s default `--max-pixels`
+/// (a larger one would only run out of memory).
+pub const MAX_BENCH_SIZE: u32 = 8192;
+
 #[derive(Args, Debug)]
 pub struct BenchArgs {
     /// Model bundle folder [default: models/tadsr if present, else models/nano, else models/tiny].
     #[arg(long, short = 'm', value_name = "DIR")]
     pub model: Option<PathBuf>,
-    /// Output side in pixels (the input is size/upscale, square).
-    #[arg(long, default_value_t = 512, value_name = "PX")]
+    /// Output side in pixels (the input is size/upscale, square), up to 8192: the most pixels `run` takes by default (--max-pixels).
+    #[arg(long, default_value_t = 512, value_name = "PX",
+          value_parser = clap::value_parser!(u32).range(1..=MAX_BENCH_SIZE as i64))]
     pub size: u32,
     /// Tile side in output pixels (0 = no tiling), or auto: what `run` would choose for this size (the machine's free memory, or the GPU's; a server: 8 GiB).
     #[arg(long, default_value = "512", value_name = "auto|PX", value_parser = parse_tile)]

@@ -5,7 +5,18 @@
 //! 0 success (a closed stdout, as under `| head`, is a normal end too);
 //! 1 at least one input failed (the others were written);
 //! 2 usage, model or runtime errors (nothing could run; [`Error::exit_code`]);
-//! 128 + the signal after SIGINT (130), SIGTERM (143) or SIGHUP (129).
+//! 128 + the signal after SIGINT (130), SIGTERM (143), SIGHUP (129) or another
+//! signal that stops a run (`commands/signals.rs`).
+
+/// `eprintln!` that cannot panic: a line for stderr, lost when stderr cannot
+/// take it (a closed pipe, as under `2>&1 | head`; a full disk). std's
+/// `eprintln!` panics then, which would end a batch because of a message.
+macro_rules! stderr_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
 
 mod args;
 mod commands;
@@ -31,12 +42,17 @@ fn main() -> ExitCode {
     if std::env::var_os("ORT_LOG").is_none() {
         std::env::set_var("ORT_LOG", "fatal");
     }
+    // A file over the size limit (`ulimit -f`) would kill the process in
+    // the middle of a write, leaving the temporary file; ignored, the write
+    // fails with EFBIG and the input is reported like any failed write.
+    // SAFETY: the handler does nothing, which is async-signal-safe.
+    let _ = unsafe { signal_hook::low_level::register(signal_hook::consts::SIGXFSZ, || {}) };
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(error) => {
             if error.use_stderr() {
                 // one line, as every error: the reason, clap's tip, where help is
-                eprintln!("{}", usage_error_line(&error.render().to_string()));
+                stderr_line!("{}", usage_error_line(&error.render().to_string()));
                 return ExitCode::from(EXIT_USAGE);
             }
             // --help, --version; a failed print is `--help | head`: the
@@ -57,7 +73,7 @@ fn main() -> ExitCode {
         Ok(outcome) => ExitCode::from(outcome_code(outcome)),
         Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", one_line(&error));
+            stderr_line!("error: {}", one_line(&error));
             ExitCode::from(error_code(&error))
         }
     }

@@ -128,6 +128,12 @@ pub fn output_target(
         ));
     }
     crate::image::write::output_format(output)?;
+    let name_bytes = output.file_name().map_or(0, |name| name.len());
+    if name_bytes > MAX_NAME_BYTES {
+        return invalid(format!(
+            "-o {shown_output}: the file name is {name_bytes} bytes long, over the {MAX_NAME_BYTES} a file name may have; give a shorter one"
+        ));
+    }
     let parent = parent_folder(output);
     match std::fs::metadata(parent) {
         Ok(meta) if meta.is_dir() => {}
@@ -418,7 +424,7 @@ fn check_outputs(
         let name = output.file_name().unwrap_or_default();
         if name.len() > MAX_NAME_BYTES {
             return Some(Error::Input(format!(
-                "its output name is {} bytes long, over the {MAX_NAME_BYTES} a file name may have; rename the input",
+                "its output name is {} bytes long, over the {MAX_NAME_BYTES} a file name may have; rename the input (or, with -o FILE, give a shorter name)",
                 name.len()
             )));
         }

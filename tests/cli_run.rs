@@ -359,6 +359,21 @@ fn exif_orientation_is_applied() {
         (160, 192),
         "48x40 turned upright is 40x48"
     );
+    // --dry-run reads only headers, and says the same size
+    let planned = tadsr(&[
+        "run",
+        path_str(&input),
+        "-o",
+        path_str(&dir.path().join("r.png")),
+        "--process-size",
+        "0",
+        "--dry-run",
+        "--json",
+    ]);
+    assert!(planned.status.success(), "{}", stderr(&planned));
+    let plan: serde_json::Value = serde_json::from_slice(&planned.stdout).unwrap();
+    assert_eq!(plan["input_size"], serde_json::json!([40, 48]), "{plan}");
+    assert_eq!(plan["output_size"], serde_json::json!([160, 192]), "{plan}");
 }
 
 #[test]
@@ -1214,6 +1229,19 @@ fn dry_run_prints_the_plan_and_writes_nothing() {
     );
     assert_eq!(plan, expected);
     assert!(!out.exists(), "a dry run writes nothing");
+    // the minimum-size rule enlarges 192x160 for the networks: said too
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs.join("a.png")),
+        "-o",
+        path_str(&dir.path().join("a.png")),
+        "--process-size",
+        "512",
+        "--dry-run",
+    ]);
+    assert!(run.status.success(), "{}", stderr(&run));
+    let line = String::from_utf8(run.stdout).unwrap();
+    assert!(line.contains("(192x160, processed at "), "{line}");
 
     // with outputs there and --skip-existing: only what is missing; a plan
     // clash (b.jpg and b.png into one output) is refused as in a real run

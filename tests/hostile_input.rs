@@ -537,6 +537,28 @@ fn sighup_stops_cleanly_with_129() {
     );
 }
 
+/// The other signals that would end the process (SIGQUIT is Ctrl-\\;
+/// SIGXCPU comes at a CPU time limit) stop it as cleanly.
+#[cfg(unix)]
+#[test]
+fn sigquit_and_sigxcpu_stop_cleanly_too() {
+    for (signal, name) in [(libc::SIGQUIT, "SIGQUIT"), (libc::SIGXCPU, "SIGXCPU")] {
+        let (run, names) = signal_during_the_second_input(signal);
+        assert_eq!(run.killed_by, None, "{name}: {}", run.stderr);
+        assert_eq!(run.code, Some(128 + signal), "{name}: {}", run.stderr);
+        assert!(
+            run.stderr.contains(&format!("interrupted by {name}")),
+            "{}",
+            run.stderr
+        );
+        assert_eq!(
+            names,
+            ["a.png"],
+            "{name}: only the complete output, no temporary file"
+        );
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 8. Long names: the temporary name never makes a legal name fail
 // ---------------------------------------------------------------------------
@@ -796,6 +818,41 @@ fn duplicate_timesteps_and_a_device_on_the_cpu_are_usage_errors() {
     let run = tadsr(&["run", path_str(&input), "-o", path_str(&o), "--device", "3"]);
     assert_eq!(run.code, Some(2), "{}", run.stderr);
     assert!(run.stderr.contains("--device 3"), "{}", run.stderr);
+    // golden says the same of --device on the CPU
+    let run = tadsr(&["golden", "--device", "3"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("--device 3"), "{}", run.stderr);
+    // --tiling latent has the authors' tiles: a tile size or overlap it would ignore is refused
+    for extra in [&["--tile", "64"][..], &["--tile-overlap", "16"][..]] {
+        let mut args = vec![
+            "run",
+            path_str(&input),
+            "-o",
+            path_str(&o),
+            "--tiling",
+            "latent",
+        ];
+        args.extend_from_slice(extra);
+        let run = tadsr(&args);
+        assert_eq!(run.code, Some(2), "{extra:?}: {}", run.stderr);
+        assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+        assert!(run.stderr.contains("--tiling latent"), "{}", run.stderr);
+    }
+    for tile in ["0", "auto", "768"] {
+        let args = [
+            "run",
+            path_str(&input),
+            "--dry-run",
+            "-o",
+            path_str(&o),
+            "--tiling",
+            "latent",
+            "--tile",
+            tile,
+        ];
+        let run = tadsr(&args);
+        assert_eq!(run.code, Some(0), "--tile {tile}: {}", run.stderr);
+    }
     assert!(!o.exists());
 }
 
@@ -882,6 +939,41 @@ fn two_page_tiff(image: &image::DynamicImage) -> Vec<u8> {
     bytes.into_inner()
 }
 
+/// A PNG chunk: length, type, data, CRC-32 of type and data.
+fn png_chunk(name: &[u8; 4], data: &[u8]) -> Vec<u8> {
+    let mut crc = !0u32;
+    for &byte in name.iter().chain(data) {
+        crc ^= u32::from(byte);
+        for _ in 0..8 {
+            crc = if crc & 1 != 0 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    let mut chunk = (data.len() as u32).to_be_bytes().to_vec();
+    chunk.extend_from_slice(name);
+    chunk.extend_from_slice(data);
+    chunk.extend_from_slice(&(!crc).to_be_bytes());
+    chunk
+}
+
+/// An APNG declaring `frames` frames: a still PNG with an acTL chunk after
+/// its header (its image is the first frame as decoders show it).
+fn animated_png(image: &image::DynamicImage, frames: u32) -> Vec<u8> {
+    let still = encoded(image, ImageFormat::Png);
+    let after_header = 8 + 8 + 13 + 4; // signature, IHDR's length/type, data, CRC
+    assert_eq!(&still[12..16], b"IHDR");
+    let actl = [frames.to_be_bytes(), 0u32.to_be_bytes()].concat();
+    [
+        &still[..after_header],
+        &png_chunk(b"acTL", &actl),
+        &still[after_header..],
+    ]
+    .concat()
+}
+
 #[test]
 fn animations_and_pages_get_a_warning_and_the_first_frame_is_used() {
     let dir = tempfile::tempdir().unwrap();
@@ -890,6 +982,7 @@ fn animations_and_pages_get_a_warning_and_the_first_frame_is_used() {
     let picture = photo(48, 40);
     write(&inputs.join("anim.webp"), &animated_webp(&picture));
     write(&inputs.join("pages.tiff"), &two_page_tiff(&picture));
+    write(&inputs.join("apng.png"), &animated_png(&picture, 3));
     let out = dir.path().join("out");
     let run = tadsr(&[
         "run",
@@ -906,11 +999,12 @@ fn animations_and_pages_get_a_warning_and_the_first_frame_is_used() {
         .lines()
         .filter(|l| l.starts_with("warning: "))
         .collect();
-    assert_eq!(warnings.len(), 2, "{}", run.stderr);
+    assert_eq!(warnings.len(), 3, "{}", run.stderr);
     assert!(warnings[0].contains("anim.webp: an animated WebP (2 frames); only the first frame"));
-    assert!(warnings[1].contains("pages.tiff: a TIFF with 2 pages; only the first page"));
-    assert_eq!(folder_names(&out), ["anim.png", "pages.png"]);
-    for name in ["anim.png", "pages.png"] {
+    assert!(warnings[1].contains("apng.png: an animated PNG (3 frames); only the first frame"));
+    assert!(warnings[2].contains("pages.tiff: a TIFF with 2 pages; only the first page"));
+    assert_eq!(folder_names(&out), ["anim.png", "apng.png", "pages.png"]);
+    for name in ["anim.png", "apng.png", "pages.png"] {
         assert_eq!(
             image::open(out.join(name)).unwrap().dimensions(),
             (192, 160)
@@ -983,6 +1077,15 @@ fn command_line_errors_are_one_line() {
             "staged, latent",
         ),
         (&["frob"][..], "'frob'"),
+        // bench would allocate the whole input before noticing (a 100000 px side: 9 GB, then an abort)
+        (&["bench", "--size", "100000"][..], "1..=8192"),
+        (&["bench", "--size", "4294967264"][..], "1..=8192"),
+        // a NaN bound would pass every case
+        (
+            &["golden", "--max-abs-error", "NaN"][..],
+            "finite number over 0",
+        ),
+        (&["golden", "--min-psnr", "inf"][..], "finite number over 0"),
     ] {
         let run = tadsr(args);
         assert_eq!(run.code, Some(2), "{args:?}: {}", run.stderr);
@@ -1178,4 +1281,161 @@ fn nothing_is_left_behind_after_a_mixed_batch() {
     assert_eq!(run.code, Some(1), "{}", run.stderr);
     assert_eq!(folder_names(&out), ["good.png"]);
     assert!(!run.stderr.contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------
+// 17. Where messages and files cannot go
+// ---------------------------------------------------------------------------
+
+/// Three small inputs in a folder, and the output folder's path.
+fn three_inputs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let inputs = dir.join("in");
+    std::fs::create_dir(&inputs).unwrap();
+    for name in ["a.png", "b.png", "c.png"] {
+        write(&inputs.join(name), &png_bytes(32, 24));
+    }
+    (inputs, dir.join("out"))
+}
+
+/// A pipe whose reader is gone: every write to it fails (EPIPE).
+fn closed_pipe() -> std::io::PipeWriter {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    writer
+}
+
+/// stderr closed (`2>&1 | head`) or full: the messages are lost, not the
+/// batch (std's eprintln! panics then).
+#[test]
+fn a_closed_stderr_loses_messages_not_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, out) = three_inputs(dir.path());
+    let mut command = tadsr_command(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+    ]);
+    command.stderr(closed_pipe());
+    let status = command.status().unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert_eq!(folder_names(&out), ["a.png", "b.png", "c.png"]);
+}
+
+/// stdout closed under --json (`| head -n 1`): the input whose line failed
+/// is still written, no other starts, and the exit says so (not 0).
+#[test]
+fn a_closed_stdout_under_json_stops_the_batch_and_says_how_much_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, out) = three_inputs(dir.path());
+    let mut command = tadsr_command(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "--json",
+        "-q",
+    ]);
+    command.stdout(closed_pipe());
+    let run = command.output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(2), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    assert!(
+        lines[0].contains("2 of 3 input(s) not processed")
+            && lines[0].contains("stdout was closed"),
+        "{stderr}"
+    );
+    assert_eq!(folder_names(&out), ["a.png"]);
+}
+
+/// A file size limit (`ulimit -f`): SIGXFSZ would kill the process in the
+/// middle of a write; the write fails instead, one line per input, nothing
+/// left behind.
+#[cfg(unix)]
+#[test]
+fn a_file_size_limit_fails_each_write_and_leaves_nothing() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, out) = three_inputs(dir.path());
+    std::fs::create_dir(&out).unwrap();
+    let mut command = tadsr_command(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+        "-q",
+    ]);
+    // outputs are 128x96 PNGs of a photo, far over 2 KiB; the graph cache is off (it writes files too)
+    command.env("TADSR_EDGE_GRAPH_CACHE", "0");
+    // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        command.pre_exec(|| {
+            let limit = libc::rlimit {
+                rlim_cur: 2048,
+                rlim_max: 2048,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let run = run_with_timeout(command, Duration::from_secs(120));
+    assert_eq!(run.killed_by, None, "{}", run.stderr);
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(run.error_lines().len(), 3, "{}", run.stderr);
+    assert!(run.stderr.contains("File too large"), "{}", run.stderr);
+    assert!(
+        !run.stderr.contains(".tadsr-"),
+        "no temporary name in messages: {}",
+        run.stderr
+    );
+    assert!(folder_names(&out).is_empty(), "{:?}", folder_names(&out));
+}
+
+/// A run killed outright (SIGKILL, out of memory) leaves its temporary file;
+/// the next run into that folder removes it, but never one a live writer
+/// holds.
+#[test]
+fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let (inputs, out) = three_inputs(dir.path());
+    std::fs::create_dir(&out).unwrap();
+    let a_minute_ago = std::time::SystemTime::now() - Duration::from_secs(60);
+    let left = out.join(".tadsr-Killed12.tmp");
+    std::fs::File::create(&left)
+        .unwrap()
+        .set_modified(a_minute_ago)
+        .unwrap();
+    let live = out.join(".tadsr-Writing1.tmp");
+    let writer = std::fs::File::create(&live).unwrap();
+    writer.set_modified(a_minute_ago).unwrap();
+    writer.lock().unwrap();
+    let run = tadsr(&[
+        "run",
+        path_str(&inputs),
+        "-o",
+        path_str(&out),
+        "--process-size",
+        "0",
+    ]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("removed 1 temporary file(s) that a killed earlier run left in"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        folder_names(&out),
+        [".tadsr-Writing1.tmp", "a.png", "b.png", "c.png"]
+    );
 }

@@ -77,7 +77,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         largest_side_px: args.size,
         exact_px: Some((args.size, args.size)),
     };
-    config.notify = |notice| eprintln!("note: {notice}");
+    config.notify = |notice| stderr_line!("note: {notice}");
     config.verify_hashes = false;
     config.server = args.remote.options();
     args.remote.check(args.gpu.tile_batch)?;
@@ -100,11 +100,11 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         Some(engine_decision),
     );
     if let Some(line) = super::cuda_graph_note(args.gpu.cuda_graph, &pipeline) {
-        eprintln!("{line}");
+        stderr_line!("{line}");
     }
     let tile = tile_policy.for_image(args.size, args.size);
     if tile_policy.is_auto() {
-        eprintln!("tiling: {}", tile.describe());
+        stderr_line!("tiling: {}", tile.describe());
     }
     let mut options = RunOptions::from_bundle(pipeline.bundle());
     options.process_size = 0;
@@ -154,7 +154,7 @@ pub fn bench(ort_lib: Option<&Path>, args: &BenchArgs) -> anyhow::Result<Outcome
         end_to_end.push(total_ms);
         in_memory.push(upscale_ms);
         if !args.json {
-            eprintln!(
+            stderr_line!(
                 "run {}/{}: {total_ms:.0} ms",
                 run + 1 - args.warmup,
                 args.runs

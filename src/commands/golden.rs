@@ -25,6 +25,8 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
         .golden
         .clone()
         .unwrap_or_else(|| args.model.join("golden"));
+    args.gpu
+        .check_provider(matches!(args.provider, crate::args::ProviderArg::Cpu))?;
     let cases = read_cases(&golden_dir)?;
     let mut config = PipelineConfig::new(&args.model);
     config.ort_lib = ort_lib.map(Path::to_path_buf);
@@ -103,9 +105,11 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
         Ok(Outcome::Done)
     } else {
         for result in failed {
-            eprintln!(
+            stderr_line!(
                 "error: golden case {} is outside the bounds: max |error| {:.3e}, {:.1} dB",
-                result.name, result.max_abs_error, result.psnr_db
+                result.name,
+                result.max_abs_error,
+                result.psnr_db
             );
         }
         Ok(Outcome::SomeInputsFailed)

@@ -26,7 +26,7 @@ pub enum Outcome {
     Done,
     /// At least one input failed (one line each); the others were written.
     SomeInputsFailed,
-    /// Stopped cleanly by this signal number (SIGINT, SIGTERM, SIGHUP).
+    /// Stopped cleanly by this signal number (SIGINT, SIGTERM, SIGHUP, ...).
     Interrupted(i32),
 }
 

@@ -123,7 +123,7 @@ pub fn prompt(
         }
     };
     if let Some(note) = truncation_note(&encoding) {
-        eprintln!("warning: {note}");
+        stderr_line!("warning: {note}");
     }
     if args.json {
         print_line(json!({

@@ -298,6 +298,26 @@ fn check_arguments(args: &RunArgs) -> anyhow::Result<()> {
         ))
         .into());
     }
+    if matches!(args.tiling, TilingArg::Latent) {
+        // the authors' tiles: 96 latent cells (768 px) with 32 (256 px) of overlap, whatever was asked
+        let authors_tile = tadsr_edge::tile_budget::AUTHORS_LATENT_TILE_PX;
+        if matches!(args.tile, TileArg::Px(px) if px > 0 && px != authors_tile) {
+            return Err(Error::InvalidOption(format!(
+                "--tiling latent tiles the UNet in the authors' {authors_tile} px tiles whatever the tile size; \
+                 give --tile auto (the default), {authors_tile} or 0 (no tiling), or --tiling staged for tiles of your size"
+            ))
+            .into());
+        }
+        if args.tile_overlap.is_some() {
+            let cells = tadsr_edge::tiling::LATENT_TILE_OVERLAP;
+            return Err(Error::InvalidOption(format!(
+                "--tiling latent overlaps the authors' tiles by {} px ({cells} latent cells); \
+                 --tile-overlap is for --tiling staged",
+                cells * 8
+            ))
+            .into());
+        }
+    }
     args.remote.check(args.gpu.tile_batch)?;
     args.gpu
         .check_provider(matches!(args.provider, ProviderArg::Cpu))?;
@@ -406,7 +426,7 @@ fn skip_existing_outputs(
     }
     *jobs = kept;
     if skipped > 0 && !args.quiet {
-        eprintln!(
+        stderr_line!(
             "skipping {skipped} input(s) whose outputs all exist (--skip-existing); {} to compute",
             jobs.len()
         );
@@ -455,7 +475,7 @@ fn print_plan(
         if let Some(Err(reason)) =
             input_size.map(|(w, h)| check_input_size(w, h, upscale, process_size, args.max_pixels))
         {
-            eprintln!("error: {}: {}", shown(input), one_line(&reason));
+            stderr_line!("error: {}: {}", shown(input), one_line(&reason));
             refused += 1;
             continue;
         }
@@ -465,7 +485,7 @@ fn print_plan(
             Some(dir) => {
                 let file = prompt_file(dir, output_folder, input, outputs.first());
                 if let Err(reason) = read_prompt_file(&file) {
-                    eprintln!(
+                    stderr_line!(
                         "error: {}: prompt file {} (--prompt-dir): {}",
                         shown(input),
                         shown(&file),
@@ -479,6 +499,16 @@ fn print_plan(
         };
         let output_size =
             input_size.map(|(w, h)| (w.saturating_mul(upscale), h.saturating_mul(upscale)));
+        // what the networks see: larger than the output when the minimum-size rule enlarges
+        let model_size = input_size.and_then(|(w, h)| {
+            size_plan::plan_sizes(w, h, upscale, process_size)
+                .ok()
+                .map(|plan| plan.model)
+        });
+        let processed = match model_size {
+            Some((w, h)) if model_size != output_size => format!(", processed at {w}x{h}"),
+            _ => String::new(),
+        };
         let shown_size =
             |size: Option<(u32, u32)>| size.map_or("?".to_string(), |(w, h)| format!("{w}x{h}"));
         for output in outputs
@@ -491,12 +521,13 @@ fn print_plan(
                     "output": json_path(output),
                     "input_size": input_size.map(|(w, h)| [w, h]),
                     "output_size": output_size.map(|(w, h)| [w, h]),
+                    "model_size": model_size.map(|(w, h)| [w, h]),
                     "prompt_file": prompt.as_deref().map(json_path),
                     "dry_run": true,
                 }))?;
             } else {
                 print_line(format!(
-                    "{} ({}) -> {} ({}){}",
+                    "{} ({}) -> {} ({}{processed}){}",
                     shown(input),
                     shown_size(input_size),
                     shown(output),
@@ -538,13 +569,17 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let listing = image_io::expand_inputs(&args.inputs, args.recursive, output_folder)
         .context("cannot list the inputs")?;
     for note in &listing.notes {
-        eprintln!("warning: {}", one_line(note));
+        stderr_line!("warning: {}", one_line(note));
     }
     for error in &listing.errors {
-        eprintln!("error: {}", one_line(error));
+        stderr_line!("error: {}", one_line(error));
     }
     let (inputs, subfolders) = (listing.files, listing.subfolders);
     if inputs.is_empty() {
+        if !listing.errors.is_empty() {
+            // the folders given could not be read: said above, one line each
+            return Ok(Outcome::SomeInputsFailed);
+        }
         anyhow::bail!("no input images found (png, jpg, webp, bmp, tiff)");
     }
     let target = naming::output_target(
@@ -555,7 +590,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     check_output_encoding(&target, args)?;
     check_prompt(args)?;
     let report = |input: &Path, reason: &str| {
-        eprintln!("error: {}: {}", shown(input), one_line(reason));
+        stderr_line!("error: {}: {}", shown(input), one_line(reason));
     };
     let mut failed = listing.errors.len();
     let unusable: Vec<bool> = inputs
@@ -585,7 +620,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
                 plan.input,
                 plan.outputs.into_iter().map(|(_, output)| output).collect(),
             )),
-            Verdict::Duplicate { first } => eprintln!(
+            Verdict::Duplicate { first } => stderr_line!(
                 "warning: {}: the same file as {}, given twice; it is processed once",
                 shown(&plan.input),
                 shown(&first)
@@ -683,7 +718,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             }
         });
         if let Some(note) = authors_encoder_tiles_note(&sizes, encoder) {
-            eprintln!("note: {note}");
+            stderr_line!("note: {note}");
         }
     }
     let engine_decision =
@@ -698,7 +733,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         exact_px: common_model_size(&sizes),
     };
     if !args.quiet {
-        config.notify = |notice| eprintln!("note: {notice}");
+        config.notify = |notice| stderr_line!("note: {notice}");
     }
     let load_start = Instant::now();
     let mut pipeline = Pipeline::load(&config)?;
@@ -714,14 +749,14 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
     let providers = pipeline.providers();
     if !args.quiet {
         for fallback in pipeline.fallbacks() {
-            eprintln!("note: {fallback}");
+            stderr_line!("note: {fallback}");
         }
         let text_encoder = prompt_dir
             .as_ref()
             .and_then(PromptDir::provider)
             .map(|provider| format!(", text encoder (--prompt-dir) on {provider}"))
             .unwrap_or_default();
-        eprintln!(
+        stderr_line!(
             "model {} loaded in {session_ms:.0} ms; encoder on {}, unet on {}, decoder on {}{text_encoder}",
             shown(pipeline.bundle().root()),
             providers.vae_encoder,
@@ -729,13 +764,13 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             providers.vae_decoder
         );
         if let Some(line) = graph_setup_line(&pipeline) {
-            eprintln!("{line}");
+            stderr_line!("{line}");
         }
         if let Some(line) = super::cuda_graph_note(args.gpu.cuda_graph, &pipeline) {
-            eprintln!("{line}");
+            stderr_line!("{line}");
         }
         if let Some(line) = cpu_precision_note(&pipeline) {
-            eprintln!("{line}");
+            stderr_line!("{line}");
         }
     }
     if let Some(device) = args.gpu.device {
@@ -743,7 +778,7 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
             .iter()
             .any(|p| *p != Provider::Cpu);
         if !on_gpu {
-            eprintln!("warning: --device {device} is unused: every stage runs on the CPU");
+            stderr_line!("warning: --device {device} is unused: every stage runs on the CPU");
         }
     }
     // the folders this run creates, removed again if it writes nothing
@@ -792,6 +827,8 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         stop: AtomicBool::new(false),
         fatal: Mutex::new(None),
         unfinished: AtomicUsize::new(0),
+        stdout_failed: AtomicBool::new(false),
+        swept_folders: Mutex::new(HashSet::new()),
         show_bars: !args.quiet && inflight == 1 && std::io::stderr().is_terminal(),
         jobs: &jobs,
         existing_outputs,
@@ -830,17 +867,27 @@ pub fn run(ort_lib: Option<&Path>, args: &RunArgs, exit_now: ExitNow) -> anyhow:
         // Inputs taken but not finished by the stopped workers count too.
         let started = batch.next_job.load(Ordering::SeqCst).min(jobs.len());
         let left = jobs.len() - started + batch.unfinished.load(Ordering::SeqCst);
-        return Err(error.context(format!(
-            "the batch stopped with {left} of {} input(s) not processed",
-            jobs.len()
-        )));
+        let stdout_closed = error.downcast_ref::<super::StdoutClosed>().is_some();
+        if !(stdout_closed && left == 0) {
+            // A closed stdout ends other commands normally (`| head`); here it
+            // left inputs undone, which exit 0 would hide.
+            let error = if stdout_closed {
+                anyhow::anyhow!("stdout was closed (the reader of the --json lines went away)")
+            } else {
+                error
+            };
+            return Err(error.context(format!(
+                "the batch stopped with {left} of {} input(s) not processed",
+                jobs.len()
+            )));
+        }
     }
     let failed = batch.failed.load(Ordering::SeqCst);
     if let Some(outcome) = interrupted() {
         return Ok(outcome);
     }
     if !args.quiet && inputs.len() > 1 {
-        eprintln!(
+        stderr_line!(
             "{}",
             batch_summary(
                 batch.outputs_written.load(Ordering::SeqCst),
@@ -946,6 +993,10 @@ struct Batch<'a> {
     fatal: Mutex<Option<anyhow::Error>>,
     /// Inputs a worker had taken when the batch stopped.
     unfinished: AtomicUsize,
+    /// A `--json` line could not be written: no more are tried.
+    stdout_failed: AtomicBool,
+    /// Output folders already cleared of stale temporary files.
+    swept_folders: Mutex<HashSet<PathBuf>>,
     show_bars: bool,
     jobs: &'a [(PathBuf, Vec<PathBuf>)],
     /// With --skip-existing: outputs that existed before the run, left as
@@ -962,8 +1013,26 @@ struct Batch<'a> {
 }
 
 impl Batch<'_> {
+    /// Before the first write into `folder`: the temporary files a killed
+    /// run left there (SIGKILL, out of memory) are removed.
+    fn remove_stale_temporaries(&self, folder: &Path) {
+        let Ok(mut swept) = self.swept_folders.lock() else {
+            return;
+        };
+        if !swept.insert(folder.to_path_buf()) {
+            return;
+        }
+        let removed = write::remove_stale_temporaries(folder);
+        if removed > 0 && !self.args.quiet {
+            stderr_line!(
+                "note: removed {removed} temporary file(s) that a killed earlier run left in {}",
+                shown(folder)
+            );
+        }
+    }
+
     fn report(&self, input: &Path, reason: &str) {
-        eprintln!("error: {}: {}", shown(input), one_line(reason));
+        stderr_line!("error: {}: {}", shown(input), one_line(reason));
         self.failed.fetch_add(1, Ordering::SeqCst);
     }
 
@@ -1027,7 +1096,7 @@ impl Batch<'_> {
     ) -> Result<(), Stop> {
         let (args, options) = (self.args, self.options);
         if !args.quiet {
-            eprintln!(
+            stderr_line!(
                 "computing {}/{} {}",
                 index + 1,
                 self.jobs.len(),
@@ -1052,10 +1121,11 @@ impl Batch<'_> {
             }
         };
         for note in &decoded.notes {
-            eprintln!("warning: {}: {}", shown(input), one_line(note));
+            stderr_line!("warning: {}: {}", shown(input), one_line(note));
         }
         let image = decoded.image;
         let icc_profile = decoded.icc_profile;
+        let read_from = decoded.source;
         let read_ms = read_start.elapsed().as_secs_f64() * 1e3;
         let (model_w, model_h) = size_plan::plan_sizes(
             image.width,
@@ -1069,7 +1139,7 @@ impl Batch<'_> {
             let note = tile.describe();
             if let Ok(mut last) = self.last_tile_note.lock() {
                 if *last != note {
-                    eprintln!("tiling: {note}");
+                    stderr_line!("tiling: {note}");
                     *last = note;
                 }
             }
@@ -1110,7 +1180,8 @@ impl Batch<'_> {
                 continue;
             };
             if let Some(inode) = naming::inode(output_path) {
-                let clash = if self.input_inodes.contains(&inode) {
+                let clash = if self.input_inodes.contains(&inode) || read_from == Some(inode) {
+                    // an input planned, or the file this input's name led to when read
                     Some("is an input of this run".to_string())
                 } else {
                     written.get(&inode).map(|earlier| {
@@ -1132,7 +1203,7 @@ impl Batch<'_> {
             if icc_profile.is_some()
                 && write::output_format(output_path).is_ok_and(|f| !write::holds_icc_profile(f))
             {
-                eprintln!(
+                stderr_line!(
                     "warning: {}: its ICC color profile is not carried to {} (BMP holds none); write .png, .jpg, .webp or .tiff to keep it",
                     shown(input),
                     shown(output_path)
@@ -1152,6 +1223,7 @@ impl Batch<'_> {
                     continue;
                 }
             };
+            self.remove_stale_temporaries(naming::parent_folder(output_path));
             if let Err(error) = write::write_atomically(&upscaled.image, output_path, encoding) {
                 if let Some(top) = made_subfolder {
                     remove_empty_folders(naming::parent_folder(output_path), &top);
@@ -1195,9 +1267,19 @@ impl Batch<'_> {
                         "requests_in_flight_peak": requests.peak(),
                     });
                 }
-                print_line(line).map_err(Stop::Fatal)?;
+                if !self.stdout_failed.load(Ordering::SeqCst) {
+                    if let Err(error) = print_line(line) {
+                        // the report's reader is gone (or stdout full): this input's
+                        // outputs are still written, no other input starts
+                        self.stdout_failed.store(true, Ordering::SeqCst);
+                        self.stop.store(true, Ordering::SeqCst);
+                        if let Ok(mut fatal) = self.fatal.lock() {
+                            fatal.get_or_insert(error);
+                        }
+                    }
+                }
             } else if !args.quiet {
-                eprintln!(
+                stderr_line!(
                     "{} -> {} ({}x{} -> {}x{}, t={}, {:.0} ms)",
                     shown(input),
                     shown(output_path),

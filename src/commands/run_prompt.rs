@@ -48,7 +48,7 @@ pub(super) fn check_prompt(args: &RunArgs) -> anyhow::Result<()> {
             .encode(text)
             .map_err(|e| Error::Prompt(e.to_string()))?;
         if let Some(note) = truncation_note(&encoding) {
-            eprintln!("warning: {note}");
+            stderr_line!("warning: {note}");
         }
     }
     Ok(())
@@ -154,7 +154,7 @@ impl PromptDir {
             // where it runs is our choice, not the user's: the CPU still encodes
             Err(error) if provider != Provider::Cpu => {
                 if !args.quiet {
-                    eprintln!(
+                    stderr_line!(
                         "note: --prompt-dir: the text encoder could not be opened on {provider} ({error}); it runs on the CPU"
                     );
                 }
@@ -215,7 +215,7 @@ impl PromptDir {
             other => PromptFailure::Input(format!("prompt file {}: {other}", shown(&file))),
         })?;
         if let Some(note) = truncation_note(&embedding.encoding) {
-            eprintln!("warning: {}: {}: {note}", shown(input), shown(&file));
+            stderr_line!("warning: {}: {}: {note}", shown(input), shown(&file));
         }
         let json = json!({
             "source": "prompt_dir",

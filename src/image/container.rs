@@ -53,6 +53,8 @@ pub struct JpegLayout {
     pub entropy_bytes: u64,
     /// The first frame header, if any.
     pub frame: Option<JpegFrame>,
+    /// The EXIF orientation of the first APP1 Exif segment, if any.
+    pub orientation: Option<image::metadata::Orientation>,
 }
 
 /// A reader that counts what was consumed.
@@ -104,6 +106,8 @@ pub fn check_jpeg_complete(reader: impl BufRead) -> std::result::Result<JpegLayo
     }
     let mut entropy_bytes = 0u64;
     let mut frame = None;
+    let mut orientation = None;
+    let mut exif_seen = false;
     // The marker after the current position: fill bytes and stray data
     // between segments are skipped, as decoders do.
     let mut pending: Option<u8> = None;
@@ -129,12 +133,21 @@ pub fn check_jpeg_complete(reader: impl BufRead) -> std::result::Result<JpegLayo
             return Err(format!("corrupt JPEG: segment length {length}"));
         }
         let is_frame = matches!(marker, 0xC0..=0xC3 | 0xC5..=0xC7 | 0xC9..=0xCB | 0xCD..=0xCF);
-        if is_frame && frame.is_none() {
+        // APP1: EXIF (segments are at most 64 KiB)
+        let is_app1 = marker == 0xE1 && !exif_seen;
+        if (is_frame && frame.is_none()) || is_app1 {
             let mut segment = vec![0u8; usize::from(length) - 2];
             reader
                 .read_exact(&mut segment)
                 .map_err(|_| TRUNCATED.to_string())?;
-            frame = Some(parse_frame(marker, &segment)?);
+            if is_app1 {
+                if let Some(tiff) = segment.strip_prefix(b"Exif\0\0") {
+                    exif_seen = true;
+                    orientation = image::metadata::Orientation::from_exif_chunk(tiff);
+                }
+            } else {
+                frame = Some(parse_frame(marker, &segment)?);
+            }
         } else {
             skip_exact(&mut reader, u64::from(length) - 2).map_err(|_| TRUNCATED.to_string())?;
         }
@@ -150,6 +163,7 @@ pub fn check_jpeg_complete(reader: impl BufRead) -> std::result::Result<JpegLayo
         length: reader.count,
         entropy_bytes,
         frame,
+        orientation,
     })
 }
 
@@ -261,6 +275,35 @@ pub(super) fn webp_animation_frames(reader: &mut (impl Read + Seek)) -> Option<u
         }
     }
     animated.then_some(frames.max(1))
+}
+
+/// The number of frames an animated PNG (APNG) declares in its `acTL`
+/// chunk (`None` for a still PNG or when the chunks cannot be read; the
+/// decoder reports that). Only the chunks before the image data are read.
+pub(super) fn png_animation_frames(reader: &mut (impl Read + Seek)) -> Option<u32> {
+    let mut signature = [0u8; 8];
+    reader.read_exact(&mut signature).ok()?;
+    if &signature != b"\x89PNG\r\n\x1a\n" {
+        return None;
+    }
+    for _ in 0..100_000 {
+        let mut chunk = [0u8; 8];
+        reader.read_exact(&mut chunk).ok()?;
+        let length = u32::from_be_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+        match &chunk[4..] {
+            b"acTL" => {
+                let mut frames = [0u8; 4];
+                reader.read_exact(&mut frames).ok()?;
+                return Some(u32::from_be_bytes(frames));
+            }
+            b"IDAT" | b"IEND" => return None,
+            // the data and its CRC
+            _ => {
+                reader.seek(SeekFrom::Current(i64::from(length) + 4)).ok()?;
+            }
+        }
+    }
+    None
 }
 
 /// What the walk of a TIFF's directories found.

@@ -5,9 +5,13 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, Rgb32FImage, RgbImage};
+use image::{
+    DynamicImage, ImageDecoder, ImageError, ImageFormat, ImageReader, Rgb32FImage, RgbImage,
+};
 
-use super::container::{check_jpeg_complete, supported_format, tiff_layout, webp_animation_frames};
+use super::container::{
+    check_jpeg_complete, png_animation_frames, supported_format, tiff_layout, webp_animation_frames,
+};
 use crate::error::{Error, Result};
 
 /// File extensions accepted as inputs (case-insensitive).
@@ -136,8 +140,8 @@ pub struct InputListing {
 /// explicitly. The walk never follows a symbolic link to a folder (a note
 /// says so), never enters hidden folders (names starting with `.`), the
 /// folder `skip` (the output folder, by device and inode) or a folder twice.
-/// A folder given that cannot be read is an error; a subfolder, a line in
-/// `errors`.
+/// A folder that cannot be read, given or met, is a line in `errors` (its
+/// images are missing from the batch; the other inputs go on).
 pub fn expand_inputs(
     inputs: &[PathBuf],
     recursive: bool,
@@ -158,7 +162,6 @@ pub fn expand_inputs(
             let folder = input.join(&subfolder);
             let entries = match std::fs::read_dir(&folder) {
                 Ok(entries) => entries,
-                Err(e) if subfolder.as_os_str().is_empty() => return Err(Error::io(input, e)),
                 Err(e) => {
                     listing.errors.push(format!(
                         "{}: cannot read this folder ({e}); its images are not processed",
@@ -272,6 +275,10 @@ pub struct DecodedInput {
     /// The input's ICC color profile, to be written into its outputs (only
     /// one that describes RGB samples: [`super::color_profile`]).
     pub icc_profile: Option<Vec<u8>>,
+    /// The file actually read, as (device, inode), when read from a file:
+    /// an output must never be written over it, whatever its name has
+    /// become since the batch was planned.
+    pub source: Option<(u64, u64)>,
 }
 
 /// Reads one input: checks the size limits from the header, decodes, applies
@@ -291,23 +298,59 @@ pub fn read_input_checked(
 ) -> Result<DecodedInput> {
     check_input_file(path)?;
     let file = open_regular(path)?;
-    decode_stream(BufReader::new(file), limits, check)
+    let source = file_identity(&file);
+    let mut decoded = decode_stream(BufReader::new(file), limits, check)?;
+    decoded.source = source;
+    Ok(decoded)
 }
 
-/// An input's size from its header (before any EXIF rotation), or None when
-/// it cannot be read. Reads no pixels and never more than a streaming walk:
-/// the image crate's own `image_dimensions` reads a whole JPEG file into
-/// memory (a 16x16 JPEG padded to 3 GB took 3 GB) and would block on a FIFO.
+#[cfg(unix)]
+fn file_identity(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|meta| (meta.dev(), meta.ino()))
+}
+
+#[cfg(not(unix))]
+fn file_identity(_file: &File) -> Option<(u64, u64)> {
+    None
+}
+
+/// An input's size as it will be upscaled: from its header, turned by its
+/// EXIF orientation (a photo taken upright has its sides swapped), or None
+/// when it cannot be read. Reads no pixels and never more than a streaming
+/// walk: the image crate's own `image_dimensions` reads a whole JPEG file
+/// into memory (a 16x16 JPEG padded to 3 GB took 3 GB) and would block on
+/// a FIFO.
 pub fn header_dimensions(path: &Path) -> Option<(u32, u32)> {
     let mut reader = BufReader::new(open_regular(path).ok()?);
     let format = supported_format(reader.fill_buf().ok()?)?;
-    if format == ImageFormat::Jpeg {
-        let frame = check_jpeg_complete(&mut reader).ok()?.frame?;
-        return Some((frame.width, frame.height));
-    }
-    ImageReader::with_format(reader, format)
-        .into_dimensions()
-        .ok()
+    let ((width, height), orientation) = if format == ImageFormat::Jpeg {
+        let layout = check_jpeg_complete(&mut reader).ok()?;
+        let frame = layout.frame?;
+        ((frame.width, frame.height), layout.orientation)
+    } else {
+        let mut decoder = ImageReader::with_format(reader, format)
+            .into_decoder()
+            .ok()?;
+        (decoder.dimensions(), decoder.orientation().ok())
+    };
+    Some(if orientation.is_some_and(swaps_sides) {
+        (height, width)
+    } else {
+        (width, height)
+    })
+}
+
+/// Whether an EXIF orientation turns the image by a quarter.
+fn swaps_sides(orientation: image::metadata::Orientation) -> bool {
+    use image::metadata::Orientation;
+    matches!(
+        orientation,
+        Orientation::Rotate90
+            | Orientation::Rotate270
+            | Orientation::Rotate90FlipH
+            | Orientation::Rotate270FlipH
+    )
 }
 
 /// Decodes an image held in memory under `limits`: what [`read_input`] does
@@ -376,6 +419,13 @@ fn decode_stream<R: BufRead + Seek>(
                 None,
             );
         }
+        ImageFormat::Png => {
+            if let Some(frames) = png_animation_frames(&mut reader).filter(|frames| *frames > 1) {
+                notes.push(format!(
+                    "an animated PNG ({frames} frames); only the first frame is upscaled"
+                ));
+            }
+        }
         ImageFormat::WebP => {
             if let Some(frames) = webp_animation_frames(&mut reader) {
                 notes.push(format!(
@@ -423,7 +473,7 @@ fn decode_with<R: BufRead + Seek>(
     image_reader.limits(header_limits);
     let mut decoder = image_reader
         .into_decoder()
-        .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
+        .map_err(|e| fail(decode_failure(&e)))?;
     let (width, height) = decoder.dimensions();
     check_size(width, height, limits).map_err(fail)?;
     check(width, height).map_err(fail)?;
@@ -456,10 +506,10 @@ fn decode_with<R: BufRead + Seek>(
         .map_err(|e| fail(format!("cannot decode: {}", one_line(&e))))?;
     let orientation = decoder.orientation().ok();
     let mut image = DynamicImage::from_decoder(decoder).map_err(|e| {
-        fail(format!(
-            "cannot decode (truncated or corrupt?): {}",
-            one_line(&e)
-        ))
+        fail(match e {
+            ImageError::Unsupported(_) => decode_failure(&e),
+            _ => format!("cannot decode (truncated or corrupt?): {}", one_line(&e)),
+        })
     })?;
     if let Some(bad) = first_non_finite_sample(&image) {
         return Err(fail(format!(
@@ -473,7 +523,29 @@ fn decode_with<R: BufRead + Seek>(
         image: InputImage::from_dynamic(image),
         notes,
         icc_profile,
+        source: None,
     })
+}
+
+/// Why a file cannot be decoded, in words a user can act on: a sample
+/// layout the decoder does not read (gray float TIFF, YCbCr TIFF, ...) is
+/// named as such, with what to do.
+fn decode_failure(error: &ImageError) -> String {
+    use image::error::UnsupportedErrorKind;
+    match error {
+        ImageError::Unsupported(unsupported) => match unsupported.kind() {
+            UnsupportedErrorKind::Color(color) => format!(
+                "cannot decode: its samples are not a layout this program reads (8 or 16 bits, or \
+                 float RGB; gray, with or without alpha; the decoder names it {color:?}); save it as \
+                 an 8- or 16-bit RGB or gray PNG"
+            ),
+            _ => format!(
+                "cannot decode: {}; save it as an 8- or 16-bit RGB or gray PNG",
+                one_line(error)
+            ),
+        },
+        _ => format!("cannot decode: {}", one_line(error)),
+    }
 }
 
 /// The first NaN or infinite sample of a float image (the only kind that

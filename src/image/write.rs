@@ -13,10 +13,18 @@ use crate::error::{Error, Result};
 /// The output format for a path: png unless the extension names another
 /// supported one.
 pub fn output_format(path: &Path) -> Result<ImageFormat> {
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let extension = match path.extension() {
+        None => None,
+        Some(extension) => match extension.to_str() {
+            Some(text) => Some(text.to_ascii_lowercase()),
+            None => {
+                return Err(Error::InvalidOption(format!(
+                    "cannot write .{} files; use .png, .jpg, .webp, .bmp or .tiff",
+                    extension.to_string_lossy()
+                )))
+            }
+        },
+    };
     match extension.as_deref() {
         None | Some("png") => Ok(ImageFormat::Png),
         Some("jpg") | Some("jpeg") => Ok(ImageFormat::Jpeg),
@@ -170,6 +178,13 @@ pub fn write_file_atomically(
         temporary
     };
     let temporary_path = temporary.path().to_path_buf();
+    // Locked while this process lives: a later run removes the file only once
+    // nothing holds the lock (this process was killed: remove_stale_temporaries).
+    // A file system without locks refuses both sides, so nothing is removed.
+    let _ = temporary.as_file().try_lock();
+    // tempfile's errors name the temporary file, which is removed: not the user's concern
+    let named = format!(" at path {temporary_path:?}");
+    let output_error = |reason: String| output_error(reason.replace(&named, ""));
     let forget = |temporary_path: &Path| live_temporaries().retain(|p| p != temporary_path);
     let written = (|| -> std::result::Result<tempfile::NamedTempFile, String> {
         let mut writer = BufWriter::new(temporary);
@@ -193,6 +208,75 @@ pub fn write_file_atomically(
     drop(live);
     persisted.map_err(|e| output_error(e.error.to_string()))?;
     Ok(())
+}
+
+/// How old a temporary file must be before [`remove_stale_temporaries`]
+/// takes it: its writer locks it right after creating it, so only that
+/// instant is unlocked in a live writer's life.
+const STALE_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether `name` is one of this crate's temporary names.
+fn is_temporary_name(name: &std::ffi::OsStr) -> bool {
+    let Some(name) = name.to_str() else {
+        return false;
+    };
+    name.len() == TEMPORARY_PREFIX.len() + 8 + TEMPORARY_SUFFIX.len()
+        && name.starts_with(TEMPORARY_PREFIX)
+        && name.ends_with(TEMPORARY_SUFFIX)
+}
+
+/// Removes from `folder` the temporary files of writes whose process died
+/// (SIGKILL, an out-of-memory kill, a power cut: what no signal handler
+/// sees) and returns how many. A temporary file is taken only when it is a
+/// regular file (never through a link) older than a few seconds that no
+/// process holds locked: a live writer holds its lock until it renames or
+/// removes the file, so writes of other runs into the same folder go on.
+pub fn remove_stale_temporaries(folder: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(folder) else {
+        return 0;
+    };
+    let now = std::time::SystemTime::now();
+    entries
+        .filter_map(std::result::Result::ok)
+        .filter(|entry| is_temporary_name(&entry.file_name()))
+        .filter(|entry| remove_if_stale(&entry.path(), now))
+        .count()
+}
+
+fn remove_if_stale(path: &Path, now: std::time::SystemTime) -> bool {
+    let Ok(seen) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    let old_enough = seen
+        .modified()
+        .ok()
+        .and_then(|modified| now.duration_since(modified).ok())
+        .is_some_and(|age| age >= STALE_AFTER);
+    if !seen.file_type().is_file() || !old_enough {
+        return false;
+    }
+    let mut options = std::fs::OpenOptions::new();
+    options.read(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK);
+    }
+    let Ok(file) = options.open(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let same = file
+            .metadata()
+            .is_ok_and(|opened| opened.dev() == seen.dev() && opened.ino() == seen.ino());
+        if !same {
+            return false;
+        }
+    }
+    // Ok only when no process holds it; an error (no locks here) keeps the file
+    file.try_lock().is_ok() && std::fs::remove_file(path).is_ok()
 }
 
 /// Whether `folder` takes new files: a temporary file is created there and
@@ -260,6 +344,98 @@ mod tests {
         assert_eq!(
             image::open(&path).unwrap().to_rgb8().get_pixel(3, 3).0,
             [1, 2, 3]
+        );
+    }
+
+    /// A temporary file as a killed writer leaves it: `age` old, unlocked.
+    fn left_temporary(folder: &Path, name: &str, age: std::time::Duration) -> PathBuf {
+        let path = folder.join(name);
+        let file = std::fs::File::create(&path).unwrap();
+        file.set_modified(std::time::SystemTime::now() - age)
+            .unwrap();
+        path
+    }
+
+    #[test]
+    fn stale_temporaries_are_removed_and_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = std::time::Duration::from_secs(60);
+        let stale = left_temporary(dir.path(), ".tadsr-AbCdEfGh.tmp", old);
+        // a writer still at work: locked
+        let live = left_temporary(dir.path(), ".tadsr-LiveOne1.tmp", old);
+        let holder = std::fs::File::open(&live).unwrap();
+        holder.lock().unwrap();
+        // just created: its writer may not have locked it yet
+        let fresh = left_temporary(dir.path(), ".tadsr-Fresh123.tmp", std::time::Duration::ZERO);
+        // not ours: another length, another prefix, a link to a file of that name
+        let other = left_temporary(dir.path(), ".tadsr-AbCdEfGhX.tmp", old);
+        let user = left_temporary(dir.path(), "photo.tmp", old);
+        let target = left_temporary(dir.path(), "target.png", old);
+        let link = dir.path().join(".tadsr-Link4567.tmp");
+        #[cfg(unix)]
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+
+        assert_eq!(remove_stale_temporaries(dir.path()), 1);
+        assert!(!stale.exists());
+        for kept in [&live, &fresh, &other, &user, &target] {
+            assert!(kept.exists(), "{}", kept.display());
+        }
+        #[cfg(unix)]
+        assert!(link.symlink_metadata().is_ok());
+        // once its writer is gone, the lock goes with it
+        drop(holder);
+        assert_eq!(remove_stale_temporaries(dir.path()), 1);
+        assert!(!live.exists());
+        assert_eq!(remove_stale_temporaries(&dir.path().join("missing")), 0);
+    }
+
+    #[test]
+    fn a_write_in_progress_is_never_taken_for_stale() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        write_file_atomically(&path, |writer| {
+            let temporary = writer.get_ref().path().to_path_buf();
+            // as old as a slow write's file gets: still locked by this writer
+            let file = std::fs::File::options()
+                .write(true)
+                .open(&temporary)
+                .unwrap();
+            file.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(600))
+                .unwrap();
+            assert_eq!(remove_stale_temporaries(dir.path()), 0);
+            assert!(temporary.exists());
+            writer.write_all(b"done").map_err(|e| e.to_string())
+        })
+        .unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"done");
+    }
+
+    #[test]
+    fn errors_do_not_name_the_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("out.bin");
+        let error = write_file_atomically(&path, |writer| {
+            let temporary = writer.get_ref().path().to_path_buf();
+            Err(format!("disk full at path {temporary:?}"))
+        })
+        .unwrap_err()
+        .to_string();
+        assert!(error.contains("disk full"), "{error}");
+        assert!(!error.contains(TEMPORARY_PREFIX), "{error}");
+    }
+
+    #[test]
+    fn an_extension_that_is_not_utf8_is_refused() {
+        #[cfg(unix)]
+        {
+            use std::os::unix::ffi::OsStrExt;
+            let name = std::ffi::OsStr::from_bytes(b"x.p\xffg");
+            assert!(output_format(Path::new(name)).is_err());
+        }
+        assert_eq!(output_format(Path::new("x")).unwrap(), ImageFormat::Png);
+        assert_eq!(
+            output_format(Path::new("x.JPEG")).unwrap(),
+            ImageFormat::Jpeg
         );
     }
 

@@ -94,7 +94,15 @@ impl Server {
                 options.url
             ))
         })?;
-        if rest.is_empty() || rest.contains(char::is_whitespace) {
+        // a URL the HTTP client would refuse on every try is the user's to fix, at once
+        let parses = options.url.parse::<ureq::http::Uri>().is_ok_and(|uri| {
+            uri.authority().is_some_and(|authority| {
+                // a port given must be one (0..=65535)
+                let has_port = !authority.as_str().ends_with(authority.host());
+                !authority.host().is_empty() && (!has_port || authority.port_u16().is_some())
+            })
+        });
+        if rest.is_empty() || rest.contains(char::is_whitespace) || !parses {
             return Err(Error::InvalidOption(format!(
                 "--server {}: not a URL; give http://HOST:PORT",
                 options.url

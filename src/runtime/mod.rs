@@ -66,6 +66,15 @@ impl Runtime {
         if let Some(runtime) = RUNTIME.get() {
             return Ok(runtime);
         }
+        if let Some(folder) = std::env::var_os(PROFILE_ENV).filter(|v| !v.is_empty()) {
+            if !Path::new(&folder).is_dir() {
+                // ONNX Runtime would write the profiles nowhere and say nothing
+                return Err(Error::InvalidOption(format!(
+                    "{PROFILE_ENV}={}: not a folder; create it, or unset {PROFILE_ENV}",
+                    crate::naming::shown(Path::new(&folder))
+                )));
+            }
+        }
         let library = locate_library(explicit_library)?;
         let builder = ort::init_from(&library.path).map_err(|e| Error::OrtLoad {
             path: library.path.clone(),
