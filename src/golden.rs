@@ -43,17 +43,10 @@ const MAX_CASES_BYTES: u64 = 1 << 20;
 
 /// Reads `<dir>/cases.json`.
 pub fn read_cases(dir: &Path) -> Result<Vec<GoldenCase>> {
-    let path = dir.join("cases.json");
+    let path = case_file(dir, "cases.json")?;
     let fail = |reason: String| Error::bundle(&path, reason);
-    let size = std::fs::metadata(&path)
-        .map_err(|e| fail(format!("cannot read: {e}")))?
-        .len();
-    if size > MAX_CASES_BYTES {
-        return Err(fail(format!(
-            "{size} bytes, more than a list of cases needs"
-        )));
-    }
-    let text = std::fs::read_to_string(&path).map_err(|e| fail(format!("cannot read: {e}")))?;
+    // a regular file only (a FIFO would be waited on forever), read no further than the cap
+    let text = crate::regular_file::read_text_capped(&path, MAX_CASES_BYTES).map_err(fail)?;
     let cases: Vec<GoldenCase> =
         serde_json::from_str(&text).map_err(|e| fail(format!("not a list of cases: {e}")))?;
     if cases.is_empty() {
@@ -62,21 +55,41 @@ pub fn read_cases(dir: &Path) -> Result<Vec<GoldenCase>> {
     Ok(cases)
 }
 
-/// Where a case's file lies, refusing names that leave the folder.
+/// Where a case's file lies, refusing names that leave the folder, by
+/// their components or through a symbolic link.
 fn case_file(dir: &Path, name: &str) -> Result<PathBuf> {
     let relative = Path::new(name);
+    let outside = || {
+        Error::bundle(
+            dir,
+            format!("case file {name:?} is outside the golden folder"),
+        )
+    };
     if relative.is_absolute()
         || relative
             .components()
             .any(|c| !matches!(c, std::path::Component::Normal(_)))
     {
-        return Err(Error::bundle(
-            dir,
-            format!("case file {name:?} is outside the golden folder"),
-        ));
+        return Err(outside());
     }
-    Ok(dir.join(relative))
+    let path = dir.join(relative);
+    let real_dir = dir
+        .canonicalize()
+        .map_err(|e| Error::bundle(dir, format!("cannot read the golden folder: {e}")))?;
+    match path.canonicalize() {
+        Ok(real) if !real.starts_with(&real_dir) => Err(outside()),
+        // a missing file is reported by whoever opens it, with its name
+        _ => Ok(path),
+    }
 }
+
+/// Most pixels a golden case may make the networks process: the cases are
+/// small references computed by PyTorch, run untiled; a hostile case list
+/// must not ask for gigabytes (8192 x 8192 untiled took 19.7 GB on tiny).
+pub const MAX_CASE_PIXELS: u64 = 2048 * 2048;
+
+/// Largest reference file read: a float32 image of [`MAX_CASE_PIXELS`].
+const MAX_REFERENCE_BYTES: u64 = MAX_CASE_PIXELS * 3 * 4 + 4096;
 
 /// Runs one case through the whole pipeline (decode, resize, networks,
 /// color fix; untiled) and compares the float output with the reference.
@@ -94,9 +107,6 @@ pub fn run_case(pipeline: &mut Pipeline, dir: &Path, case: &GoldenCase) -> Resul
         .color_fix
         .parse()
         .map_err(|e| Error::bundle(dir, format!("{}: {e}", case.name)))?;
-    let input = read_input(&case_file(dir, &case.input)?, &InputLimits::default())?;
-    let plan = size_plan::plan_sizes(input.width, input.height, case.upscale, case.process_size)?;
-    let prepared = pipeline::prepare(&input, &plan)?;
     let options = RunOptions {
         timesteps: vec![case.timestep],
         upscale: case.upscale,
@@ -108,6 +118,24 @@ pub fn run_case(pipeline: &mut Pipeline, dir: &Path, case: &GoldenCase) -> Resul
         seed: None,
         rounding: crate::image::tensor::Quantization::Round,
     };
+    // the case's options are checked before anything is computed
+    options
+        .check(pipeline.schedule())
+        .map_err(|e| Error::bundle(dir, format!("{}: {e}", case.name)))?;
+    let input = read_input(&case_file(dir, &case.input)?, &InputLimits::default())?;
+    let plan = size_plan::plan_sizes(input.width, input.height, case.upscale, case.process_size)?;
+    let (model_width, model_height) = plan.model;
+    if u64::from(model_width) * u64::from(model_height) > MAX_CASE_PIXELS {
+        return Err(Error::bundle(
+            dir,
+            format!(
+                "{}: the networks would process {model_width}x{model_height}, more than a golden case may \
+                 ({MAX_CASE_PIXELS} pixels, untiled)",
+                case.name
+            ),
+        ));
+    }
+    let prepared = pipeline::prepare(&input, &plan)?;
     let (ours, _) = pipeline.upscale_tensor(
         &prepared.model_input,
         &prepared.source_planes,
@@ -116,7 +144,10 @@ pub fn run_case(pipeline: &mut Pipeline, dir: &Path, case: &GoldenCase) -> Resul
         &NoProgress,
     )?;
     let reference_path = case_file(dir, &case.reference)?;
-    let reference = npy::read_npy(&reference_path)
+    let reference_bytes =
+        crate::regular_file::read_bytes_capped(&reference_path, MAX_REFERENCE_BYTES)
+            .map_err(|reason| Error::bundle(&reference_path, reason))?;
+    let reference = npy::parse_npy(&reference_bytes)
         .map_err(|e| Error::bundle(&reference_path, e.to_string()))?;
     let shape = reference.shape().to_vec();
     let (_, height, width) = ours.dim();
@@ -136,7 +167,14 @@ pub fn run_case(pipeline: &mut Pipeline, dir: &Path, case: &GoldenCase) -> Resul
         .iter()
         .zip(ours)
         .map(|(a, b)| (a - b).abs())
-        .fold(0.0f32, f32::max);
+        // NaN (in the reference or ours) is kept: f32::max would drop it and pass the case
+        .fold(0.0f32, |most, error| {
+            if most.is_nan() || error.is_nan() {
+                f32::NAN
+            } else {
+                most.max(error)
+            }
+        });
     Ok(CaseResult {
         name: case.name.clone(),
         max_abs_error,
@@ -150,11 +188,34 @@ mod tests {
 
     #[test]
     fn case_files_stay_inside_the_folder() {
-        let dir = Path::new("/bundle/golden");
-        assert_eq!(case_file(dir, "a.png").unwrap(), dir.join("a.png"));
+        let bundle = tempfile::tempdir().unwrap();
+        let dir = bundle.path().join("golden");
+        std::fs::create_dir(&dir).unwrap();
+        assert_eq!(case_file(&dir, "a.png").unwrap(), dir.join("a.png"));
         for bad in ["../manifest.json", "/etc/passwd", "x/../../y"] {
-            assert!(case_file(dir, bad).is_err(), "{bad}");
+            assert!(case_file(&dir, bad).is_err(), "{bad}");
         }
+        // nor through a symbolic link (a case list read from elsewhere)
+        let elsewhere = bundle.path().join("cases.json");
+        std::fs::write(&elsewhere, "[]").unwrap();
+        #[cfg(unix)]
+        {
+            std::os::unix::fs::symlink(&elsewhere, dir.join("cases.json")).unwrap();
+            let error = read_cases(&dir).unwrap_err().to_string();
+            assert!(error.contains("outside the golden folder"), "{error}");
+        }
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_as_the_case_list_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("cases.json");
+        let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o600) }, 0);
+        let error = read_cases(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("FIFO"), "{error}");
     }
 
     #[test]

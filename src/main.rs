@@ -126,13 +126,19 @@ fn is_broken_pipe(error: &anyhow::Error) -> bool {
     error.downcast_ref::<commands::StdoutClosed>().is_some()
 }
 
-/// An error and its causes on one line (control characters escaped).
+/// An error and its causes on one line (control characters escaped); a
+/// cause whose text an outer message already holds is not repeated.
 fn one_line(error: &anyhow::Error) -> String {
-    commands::escape_controls(
-        &error
-            .chain()
-            .map(|cause| cause.to_string())
-            .collect::<Vec<_>>()
-            .join(": "),
-    )
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    commands::escape_controls(&line)
 }

@@ -42,6 +42,8 @@ pub enum NpyError {
     UnsupportedDtype(String),
     #[error("Fortran-order arrays are not supported")]
     FortranOrder,
+    #[error("shape {shape:?} holds more elements than any memory does")]
+    TooLarge { shape: Vec<usize> },
     #[error("data holds {actual} bytes, shape {shape:?} of {dtype:?} needs {expected}")]
     DataSize {
         shape: Vec<usize>,
@@ -111,9 +113,17 @@ pub fn read_npy(path: impl AsRef<Path>) -> Result<ArrayD<f32>, NpyError> {
 /// Parses `.npy` bytes into `f32`.
 pub fn parse_npy(bytes: &[u8]) -> Result<ArrayD<f32>, NpyError> {
     let (header, data_offset) = parse_header(bytes)?;
-    let element_count: usize = header.shape.iter().product();
-    let expected = element_count * header.dtype.size();
     let data = &bytes[data_offset..];
+    // a header's shape may claim more than any memory holds: never wrap
+    let expected = header
+        .shape
+        .iter()
+        .try_fold(header.dtype.size(), |bytes, &side| bytes.checked_mul(side));
+    let Some(expected) = expected else {
+        return Err(NpyError::TooLarge {
+            shape: header.shape,
+        });
+    };
     if data.len() != expected {
         return Err(NpyError::DataSize {
             shape: header.shape,
@@ -307,6 +317,22 @@ pub fn write_npy_f32(path: impl AsRef<Path>, array: &ArrayViewD<'_, f32>) -> Res
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_shape_whose_size_wraps_is_refused_not_a_panic() {
+        // 2^62 + 16 floats: 4 bytes each wrap to 64 bytes, which are there
+        let header = format!(
+            "{{'descr': '<f4', 'fortran_order': False, 'shape': ({},), }}",
+            (1u64 << 62) + 16
+        );
+        let header = format!("{header:<118}\n");
+        let mut bytes = b"\x93NUMPY\x01\x00".to_vec();
+        bytes.extend_from_slice(&(header.len() as u16).to_le_bytes());
+        bytes.extend_from_slice(header.as_bytes());
+        bytes.extend_from_slice(&[0u8; 64]);
+        let error = parse_npy(&bytes).unwrap_err();
+        assert!(matches!(error, NpyError::TooLarge { .. }), "{error}");
+    }
+
     use super::*;
     use ndarray::{Array, Array2, ShapeBuilder};
 

@@ -51,6 +51,22 @@ pub fn read_text_capped(path: &Path, max_bytes: u64) -> Result<String, String> {
     Ok(text)
 }
 
+/// The bytes of regular file `path`, refused when it is over `max_bytes`
+/// (read no further than that, whatever the file claims).
+pub fn read_bytes_capped(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String> {
+    let file = open_regular(path)?;
+    let mut bytes = Vec::new();
+    file.take(max_bytes + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(format!(
+            "over {max_bytes} bytes, more than this file may hold"
+        ));
+    }
+    Ok(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

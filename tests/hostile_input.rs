@@ -1256,6 +1256,100 @@ fn a_bundle_fault_found_mid_batch_stops_the_batch_once() {
         "{}",
         run.stderr
     );
+
+    let rehash = |bundle: &Path, component: &str, file: &str| {
+        let mut manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(bundle.join("manifest.json")).unwrap())
+                .unwrap();
+        manifest["components"][component]["sha256"] =
+            serde_json::Value::from(tadsr_edge::bundle::sha256_file(&bundle.join(file)).unwrap());
+        std::fs::write(bundle.join("manifest.json"), manifest.to_string()).unwrap();
+    };
+    // a damaged graph, its hash updated: ONNX Runtime cannot load it; said once
+    copy_folder(&tiny_model(), &bundle);
+    let tiled_decoder = bundle.join("vae_decoder/tiled.onnx");
+    let bytes = std::fs::read(&tiled_decoder).unwrap();
+    std::fs::write(&tiled_decoder, &bytes[..bytes.len() / 2]).unwrap();
+    rehash(&bundle, "vae_decoder_tiled", "vae_decoder/tiled.onnx");
+    let run = tiled();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    let errors = run.error_lines();
+    assert_eq!(errors.len(), 1, "{}", run.stderr);
+    assert!(
+        errors[0].contains("the bundle's graph is damaged")
+            && errors[0].contains("3 input(s) not processed"),
+        "{}",
+        errors[0]
+    );
+    assert!(!out.exists());
+
+    // the main decoder swapped for the tiled one (hash updated): it needs
+    // inputs the manifest does not list; refused when the graphs open
+    copy_folder(&tiny_model(), &bundle);
+    std::fs::copy(
+        bundle.join("vae_decoder/tiled.onnx"),
+        bundle.join("vae_decoder/model.onnx"),
+    )
+    .unwrap();
+    rehash(&bundle, "vae_decoder", "vae_decoder/model.onnx");
+    let run = tiled();
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("vae_decoder graph needs an input \"group_norm_mean\""),
+        "{}",
+        run.stderr
+    );
+    assert!(!out.exists());
+}
+
+/// golden reads a bundle's case list as strictly as run reads the bundle:
+/// a case's options are checked before anything is computed, and a NaN
+/// reference fails (it would pass every bound).
+#[test]
+fn hostile_golden_cases_are_refused_before_computing_and_nan_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = dir.path().join("bundle");
+    copy_folder(&tiny_model(), &bundle);
+    let cases_path = bundle.join("golden/cases.json");
+    let cases: Vec<serde_json::Value> =
+        serde_json::from_str(&std::fs::read_to_string(&cases_path).unwrap()).unwrap();
+    let first = cases[0].clone();
+    let golden = || {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
+        command.args(["golden", "--model", path_str(&bundle), "--threads", "1"]);
+        run_with_timeout(command, Duration::from_secs(120))
+    };
+    for (key, value, said) in [
+        ("upscale", 1000, "upscale 1000"),
+        ("process_size", 8192, "more than a golden case may"),
+    ] {
+        let mut case = first.clone();
+        case[key] = value.into();
+        std::fs::write(&cases_path, serde_json::json!([case]).to_string()).unwrap();
+        let run = golden();
+        assert_eq!(run.code, Some(2), "{key}: {}", run.stderr);
+        assert!(run.stderr.contains(said), "{key}: {}", run.stderr);
+        assert!(run.seconds < 30.0 && run.peak_mb < 2000.0, "{key}: {run:?}");
+    }
+    std::fs::write(&cases_path, serde_json::json!([first]).to_string()).unwrap();
+    let reference = bundle
+        .join("golden")
+        .join(first["reference"].as_str().unwrap());
+    let shape = tadsr_edge::npy::read_npy(&reference)
+        .unwrap()
+        .shape()
+        .to_vec();
+    let nan = ndarray::ArrayD::<f32>::from_elem(ndarray::IxDyn(&shape), f32::NAN);
+    tadsr_edge::npy::write_npy_f32(&reference, &nan.view()).unwrap();
+    let run = golden();
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("outside the bounds: max |error| NaN"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]

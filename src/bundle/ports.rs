@@ -1,6 +1,7 @@
 //! An opened graph against the manifest: every port the manifest lists must
 //! be in the graph, by name, with the manifest's element type and with the
-//! sizes the manifest fixes (a re-exported or swapped graph with renamed,
+//! sizes the manifest fixes, and the graph may need no input the manifest
+//! does not list (a re-exported or swapped graph with renamed,
 //! retyped or resized ports is the bundle's fault, said before a run fails on
 //! it).
 
@@ -46,6 +47,20 @@ pub fn check_graph_ports(
                 ));
             }
         }
+    }
+    // an input the manifest does not list would be missing from every run
+    // (another component's graph in its place: the tiled decoder's statistics)
+    if let Some(extra) = inputs
+        .iter()
+        .find(|input| !spec.inputs.iter().any(|port| port.name == input.name))
+    {
+        return Err(Error::bundle(
+            bundle.root(),
+            format!(
+                "{component} graph needs an input {:?} that the manifest does not list (another graph in its place?)",
+                extra.name
+            ),
+        ));
     }
     Ok(())
 }

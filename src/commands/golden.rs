@@ -10,7 +10,7 @@ use tadsr_edge::golden::{read_cases, run_case, CaseResult};
 use tadsr_edge::pipeline::{Pipeline, PipelineConfig, ProviderChoice, ShapeHint, TilingMode};
 use tadsr_edge::runtime::Provider;
 
-use super::{print_line, provider_choice, Outcome};
+use super::{escape_controls, print_line, provider_choice, Outcome};
 use crate::args::GoldenArgs;
 
 /// Bound on CPU: fp32 against fp32 PyTorch (see tests/golden_parity.rs).
@@ -52,7 +52,7 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
     let mut results: Vec<CaseResult> = Vec::with_capacity(cases.len());
     for case in &cases {
         let result = run_case(&mut pipeline, &golden_dir, case)
-            .with_context(|| format!("golden case {}", case.name))?;
+            .with_context(|| format!("golden case {}", escape_controls(&case.name)))?;
         results.push(result);
     }
     let failed: Vec<&CaseResult> = results
@@ -68,11 +68,23 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
     let worst = results
         .iter()
         .map(|r| r.max_abs_error)
-        .fold(0.0f32, f32::max);
+        .fold(0.0f32, |most, error| {
+            if most.is_nan() || error.is_nan() {
+                f32::NAN
+            } else {
+                most.max(error)
+            }
+        });
     let lowest_psnr = results
         .iter()
         .map(|r| r.psnr_db)
-        .fold(f64::INFINITY, f64::min);
+        .fold(f64::INFINITY, |low, db| {
+            if low.is_nan() || db.is_nan() {
+                f64::NAN
+            } else {
+                low.min(db)
+            }
+        });
     if args.json {
         print_line(json!({
             "model": args.model,
@@ -90,7 +102,9 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
         for result in &results {
             print_line(format_args!(
                 "{}: max |error| {:.2e}, {:.1} dB",
-                result.name, result.max_abs_error, result.psnr_db
+                escape_controls(&result.name),
+                result.max_abs_error,
+                result.psnr_db
             ))?;
         }
         print_line(format_args!(
@@ -107,7 +121,7 @@ pub fn golden(ort_lib: Option<&Path>, args: &GoldenArgs) -> anyhow::Result<Outco
         for result in failed {
             stderr_line!(
                 "error: golden case {} is outside the bounds: max |error| {:.3e}, {:.1} dB",
-                result.name,
+                escape_controls(&result.name),
                 result.max_abs_error,
                 result.psnr_db
             );

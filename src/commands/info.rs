@@ -15,7 +15,7 @@ use tadsr_edge::runtime::{cache_dir, graph_cache, Provider, ProviderStatus, Runt
 use tadsr_edge::tile_budget::TileDecision;
 
 use super::tile_policy::TilePolicy;
-use super::{print_line, Outcome};
+use super::{escape_controls, print_line, Outcome};
 use crate::args::{InfoArgs, PlanOn, ProviderArg, TileArg};
 
 /// Prints the runtime, each provider's probe on `--device` (usable or the
@@ -236,7 +236,8 @@ fn print_bundle_summary(bundle: &Bundle) -> anyhow::Result<()> {
     print_line(format_args!("model: {}", bundle.root().display()))?;
     print_line(format_args!(
         "  name {}, format {}, precision {}, {:.1} MB",
-        m.name.as_deref().unwrap_or("-"),
+        // the manifest's text, so no control character can forge a line
+        escape_controls(m.name.as_deref().unwrap_or("-")),
         m.format_version,
         m.precision,
         bundle.total_bytes() as f64 / 1e6

@@ -80,15 +80,10 @@ pub fn prompt(
         install_signal_handlers(exit_now)?;
     }
     let model_dir = args.model.clone().unwrap_or_else(default_model_dir);
-    let bundle = Bundle::open_with(
-        &model_dir,
-        if args.output.is_some() {
-            HashCheck::Remembered
-        } else {
-            HashCheck::Skip
-        },
-    )
-    .with_context(|| "cannot use the bundle")?;
+    // every file checked as by `run` (the tokenizer too: an edited vocabulary
+    // gives other ids); files unchanged since their last check are not read again
+    let bundle = Bundle::open_with(&model_dir, HashCheck::Remembered)
+        .with_context(|| "cannot use the bundle")?;
     // the tokenizer alone without -o; with it, the encoder's (read once)
     let (encoding, token_texts, written) = match &args.output {
         None => {

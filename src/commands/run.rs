@@ -1159,10 +1159,13 @@ impl Batch<'_> {
             Ok(outputs) => outputs,
             Err(Error::Interrupted) => return Err(Stop::Interrupted),
             Err(error @ Error::ServerUnreachable { .. }) => return Err(Stop::Fatal(error.into())),
-            // a graph opened on first use (the tiled VAE's) that does not
-            // match the manifest fails every input after this one the same
-            // way: the bundle's fault, said once
-            Err(error @ Error::Bundle { .. }) => return Err(Stop::Fatal(error.into())),
+            // a graph opened on first use (the tiled VAE's, the encoder
+            // segments) that does not match the manifest or does not load
+            // fails every input after this one the same way: the bundle's
+            // fault, said once
+            Err(error @ (Error::Bundle { .. } | Error::Model { .. })) => {
+                return Err(Stop::Fatal(error.into()))
+            }
             Err(error) => {
                 self.report(input, &error.to_string());
                 return Ok(());
