@@ -1184,6 +1184,30 @@ fn a_bundle_with_a_bad_default_timestep_is_the_bundle_s_fault() {
         run.stderr
     );
     assert!(!run.stderr.contains("invalid option"), "{}", run.stderr);
+    // info warns of it; info --verify, which checks a bundle, fails on it
+    let info = |extra: &[&str]| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_tadsr-edge"));
+        command
+            .args(["info", "--model", path_str(&bundle)])
+            .args(extra);
+        run_with_timeout(command, Duration::from_secs(120))
+    };
+    let run = info(&[]);
+    assert_eq!(run.code, Some(0), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("warning: manifest.json defaults.timestep is 5000"),
+        "{}",
+        run.stderr
+    );
+    let run = info(&["--verify"]);
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert_eq!(run.error_lines().len(), 1, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("defaults.timestep is 5000"),
+        "{}",
+        run.stderr
+    );
 }
 
 /// A graph opened on first use that does not fit the manifest (here the

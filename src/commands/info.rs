@@ -41,6 +41,26 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
         ),
         None => None,
     };
+    // what `run` would refuse in the bundle's defaults when no option replaces them
+    let default_problems = bundle.as_ref().map(default_problems).unwrap_or_default();
+    if !args.verify {
+        for problem in &default_problems {
+            stderr_line!("warning: {}", escape_controls(problem));
+        }
+    }
+    let outcome = || -> anyhow::Result<Outcome> {
+        match &bundle {
+            // --verify checks the bundle: one `run` cannot use as it is fails
+            Some(bundle) if args.verify && !default_problems.is_empty() => {
+                Err(tadsr_edge::Error::Bundle {
+                    path: bundle.root().to_path_buf(),
+                    reason: default_problems.join("; "),
+                }
+                .into())
+            }
+            _ => Ok(Outcome::Done),
+        }
+    };
     let plan = match (&bundle, args.plan) {
         (Some(bundle), Some((width, height))) => {
             // as `run --provider auto` plans (the probes above are kept)
@@ -78,7 +98,7 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
             "plan": plan,
         });
         print_line(report)?;
-        return Ok(Outcome::Done);
+        return outcome();
     }
     print_line(format_args!("tadsr-edge {}", env!("CARGO_PKG_VERSION")))?;
     print_line(format_args!(
@@ -138,7 +158,7 @@ pub fn info(ort_lib: Option<&Path>, args: &InfoArgs) -> anyhow::Result<Outcome> 
             plan.decision.describe()
         ))?;
     }
-    Ok(Outcome::Done)
+    outcome()
 }
 
 /// `info --plan`: what `run --tile auto` would choose.
@@ -306,4 +326,37 @@ fn verified_files_summary() -> Option<verified::Summary> {
 /// The optimized-graph cache's folder and size (None without a cache folder).
 fn graph_cache_summary() -> Option<graph_cache::Summary> {
     cache_dir().map(|root| graph_cache::summary(&root))
+}
+
+/// The bundle's defaults that `run` refuses when no option replaces them
+/// (the timestep outside the schedule, the upscale or process size out of
+/// range), one sentence each.
+fn default_problems(bundle: &Bundle) -> Vec<String> {
+    let defaults = &bundle.manifest().defaults;
+    let mut problems = Vec::new();
+    match tadsr_edge::pipeline::noise_schedule(bundle) {
+        Err(error) => problems.push(error.to_string()),
+        Ok(schedule) => {
+            if let Err(error) = schedule.validate_timestep(i64::from(defaults.timestep)) {
+                problems.push(format!(
+                    "manifest.json defaults.timestep is {}: {error}; run needs -t until the bundle is fixed",
+                    defaults.timestep
+                ));
+            }
+        }
+    }
+    if !(1..=16).contains(&defaults.upscale) {
+        problems.push(format!(
+            "manifest.json defaults.upscale is {}, outside 1..16; run needs --upscale until the bundle is fixed",
+            defaults.upscale
+        ));
+    }
+    if defaults.process_size > crate::args::MAX_PROCESS_SIZE {
+        problems.push(format!(
+            "manifest.json defaults.process_size is {}, over {}; run needs --process-size until the bundle is fixed",
+            defaults.process_size,
+            crate::args::MAX_PROCESS_SIZE
+        ));
+    }
+    problems
 }
