@@ -35,20 +35,8 @@ pub fn open_regular(path: &Path) -> Result<File, String> {
 /// The text of regular file `path`, refused when it is over `max_bytes`
 /// (read no further than that, whatever the file claims).
 pub fn read_text_capped(path: &Path, max_bytes: u64) -> Result<String, String> {
-    let file = open_regular(path)?;
-    let mut text = String::new();
-    file.take(max_bytes + 1)
-        .read_to_string(&mut text)
-        .map_err(|e| format!("cannot read: {e}"))?;
-    if text.len() as u64 > max_bytes {
-        let limit = if max_bytes >= 1 << 20 {
-            format!("{} MiB", max_bytes >> 20)
-        } else {
-            format!("{} KiB", max_bytes >> 10)
-        };
-        return Err(format!("over {limit}, far more than such a file holds"));
-    }
-    Ok(text)
+    String::from_utf8(read_bytes_capped(path, max_bytes)?)
+        .map_err(|_| "cannot read: stream did not contain valid UTF-8".to_string())
 }
 
 /// The bytes of regular file `path`, refused when it is over `max_bytes`
@@ -60,9 +48,12 @@ pub fn read_bytes_capped(path: &Path, max_bytes: u64) -> Result<Vec<u8>, String>
         .read_to_end(&mut bytes)
         .map_err(|e| format!("cannot read: {e}"))?;
     if bytes.len() as u64 > max_bytes {
-        return Err(format!(
-            "over {max_bytes} bytes, more than this file may hold"
-        ));
+        let limit = if max_bytes >= 1 << 20 {
+            format!("{} MiB", max_bytes >> 20)
+        } else {
+            format!("{} KiB", max_bytes >> 10)
+        };
+        return Err(format!("over {limit}, far more than such a file holds"));
     }
     Ok(bytes)
 }

@@ -1415,6 +1415,20 @@ fn three_inputs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
     (inputs, dir.join("out"))
 }
 
+/// `run INPUTS -o OUT --process-size 0 EXTRA...` on models/tiny.
+fn run_into(inputs: &Path, out: &Path, extra: &[&str]) -> std::process::Command {
+    let mut args = vec![
+        "run",
+        path_str(inputs),
+        "-o",
+        path_str(out),
+        "--process-size",
+        "0",
+    ];
+    args.extend_from_slice(extra);
+    tadsr_command(&args)
+}
+
 /// A pipe whose reader is gone: every write to it fails (EPIPE).
 fn closed_pipe() -> std::io::PipeWriter {
     let (reader, writer) = std::io::pipe().unwrap();
@@ -1428,14 +1442,7 @@ fn closed_pipe() -> std::io::PipeWriter {
 fn a_closed_stderr_loses_messages_not_the_batch() {
     let dir = tempfile::tempdir().unwrap();
     let (inputs, out) = three_inputs(dir.path());
-    let mut command = tadsr_command(&[
-        "run",
-        path_str(&inputs),
-        "-o",
-        path_str(&out),
-        "--process-size",
-        "0",
-    ]);
+    let mut command = run_into(&inputs, &out, &[]);
     command.stderr(closed_pipe());
     let status = command.status().unwrap();
     assert_eq!(status.code(), Some(0));
@@ -1448,16 +1455,7 @@ fn a_closed_stderr_loses_messages_not_the_batch() {
 fn a_closed_stdout_under_json_stops_the_batch_and_says_how_much_is_left() {
     let dir = tempfile::tempdir().unwrap();
     let (inputs, out) = three_inputs(dir.path());
-    let mut command = tadsr_command(&[
-        "run",
-        path_str(&inputs),
-        "-o",
-        path_str(&out),
-        "--process-size",
-        "0",
-        "--json",
-        "-q",
-    ]);
+    let mut command = run_into(&inputs, &out, &["--json", "-q"]);
     command.stdout(closed_pipe());
     let run = command.output().unwrap();
     let stderr = String::from_utf8_lossy(&run.stderr);
@@ -1482,15 +1480,7 @@ fn a_file_size_limit_fails_each_write_and_leaves_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (inputs, out) = three_inputs(dir.path());
     std::fs::create_dir(&out).unwrap();
-    let mut command = tadsr_command(&[
-        "run",
-        path_str(&inputs),
-        "-o",
-        path_str(&out),
-        "--process-size",
-        "0",
-        "-q",
-    ]);
+    let mut command = run_into(&inputs, &out, &["-q"]);
     // outputs are 128x96 PNGs of a photo, far over 2 KiB; the graph cache is off (it writes files too)
     command.env("TADSR_EDGE_GRAPH_CACHE", "0");
     // SAFETY: setrlimit is async-signal-safe; nothing else runs between fork and exec.
@@ -1537,14 +1527,7 @@ fn a_killed_runs_temporary_file_is_removed_by_the_next_run() {
     let writer = std::fs::File::create(&live).unwrap();
     writer.set_modified(a_minute_ago).unwrap();
     writer.lock().unwrap();
-    let run = tadsr(&[
-        "run",
-        path_str(&inputs),
-        "-o",
-        path_str(&out),
-        "--process-size",
-        "0",
-    ]);
+    let run = run_with_timeout(run_into(&inputs, &out, &[]), Duration::from_secs(120));
     assert_eq!(run.code, Some(0), "{}", run.stderr);
     assert!(
         run.stderr
