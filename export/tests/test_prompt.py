@@ -173,11 +173,16 @@ def test_prompt_errors_are_one_line_and_exit_2(text_bundle, repo, tmp_path):
     data = json.loads(tokenizer.read_text())
     data["model"]["type"] = "WordPiece"
     tokenizer.write_text(json.dumps(data))
+    # the files are hash-checked, with -o or without: the edited tokenizer.json is caught by its sha256
+    for extra in ([], ["-o", str(tmp_path / "e.npy")]):
+        bad = run("prompt", "--model", str(damaged), "a", *extra)
+        assert bad.returncode == 2 and "sha256" in bad.stderr and bad.stderr.count("\n") == 1, extra
+    # its hash updated (a bundle exported so): refused by what it is, not run
+    manifest = json.loads((damaged / "manifest.json").read_text())
+    manifest["components"]["text_encoder"]["tokenizer"]["sha256"] = hashlib.sha256(tokenizer.read_bytes()).hexdigest()
+    (damaged / "manifest.json").write_text(json.dumps(manifest))
     bad = run("prompt", "--model", str(damaged), "a")
     assert bad.returncode == 2 and "not BPE" in bad.stderr and bad.stderr.count("\n") == 1
-    # with -o the files are hash-checked: the edited tokenizer.json is caught by its sha256
-    bad = run("prompt", "--model", str(damaged), "a", "-o", str(tmp_path / "e.npy"))
-    assert bad.returncode == 2 and "sha256" in bad.stderr
     assert not (tmp_path / "e.npy").exists()
 
 
