@@ -159,7 +159,12 @@ pub fn expand_inputs(
         visited.extend(crate::naming::inode(input));
         let mut pending = vec![PathBuf::new()];
         while let Some(subfolder) = pending.pop() {
-            let folder = input.join(&subfolder);
+            // (joining an empty subfolder would add a trailing slash to messages)
+            let folder = if subfolder.as_os_str().is_empty() {
+                input.clone()
+            } else {
+                input.join(&subfolder)
+            };
             let entries = match std::fs::read_dir(&folder) {
                 Ok(entries) => entries,
                 Err(e) => {
