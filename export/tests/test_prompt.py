@@ -183,6 +183,20 @@ def test_prompt_errors_are_one_line_and_exit_2(text_bundle, repo, tmp_path):
     (damaged / "manifest.json").write_text(json.dumps(manifest))
     bad = run("prompt", "--model", str(damaged), "a")
     assert bad.returncode == 2 and "not BPE" in bad.stderr and bad.stderr.count("\n") == 1
+    # another graph in the text encoder's place (hash updated): its ports are checked when it opens
+    swapped = tmp_path / "swapped"
+    shutil.copytree(text_bundle, swapped)
+    manifest = json.loads((swapped / "manifest.json").read_text())
+    components = manifest["components"]
+    graph = swapped / components["text_encoder"]["file"]
+    shutil.copyfile(swapped / components["vae_decoder"]["file"], graph)
+    components["text_encoder"]["sha256"] = hashlib.sha256(graph.read_bytes()).hexdigest()
+    (swapped / "manifest.json").write_text(json.dumps(manifest))
+    bad = run("run", str(repo / "examples" / "coffee.png"), "-o", str(tmp_path / "s.png"), "--model", str(swapped),
+              "--prompt", "a cat")
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1, bad.stderr
+    assert "text_encoder graph has no input" in bad.stderr, bad.stderr
+    assert not (tmp_path / "s.png").exists()
     assert not (tmp_path / "e.npy").exists()
 
 

@@ -112,6 +112,13 @@ impl PromptEncoder {
         };
         let provider = options.provider;
         let session = runtime.session(&path, &options)?;
+        // another graph in its place, or ports the manifest does not describe: the bundle's fault, said now
+        crate::bundle::check_graph_ports(
+            bundle,
+            component::TEXT_ENCODER,
+            session.inputs(),
+            session.outputs(),
+        )?;
         Ok(PromptEncoder {
             tokenizer,
             session,
