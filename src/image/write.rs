@@ -131,6 +131,8 @@ pub fn remove_temporary_files() -> usize {
 /// so any output name a file system takes can be written).
 pub const TEMPORARY_PREFIX: &str = ".tadsr-";
 pub const TEMPORARY_SUFFIX: &str = ".tmp";
+/// Random characters between them (what the stale-file sweep recognizes too).
+const TEMPORARY_RANDOM_CHARS: usize = 8;
 
 /// Writes `image` to `path` atomically ([`write_file_atomically`]), encoded
 /// as `encoding` says.
@@ -164,7 +166,7 @@ pub fn write_file_atomically(
         builder
             .prefix(TEMPORARY_PREFIX)
             .suffix(TEMPORARY_SUFFIX)
-            .rand_bytes(8);
+            .rand_bytes(TEMPORARY_RANDOM_CHARS);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
@@ -220,7 +222,7 @@ fn is_temporary_name(name: &std::ffi::OsStr) -> bool {
     let Some(name) = name.to_str() else {
         return false;
     };
-    name.len() == TEMPORARY_PREFIX.len() + 8 + TEMPORARY_SUFFIX.len()
+    name.len() == TEMPORARY_PREFIX.len() + TEMPORARY_RANDOM_CHARS + TEMPORARY_SUFFIX.len()
         && name.starts_with(TEMPORARY_PREFIX)
         && name.ends_with(TEMPORARY_SUFFIX)
 }
@@ -285,7 +287,7 @@ pub fn check_writable_folder(folder: &Path) -> Result<()> {
     tempfile::Builder::new()
         .prefix(TEMPORARY_PREFIX)
         .suffix(TEMPORARY_SUFFIX)
-        .rand_bytes(8)
+        .rand_bytes(TEMPORARY_RANDOM_CHARS)
         .tempfile_in(folder)
         .map(drop)
         .map_err(|e| {
